@@ -1,0 +1,146 @@
+"""Build frozen config dataclasses from parsed YAML, and turn them back into plain data.
+
+The loader is strict: unknown keys are errors, every value is checked against the field's type,
+and every problem is reported with its dotted path (`proxy.rules[1].regex`) at once.
+A dataclass may define `check(self) -> list[tuple[str, str]]` for cross-field rules; it
+returns (field, reason) pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+from dfagent.configtypes import ByteSize, Duration, ListenAddress
+from dfagent.errors import ConfigError
+
+__all__ = ["build", "to_plain"]
+
+T = TypeVar("T")
+_PARSED_TYPES: tuple[type, ...] = (ByteSize, Duration, ListenAddress)
+
+
+class _Problems(Exception):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+
+
+def build(cls: type[T], data: object, path: str = "") -> T:
+    """Build `cls` from `data` (a mapping from YAML); raise ConfigError listing every problem."""
+    try:
+        return _build_dataclass(cls, data, path)
+    except _Problems as problems:
+        raise ConfigError(problems.problems) from None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _build_dataclass(cls: type[T], data: object, path: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _Problems([(path or "<top>", f"expected a mapping, got {type(data).__name__}")])
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    problems: list[tuple[str, str]] = []
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.append((_join(path, str(key)), f"unknown key (known: {known})"))
+    values: dict[str, Any] = {}
+    for name in fields:
+        if name in data:
+            try:
+                values[name] = _convert(hints[name], data[name], _join(path, name))
+            except _Problems as nested:
+                problems.extend(nested.problems)
+    problems.extend(
+        (_join(path, name), "missing (this key is required)")
+        for name, spec in fields.items()
+        if name not in data
+        and spec.default is dataclasses.MISSING
+        and spec.default_factory is dataclasses.MISSING
+    )
+    if problems:
+        raise _Problems(problems)
+    instance = cls(**values)
+    check = getattr(instance, "check", None)
+    if check is not None:
+        problems = [(_join(path, field), reason) for field, reason in check()]
+        if problems:
+            raise _Problems(problems)
+    return instance
+
+
+def _convert(hint: Any, value: object, path: str) -> Any:
+    origin = get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        (hint,) = options
+        return _convert(hint, value, path)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise _Problems([(path, f"expected a list, got {type(value).__name__}")])
+        (item,) = get_args(hint)[:1]
+        problems: list[tuple[str, str]] = []
+        items = []
+        for i, element in enumerate(value):
+            try:
+                items.append(_convert(item, element, f"{path}[{i}]"))
+            except _Problems as nested:
+                problems.extend(nested.problems)
+        if problems:
+            raise _Problems(problems)
+        return tuple(items)
+    if dataclasses.is_dataclass(hint) and hint not in _PARSED_TYPES:
+        return _build_dataclass(hint, value, path)
+    try:
+        return _scalar(hint, value)
+    except ValueError as exc:
+        raise _Problems([(path, str(exc))]) from None
+
+
+def _scalar(hint: Any, value: object) -> Any:
+    if hint in _PARSED_TYPES:
+        return hint.parse(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        return value
+    if isinstance(hint, type) and issubclass(hint, str):  # str enums / literals
+        return hint(value)
+    if get_origin(hint) is typing.Literal:
+        if value not in get_args(hint):
+            allowed = ", ".join(map(str, get_args(hint)))
+            raise ValueError(f"expected one of {allowed}, got {value!r}")
+        return value
+    raise TypeError(f"config field type {hint!r} is not supported")  # a bug in a config class
+
+
+def to_plain(value: object) -> object:
+    """Config object -> YAML-ready data, sizes and durations in human units."""
+    if isinstance(value, ByteSize | Duration | ListenAddress):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value

@@ -1,0 +1,118 @@
+"""Value types that config files spell in human units: sizes, durations, listen addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+__all__ = ["ByteSize", "Duration", "ListenAddress"]
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ByteSize(int):
+    """A byte count written as `1MiB`, `50GiB`, `4096` or `1.5GB`; printed in the largest
+    binary unit that divides it exactly."""
+
+    @classmethod
+    def parse(cls, value: object) -> ByteSize:
+        if isinstance(value, bool):
+            raise ValueError("expected a size such as 1MiB, got a boolean")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("a size cannot be negative")
+            return cls(value)
+        if not isinstance(value, str):
+            raise ValueError(f"expected a size such as 1MiB, got {type(value).__name__}")
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"expected a size such as 512KiB, 1MiB or 50GiB, got {value!r}")
+        number, unit = match.groups()
+        scaled = float(number) * _SIZE_UNITS[(unit or "B").upper()]
+        if scaled != int(scaled):
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+        return cls(int(scaled))
+
+    def __str__(self) -> str:
+        for unit in ("TiB", "GiB", "MiB", "KiB"):
+            factor = _SIZE_UNITS[unit.upper()]
+            if self and self % factor == 0:
+                return f"{self // factor}{unit}"
+        return f"{int(self)}B"
+
+    __repr__ = __str__
+
+
+class Duration(float):
+    """Seconds written as `500ms`, `5s`, `10m`, `1h30m`, `7d`, or a bare number of seconds."""
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as 5s, got a boolean")
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError("a duration cannot be negative")
+            return cls(value)
+        if not isinstance(value, str):
+            raise ValueError(f"expected a duration such as 5s, got {type(value).__name__}")
+        text = value.strip()
+        if not text or _DURATION.sub("", text):
+            raise ValueError(f"expected a duration such as 500ms, 5s, 10m or 1h, got {value!r}")
+        return cls(
+            sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(text)),
+        )
+
+    def __str__(self) -> str:
+        for unit in ("d", "h", "m", "s"):
+            factor = _DURATION_UNITS[unit]
+            if self and self % factor == 0:
+                return f"{int(self // factor)}{unit}"
+        return f"{round(self * 1000)}ms" if self else "0s"
+
+    __repr__ = __str__
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """`host:port` or `[v6]:port` to bind; port 0 asks the kernel for a free port."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: object) -> ListenAddress:
+        if not isinstance(value, str):
+            raise ValueError(f"expected host:port, got {type(value).__name__}")
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"expected host:port (IPv6 as [::1]:port), got {value!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            ipaddress.IPv6Address(host)
+        elif ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets, as [{host}]:{port_text}")
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0-65535")
+        if not host:
+            raise ValueError(f"no host in {value!r}; use 0.0.0.0:{port} to listen everywhere")
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

@@ -1,0 +1,295 @@
+"""The heart of the agent: serve any byte range of a blob from the cache, else the origin.
+
+For a read of `first..last`, `Engine.segments` yields, in order, either `FileSegment`s (bytes
+already stored, to be sent with sendfile) or memoryviews of pieces arriving from the origin.
+Each missing piece is fetched once however many readers want it (single-flight through
+`_inflight`); runs of neighbouring missing pieces go to the origin as one ranged GET, and the
+pieces ahead of a reader are requested before it gets there (read-ahead). Every fetched piece
+is hashed while it arrives, written to its blob's sparse file, then recorded with its sha256.
+Fetches belong to the engine, not to a request: a client that goes away never cancels a fetch
+that others share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from dfagent.core.pieces import piece_bounds, pieces_for
+from dfagent.engine.inflight import InflightPiece
+from dfagent.errors import DfagentError, OriginError, OriginHTTPError, RangeNotSatisfiable
+from dfagent.metrics import Metrics
+from dfagent.origin.client import BlobSource, OriginClient, RangeBody
+from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.tasks import TaskOwner
+
+__all__ = ["Engine", "FileSegment"]
+
+log = logging.getLogger(__name__)
+
+_RUN_BYTES = 4 * 1024 * 1024  # read-ahead window, and the usual size of one origin request
+_WRITE_DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class FileSegment:
+    """Stored bytes `[offset, offset + count)` of `blob`, ready to send from its data file."""
+
+    blob: StoredBlob
+    offset: int
+    count: int
+
+
+class Engine:
+    def __init__(self, store: PieceStore, origin: OriginClient, metrics: Metrics) -> None:
+        self._store = store
+        self._origin = origin
+        self._metrics = metrics
+        self._tasks = TaskOwner("engine")
+        self._writes = TaskOwner("engine-writes")
+        self._inflight: dict[tuple[str, int], InflightPiece] = {}
+        self._discovering: dict[tuple[str, str | None], asyncio.Future[StoredBlob]] = {}
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._tasks.aclose()  # fetches stop; pieces already whole are still written
+        await self._writes.drain(_WRITE_DRAIN_SECONDS)
+
+    # blob identity and size ----------------------------------------------------------------
+
+    async def blob(self, source: BlobSource, first_byte: int | None = None) -> StoredBlob:
+        """The blob's handle, learning its size from the origin on first sight.
+
+        With `first_byte` the size comes from the ranged GET of the piece holding that byte,
+        which then keeps streaming into the cache (no extra round trip on the cold path);
+        without it, from a HEAD. Concurrent first sights with the same credentials share one
+        origin request.
+        """
+        blob = await self._store.open_blob(source.digest)
+        if blob is not None:
+            return blob
+        key = (source.digest.hex, source.authorization)
+        found = self._discovering.get(key)
+        if found is None:
+            found = asyncio.get_running_loop().create_future()
+            found.add_done_callback(_mark_retrieved)
+            self._discovering[key] = found
+            self._tasks.spawn(self._discover(source, first_byte, key, found), name="discover")
+        return await asyncio.shield(found)
+
+    async def _discover(
+        self,
+        source: BlobSource,
+        first_byte: int | None,
+        key: tuple[str, str | None],
+        found: asyncio.Future[StoredBlob],
+    ) -> None:
+        try:
+            if first_byte is None:
+                size = await self._origin.blob_size(source)
+                found.set_result(await self._store.create_blob(source.digest, size))
+                return
+            index = first_byte // self._store.piece_size
+            first = index * self._store.piece_size
+            try:
+                async with self._origin.open_range(
+                    source, first, first + self._store.piece_size - 1
+                ) as body:
+                    blob = await self._store.create_blob(source.digest, body.total)
+                    found.set_result(blob)
+                    self._discovering.pop(key, None)
+                    piece = self._claim(blob, index, source)
+                    if piece is not None:  # keep streaming this body into the cache
+                        await self._fill([piece], blob, source, body)
+            except RangeNotSatisfiable as exc:
+                found.set_result(await self._store.create_blob(source.digest, exc.size))
+        except BaseException as exc:
+            if not found.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    found.cancel()
+                else:
+                    found.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._discovering.pop(key, None)
+
+    # reads -----------------------------------------------------------------------------------
+
+    async def segments(
+        self, blob: StoredBlob, source: BlobSource, first: int, last: int
+    ) -> AsyncIterator[FileSegment | memoryview]:
+        """Bytes `first..last` of `blob`, in order, from the cache or as they arrive."""
+        with blob.pinned():
+            self._store.touch(blob)
+            spans = pieces_for(first, last, blob.piece_size)
+            window = max(1, _RUN_BYTES // blob.piece_size)
+            requested_until = 0
+            pending: FileSegment | None = None
+            for position, span in enumerate(spans):
+                if position + window > requested_until:
+                    requested_until = min(len(spans), position + 2 * window)
+                    self._request([s.index for s in spans[position:requested_until]], blob, source)
+                if blob.has(span.index):
+                    if pending is not None and pending.offset + pending.count == span.start:
+                        pending = FileSegment(
+                            blob, pending.offset, pending.count + span.end - span.start
+                        )
+                    else:
+                        if pending is not None:
+                            yield pending
+                        pending = FileSegment(blob, span.start, span.end - span.start)
+                    continue
+                if pending is not None:
+                    yield pending
+                    pending = None
+                async for part in self._piece_bytes(blob, source, span.index, span.start, span.end):
+                    yield part
+            if pending is not None:
+                yield pending
+
+    async def _piece_bytes(
+        self, blob: StoredBlob, source: BlobSource, index: int, start: int, end: int
+    ) -> AsyncIterator[FileSegment | memoryview]:
+        """Bytes `[start, end)` (blob offsets) of one piece, fetching it if nobody is."""
+        retried = False
+        while True:
+            if blob.has(index):
+                yield FileSegment(blob, start, end - start)
+                return
+            piece = self._inflight.get((blob.digest.hex, index))
+            if piece is None:
+                self._request([index], blob, source)
+                piece = self._inflight[(blob.digest.hex, index)]
+            try:
+                async for view in piece.read(start - piece.start, end - piece.start):
+                    self._metrics.served_bytes.labels("origin").inc(len(view))
+                    yield view
+                return
+            except OriginHTTPError:
+                # Someone else's credentials were refused; ours may not be. Try once on our own.
+                if retried or piece.authorization == source.authorization or piece.filled:
+                    raise
+                retried = True
+
+    # fetching ----------------------------------------------------------------------------------
+
+    def _claim(self, blob: StoredBlob, index: int, source: BlobSource) -> InflightPiece | None:
+        """Register piece `index` as in flight, or None when it is present or already coming."""
+        key = (blob.digest.hex, index)
+        if blob.has(index) or key in self._inflight:
+            return None
+        start, end = piece_bounds(index, blob.size, blob.piece_size)
+        piece = InflightPiece(index, start, end - start, source.authorization)
+        self._inflight[key] = piece
+        return piece
+
+    def _request(self, indices: list[int], blob: StoredBlob, source: BlobSource) -> None:
+        """Start fetching every piece in `indices` that is neither present nor in flight,
+        one origin request per run of neighbours."""
+        run: list[InflightPiece] = []
+        for index in indices:
+            piece = self._claim(blob, index, source)
+            if piece is not None and (not run or run[-1].index + 1 == index):
+                run.append(piece)
+                continue
+            if run:
+                self._tasks.spawn(self._fill(run, blob, source), name="fill")
+            run = [piece] if piece is not None else []
+        if run:
+            self._tasks.spawn(self._fill(run, blob, source), name="fill")
+
+    async def _fill(
+        self,
+        run: list[InflightPiece],
+        blob: StoredBlob,
+        source: BlobSource,
+        body: RangeBody | None = None,
+    ) -> None:
+        """Fetch a run of neighbouring pieces from the origin, resuming after a broken body."""
+        with blob.pinned():
+            pieces = iter(run)
+            piece = next(pieces)
+            last = run[-1].start + run[-1].length - 1
+            resumes = 0
+            try:
+                while True:
+                    try:
+                        if body is not None:
+                            piece = await self._drain(body, piece, pieces, blob)
+                        else:
+                            position = piece.start + piece.filled
+                            async with self._origin.open_range(source, position, last) as fresh:
+                                piece = await self._drain(fresh, piece, pieces, blob)
+                        return
+                    except OriginError as exc:
+                        body = None
+                        if isinstance(exc, OriginHTTPError) or resumes >= self._origin.retries:
+                            raise
+                        resumes += 1
+                        log.info("origin read broke off; resuming", extra={"error": str(exc)})
+            except (DfagentError, OSError) as exc:
+                for unfinished in run:
+                    self._abandon(blob, unfinished, exc)
+            except BaseException:
+                for unfinished in run:
+                    self._abandon(blob, unfinished, OriginError("fetch cancelled"))
+                raise
+
+    async def _drain(
+        self,
+        body: RangeBody,
+        piece: InflightPiece,
+        pieces: Iterator[InflightPiece],
+        blob: StoredBlob,
+    ) -> InflightPiece:
+        """Feed `body` into `piece` and the pieces after it; returns the piece being filled."""
+        async for chunk in body.chunks():
+            self._metrics.origin_bytes.inc(len(chunk))
+            view = memoryview(chunk)
+            while view:
+                take = min(len(view), piece.length - piece.filled)
+                piece.append(view[:take])
+                view = view[take:]
+                if piece.filled == piece.length:
+                    self._finished(blob, piece)
+                    piece = next(pieces, piece)
+        return piece
+
+    def _finished(self, blob: StoredBlob, piece: InflightPiece) -> None:
+        sha256 = piece.finish()
+        self._metrics.piece_fetch_seconds.labels("origin").observe(
+            time.monotonic() - piece.started_at
+        )
+        self._writes.spawn(self._persist(blob, piece, sha256), name="persist")
+
+    async def _persist(self, blob: StoredBlob, piece: InflightPiece, sha256: bytes) -> None:
+        try:
+            with blob.pinned():
+                await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
+        except (DfagentError, OSError) as exc:
+            log.warning(
+                "piece served but not cached",
+                extra={"digest": str(blob.digest), "piece": piece.index, "error": str(exc)},
+            )
+        finally:
+            self._inflight.pop((blob.digest.hex, piece.index), None)
+        if self._store.over_quota():
+            self._writes.spawn(self._store.evict(), name="evict")
+
+    def _abandon(self, blob: StoredBlob, piece: InflightPiece, error: BaseException) -> None:
+        if piece.complete:
+            return
+        piece.fail(error)
+        self._inflight.pop((blob.digest.hex, piece.index), None)
+
+
+def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:
+    """A discovery whose requester went away may fail unobserved; that is not worth a warning."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,57 @@
+"""Structured logging: one `key=value` line per event, tagged with the request id."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import time
+
+__all__ = ["REQUEST_ID", "setup_logging"]
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' "=\n'):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """`ts=... level=... logger=... rid=... msg="..." key=value ...` (extra= keys appended)."""
+
+    _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+        "message",
+        "asctime",
+        "taskName",
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"ts={stamp}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"rid={REQUEST_ID.get()}",
+            f"msg={_quote(record.getMessage())}",
+        ]
+        parts.extend(
+            f"{key}={_quote(value)}"
+            for key, value in record.__dict__.items()
+            if key not in self._STANDARD
+        )
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp logs each access and low-level parser noise; our proxy logs its own lines.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

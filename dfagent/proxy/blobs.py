@@ -1,0 +1,92 @@
+"""Blob GET/HEAD: answer from the engine with exact status, headers and byte counts.
+
+Headers go out only once the first bytes are in hand, so an origin error still becomes a
+proper status. After that, a failure cuts the connection: never a short body that looks whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+
+from aiohttp import web
+
+from dfagent.core.ranges import MalformedRange, UnsatisfiableRange, parse_range_header
+from dfagent.engine.fetcher import Engine, FileSegment
+from dfagent.errors import BadRequest, DfagentError, RangeNotSatisfiable
+from dfagent.metrics import Metrics
+from dfagent.origin.client import BlobSource
+from dfagent.proxy.headers import TASK_ID
+from dfagent.proxy.routing import Route
+from dfagent.proxy.sendfile import send_segment
+
+__all__ = ["serve_blob"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve_blob(
+    request: web.BaseRequest, route: Route, engine: Engine, metrics: Metrics
+) -> web.StreamResponse:
+    assert route.digest is not None
+    range_header = request.headers.get("Range")
+    try:
+        wanted = parse_range_header(range_header) if range_header is not None else None
+    except MalformedRange as exc:
+        raise BadRequest(str(exc)) from None
+    source = BlobSource(route.upstream, route.digest, request.headers.get("Authorization"))
+    if request.method == "HEAD":
+        first_byte = None
+    elif wanted is None:
+        first_byte = 0
+    else:
+        first_byte = wanted.first
+    blob = await engine.blob(source, first_byte)
+
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(route.digest),
+        "Etag": f'"{route.digest}"',
+        "Accept-Ranges": "bytes",
+        TASK_ID: route.digest.hex,
+    }
+    if request.method == "HEAD":
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_length = blob.size
+        return response
+    if wanted is None:
+        status, first, last = 200, 0, blob.size - 1
+    else:
+        try:
+            byte_range = wanted.resolve(blob.size)
+        except UnsatisfiableRange:
+            raise RangeNotSatisfiable(blob.size) from None
+        status, first, last = 206, byte_range.first, byte_range.last
+        headers["Content-Range"] = byte_range.content_range()
+
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = last - first + 1
+    if last < first:  # an empty blob, asked for whole
+        await response.prepare(request)
+        return response
+    async with aclosing(engine.segments(blob, source, first, last)) as segments:
+        part = await anext(segments)  # errors before this line still get a status
+        await response.prepare(request)
+        try:
+            while True:
+                if isinstance(part, FileSegment):
+                    await send_segment(request, response, part)
+                    metrics.served_bytes.labels("local").inc(part.count)
+                else:
+                    await response.write(part)
+                part = await anext(segments, None)
+                if part is None:
+                    break
+        except (DfagentError, OSError) as exc:
+            log.warning(
+                "blob response cut after headers",
+                extra={"digest": str(route.digest), "error": str(exc) or type(exc).__name__},
+            )
+            if request.transport is not None:
+                request.transport.close()
+    return response

@@ -1,0 +1,59 @@
+"""Config of the nydusd/containerd-facing proxy."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from dfagent.configtypes import Duration, ListenAddress
+
+__all__ = ["ProxyConfig", "Rule"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Routing for URLs that match `regex` (searched in the upstream URL without its query).
+
+    A blob GET/HEAD is served through the cache only when some rule matches it. The first
+    matching rule also decides the upstream: `use_tls` true/false forces https/http (unset keeps
+    the request's scheme) and `redirect` replaces the upstream `host[:port]`.
+    """
+
+    regex: str
+    use_tls: bool | None = None
+    redirect: str | None = None
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        try:
+            re.compile(self.regex)
+        except re.error as exc:
+            problems.append(("regex", f"not a valid regular expression: {exc}"))
+        if self.redirect is not None and (
+            not self.redirect or "/" in self.redirect or urlsplit(f"//{self.redirect}").port == 0
+        ):
+            problems.append(("redirect", "expected host or host:port"))
+        return problems
+
+
+DEFAULT_RULES = (Rule(regex=r"blobs/sha256.*"),)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: ListenAddress = ListenAddress("127.0.0.1", 4001)
+    # Upstream for origin-form (registry mirror) requests without X-Dragonfly-Registry or ?ns=.
+    registry_mirror: str = "https://index.docker.io"
+    rules: tuple[Rule, ...] = field(default_factory=lambda: DEFAULT_RULES)
+    # How long in-flight responses may run on after SIGTERM before they are cut.
+    shutdown_grace: Duration = Duration(10)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        parts = urlsplit(self.registry_mirror)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(("registry_mirror", "expected a URL such as https://index.docker.io"))
+        if self.shutdown_grace < 0:
+            problems.append(("shutdown_grace", "cannot be negative"))
+        return problems

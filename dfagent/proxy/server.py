@@ -1,0 +1,135 @@
+"""The proxy nydusd and containerd talk to: routes each request to the blob path, the
+pass-through path or (first request on a connection) a CONNECT tunnel; turns errors into
+statuses through one table; logs one line per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from dfagent.engine.fetcher import Engine
+from dfagent.errors import DfagentError, OriginHTTPError, RangeNotSatisfiable, http_status
+from dfagent.logs import REQUEST_ID
+from dfagent.metrics import Metrics
+from dfagent.origin.client import OriginClient
+from dfagent.proxy.blobs import serve_blob
+from dfagent.proxy.config import ProxyConfig
+from dfagent.proxy.headers import ERROR_TYPE
+from dfagent.proxy.passthrough import pass_through
+from dfagent.proxy.routing import route
+from dfagent.proxy.tunnel import FrontProtocol, TunnelRegistry
+from dfagent.serving import bind
+
+__all__ = ["ProxyServer"]
+
+log = logging.getLogger(__name__)
+
+
+class ProxyServer:
+    def __init__(
+        self, config: ProxyConfig, engine: Engine, origin: OriginClient, metrics: Metrics
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._origin = origin
+        self._metrics = metrics
+        self._http: web.Server | None = None
+        self._server: asyncio.Server | None = None
+        self._tunnels = TunnelRegistry(
+            origin.connect_timeout, lambda status: self._count("connect", status)
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._http = web.Server(
+            self._handle,
+            access_log=None,
+            auto_decompress=False,  # request bodies go upstream byte for byte
+            handler_cancellation=True,
+        )
+        http = self._http
+        self._server = await bind(
+            "proxy",
+            self._config.listen,
+            lambda: FrontProtocol(http, self._tunnels),
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight responses finish within the grace period, cut the rest."""
+        if self._server is not None:
+            self._server.close()
+        if self._http is not None:
+            await self._http.shutdown(self._config.shutdown_grace)
+        await self._tunnels.aclose()
+
+    def _count(self, kind: str, status: int) -> None:
+        self._metrics.requests.labels(kind, f"{status // 100}xx").inc()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        REQUEST_ID.set(secrets.token_hex(6))
+        started = time.perf_counter()
+        kind = "invalid"
+        self._metrics.requests_in_flight.inc()
+        response: web.StreamResponse | None = None
+        try:
+            target = route(self._config, request.method, request.raw_path, request.headers)
+            kind = "blob" if target.digest is not None else "passthrough"
+            if target.digest is not None:
+                response = await serve_blob(request, target, self._engine, self._metrics)
+            else:
+                response = await pass_through(request, target, self._origin)
+            return response
+        except DfagentError as exc:
+            response = _error_response(exc)
+            _log_error(request, exc, response.status)
+            return response
+        finally:
+            self._metrics.requests_in_flight.dec()
+            status = response.status if response is not None else 499
+            self._count(kind, status)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "target": request.raw_path.split("?", 1)[0],
+                        "kind": kind,
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
+
+
+def _error_response(exc: DfagentError) -> web.Response:
+    status = http_status(exc)
+    if isinstance(exc, OriginHTTPError):
+        response = web.Response(status=status, body=exc.body, headers=exc.headers)
+        response.headers[ERROR_TYPE] = "backend"
+        return response
+    response = web.Response(status=status, text=f"{exc}\n", headers={ERROR_TYPE: "proxy"})
+    if isinstance(exc, RangeNotSatisfiable):
+        response.headers["Content-Range"] = f"bytes */{exc.size}"
+    return response
+
+
+def _log_error(request: web.BaseRequest, exc: DfagentError, status: int) -> None:
+    # An origin's 401 is the start of the client's own token dance, not a fault.
+    level = logging.DEBUG if isinstance(exc, OriginHTTPError) else logging.WARNING
+    log.log(
+        level,
+        str(exc),
+        extra={
+            "method": request.method,
+            "target": request.raw_path.split("?", 1)[0][:200],
+            "status": status,
+            "source": exc.source,
+        },
+    )

@@ -1,0 +1,188 @@
+"""CONNECT: the first request on a client connection may ask for a blind TCP tunnel.
+
+`FrontProtocol` reads the start of every new connection. A CONNECT head is answered here and
+the connection becomes a byte pipe to `host:port`; anything else is handed, with the bytes
+read so far, to the aiohttp request handler that serves ordinary proxy requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+
+from dfagent.tasks import TaskOwner
+
+__all__ = ["FrontProtocol", "TunnelRegistry"]
+
+log = logging.getLogger(__name__)
+
+_CONNECT = b"CONNECT "
+_MAX_HEAD = 16 * 1024
+_AUTHORITY = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-_]+)):(?P<port>\d{1,5})"
+)
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of a tunnel: what arrives on this side's transport is written to the peer's."""
+
+    def __init__(self, registry: TunnelRegistry) -> None:
+        self._registry = registry
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self.got_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._registry.open.add(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.got_eof = True
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.got_eof:
+            self.close_both()
+            return False
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        return True  # keep the other direction open (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self._registry.open.discard(self.transport)
+        self.close_both()
+
+    def pause_writing(self) -> None:  # our side is backed up: stop reading the other side
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def close_both(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None and not side.transport.is_closing():
+                side.transport.close()
+
+
+class TunnelRegistry:
+    """Open tunnel transports, so that shutdown can close them."""
+
+    def __init__(self, connect_timeout: float, on_result: Callable[[int], None]) -> None:
+        self.connect_timeout = connect_timeout
+        self.on_result = on_result
+        self.open: set[asyncio.Transport] = set()
+        self.tasks = TaskOwner("tunnel")
+
+    async def aclose(self) -> None:
+        await self.tasks.aclose()
+        for transport in list(self.open):
+            transport.abort()
+
+
+class FrontProtocol(asyncio.Protocol):
+    def __init__(
+        self, http_factory: Callable[[], asyncio.Protocol], tunnels: TunnelRegistry
+    ) -> None:
+        self._http_factory = http_factory
+        self._tunnels = tunnels
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._opening: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._opening is not None:
+            return  # early tunnel bytes; sent on once the tunnel is up
+        prefix = bytes(self._buffer[: len(_CONNECT)])
+        if not _CONNECT.startswith(prefix):
+            self._hand_off()
+            return
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(self._buffer) > _MAX_HEAD:
+                self._refuse(431, "request head too large")
+            return
+        head = bytes(self._buffer[:head_end]).decode("latin-1")
+        del self._buffer[: head_end + 4]
+        self._start_tunnel(head)
+
+    def _hand_off(self) -> None:
+        assert self._transport is not None
+        handler = self._http_factory()
+        self._transport.set_protocol(handler)
+        handler.connection_made(self._transport)
+        handler.data_received(bytes(self._buffer))
+        self._buffer.clear()
+
+    def _start_tunnel(self, head: str) -> None:
+        request_line = head.split("\r\n", 1)[0]
+        parts = request_line.split(" ")
+        match = _AUTHORITY.fullmatch(parts[1]) if len(parts) == 3 else None
+        if match is None or not parts[2].startswith("HTTP/1."):
+            self._refuse(400, "CONNECT needs host:port")
+            return
+        port = int(match.group("port"))
+        if not 0 < port < 65536:
+            self._refuse(400, "CONNECT port out of range")
+            return
+        host = match.group("v6") or match.group("host")
+        assert self._transport is not None
+        self._transport.pause_reading()
+        self._opening = self._tunnels.tasks.spawn(self._open(host, port), name="connect")
+
+    async def _open(self, host: str, port: int) -> None:
+        assert self._transport is not None
+        loop = asyncio.get_running_loop()
+        client = _Pipe(self._tunnels)
+        try:
+            async with asyncio.timeout(self._tunnels.connect_timeout):
+                _, upstream = await loop.create_connection(lambda: _Pipe(self._tunnels), host, port)
+        except (OSError, TimeoutError) as exc:
+            log.warning("CONNECT failed", extra={"target": f"{host}:{port}", "error": str(exc)})
+            self._refuse(502, f"cannot connect to {host}:{port}")
+            return
+        if self._transport.is_closing():
+            assert upstream.transport is not None
+            upstream.transport.close()
+            return
+        client.peer, upstream.peer = upstream, client
+        self._transport.set_protocol(client)
+        client.connection_made(self._transport)
+        self._transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self._tunnels.on_result(200)
+        if self._buffer:
+            assert upstream.transport is not None
+            upstream.transport.write(bytes(self._buffer))
+            self._buffer.clear()
+        self._transport.resume_reading()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        assert self._transport is not None
+        body = reason.encode() + b"\n"
+        self._transport.write(
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nX-Dragonfly-Error-Type: proxy\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        self._transport.close()
+        self._tunnels.on_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+
+
+_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}

@@ -1,0 +1,39 @@
+"""Binding listeners with errors that say what to do, shared by every server of the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Callable
+
+from dfagent.configtypes import ListenAddress
+from dfagent.errors import StartupError
+
+__all__ = ["bind", "bound_address"]
+
+log = logging.getLogger(__name__)
+
+
+async def bind(
+    name: str, address: ListenAddress, factory: Callable[[], asyncio.BaseProtocol]
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            factory, address.host, address.port, reuse_address=True, backlog=1024
+        )
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = f"; another process (a second agent or dfdaemon?) holds it: change {name}.listen"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            hint = f"; no local interface has that address: change {name}.listen"
+        raise StartupError(f"{name}: cannot listen on {address}: {exc.strerror}{hint}") from exc
+    log.info("listening", extra={"server": name, "address": bound_address(server)})
+    return server
+
+
+def bound_address(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

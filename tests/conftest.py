@@ -1,0 +1,81 @@
+"""Shared fixtures: the real registry, a counting origin in front of it, dfagent processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.support.agent import AgentProcess
+from tests.support.counting import CountingOrigin
+from tests.support.registry import Registry, basic_auth, make_htpasswd
+
+USER, PASSWORD = "puller", "s3cret-pw"
+
+os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry behind htpasswd basic auth; `auth_header` holds valid credentials."""
+    root = tmp_path_factory.mktemp("auth-registry")
+    htpasswd = root / "htpasswd"
+    htpasswd.write_text(make_htpasswd(USER, PASSWORD))
+    reg = Registry(root, htpasswd=htpasswd)
+    reg.auth_header = basic_auth(USER, PASSWORD)
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry serving https with a certificate from a test CA (`root/ca.pem`)."""
+    root = tmp_path_factory.mktemp("tls-registry")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    leaf.private_key_pem.write_to_path(str(root / "key.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+    for extra in leaf.cert_chain_pems[1:]:
+        extra.write_to_path(str(root / "cert.pem"), append=True)
+    reg = Registry(root, tls=(root / "cert.pem", root / "key.pem")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def origin(registry: Registry) -> Iterator[CountingOrigin]:
+    counting = CountingOrigin(registry.url).start()
+    yield counting
+    counting.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(name: str = "agent", **overrides: Any) -> AgentProcess:
+        agent = AgentProcess(tmp_path / name, overrides).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+
+
+@pytest.fixture
+def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
+    return agent_factory()

@@ -1,0 +1,198 @@
+"""Blob reads through a real dfagent process from the real registry: exact bytes, exact
+headers, the cache in front of the origin, and single-flight fetching."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.agent import AgentProcess
+from tests.support.client import send
+from tests.support.counting import CountingOrigin
+from tests.support.registry import Registry
+
+PIECE = 256 * 1024  # small pieces so that short blobs span many of them
+SIZE = 5 * PIECE + 12345
+
+
+@pytest.fixture(scope="module")
+def blob(registry: Registry) -> tuple[str, bytes]:
+    data = os.urandom(SIZE)
+    return registry.push_blob("test/reads", data), data
+
+
+@pytest.fixture
+def small_piece_agent(agent_factory, origin: CountingOrigin) -> AgentProcess:
+    return agent_factory(storage={"piece_size": "256KiB"})
+
+
+def blob_url(origin: CountingOrigin, digest: str, repo: str = "test/reads") -> str:
+    return f"{origin.url}/v2/{repo}/blobs/{digest}"
+
+
+def read(agent: AgentProcess, url: str, range_header: str | None = None):
+    headers = {"Range": range_header} if range_header is not None else {}
+    return send(agent.proxy_port, url, headers)
+
+
+@pytest.mark.parametrize(
+    ("spec", "first", "last"),
+    [
+        ("bytes=0-0", 0, 0),
+        (f"bytes={SIZE - 1}-{SIZE - 1}", SIZE - 1, SIZE - 1),
+        (f"bytes=0-{SIZE - 1}", 0, SIZE - 1),
+        (f"bytes={PIECE - 1}-{PIECE}", PIECE - 1, PIECE),  # across a piece boundary
+        (f"bytes={PIECE}-{3 * PIECE - 1}", PIECE, 3 * PIECE - 1),  # exactly two pieces
+        (f"bytes={PIECE + 7}-", PIECE + 7, SIZE - 1),
+        ("bytes=-1000", SIZE - 1000, SIZE - 1),
+        (f"bytes=-{SIZE * 2}", 0, SIZE - 1),
+        (f"bytes=100-{SIZE * 10}", 100, SIZE - 1),  # end clamped
+    ],
+)
+def test_ranges_are_byte_exact(small_piece_agent, origin, blob, spec, first, last):
+    digest, data = blob
+    for attempt in ("cold", "warm"):
+        reply = read(small_piece_agent, blob_url(origin, digest), spec)
+        assert reply.status == 206, (attempt, reply.body[:200])
+        assert reply.headers["Content-Range"] == f"bytes {first}-{last}/{SIZE}"
+        assert int(reply.headers["Content-Length"]) == last - first + 1
+        assert reply.body == data[first : last + 1], attempt
+        assert reply.headers["X-Dragonfly-Task-ID"] == digest.removeprefix("sha256:")
+        assert reply.headers["Docker-Content-Digest"] == digest
+
+
+def test_whole_blob_without_range_is_200(small_piece_agent, origin, blob):
+    digest, data = blob
+    for _ in range(2):
+        reply = read(small_piece_agent, blob_url(origin, digest))
+        assert reply.status == 200
+        assert "Content-Range" not in reply.headers
+        assert reply.body == data
+
+
+def test_head_gives_length_without_body(small_piece_agent, origin, blob):
+    digest, _ = blob
+    reply = send(small_piece_agent.proxy_port, blob_url(origin, digest), method="HEAD")
+    assert reply.status == 200
+    assert int(reply.headers["Content-Length"]) == SIZE
+    assert reply.body == b""
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_random_ranges_match_the_source(small_piece_agent, origin, blob, data):
+    digest, source = blob
+    first = data.draw(st.integers(0, SIZE - 1))
+    last = data.draw(st.integers(first, min(SIZE - 1, first + 3 * PIECE)))
+    reply = read(small_piece_agent, blob_url(origin, digest), f"bytes={first}-{last}")
+    assert reply.status == 206
+    assert reply.body == source[first : last + 1]
+
+
+def test_second_read_does_not_reach_origin(small_piece_agent, origin, blob):
+    digest, data = blob
+    url = blob_url(origin, digest)
+    spec = f"bytes={PIECE // 2}-{2 * PIECE + 5}"
+    assert read(small_piece_agent, url, spec).body == data[PIECE // 2 : 2 * PIECE + 6]
+    before = len(origin.requests)
+    for _ in range(3):
+        assert read(small_piece_agent, url, spec).body == data[PIECE // 2 : 2 * PIECE + 6]
+    assert len(origin.requests) == before
+
+
+async def test_concurrent_cold_reads_fetch_each_piece_once(small_piece_agent, origin, registry):
+    data = os.urandom(3 * PIECE + 99)
+    digest = registry.push_blob("test/flight", data)
+    url = blob_url(origin, digest, "test/flight")
+    first, last = PIECE - 10, 3 * PIECE + 50  # touches pieces 0..3
+
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> bytes:
+            async with session.get(
+                url, proxy=small_piece_agent.proxy_url, headers={"Range": f"bytes={first}-{last}"}
+            ) as response:
+                assert response.status == 206
+                return await response.read()
+
+        bodies = await asyncio.gather(*(one() for _ in range(100)))
+    assert all(body == data[first : last + 1] for body in bodies)
+    fetched: list[int] = []
+    for seen in origin.blob_gets(digest):
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", seen.range or "")
+        assert match, seen
+        start, end = int(match.group(1)), int(match.group(2))
+        fetched.extend(range(start // PIECE, min(end, len(data) - 1) // PIECE + 1))
+    assert sorted(fetched) == [0, 1, 2, 3], origin.blob_gets(digest)
+
+
+def test_unsatisfiable_range_is_416_with_size(small_piece_agent, origin, blob):
+    digest, _ = blob
+    for attempt in ("cold", "warm"):
+        reply = read(small_piece_agent, blob_url(origin, digest), f"bytes={SIZE}-{SIZE + 10}")
+        assert reply.status == 416, attempt
+        assert reply.headers["Content-Range"] == f"bytes */{SIZE}"
+        assert reply.headers["X-Dragonfly-Error-Type"] == "proxy"
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("bytes=5-2", "before its start"),
+        ("bytes=0-1,4-5", "single byte range"),
+        ("items=0-1", "bytes=first-last"),
+        ("bytes=-", "first byte or a suffix"),
+        ("bytes=99999999999999999999-", "too large"),
+    ],
+)
+def test_malformed_range_is_400_with_reason(small_piece_agent, origin, blob, spec, reason):
+    digest, _ = blob
+    reply = read(small_piece_agent, blob_url(origin, digest), spec)
+    assert reply.status == 400
+    assert reason in reply.body.decode()
+    assert reply.headers["X-Dragonfly-Error-Type"] == "proxy"
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "sha256:" + "A" * 64,
+        "sha256:" + "a" * 63,
+        "sha256:..%2F..%2F..%2Fetc%2Fpasswd",
+        "sha256:" + "a" * 64 + "%00",
+    ],
+)
+def test_hostile_digest_is_400_and_touches_nothing(small_piece_agent, origin, reference):
+    reply = read(small_piece_agent, f"{origin.url}/v2/test/reads/blobs/{reference}", "bytes=0-1")
+    assert reply.status == 400
+    assert "digest must be sha256" in reply.body.decode()
+    assert origin.requests == []
+    blobs = small_piece_agent.storage_dir / "blobs"
+    assert not any(blobs.rglob("*")) if blobs.exists() else True
+
+
+def test_other_digest_algorithms_pass_through_uncached(small_piece_agent, origin):
+    """The default rule (`blobs/sha256.*`) leaves other algorithms to the registry."""
+    reply = read(
+        small_piece_agent, f"{origin.url}/v2/test/reads/blobs/sha512:{'a' * 128}", "bytes=0-1"
+    )
+    assert reply.status == 404
+    assert len(origin.requests) == 1
+    assert "X-Dragonfly-Task-ID" not in reply.headers
+
+
+def test_unknown_blob_passes_registry_404(small_piece_agent, origin):
+    reply = read(small_piece_agent, blob_url(origin, "sha256:" + "0" * 64), "bytes=0-10")
+    assert reply.status == 404
+    assert reply.headers["X-Dragonfly-Error-Type"] == "backend"
+    assert b"BLOB_UNKNOWN" in reply.body

@@ -1,0 +1,88 @@
+"""Process lifecycle: clean shutdown with requests in flight, restart with a warm cache,
+and a clear failure when a port is taken."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from aiohttp import web
+
+from tests.support.agent import AgentProcess
+from tests.support.client import Reply, send
+
+
+def test_sigterm_lets_an_inflight_response_finish(agent_factory, origin, registry):
+    data = os.urandom(1_000_000)
+    digest = registry.push_blob("test/life", data)
+    agent = agent_factory()
+
+    async def slow(request: web.BaseRequest):
+        if request.method != "GET" or "/blobs/" not in request.path:
+            return None
+        upstream = await origin.forward(request)
+        body = bytes(upstream.body)
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        await asyncio.sleep(1.5)
+        await response.write(body[len(body) // 2 :])
+        return response
+
+    origin.faults.append(slow)
+    replies: list[Reply] = []
+    reader = threading.Thread(
+        target=lambda: replies.append(
+            send(agent.proxy_port, f"{origin.url}/v2/test/life/blobs/{digest}")
+        )
+    )
+    reader.start()
+    time.sleep(0.7)  # the response is under way
+    assert agent.stop(signal.SIGTERM) == 0
+    reader.join(10)
+    assert replies and replies[0].status == 200
+    assert replies[0].body == data
+    log = agent.log()
+    assert "msg=stopped" in log
+    assert "Traceback" not in log
+    # The index was closed: sqlite folds the write-ahead log back in on the last close.
+    assert not (agent.storage_dir / "index.sqlite-wal").exists()
+
+
+def test_restart_serves_from_the_cache(agent_factory, origin, registry):
+    data = os.urandom(600_000)
+    digest = registry.push_blob("test/restart", data)
+    url = f"{origin.url}/v2/test/restart/blobs/{digest}"
+    agent = agent_factory()
+    assert send(agent.proxy_port, url).body == data
+    assert agent.stop(signal.SIGINT) == 0
+    fetched = len(origin.requests)
+    agent.start()
+    assert send(agent.proxy_port, url, {"Range": "bytes=1000-"}).body == data[1000:]
+    assert len(origin.requests) == fetched
+
+
+def test_port_in_use_fails_with_the_field_to_change(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        agent = AgentProcess(tmp_path, {"proxy": {"listen": f"127.0.0.1:{port}"}})
+        agent.write_config()
+        result = subprocess.run(
+            [sys.executable, "-m", "dfagent", "run", "--config", str(agent.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"proxy: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "change proxy.listen" in result.stderr
+    assert "Traceback" not in result.stderr

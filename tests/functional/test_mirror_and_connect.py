@@ -1,0 +1,114 @@
+"""Registry-mirror (origin-form) requests pick their upstream three ways; CONNECT tunnels."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+
+import aiohttp
+import pytest
+
+from tests.support.client import send
+from tests.support.counting import CountingOrigin
+from tests.support.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def mirror_blob(registry: Registry) -> tuple[str, bytes]:
+    data = os.urandom(700_000)
+    return registry.push_blob("test/mirror", data), data
+
+
+def test_upstream_from_dragonfly_registry_header(agent, origin: CountingOrigin, mirror_blob):
+    digest, data = mirror_blob
+    reply = send(
+        agent.proxy_port,
+        f"/v2/test/mirror/blobs/{digest}",
+        {"X-Dragonfly-Registry": origin.url, "Range": "bytes=5-600000"},
+    )
+    assert reply.status == 206
+    assert reply.body == data[5:600001]
+    assert origin.blob_gets(digest), "the header named the upstream"
+    assert "X-Dragonfly-Registry" not in origin.received_headers[-1]
+
+
+def test_upstream_from_containerd_ns_query(agent_factory, origin: CountingOrigin, mirror_blob):
+    digest, data = mirror_blob
+    agent = agent_factory(proxy={"rules": [{"regex": "blobs/sha256.*", "use_tls": False}]})
+    reply = send(agent.proxy_port, f"/v2/test/mirror/blobs/{digest}?ns={origin.host}")
+    assert reply.status == 200
+    assert reply.body == data
+    gets = origin.blob_gets(digest)
+    assert gets, "?ns= named the upstream"
+    # `ns` is for the mirror, not the registry
+    assert all("ns=" not in seen.path for seen in origin.requests)
+
+
+def test_upstream_from_configured_registry_mirror(
+    agent_factory, origin: CountingOrigin, mirror_blob
+):
+    digest, data = mirror_blob
+    agent = agent_factory(proxy={"registry_mirror": origin.url})
+    reply = send(agent.proxy_port, f"/v2/test/mirror/blobs/{digest}", {"Range": "bytes=0-0"})
+    assert reply.status == 206
+    assert reply.body == data[:1]
+    assert origin.blob_gets(digest)
+
+
+def test_bad_registry_header_is_400(agent):
+    reply = send(agent.proxy_port, "/v2/x/manifests/latest", {"X-Dragonfly-Registry": "ftp://nope"})
+    assert reply.status == 400
+    assert "X-Dragonfly-Registry" in reply.body.decode()
+
+
+def test_use_tls_rule_upgrades_absolute_form_to_https(agent_factory, tls_registry: Registry):
+    """nydusd with `use_http: true` sends http:// URLs; the rule sends them upstream as https."""
+    data = os.urandom(100_000)
+    digest = tls_registry.push_blob("test/tls", data)
+    agent = agent_factory(
+        proxy={"rules": [{"regex": "blobs/sha256.*", "use_tls": True}]},
+    )
+    plain_url = f"http://{tls_registry.host}/v2/test/tls/blobs/{digest}"
+    reply = send(agent.proxy_port, plain_url, {"Range": "bytes=0-99"})
+    # The test CA is not trusted by the agent: verification must fail rather than pass.
+    assert reply.status == 502
+    assert "certificate" in reply.body.decode().lower()
+
+
+async def test_connect_tunnels_tls_end_to_end(agent, tls_registry: Registry):
+    data = os.urandom(200_000)
+    digest = tls_registry.push_blob("test/tunnel", data)
+    context = ssl.create_default_context(cafile=str(tls_registry.root / "ca.pem"))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{tls_registry.url}/v2/test/tunnel/blobs/{digest}", proxy=agent.proxy_url, ssl=context
+        ) as response,
+    ):
+        assert response.status == 200
+        assert await response.read() == data
+
+
+def _raw(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_connect_to_a_closed_port_is_502(agent):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    answer = _raw(agent.proxy_port, f"CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b"X-Dragonfly-Error-Type: proxy" in answer
+
+
+@pytest.mark.parametrize("target", [b"nohost", b"host:99999", b"host:", b"[::1:80"])
+def test_malformed_connect_is_400(agent, target):
+    answer = _raw(agent.proxy_port, b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")

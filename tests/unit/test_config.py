@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dfagent.config import Config, dump, load, parse
+from dfagent.configload import to_plain
+from dfagent.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "dfagent.yaml"
+
+
+def key_paths(data: object, prefix: str = "") -> set[str]:
+    if isinstance(data, dict):
+        paths = set()
+        for key, value in data.items():
+            paths |= key_paths(value, f"{prefix}.{key}" if prefix else key)
+        return paths
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return key_paths(data[0], prefix + "[]")
+    return {prefix}
+
+
+def test_example_documents_every_key_with_its_default():
+    documented = yaml.safe_load(EXAMPLE.read_text())
+    assert key_paths(documented) == key_paths(to_plain(Config()))
+    example = load(EXAMPLE)
+    defaults = Config()
+    assert dataclasses.replace(example, storage=defaults.storage) == defaults
+    assert example.storage.quota == defaults.storage.quota
+    assert example.storage.piece_size == defaults.storage.piece_size
+
+
+def test_dump_round_trips():
+    config = parse(
+        "proxy: {listen: '[::1]:5001', rules: [{regex: x, use_tls: true, redirect: 'r:1'}]}\n"
+        "storage: {quota: 3GiB, piece_size: 4MiB, dir: /d}\norigin: {read_timeout: 90s}\n"
+    )
+    assert parse(dump(config)) == config
+
+
+def test_defaults_are_dragonfly_ports_and_loopback_proxy():
+    config = Config()
+    assert str(config.proxy.listen) == "127.0.0.1:4001"
+    assert config.metrics.listen.port == 4002
+    assert config.health.listen.port == 4003
+    assert config.storage.piece_size == 1024 * 1024
+
+
+def problems(text: str) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    return dict(info.value.problems)
+
+
+def test_every_problem_is_reported_with_its_path():
+    found = problems(
+        "proxy:\n  listne: 1\n  rules: [{regex: '('}, {regex: ok, use_tls: maybe}]\n"
+        "storage: {piece_size: 3MiB, quota: lots}\norigin: {retries: -1}\nextra: 1\n"
+    )
+    assert "unknown key" in found["proxy.listne"]
+    assert "regular expression" in found["proxy.rules[0].regex"]
+    assert "true or false" in found["proxy.rules[1].use_tls"]
+    assert "size" in found["storage.quota"]
+    assert "unknown key" in found["extra"]
+    assert "0 to 10" in found["origin.retries"]
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "reason"),
+    [
+        ("storage: {piece_size: 3MiB}", "storage.piece_size", "power of two"),
+        ("storage: {piece_size: 128MiB}", "storage.piece_size", "64MiB"),
+        ("storage: {quota: 1KiB}", "storage.quota", "at least one piece"),
+        ("proxy: {listen: 4001}", "proxy.listen", "host:port"),
+        ("proxy: {registry_mirror: docker.io}", "proxy.registry_mirror", "URL"),
+        ("origin: {connect_timeout: 0s}", "origin.connect_timeout", "positive"),
+        ("log: {level: loud}", "log.level", "one of"),
+        ("proxy: [1, 2]", "proxy", "mapping"),
+        ("- a\n- b", "<top>", "mapping"),
+        ("proxy: {rules: [{redirect: x}]}", "proxy.rules[0].regex", "missing"),
+    ],
+)
+def test_single_problems(text, path, reason):
+    found = problems(text)
+    assert reason in found[path], found
+
+
+def test_empty_file_is_the_default():
+    assert parse("") == Config()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfagent", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_config_check_prints_effective_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("storage: {quota: 1GiB}\n")
+    result = run_cli("config", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert parse(result.stdout).storage.quota == 2**30
+    assert "quota: 1GiB" in result.stdout
+
+
+def test_config_check_lists_errors_and_exits_2(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("storage: {quota: lots}\nproxy: {bogus: 1}\n")
+    result = run_cli("config", "check", str(path))
+    assert result.returncode == 2
+    assert "storage.quota:" in result.stderr
+    assert "proxy.bogus: unknown key" in result.stderr
+    missing = run_cli("config", "check", str(tmp_path / "absent.yaml"))
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr
