@@ -13,9 +13,10 @@ that others share.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dfagent.core.pieces import piece_bounds, pieces_for
@@ -94,18 +95,17 @@ class Engine:
                 size = await self._origin.blob_size(source)
                 found.set_result(await self._store.create_blob(source.digest, size))
                 return
-            index = first_byte // self._store.piece_size
-            first = index * self._store.piece_size
+            piece_size = self._store.piece_size
+            piece_last = (first_byte // piece_size + 1) * piece_size - 1
             try:
-                async with self._origin.open_range(
-                    source, first, first + self._store.piece_size - 1
-                ) as body:
+                async with self._origin.open_range(source, first_byte, piece_last) as body:
                     blob = await self._store.create_blob(source.digest, body.total)
                     found.set_result(blob)
                     self._discovering.pop(key, None)
-                    piece = self._claim(blob, index, source)
-                    if piece is not None:  # keep streaming this body into the cache
-                        await self._fill([piece], blob, source, body)
+                    # Keep this response: it already carries the bytes the reader wants first.
+                    run = self._plan(blob, source, [first_byte // piece_size], first_byte)
+                    if run is not None:
+                        await self._fill(run, body)
             except RangeNotSatisfiable as exc:
                 found.set_result(await self._store.create_blob(source.digest, exc.size))
         except BaseException as exc:
@@ -132,9 +132,10 @@ class Engine:
             requested_until = 0
             pending: FileSegment | None = None
             for position, span in enumerate(spans):
-                if position + window > requested_until:
-                    requested_until = min(len(spans), position + 2 * window)
-                    self._request([s.index for s in spans[position:requested_until]], blob, source)
+                if position + window > requested_until:  # keep the pieces ahead coming
+                    ahead = spans[position : position + 2 * window]
+                    requested_until = position + len(ahead)
+                    self._start(blob, source, [s.index for s in ahead], span.start)
                 if blob.has(span.index):
                     if pending is not None and pending.offset + pending.count == span.start:
                         pending = FileSegment(
@@ -164,7 +165,7 @@ class Engine:
                 return
             piece = self._inflight.get((blob.digest.hex, index))
             if piece is None:
-                self._request([index], blob, source)
+                self._start(blob, source, [index], start)
                 piece = self._inflight[(blob.digest.hex, index)]
             try:
                 async for view in piece.read(start - piece.start, end - piece.start):
@@ -173,7 +174,7 @@ class Engine:
                 return
             except OriginHTTPError:
                 # Someone else's credentials were refused; ours may not be. Try once on our own.
-                if retried or piece.authorization == source.authorization or piece.filled:
+                if retried or piece.authorization == source.authorization or piece.received:
                     raise
                 retried = True
 
@@ -189,44 +190,72 @@ class Engine:
         self._inflight[key] = piece
         return piece
 
-    def _request(self, indices: list[int], blob: StoredBlob, source: BlobSource) -> None:
-        """Start fetching every piece in `indices` that is neither present nor in flight,
-        one origin request per run of neighbours."""
-        run: list[InflightPiece] = []
-        for index in indices:
-            piece = self._claim(blob, index, source)
-            if piece is not None and (not run or run[-1].index + 1 == index):
-                run.append(piece)
-                continue
-            if run:
-                self._tasks.spawn(self._fill(run, blob, source), name="fill")
-            run = [piece] if piece is not None else []
-        if run:
-            self._tasks.spawn(self._fill(run, blob, source), name="fill")
-
-    async def _fill(
-        self,
-        run: list[InflightPiece],
-        blob: StoredBlob,
-        source: BlobSource,
-        body: RangeBody | None = None,
+    def _start(
+        self, blob: StoredBlob, source: BlobSource, indices: list[int], from_byte: int
     ) -> None:
-        """Fetch a run of neighbouring pieces from the origin, resuming after a broken body."""
-        with blob.pinned():
-            pieces = iter(run)
-            piece = next(pieces)
-            last = run[-1].start + run[-1].length - 1
+        """Fetch every piece in `indices` that is neither present nor in flight: one origin
+        request per run of neighbours. A run whose first piece holds `from_byte` past its start
+        is fetched from that byte (the reader's first byte comes first) while a second request
+        fills the head of the piece."""
+        group: list[int] = []
+        for index in indices:
+            claimable = self._claimable(blob, index)
+            if group and (not claimable or group[-1] + 1 != index):
+                self._launch(blob, source, group, from_byte)
+                group = []
+            if claimable:
+                group.append(index)
+        if group:
+            self._launch(blob, source, group, from_byte)
+
+    def _launch(
+        self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int
+    ) -> None:
+        run = self._plan(blob, source, group, from_byte)
+        if run is not None:
+            self._tasks.spawn(self._fill(run), name="fill")
+
+    def _claimable(self, blob: StoredBlob, index: int) -> bool:
+        return not blob.has(index) and (blob.digest.hex, index) not in self._inflight
+
+    def _plan(
+        self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int
+    ) -> _Run | None:
+        """Claim the pieces of `group` (neighbours) and return the run that fetches them,
+        after starting the fetch of the first piece's head when `from_byte` falls inside it."""
+        pieces = {}
+        for index in group:
+            piece = self._claim(blob, index, source)
+            if piece is not None:
+                pieces[index] = piece
+        if not pieces:
+            return None
+        first_piece = pieces[min(pieces)]
+        last_piece = pieces[max(pieces)]
+        first = first_piece.start
+        if first_piece.start < from_byte < first_piece.start + first_piece.length:
+            first = from_byte
+            head = _Run(
+                blob, source, {first_piece.index: first_piece}, first_piece.start, from_byte - 1
+            )
+            self._tasks.spawn(self._fill(head), name="fill-head")
+        return _Run(blob, source, pieces, first, last_piece.start + last_piece.length - 1)
+
+    async def _fill(self, run: _Run, body: RangeBody | None = None) -> None:
+        """Fetch `run.position..run.last` from the origin into its pieces, resuming after a
+        body that breaks off. `body`, when given, is an already open response for the run."""
+        with run.blob.pinned():
             resumes = 0
             try:
-                while True:
+                while run.position <= run.last:
                     try:
                         if body is not None:
-                            piece = await self._drain(body, piece, pieces, blob)
+                            await self._drain(body, run)
                         else:
-                            position = piece.start + piece.filled
-                            async with self._origin.open_range(source, position, last) as fresh:
-                                piece = await self._drain(fresh, piece, pieces, blob)
-                        return
+                            async with self._origin.open_range(
+                                run.source, run.position, run.last
+                            ) as fresh:
+                                await self._drain(fresh, run)
                     except OriginError as exc:
                         body = None
                         if isinstance(exc, OriginHTTPError) or resumes >= self._origin.retries:
@@ -234,43 +263,36 @@ class Engine:
                         resumes += 1
                         log.info("origin read broke off; resuming", extra={"error": str(exc)})
             except (DfagentError, OSError) as exc:
-                for unfinished in run:
-                    self._abandon(blob, unfinished, exc)
+                self._abandon(run, exc)
             except BaseException:
-                for unfinished in run:
-                    self._abandon(blob, unfinished, OriginError("fetch cancelled"))
+                self._abandon(run, OriginError("fetch cancelled"))
                 raise
 
-    async def _drain(
-        self,
-        body: RangeBody,
-        piece: InflightPiece,
-        pieces: Iterator[InflightPiece],
-        blob: StoredBlob,
-    ) -> InflightPiece:
-        """Feed `body` into `piece` and the pieces after it; returns the piece being filled."""
+    async def _drain(self, body: RangeBody, run: _Run) -> None:
+        """Feed `body` (which starts at `run.position`) into the run's pieces."""
+        piece_size = run.blob.piece_size
         async for chunk in body.chunks():
             self._metrics.origin_bytes.inc(len(chunk))
             view = memoryview(chunk)
             while view:
-                take = min(len(view), piece.length - piece.filled)
-                piece.append(view[:take])
+                piece = run.pieces[run.position // piece_size]
+                offset = run.position - piece.start
+                take = min(len(view), piece.length - offset)
+                if piece.write(offset, view[:take]) and piece.error is None:
+                    self._finished(run.blob, piece)
                 view = view[take:]
-                if piece.filled == piece.length:
-                    self._finished(blob, piece)
-                    piece = next(pieces, piece)
-        return piece
+                run.position += take
 
     def _finished(self, blob: StoredBlob, piece: InflightPiece) -> None:
-        sha256 = piece.finish()
         self._metrics.piece_fetch_seconds.labels("origin").observe(
             time.monotonic() - piece.started_at
         )
-        self._writes.spawn(self._persist(blob, piece, sha256), name="persist")
+        self._writes.spawn(self._persist(blob, piece), name="persist")
 
-    async def _persist(self, blob: StoredBlob, piece: InflightPiece, sha256: bytes) -> None:
+    async def _persist(self, blob: StoredBlob, piece: InflightPiece) -> None:
         try:
             with blob.pinned():
+                sha256 = await asyncio.to_thread(_sha256, piece.buffer)
                 await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
         except (DfagentError, OSError) as exc:
             log.warning(
@@ -282,11 +304,27 @@ class Engine:
         if self._store.over_quota():
             self._writes.spawn(self._store.evict(), name="evict")
 
-    def _abandon(self, blob: StoredBlob, piece: InflightPiece, error: BaseException) -> None:
-        if piece.complete:
-            return
-        piece.fail(error)
-        self._inflight.pop((blob.digest.hex, piece.index), None)
+    def _abandon(self, run: _Run, error: BaseException) -> None:
+        for piece in run.pieces.values():
+            if not piece.whole:
+                piece.fail(error)
+                if self._inflight.get((run.blob.digest.hex, piece.index)) is piece:
+                    del self._inflight[(run.blob.digest.hex, piece.index)]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Neighbouring pieces fetched by one origin request: blob bytes `position..last`."""
+
+    blob: StoredBlob
+    source: BlobSource
+    pieces: dict[int, InflightPiece]
+    position: int
+    last: int
+
+
+def _sha256(data: bytearray) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:

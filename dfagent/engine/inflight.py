@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 
@@ -13,22 +12,21 @@ __all__ = ["InflightPiece"]
 class InflightPiece:
     """Piece `index` of a blob, `[start, start + length)` in blob offsets, being fetched.
 
-    The fetcher `append`s bytes in order and then calls `finish` or `fail`. Any number of
-    readers iterate `read(...)` and get each part of their range as soon as it has arrived,
-    without waiting for the whole piece. The buffer is allocated once and never resized, so
-    the memoryviews handed out stay valid.
+    One or more fetches `write` parts of it (a read that starts mid-piece fetches from its own
+    first byte while another fetch fills the head of the piece). Readers iterate `read(...)` and
+    get each part of their range as soon as it is in, without waiting for the whole piece. The
+    buffer is allocated once and never resized, so the memoryviews handed out stay valid.
     """
 
     __slots__ = (
         "_changed",
-        "_hasher",
+        "_parts",
         "authorization",
         "buffer",
         "error",
-        "filled",
         "index",
         "length",
-        "sha256",
+        "received",
         "start",
         "started_at",
     )
@@ -39,33 +37,45 @@ class InflightPiece:
         self.length = length
         self.authorization = authorization
         self.buffer = bytearray(length)
-        self.filled = 0
+        self.received = 0
         self.error: BaseException | None = None
-        self.sha256: bytes | None = None
         self.started_at = time.monotonic()
-        self._hasher = hashlib.sha256()
+        self._parts: list[tuple[int, int]] = []  # disjoint, sorted [begin, end) ranges received
         self._changed = asyncio.Event()
 
     @property
-    def complete(self) -> bool:
-        return self.sha256 is not None
+    def whole(self) -> bool:
+        return self.received == self.length
 
-    def append(self, data: bytes | memoryview) -> None:
-        end = self.filled + len(data)
-        assert end <= self.length, "more bytes than the piece holds"
-        self.buffer[self.filled : end] = data
-        self._hasher.update(data)
-        self.filled = end
+    def write(self, offset: int, data: bytes | memoryview) -> bool:
+        """Put `data` at piece-relative `offset`; True when this write made the piece whole."""
+        end = offset + len(data)
+        assert offset >= 0 and end <= self.length, "write outside the piece"
+        was_whole = self.whole
+        self.buffer[offset:end] = data
+        self._cover(offset, end)
         self._wake()
+        return self.whole and not was_whole
 
-    def finish(self) -> bytes:
-        assert self.filled == self.length, "piece finished short"
-        self.sha256 = self._hasher.digest()
-        self._wake()
-        return self.sha256
+    def _cover(self, begin: int, end: int) -> None:
+        merged: list[tuple[int, int]] = []
+        for part in sorted([*self._parts, (begin, end)]):
+            if merged and part[0] <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], part[1]))
+            else:
+                merged.append(part)
+        self._parts = merged
+        self.received = sum(e - b for b, e in merged)
+
+    def available_until(self, position: int) -> int:
+        """The end of the received part that holds `position`, or `position` if none does."""
+        for begin, end in self._parts:
+            if begin <= position < end:
+                return end
+        return position
 
     def fail(self, error: BaseException) -> None:
-        if self.error is None and not self.complete:
+        if self.error is None and not self.whole:
             self.error = error
             self._wake()
 
@@ -78,10 +88,10 @@ class InflightPiece:
         position = start
         view = memoryview(self.buffer)
         while position < end:
-            while self.filled <= position:
+            while (stop := self.available_until(position)) <= position:
                 if self.error is not None:
                     raise self.error
                 await self._changed.wait()
-            stop = min(self.filled, end)
+            stop = min(stop, end)
             yield view[position:stop]
             position = stop

@@ -106,6 +106,7 @@ class OriginClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
             trust_env=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            read_bufsize=256 * 1024,  # fewer, larger chunks per piece
         )
         return self
 

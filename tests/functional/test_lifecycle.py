@@ -86,3 +86,25 @@ def test_port_in_use_fails_with_the_field_to_change(tmp_path):
     assert f"proxy: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "change proxy.listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_runs_on_uvloop_too(tmp_path, origin, registry):
+    """`--loop uvloop`: its transports are not asyncio's, and it has no sendfile."""
+    data = os.urandom(900_000)
+    digest = registry.push_blob("test/uvloop", data)
+    agent = AgentProcess(tmp_path, {"storage": {"piece_size": "256KiB"}}, ["--loop", "uvloop"])
+    agent.start()
+    try:
+        url = f"{origin.url}/v2/test/uvloop/blobs/{digest}"
+        for _ in range(2):  # cold, then from the cache
+            assert (
+                send(agent.proxy_port, url, {"Range": "bytes=1000-800000"}).body
+                == data[1000:800001]
+            )
+            assert send(agent.proxy_port, url).body == data
+        with socket.create_connection(("127.0.0.1", agent.proxy_port), timeout=10) as sock:
+            sock.sendall(f"CONNECT {origin.host} HTTP/1.1\r\n\r\n".encode())
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+    finally:
+        assert agent.stop() == 0
+    assert "Traceback" not in agent.log()

@@ -70,6 +70,7 @@ class Registry:
 
     def start(self) -> Registry:
         binary = ensure_installed(REGISTRY_BINARY, "docker-registry")
+        self.root.mkdir(parents=True, exist_ok=True)
         config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},

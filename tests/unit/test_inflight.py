@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import pytest
 
@@ -16,37 +15,54 @@ async def collect(piece: InflightPiece, start: int, end: int) -> bytes:
 async def test_readers_follow_the_fill_and_see_exact_bytes():
     data = bytes(range(256)) * 40
     piece = InflightPiece(0, 0, len(data), None)
-    readers = [
-        asyncio.create_task(collect(piece, s, e))
-        for s, e in [(0, len(data)), (100, 101), (5000, 10240)]
-    ]
+    spans = [(0, len(data)), (100, 101), (5000, 10240)]
+    readers = [asyncio.create_task(collect(piece, s, e)) for s, e in spans]
+    completed = []
     for offset in range(0, len(data), 1000):
-        piece.append(data[offset : offset + 1000])
+        completed.append(piece.write(offset, data[offset : offset + 1000]))
         await asyncio.sleep(0)
-    assert piece.finish() == hashlib.sha256(data).digest()
+    assert completed == [False] * (len(completed) - 1) + [True]
+    assert piece.whole
     assert await asyncio.gather(*readers) == [data, data[100:101], data[5000:10240]]
+
+
+async def test_two_fillers_out_of_order():
+    """The reader's part arrives first, the head of the piece afterwards."""
+    data = bytes(range(200))
+    piece = InflightPiece(3, 600, len(data), None)
+    tail_reader = asyncio.create_task(collect(piece, 120, 200))
+    whole_reader = asyncio.create_task(collect(piece, 0, 200))
+    assert piece.write(120, data[120:160]) is False
+    assert piece.write(160, data[160:]) is False
+    await asyncio.sleep(0)
+    assert tail_reader.done() and tail_reader.result() == data[120:]
+    assert not whole_reader.done()
+    assert piece.write(0, data[:120]) is True
+    assert await whole_reader == data
+    assert piece.received == 200
 
 
 async def test_reader_gets_bytes_before_the_piece_is_whole():
     piece = InflightPiece(0, 0, 10, None)
-    piece.append(b"abc")
+    piece.write(0, b"abc")
     reader = piece.read(0, 10)
     assert bytes(await anext(reader)) == b"abc"
-    piece.append(b"defghij")
+    piece.write(3, b"defghij")
     assert bytes(await anext(reader)) == b"defghij"
 
 
-async def test_failure_reaches_waiting_readers():
+async def test_failure_reaches_waiting_readers_but_not_finished_parts():
     piece = InflightPiece(0, 0, 10, None)
-    piece.append(b"abc")
-    reader = asyncio.create_task(collect(piece, 0, 10))
+    piece.write(0, b"abc")
+    waiting = asyncio.create_task(collect(piece, 0, 10))
     await asyncio.sleep(0)
     piece.fail(OriginError("gone"))
     with pytest.raises(OriginError, match="gone"):
-        await reader
+        await waiting
+    assert await collect(piece, 0, 3) == b"abc"
 
 
-def test_overfill_is_a_bug():
+def test_write_outside_the_piece_is_a_bug():
     piece = InflightPiece(0, 0, 2, None)
     with pytest.raises(AssertionError):
-        piece.append(b"abc")
+        piece.write(1, b"ab")

@@ -1,0 +1,1 @@
+"""Benchmarks that compare dfagent with the practical limit and the alternatives, side by side."""

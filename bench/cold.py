@@ -1,0 +1,126 @@
+"""Cold path: ranges nobody has read before, through dfagent (whose cache is empty for them)
+against straight to the registry. Reports time to first byte and total time per 1 MiB read,
+and origin bytes per byte asked for, for each piece size compared."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import random
+import statistics
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import harness
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Series:
+    name: str
+    ttfb_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    origin_bytes: float = 0.0
+    asked_bytes: int = 0
+
+
+class _Reader:
+    """One keep-alive connection, as nydusd keeps one per backend."""
+
+    def __init__(self, port: int, target: str) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self._target = target
+
+    def read(self, first: int, length: int) -> tuple[float, float, bytes]:
+        started = time.perf_counter()
+        self._connection.request(
+            "GET", self._target, headers={"Range": f"bytes={first}-{first + length - 1}"}
+        )
+        response = self._connection.getresponse()
+        head = response.read(1)
+        first_byte = time.perf_counter()
+        body = head + response.read()
+        done = time.perf_counter()
+        assert response.status == 206, response.status
+        return (first_byte - started) * 1000, (done - started) * 1000, body
+
+
+def _origin_bytes(metrics_url: str) -> float:
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("dfagent_origin_bytes_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def run(
+    work: Path,
+    samples: int = 64,
+    range_length: int = MIB,
+    spacing: int = 8 * MIB,
+    piece_sizes: tuple[int, ...] = (MIB, 4 * MIB),
+) -> list[Series]:
+    harness.clean(work)
+    data = os.urandom(samples * spacing)
+    offsets = [i * spacing + random.randrange(0, spacing - range_length) for i in range(samples)]
+    random.shuffle(offsets)
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(harness.registry(work))
+        digest = registry.push_blob("bench/cold", data)
+        path = f"/v2/bench/cold/blobs/{digest}"
+        readers: list[tuple[Series, _Reader, str | None]] = [
+            (Series("registry direct"), _Reader(registry.port, path), None)
+        ]
+        for piece_size in piece_sizes:
+            process = stack.enter_context(
+                harness.agent(
+                    work, f"agent-{piece_size // MIB}m", storage={"piece_size": piece_size}
+                )
+            )
+            series = Series(f"dfagent, {piece_size // MIB} MiB pieces")
+            readers.append(
+                (series, _Reader(process.proxy_port, registry.url + path), process.metrics_url)
+            )
+        for turn, first in enumerate(offsets):
+            rotation = readers[turn % len(readers) :] + readers[: turn % len(readers)]
+            for series, reader, _ in rotation:
+                ttfb, total, body = reader.read(first, range_length)
+                assert body == data[first : first + range_length], f"{series.name}: bytes differ"
+                series.ttfb_ms.append(ttfb)
+                series.total_ms.append(total)
+                series.asked_bytes += range_length
+        for series, _, metrics_url in readers:
+            series.origin_bytes = (
+                _origin_bytes(metrics_url) if metrics_url else float(series.asked_bytes)
+            )
+    return [series for series, _, _ in readers]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def report(series: list[Series]) -> str:
+    base = series[0]
+    lines = [
+        "| path | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms | "
+        "TTFB p50 vs direct | total p50 vs direct | origin bytes / asked |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in series:
+        lines.append(
+            f"| {s.name} | {_pct(s.ttfb_ms, 50):.2f} | {_pct(s.ttfb_ms, 99):.2f} | "
+            f"{_pct(s.total_ms, 50):.2f} | {_pct(s.total_ms, 99):.2f} | "
+            f"{_pct(s.ttfb_ms, 50) - _pct(base.ttfb_ms, 50):+.2f} ms | "
+            f"{_pct(s.total_ms, 50) / _pct(base.total_ms, 50):.2f}x | "
+            f"{s.origin_bytes / s.asked_bytes:.2f} |"
+        )
+    return "\n".join(lines)

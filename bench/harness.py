@@ -1,0 +1,140 @@
+"""Setting up what a benchmark compares: the registry, dfagent, nginx; and running wrk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.agent import AgentProcess, deep_merge
+from tests.support.ports import free_port
+from tests.support.registry import Registry, ensure_installed
+
+HERE = Path(__file__).parent
+
+
+@contextlib.contextmanager
+def registry(work: Path) -> Iterator[Registry]:
+    reg = Registry(work / "registry").start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@contextlib.contextmanager
+def agent(work: Path, name: str, *args: str, **overrides: object) -> Iterator[AgentProcess]:
+    base = {"log": {"level": "info"}, "storage": {"quota": "8GiB"}}
+    process = AgentProcess(work / name, deep_merge(base, overrides), list(args)).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
+def nginx(work: Path, files: Path) -> Iterator[int]:
+    """nginx serving `files` on a free loopback port: the practical limit for cache hits."""
+    binary = ensure_installed("nginx", "nginx-light")
+    root = work / "nginx"
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (root / "nginx.conf").write_text(
+        f"""
+worker_processes auto;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {root};
+    proxy_temp_path {root};
+    fastcgi_temp_path {root};
+    uwsgi_temp_path {root};
+    scgi_temp_path {root};
+    server {{
+        listen 127.0.0.1:{port};
+        root {files};
+    }}
+}}
+"""
+    )
+    process = subprocess.Popen([binary, "-c", str(root / "nginx.conf"), "-p", str(root)])
+    try:
+        _wait_port(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(
+    port: int, target: str, size: int, range_length: int, connections: int, seconds: float
+) -> WrkResult:
+    binary = ensure_installed("wrk", "wrk")
+    env = {
+        **os.environ,
+        "TARGET": target,
+        "BLOB_SIZE": str(size),
+        "RANGE_LEN": str(range_length),
+    }
+    result = subprocess.run(
+        [
+            binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+            "-s", str(HERE / "random_range.lua"), f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    out = result.stdout
+
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        assert match, out
+        return float(match.group(1)) * _UNITS[match.group(2)]
+
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rate, out
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += len(re.findall("unexpected status", result.stderr))
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    return WrkResult(float(rate.group(1)), latency("50%"), latency("99%"), errors)
+
+
+def clean(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
