@@ -112,7 +112,7 @@ def wrk(
     }
     result = subprocess.run(
         [
-            binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+            binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-s", str(HERE / "random_range.lua"), f"http://127.0.0.1:{port}/",
         ],
         capture_output=True, text=True, env=env, check=True,

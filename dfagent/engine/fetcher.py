@@ -125,6 +125,18 @@ class Engine:
         self, blob: StoredBlob, source: BlobSource, first: int, last: int
     ) -> AsyncIterator[FileSegment | memoryview]:
         """Bytes `first..last` of `blob`, in order, from the cache or as they arrive."""
+        local = self._metrics.served_bytes.labels("local")
+        origin = self._metrics.served_bytes.labels("origin")
+        async for part in self._parts(blob, source, first, last):
+            if isinstance(part, FileSegment):
+                local.inc(part.count)
+            else:
+                origin.inc(len(part))
+            yield part
+
+    async def _parts(
+        self, blob: StoredBlob, source: BlobSource, first: int, last: int
+    ) -> AsyncIterator[FileSegment | memoryview]:
         with blob.pinned():
             self._store.touch(blob)
             spans = pieces_for(first, last, blob.piece_size)
@@ -169,7 +181,6 @@ class Engine:
                 piece = self._inflight[(blob.digest.hex, index)]
             try:
                 async for view in piece.read(start - piece.start, end - piece.start):
-                    self._metrics.served_bytes.labels("origin").inc(len(view))
                     yield view
                 return
             except OriginHTTPError:

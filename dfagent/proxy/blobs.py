@@ -14,7 +14,6 @@ from aiohttp import web
 from dfagent.core.ranges import MalformedRange, UnsatisfiableRange, parse_range_header
 from dfagent.engine.fetcher import Engine, FileSegment
 from dfagent.errors import BadRequest, DfagentError, RangeNotSatisfiable
-from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
 from dfagent.proxy.headers import TASK_ID
 from dfagent.proxy.routing import Route
@@ -25,9 +24,7 @@ __all__ = ["serve_blob"]
 log = logging.getLogger(__name__)
 
 
-async def serve_blob(
-    request: web.BaseRequest, route: Route, engine: Engine, metrics: Metrics
-) -> web.StreamResponse:
+async def serve_blob(request: web.BaseRequest, route: Route, engine: Engine) -> web.StreamResponse:
     assert route.digest is not None
     range_header = request.headers.get("Range")
     try:
@@ -76,7 +73,6 @@ async def serve_blob(
             while True:
                 if isinstance(part, FileSegment):
                     await send_segment(request, response, part)
-                    metrics.served_bytes.labels("local").inc(part.count)
                 else:
                     await response.write(part)
                 part = await anext(segments, None)

@@ -83,7 +83,7 @@ class ProxyServer:
             target = route(self._config, request.method, request.raw_path, request.headers)
             kind = "blob" if target.digest is not None else "passthrough"
             if target.digest is not None:
-                response = await serve_blob(request, target, self._engine, self._metrics)
+                response = await serve_blob(request, target, self._engine)
             else:
                 response = await pass_through(request, target, self._origin)
             return response

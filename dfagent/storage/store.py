@@ -25,7 +25,7 @@ from dfagent.errors import StorageFull
 from dfagent.metrics import Metrics
 from dfagent.storage.config import StorageConfig
 from dfagent.storage.index import Index
-from dfagent.tasks import TaskOwner
+from dfagent.tasks import KeyedLocks, TaskOwner
 
 __all__ = ["PieceStore", "StoredBlob"]
 
@@ -90,6 +90,7 @@ class PieceStore:
         self._stored_pieces = 0
         self._evicting = asyncio.Lock()
         self._tasks = TaskOwner("store")
+        self._locks = KeyedLocks()  # open, create and delete of one blob never interleave
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +137,35 @@ class PieceStore:
         blob = self._blobs.get(digest.hex)
         if blob is not None:
             return blob
+        async with self._locks.hold(digest.hex):
+            return await self._load(digest)
+
+    async def create_blob(self, digest: Digest, size: int) -> StoredBlob:
+        """Register a blob of `size` bytes (first sight) with a sparse data file of that size."""
+        blob = self._blobs.get(digest.hex)
+        if blob is not None:
+            return blob
+        async with self._locks.hold(digest.hex):
+            blob = await self._load(digest)
+            if blob is not None:
+                return blob
+            path = self._path(digest)
+
+            def make() -> IO[bytes]:
+                path.parent.mkdir(exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                os.ftruncate(fd, size)
+                return open(fd, "r+b", buffering=0)
+
+            file = await asyncio.to_thread(make)
+            await self.index.put_blob(digest.hex, size, self.piece_size)
+            return self._adopt(StoredBlob(digest, size, self.piece_size, path, {}), file)
+
+    async def _load(self, digest: Digest) -> StoredBlob | None:
+        """open_blob's slow path, with the blob's lock held."""
+        blob = self._blobs.get(digest.hex)
+        if blob is not None:
+            return blob
         row = await self.index.get_blob(digest.hex)
         if row is None:
             return None
@@ -146,36 +176,11 @@ class PieceStore:
             log.warning(
                 "data file of an indexed blob is gone; forgetting it", extra={"digest": str(digest)}
             )
-            await self._forget(digest.hex, sum(self._lengths(row.size, row.piece_size, row.pieces)))
+            await self._drop(digest.hex, sum(self._lengths(row.size, row.piece_size, row.pieces)))
             return None
         return self._adopt(StoredBlob(digest, row.size, row.piece_size, path, row.pieces), file)
 
-    async def create_blob(self, digest: Digest, size: int) -> StoredBlob:
-        """Register a blob of `size` bytes (first sight) with a sparse data file of that size."""
-        blob = await self.open_blob(digest)
-        if blob is not None:
-            return blob
-        path = self._path(digest)
-
-        def make() -> IO[bytes]:
-            path.parent.mkdir(exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            os.ftruncate(fd, size)
-            return open(fd, "r+b", buffering=0)
-
-        file = await asyncio.to_thread(make)
-        await self.index.put_blob(digest.hex, size, self.piece_size)
-        existing = self._blobs.get(digest.hex)  # another request created it meanwhile
-        if existing is not None:
-            file.close()
-            return existing
-        return self._adopt(StoredBlob(digest, size, self.piece_size, path, {}), file)
-
     def _adopt(self, blob: StoredBlob, file: IO[bytes]) -> StoredBlob:
-        existing = self._blobs.get(blob.digest.hex)
-        if existing is not None:
-            file.close()
-            return existing
         blob._file = file
         self._blobs[blob.digest.hex] = blob
         return blob
@@ -252,6 +257,7 @@ class PieceStore:
                     if blob is not None and blob.pins:
                         continue
                     await self._forget(digest_hex, stored)
+                    log.info("evicted", extra={"digest": f"sha256:{digest_hex}", "bytes": stored})
                     evicted += 1
                     progress = True
                     if self._stored_bytes <= target:
@@ -262,6 +268,11 @@ class PieceStore:
         return evicted
 
     async def _forget(self, digest_hex: str, stored: int) -> None:
+        async with self._locks.hold(digest_hex):
+            await self._drop(digest_hex, stored)
+
+    async def _drop(self, digest_hex: str, stored: int) -> None:
+        """Delete a blob's index rows and data file, with its lock held."""
         blob = self._blobs.pop(digest_hex, None)
         pieces = len(blob.piece_sha256) if blob is not None else None
         if blob is not None and blob._file is not None:
