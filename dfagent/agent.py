@@ -10,12 +10,18 @@ from types import TracebackType
 
 from dfagent.admin import AdminServer
 from dfagent.config import Config
+from dfagent.control import ControlServer
 from dfagent.engine.fetcher import Engine
+from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import StartupError
+from dfagent.maintenance import Maintenance
 from dfagent.metrics import Metrics
 from dfagent.origin.client import OriginClient
 from dfagent.proxy.server import ProxyServer
+from dfagent.storage.gc import GarbageCollector
+from dfagent.storage.scrub import Scrubber
 from dfagent.storage.store import PieceStore
+from dfagent.tasks import TaskOwner
 
 __all__ = ["Agent"]
 
@@ -25,14 +31,16 @@ log = logging.getLogger(__name__)
 class Agent:
     """`async with Agent(config) as agent:` runs the agent until the block ends.
 
-    Start order: store -> origin client -> engine -> proxy -> health/metrics. Exit runs in
-    reverse; if start fails part way, only what started is stopped.
+    Start order: store -> origin client -> engine -> GC and scrub -> control socket -> proxy
+    -> health/metrics. Exit runs in reverse; if start fails part way, only what started is
+    stopped.
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
         self._stack: AsyncExitStack | None = None
+        self._tasks = TaskOwner("agent")
         self.proxy: ProxyServer | None = None
         self.admin: AdminServer | None = None
 
@@ -44,9 +52,23 @@ class Agent:
             except OSError as exc:
                 raise StartupError(f"storage.dir: cannot use {config.storage.dir}: {exc}") from exc
             origin = await stack.enter_async_context(OriginClient(config.origin, self.metrics))
-            engine = await stack.enter_async_context(Engine(store, origin, self.metrics))
+            engine = await stack.enter_async_context(
+                Engine(store, origin, self.metrics, verify_reads=config.storage.verify_reads)
+            )
+            prefetcher = await stack.enter_async_context(
+                Prefetcher(engine, config.origin.prefetch_bandwidth)
+            )
 
-            self.proxy = ProxyServer(config.proxy, engine, origin, self.metrics)
+            gc = GarbageCollector(store, config.storage, self.metrics)
+            scrubber = Scrubber(store, config.storage, self.metrics)
+            self._tasks.spawn(gc.run(), name="gc")
+            self._tasks.spawn(scrubber.run(), name="scrub")
+            stack.push_async_callback(self._tasks.aclose)
+            control = ControlServer(store.root, Maintenance(store, gc, scrubber))
+            await control.start()
+            stack.push_async_callback(control.stop)
+
+            self.proxy = ProxyServer(config.proxy, engine, prefetcher, origin, self.metrics)
             await self.proxy.start()
             stack.push_async_callback(self.proxy.stop)
 

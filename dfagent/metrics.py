@@ -66,16 +66,58 @@ class Metrics:
             registry=r,
         )
         self.cache_bytes = Gauge(
-            "dfagent_cache_bytes", "Bytes of verified pieces held in the local cache.", registry=r
+            "dfagent_cache_bytes", "Bytes of pieces held in the local cache.", registry=r
+        )
+        self.cache_blobs = Gauge(
+            "dfagent_cache_blobs", "Blobs with at least a record in the local cache.", registry=r
+        )
+        self.cache_quota_bytes = Gauge(
+            "dfagent_cache_quota_bytes", "storage.quota: the cache's own byte budget.", registry=r
         )
         self.cache_pieces = Gauge(
             "dfagent_cache_pieces", "Pieces held in the local cache.", registry=r
         )
         self.evicted_blobs = Counter(
-            "dfagent_evicted_blobs", "Blobs evicted to stay under storage.quota.", registry=r
+            "dfagent_evicted_blobs",
+            "Blobs evicted, by reason (quota: over the high watermark; age: storage.max_age).",
+            ["reason"],
+            registry=r,
+        )
+        self.evicted_bytes = Counter(
+            "dfagent_evicted_bytes", "Bytes freed by eviction.", registry=r
+        )
+        self.storage_full = Counter(
+            "dfagent_storage_full",
+            "Pieces not cached because the disk was full (ENOSPC); they were still served.",
+            registry=r,
         )
         self.storage_write_errors = Counter(
             "dfagent_storage_write_errors",
-            "Pieces that could not be stored (served without caching).",
+            "Pieces not cached because of another write error; they were still served.",
             registry=r,
+        )
+        self.blob_verify_failures = Counter(
+            "dfagent_blob_verify_failures",
+            "Whole blobs whose bytes did not match their digest (purged).",
+            registry=r,
+        )
+        self.blob_verify_seconds = Histogram(
+            "dfagent_blob_verify_seconds",
+            "Time to hash a whole blob against its digest.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.scrubbed_pieces = Counter(
+            "dfagent_scrub_pieces", "Stored pieces re-hashed by the scrub.", registry=r
+        )
+        self.scrubbed_bytes = Counter(
+            "dfagent_scrub_bytes", "Stored bytes re-hashed by the scrub.", registry=r
+        )
+        self.scrub_bad_pieces = Counter(
+            "dfagent_scrub_bad_pieces",
+            "Stored pieces whose bytes no longer matched their recorded sha256 (dropped).",
+            registry=r,
+        )
+        self.scrub_passes = Counter(
+            "dfagent_scrub_passes", "Completed scrub passes over the whole cache.", registry=r
         )

@@ -13,8 +13,8 @@ that others share.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from dfagent.core.pieces import piece_bounds, pieces_for
 from dfagent.engine.inflight import InflightPiece
 from dfagent.errors import DfagentError, OriginError, OriginHTTPError, RangeNotSatisfiable
+from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient, RangeBody
 from dfagent.storage.store import PieceStore, StoredBlob
@@ -45,12 +46,24 @@ class FileSegment:
 
 
 class Engine:
-    def __init__(self, store: PieceStore, origin: OriginClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: PieceStore,
+        origin: OriginClient,
+        metrics: Metrics,
+        *,
+        verify_reads: bool = False,
+    ) -> None:
         self._store = store
         self._origin = origin
         self._metrics = metrics
+        self._verify_reads = verify_reads
+        self._client_runs = 0
+        self._quiet = asyncio.Event()  # set while no client-driven origin fetch runs
+        self._quiet.set()
         self._tasks = TaskOwner("engine")
         self._writes = TaskOwner("engine-writes")
+        self._storage_failing = False
         self._inflight: dict[tuple[str, int], InflightPiece] = {}
         self._discovering: dict[tuple[str, str | None], asyncio.Future[StoredBlob]] = {}
 
@@ -148,6 +161,15 @@ class Engine:
                     ahead = spans[position : position + 2 * window]
                     requested_until = position + len(ahead)
                     self._start(blob, source, [s.index for s in ahead], span.start)
+                if blob.has(span.index) and self._verify_reads:
+                    if pending is not None:
+                        yield pending
+                        pending = None
+                    async for part in self._checked_local(
+                        blob, source, span.index, span.start, span.end
+                    ):
+                        yield part
+                    continue
                 if blob.has(span.index):
                     if pending is not None and pending.offset + pending.count == span.start:
                         pending = FileSegment(
@@ -165,6 +187,28 @@ class Engine:
                     yield part
             if pending is not None:
                 yield pending
+
+    async def _checked_local(
+        self, blob: StoredBlob, source: BlobSource, index: int, start: int, end: int
+    ) -> AsyncIterator[FileSegment | memoryview]:
+        """storage.verify_reads: read the whole stored piece, check it against its recorded
+        sha256, then send the part wanted; a piece that fails is dropped and fetched again."""
+        piece_start, piece_end = piece_bounds(index, blob.size, blob.piece_size)
+        expected = blob.piece_sha256.get(index)
+        data = await asyncio.to_thread(
+            os.pread, blob.file.fileno(), piece_end - piece_start, piece_start
+        )
+        if expected is not None and await asyncio.to_thread(sha256_of, data) == expected:
+            yield memoryview(data)[start - piece_start : end - piece_start]
+            return
+        self._metrics.scrub_bad_pieces.inc()
+        log.error(
+            "stored piece does not match its recorded sha256; fetching it again",
+            extra={"digest": str(blob.digest), "piece": index},
+        )
+        await self._store.drop_piece(blob.digest.hex, index, piece_end - piece_start)
+        async for part in self._piece_bytes(blob, source, index, start, end):
+            yield part
 
     async def _piece_bytes(
         self, blob: StoredBlob, source: BlobSource, index: int, start: int, end: int
@@ -224,7 +268,39 @@ class Engine:
     ) -> None:
         run = self._plan(blob, source, group, from_byte)
         if run is not None:
-            self._tasks.spawn(self._fill(run), name="fill")
+            self._tasks.spawn(self._client_fill(run), name="fill")
+
+    async def _client_fill(self, run: _Run) -> None:
+        """A fetch some reader waits for: background prefetch holds back while any runs."""
+        self._client_runs += 1
+        self._quiet.clear()
+        try:
+            await self._fill(run)
+        finally:
+            self._client_runs -= 1
+            if not self._client_runs:
+                self._quiet.set()
+
+    async def until_quiet(self) -> None:
+        """Return once no fetch that a reader waits for is running."""
+        await self._quiet.wait()
+
+    async def fetch_missing(self, blob: StoredBlob, source: BlobSource, indices: list[int]) -> int:
+        """Fetch, and wait for, the pieces of `indices` (neighbours) that are neither present
+        nor on their way; returns the bytes fetched. For background work (prefetch)."""
+        runs = []
+        group: list[int] = []
+        for index in [*indices, None]:
+            if index is not None and self._claimable(blob, index):
+                group.append(index)
+                continue
+            if group and (run := self._plan(blob, source, group, group[0] * blob.piece_size)):
+                runs.append(run)
+            group = []
+        tasks = [self._tasks.spawn(self._fill(run), name="prefetch-fill") for run in runs]
+        if tasks:
+            await asyncio.wait(tasks)
+        return sum(run.last - run.first + 1 for run in runs)
 
     def _claimable(self, blob: StoredBlob, index: int) -> bool:
         return not blob.has(index) and (blob.digest.hex, index) not in self._inflight
@@ -303,17 +379,21 @@ class Engine:
     async def _persist(self, blob: StoredBlob, piece: InflightPiece) -> None:
         try:
             with blob.pinned():
-                sha256 = await asyncio.to_thread(_sha256, piece.buffer)
+                sha256 = await asyncio.to_thread(sha256_of, piece.buffer)
                 await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
         except (DfagentError, OSError) as exc:
-            log.warning(
-                "piece served but not cached",
-                extra={"digest": str(blob.digest), "piece": piece.index, "error": str(exc)},
-            )
+            if not self._storage_failing:  # once per bad spell, not once per piece
+                log.warning(
+                    "cannot store pieces; serving them without caching",
+                    extra={"digest": str(blob.digest), "piece": piece.index, "error": str(exc)},
+                )
+            self._storage_failing = True
+        else:
+            if self._storage_failing:
+                log.info("storing pieces again")
+            self._storage_failing = False
         finally:
             self._inflight.pop((blob.digest.hex, piece.index), None)
-        if self._store.over_quota():
-            self._writes.spawn(self._store.evict(), name="evict")
 
     def _abandon(self, run: _Run, error: BaseException) -> None:
         for piece in run.pieces.values():
@@ -332,10 +412,10 @@ class _Run:
     pieces: dict[int, InflightPiece]
     position: int
     last: int
+    first: int = -1
 
-
-def _sha256(data: bytearray) -> bytes:
-    return hashlib.sha256(data).digest()
+    def __post_init__(self) -> None:
+        self.first = self.position
 
 
 def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dfagent.configtypes import Duration
+from dfagent.configtypes import ByteSize, Duration
 
 __all__ = ["OriginConfig"]
 
@@ -19,6 +19,8 @@ class OriginConfig:
     # Cap on how long a blob's redirect target (a signed storage URL) is reused.
     redirect_ttl: Duration = Duration(600)
     max_connections: int = 100
+    # Bytes per second that background completion (prefetch) may take from origins (null: no cap).
+    prefetch_bandwidth: ByteSize | None = ByteSize(32 * 1024 * 1024)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

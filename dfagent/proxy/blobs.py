@@ -7,15 +7,18 @@ proper status. After that, a failure cuts the connection: never a short body tha
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from aiohttp import web
 
+from dfagent.core.digest import Digest
 from dfagent.core.ranges import MalformedRange, UnsatisfiableRange, parse_range_header
 from dfagent.engine.fetcher import Engine, FileSegment
+from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import BadRequest, DfagentError, RangeNotSatisfiable
 from dfagent.origin.client import BlobSource
-from dfagent.proxy.headers import TASK_ID
+from dfagent.proxy.headers import DOWNLOAD_FINISHED, PREFETCH, TASK_ID
 from dfagent.proxy.routing import Route
 from dfagent.proxy.sendfile import send_segment
 
@@ -24,7 +27,13 @@ __all__ = ["serve_blob"]
 log = logging.getLogger(__name__)
 
 
-async def serve_blob(request: web.BaseRequest, route: Route, engine: Engine) -> web.StreamResponse:
+async def serve_blob(
+    request: web.BaseRequest,
+    route: Route,
+    engine: Engine,
+    prefetcher: Prefetcher,
+    prefetch: bool,
+) -> web.StreamResponse:
     assert route.digest is not None
     range_header = request.headers.get("Range")
     try:
@@ -32,21 +41,13 @@ async def serve_blob(request: web.BaseRequest, route: Route, engine: Engine) -> 
     except MalformedRange as exc:
         raise BadRequest(str(exc)) from None
     source = BlobSource(route.upstream, route.digest, request.headers.get("Authorization"))
-    if request.method == "HEAD":
-        first_byte = None
-    elif wanted is None:
-        first_byte = 0
-    else:
-        first_byte = wanted.first
+    # A blob seen for the first time learns its size from the GET of the first byte wanted
+    # (none for HEAD or a suffix range: those ask the origin with a HEAD).
+    wanted_first = 0 if wanted is None else wanted.first
+    first_byte = None if request.method == "HEAD" else wanted_first
     blob = await engine.blob(source, first_byte)
 
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Docker-Content-Digest": str(route.digest),
-        "Etag": f'"{route.digest}"',
-        "Accept-Ranges": "bytes",
-        TASK_ID: route.digest.hex,
-    }
+    headers = _blob_headers(route.digest)
     if request.method == "HEAD":
         response = web.StreamResponse(status=200, headers=headers)
         response.content_length = blob.size
@@ -60,6 +61,10 @@ async def serve_blob(request: web.BaseRequest, route: Route, engine: Engine) -> 
             raise RangeNotSatisfiable(blob.size) from None
         status, first, last = 206, byte_range.first, byte_range.last
         headers["Content-Range"] = byte_range.content_range()
+        if prefetch or request.headers.get(PREFETCH, "").lower() == "true":
+            prefetcher.start(blob, source)
+    if blob.verified:  # every byte comes from this node's checked copy
+        headers[DOWNLOAD_FINISHED] = "true"
 
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = last - first + 1
@@ -70,14 +75,7 @@ async def serve_blob(request: web.BaseRequest, route: Route, engine: Engine) -> 
         part = await anext(segments)  # errors before this line still get a status
         await response.prepare(request)
         try:
-            while True:
-                if isinstance(part, FileSegment):
-                    await send_segment(request, response, part)
-                else:
-                    await response.write(part)
-                part = await anext(segments, None)
-                if part is None:
-                    break
+            await _send(request, response, part, segments)
         except (DfagentError, OSError) as exc:
             log.warning(
                 "blob response cut after headers",
@@ -86,3 +84,30 @@ async def serve_blob(request: web.BaseRequest, route: Route, engine: Engine) -> 
             if request.transport is not None:
                 request.transport.close()
     return response
+
+
+async def _send(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    part: FileSegment | memoryview,
+    rest: AsyncIterator[FileSegment | memoryview],
+) -> None:
+    while True:
+        if isinstance(part, FileSegment):
+            await send_segment(request, response, part)
+        else:
+            await response.write(part)
+        following = await anext(rest, None)
+        if following is None:
+            return
+        part = following
+
+
+def _blob_headers(digest: Digest) -> dict[str, str]:
+    return {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(digest),
+        "Etag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        TASK_ID: digest.hex,
+    }

@@ -46,6 +46,9 @@ class ProxyConfig:
     # Upstream for origin-form (registry mirror) requests without X-Dragonfly-Registry or ?ns=.
     registry_mirror: str = "https://index.docker.io"
     rules: tuple[Rule, ...] = field(default_factory=lambda: DEFAULT_RULES)
+    # After a ranged blob read, fetch the rest of the blob in the background (also per request
+    # with `X-Dragonfly-Prefetch: true`), at most origin.prefetch_bandwidth.
+    prefetch: bool = False
     # How long in-flight responses may run on after SIGTERM before they are cut.
     shutdown_grace: Duration = Duration(10)
 

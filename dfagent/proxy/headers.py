@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping
 from multidict import CIMultiDict
 
 __all__ = [
+    "DOWNLOAD_FINISHED",
     "ERROR_TYPE",
+    "PREFETCH",
     "REGISTRY",
     "TASK_ID",
     "end_to_end",
@@ -16,6 +18,8 @@ __all__ = [
 REGISTRY = "X-Dragonfly-Registry"
 TASK_ID = "X-Dragonfly-Task-ID"
 ERROR_TYPE = "X-Dragonfly-Error-Type"
+PREFETCH = "X-Dragonfly-Prefetch"
+DOWNLOAD_FINISHED = "X-Dragonfly-Task-Download-Finished"
 DRAGONFLY_PREFIX = "x-dragonfly-"
 
 _HOP_BY_HOP = frozenset(

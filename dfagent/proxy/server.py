@@ -12,6 +12,7 @@ import time
 from aiohttp import web
 
 from dfagent.engine.fetcher import Engine
+from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import DfagentError, OriginHTTPError, RangeNotSatisfiable, http_status
 from dfagent.logs import REQUEST_ID
 from dfagent.metrics import Metrics
@@ -31,10 +32,16 @@ log = logging.getLogger(__name__)
 
 class ProxyServer:
     def __init__(
-        self, config: ProxyConfig, engine: Engine, origin: OriginClient, metrics: Metrics
+        self,
+        config: ProxyConfig,
+        engine: Engine,
+        prefetcher: Prefetcher,
+        origin: OriginClient,
+        metrics: Metrics,
     ) -> None:
         self._config = config
         self._engine = engine
+        self._prefetcher = prefetcher
         self._origin = origin
         self._metrics = metrics
         self._http: web.Server | None = None
@@ -83,7 +90,9 @@ class ProxyServer:
             target = route(self._config, request.method, request.raw_path, request.headers)
             kind = "blob" if target.digest is not None else "passthrough"
             if target.digest is not None:
-                response = await serve_blob(request, target, self._engine)
+                response = await serve_blob(
+                    request, target, self._engine, self._prefetcher, self._config.prefetch
+                )
             else:
                 response = await pass_through(request, target, self._origin)
             return response

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dfagent.configtypes import ByteSize
+from dfagent.configtypes import ByteSize, Duration
 
 __all__ = ["StorageConfig", "default_storage_dir"]
 
@@ -30,9 +30,33 @@ class StorageConfig:
     quota: ByteSize = ByteSize(20 * 1024**3)
     # Blobs are cut into pieces of this size: the unit of caching, hashing and sharing.
     piece_size: ByteSize = ByteSize(1024 * 1024)
+    # Eviction starts when the cache holds more than high_watermark x quota and frees least
+    # recently used blobs down to low_watermark x quota.
+    high_watermark: float = 0.9
+    low_watermark: float = 0.7
+    # Blobs not read for this long are evicted (null: never).
+    max_age: Duration | None = Duration(30 * 86400)
+    # How often the eviction passes run (they also run as soon as the high watermark is passed).
+    gc_interval: Duration = Duration(60)
+    # A slow background pass re-hashes every stored piece against its recorded sha256 this
+    # often (null: never), reading at most scrub_rate bytes per second.
+    scrub_interval: Duration | None = Duration(86400)
+    scrub_rate: ByteSize = ByteSize(16 * 1024 * 1024)
+    # Re-hash every piece read from the cache before sending it (slower: no sendfile).
+    verify_reads: bool = False
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
+        if not 0 < self.low_watermark < self.high_watermark <= 1:
+            problems.append(("low_watermark", "need 0 < low_watermark < high_watermark <= 1"))
+        if self.gc_interval <= 0:
+            problems.append(("gc_interval", "must be positive"))
+        if self.max_age is not None and self.max_age <= 0:
+            problems.append(("max_age", "must be positive (null turns age eviction off)"))
+        if self.scrub_interval is not None and self.scrub_interval <= 0:
+            problems.append(("scrub_interval", "must be positive (null turns the scrub off)"))
+        if self.scrub_rate < 64 * 1024:
+            problems.append(("scrub_rate", "must be at least 64KiB (per second)"))
         if not self.dir:
             problems.append(("dir", "cannot be empty"))
         if self.piece_size & (self.piece_size - 1) or not (

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from dfagent.errors import StorageFull
 
-__all__ = ["BlobRow", "Index"]
+__all__ = ["BlobRow", "BlobSummary", "Index", "PieceRow"]
 
 T = TypeVar("T")
 
@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     size INTEGER NOT NULL,
     piece_size INTEGER NOT NULL,
     created REAL NOT NULL,
-    last_access REAL NOT NULL
+    last_access REAL NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS pieces (
     digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
@@ -48,7 +49,27 @@ class BlobRow:
     size: int
     piece_size: int
     last_access: float
+    verified: bool
     pieces: dict[int, bytes]  # piece index -> sha256 of its bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlobSummary:
+    digest: str
+    size: int
+    stored: int  # bytes of the pieces present
+    pieces: int
+    last_access: float
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PieceRow:
+    digest: str
+    index: int
+    length: int
+    sha256: bytes
+    piece_size: int
 
 
 class Index:
@@ -101,12 +122,13 @@ class Index:
     async def get_blob(self, digest: str) -> BlobRow | None:
         def query(db: sqlite3.Connection) -> BlobRow | None:
             row = db.execute(
-                "SELECT size, piece_size, last_access FROM blobs WHERE digest = ?", (digest,)
+                "SELECT size, piece_size, last_access, verified FROM blobs WHERE digest = ?",
+                (digest,),
             ).fetchone()
             if row is None:
                 return None
             pieces = dict(db.execute("SELECT idx, sha256 FROM pieces WHERE digest = ?", (digest,)))
-            return BlobRow(digest, row[0], row[1], row[2], pieces)
+            return BlobRow(digest, row[0], row[1], row[2], bool(row[3]), pieces)
 
         return await self.run(query)
 
@@ -114,7 +136,7 @@ class Index:
         now = time.time()
         await self.run(
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, 0)",
                 (digest, size, piece_size, now, now),
             )
         )
@@ -140,17 +162,68 @@ class Index:
 
         await self.run(update)
 
+    async def set_verified(self, digest: str, verified: bool) -> None:
+        await self.run(
+            lambda db: db.execute(
+                "UPDATE blobs SET verified = ? WHERE digest = ?", (int(verified), digest)
+            )
+        )
+
+    async def delete_piece(self, digest: str, index: int) -> None:
+        await self.run(
+            lambda db: db.execute(
+                "DELETE FROM pieces WHERE digest = ? AND idx = ?", (digest, index)
+            )
+        )
+
+    async def pieces_after(self, digest: str, index: int, limit: int) -> list[PieceRow]:
+        """Up to `limit` stored pieces after (digest, index) in key order: a resumable walk."""
+        rows = await self.run(
+            lambda db: db.execute(
+                "SELECT p.digest, p.idx, p.length, p.sha256, b.piece_size FROM pieces p "
+                "JOIN blobs b ON b.digest = p.digest WHERE (p.digest, p.idx) > (?, ?) "
+                "ORDER BY p.digest, p.idx LIMIT ?",
+                (digest, index, limit),
+            ).fetchall()
+        )
+        return [PieceRow(*row) for row in rows]
+
+    async def blobs(self) -> list[BlobSummary]:
+        """Every blob with what is stored of it."""
+        rows = await self.run(
+            lambda db: db.execute(
+                "SELECT b.digest, b.size, COALESCE(SUM(p.length), 0), COUNT(p.idx), "
+                "b.last_access, b.verified FROM blobs b "
+                "LEFT JOIN pieces p ON p.digest = b.digest GROUP BY b.digest"
+            ).fetchall()
+        )
+        return [BlobSummary(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    async def accessed_before(self, cutoff: float, limit: int) -> list[str]:
+        return [
+            row[0]
+            for row in await self.run(
+                lambda db: db.execute(
+                    "SELECT digest FROM blobs WHERE last_access < ? ORDER BY last_access LIMIT ?",
+                    (cutoff, limit),
+                ).fetchall()
+            )
+        ]
+
     async def delete_blob(self, digest: str) -> None:
         await self.run(lambda db: db.execute("DELETE FROM blobs WHERE digest = ?", (digest,)))
 
-    async def stored_bytes(self) -> tuple[int, int]:
-        """(bytes, pieces) held, summed over the index."""
-        row = await self.run(
-            lambda db: db.execute(
+    async def usage(self) -> tuple[int, int, int]:
+        """(bytes, pieces, blobs) held, summed over the index."""
+
+        def query(db: sqlite3.Connection) -> tuple[int, int, int]:
+            stored, pieces = db.execute(
                 "SELECT COALESCE(SUM(length), 0), COUNT(*) FROM pieces"
             ).fetchone()
-        )
-        return int(row[0]), int(row[1])
+            (blobs,) = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
+            return int(stored), int(pieces), int(blobs)
+
+        return await self.run(query)
 
     async def least_recent(self, limit: int) -> list[tuple[str, int]]:
         """(digest, stored bytes) of the least recently used blobs, oldest first."""

@@ -2,8 +2,12 @@
 
 `PieceStore` owns the data directory and the index. It hands out `StoredBlob` handles that
 say which pieces are present; a piece becomes present only after its bytes are written
-(`piece_finished`). Reads of present pieces go through the blob's file (sendfile or `pread`);
-nothing here copies a whole blob into memory. Blocking calls run in the default executor.
+(`piece_finished`). When the last piece of a blob lands, the whole file is checked against the
+blob's digest (in a worker thread) and the blob is marked verified, or purged on mismatch.
+Reads of present pieces go through the blob's file (sendfile or `pread`); nothing here copies
+a whole blob into memory. Blocking calls run in worker threads.
+
+One agent owns a data directory at a time: `lock` in it is held (flock) while the store is open.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,33 +27,56 @@ from typing import IO
 
 from dfagent.core.digest import Digest
 from dfagent.core.pieces import piece_bounds, piece_count
-from dfagent.errors import StorageFull
+from dfagent.errors import DfagentError, StartupError, StorageFull
+from dfagent.integrity import sha256_of_file
 from dfagent.metrics import Metrics
 from dfagent.storage.config import StorageConfig
 from dfagent.storage.index import Index
 from dfagent.tasks import KeyedLocks, TaskOwner
 
-__all__ = ["PieceStore", "StoredBlob"]
+__all__ = ["BlobRemoved", "PieceStore", "StoredBlob"]
 
 log = logging.getLogger(__name__)
 
-_LOW_WATER = 0.9  # after exceeding the quota, evict down to this fraction of it
 _TOUCH_FLUSH_SECONDS = 5.0
+
+
+class BlobRemoved(DfagentError):
+    """The blob was evicted or purged while someone still held its handle."""
 
 
 class StoredBlob:
     """What this node holds of one blob. Owned by the PieceStore; `pins` keeps it from eviction."""
 
-    __slots__ = ("_file", "digest", "path", "piece_sha256", "piece_size", "pins", "size")
+    __slots__ = (
+        "_file",
+        "digest",
+        "path",
+        "piece_sha256",
+        "piece_size",
+        "pins",
+        "removed",
+        "size",
+        "verified",
+    )
 
     def __init__(
-        self, digest: Digest, size: int, piece_size: int, path: Path, pieces: dict[int, bytes]
+        self,
+        digest: Digest,
+        size: int,
+        piece_size: int,
+        path: Path,
+        pieces: dict[int, bytes],
+        *,
+        verified: bool = False,
     ) -> None:
         self.digest = digest
         self.size = size
         self.piece_size = piece_size
         self.path = path
         self.piece_sha256 = pieces
+        self.verified = verified  # every byte was checked against the digest as a whole
+        self.removed = False  # purged or evicted; the handle must not be used any more
         self.pins = 0
         self._file: IO[bytes] | None = None
 
@@ -64,7 +93,8 @@ class StoredBlob:
 
     @property
     def file(self) -> IO[bytes]:
-        assert self._file is not None, "blob file is not open"
+        if self._file is None or self.removed:
+            raise BlobRemoved(f"{self.digest} was removed from the cache")
         return self._file
 
     @contextlib.contextmanager
@@ -86,51 +116,93 @@ class PieceStore:
         self._blobs: dict[str, StoredBlob] = {}
         self._accessed: dict[str, float] = {}
         self._last_flush = time.monotonic()
+        self._high_water = int(config.quota * config.high_watermark)
         self._stored_bytes = 0
         self._stored_pieces = 0
-        self._evicting = asyncio.Lock()
+        self._stored_blobs = 0
+        # Set when the cache grows past the high watermark; the GC waits on it.
+        self.over_high_water = asyncio.Event()
         self._tasks = TaskOwner("store")
         self._locks = KeyedLocks()  # open, create and delete of one blob never interleave
+        self._lock_fd: int | None = None
+        self._verifying: set[str] = set()
 
     # lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> PieceStore:
         await asyncio.to_thread(self._prepare_dirs)
-        await self.index.open()
-        self._stored_bytes, self._stored_pieces = await self.index.stored_bytes()
-        self._publish_usage()
+        try:
+            await self.index.open()
+        except BaseException:
+            self._release_lock()
+            raise
+        await self._recount()
+        self._metrics.cache_quota_bytes.set(self._quota)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             await self._tasks.aclose()
-            if self._accessed:
-                await self.index.touch(self._accessed)
+            accessed, self._accessed = self._accessed, {}
+            await self._flush(accessed)
         finally:
             for blob in self._blobs.values():
                 if blob._file is not None:
                     blob._file.close()
             self._blobs.clear()
-            await self.index.close()
+            try:
+                await self.index.close()
+            finally:
+                self._release_lock()
 
     def _prepare_dirs(self) -> None:
         (self._root / "blobs").mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self._root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StartupError(
+                f"storage.dir {self._root} is in use by another dfagent (pid {holder})"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         tmp = self._root / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
 
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def quota(self) -> int:
+        return int(self._quota)
+
     @property
     def stored_bytes(self) -> int:
         return self._stored_bytes
+
+    @property
+    def stored_pieces(self) -> int:
+        return self._stored_pieces
+
+    def loaded(self, digest_hex: str) -> StoredBlob | None:
+        """The blob's handle if it is open in memory (no I/O)."""
+        return self._blobs.get(digest_hex)
 
     def writable(self) -> bool:
         """A cheap readiness probe: the data directory accepts new files."""
         return os.access(self._root / "tmp", os.W_OK)
 
     # blob handles ------------------------------------------------------------------------
-
-    def _path(self, digest: Digest) -> Path:
-        return self._root / "blobs" / digest.hex[:2] / digest.hex
 
     async def open_blob(self, digest: Digest) -> StoredBlob | None:
         """The stored blob with this digest, or None when this node knows nothing of it."""
@@ -149,7 +221,7 @@ class PieceStore:
             blob = await self._load(digest)
             if blob is not None:
                 return blob
-            path = self._path(digest)
+            path = self.blob_path(digest.hex)
 
             def make() -> IO[bytes]:
                 path.parent.mkdir(exist_ok=True)
@@ -159,6 +231,8 @@ class PieceStore:
 
             file = await asyncio.to_thread(make)
             await self.index.put_blob(digest.hex, size, self.piece_size)
+            self._stored_blobs += 1
+            self._publish_usage()
             return self._adopt(StoredBlob(digest, size, self.piece_size, path, {}), file)
 
     async def _load(self, digest: Digest) -> StoredBlob | None:
@@ -169,27 +243,24 @@ class PieceStore:
         row = await self.index.get_blob(digest.hex)
         if row is None:
             return None
-        path = self._path(digest)
+        path = self.blob_path(digest.hex)
         try:
             file = await asyncio.to_thread(open, path, "r+b", buffering=0)
         except FileNotFoundError:
             log.warning(
                 "data file of an indexed blob is gone; forgetting it", extra={"digest": str(digest)}
             )
-            await self._drop(digest.hex, sum(self._lengths(row.size, row.piece_size, row.pieces)))
+            await self._drop(digest.hex)
             return None
-        return self._adopt(StoredBlob(digest, row.size, row.piece_size, path, row.pieces), file)
+        return self._adopt(
+            StoredBlob(digest, row.size, row.piece_size, path, row.pieces, verified=row.verified),
+            file,
+        )
 
     def _adopt(self, blob: StoredBlob, file: IO[bytes]) -> StoredBlob:
         blob._file = file
         self._blobs[blob.digest.hex] = blob
         return blob
-
-    @staticmethod
-    def _lengths(size: int, piece_size: int, pieces: dict[int, bytes]) -> Iterator[int]:
-        for index in pieces:
-            start, end = piece_bounds(index, size, piece_size)
-            yield end - start
 
     def touch(self, blob: StoredBlob) -> None:
         """Note a read of `blob` for LRU; flushed to the index in batches."""
@@ -201,10 +272,11 @@ class PieceStore:
             self._tasks.spawn(self._flush(accessed), name="flush-access")
 
     async def _flush(self, accessed: dict[str, float]) -> None:
+        """Best effort: a lost access time only makes a blob look older to eviction."""
         try:
             await self.index.touch(accessed)
-        except Exception:
-            log.exception("could not record blob access times")
+        except (DfagentError, sqlite3.Error) as exc:
+            log.warning("could not record blob access times", extra={"error": str(exc)})
 
     # pieces ------------------------------------------------------------------------------
 
@@ -220,76 +292,112 @@ class PieceStore:
             raise ValueError(f"piece {index} has {len(data)} bytes, expected {end - start}")
         try:
             await asyncio.to_thread(_pwrite_all, blob.file.fileno(), data, start)
-        except OSError as exc:
-            self._metrics.storage_write_errors.inc()
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
+        except (OSError, StorageFull) as exc:
+            if isinstance(exc, StorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._metrics.storage_full.inc()
                 raise StorageFull(f"no space left to store piece {index}") from exc
+            self._metrics.storage_write_errors.inc()
             raise
-        await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
+        if blob.removed:  # purged while the bytes were on their way to disk
+            return
         if index not in blob.piece_sha256:
             self._stored_bytes += len(data)
             self._stored_pieces += 1
         blob.piece_sha256[index] = sha256
         self._publish_usage()
+        if blob.complete and not blob.verified and blob.digest.hex not in self._verifying:
+            self._verifying.add(blob.digest.hex)
+            self._tasks.spawn(self._verify(blob), name="verify-blob")
 
-    async def read(self, blob: StoredBlob, offset: int, count: int) -> bytes:
-        """Read stored bytes (for callers that cannot use sendfile)."""
-        return await asyncio.to_thread(os.pread, blob.file.fileno(), count, offset)
+    async def _verify(self, blob: StoredBlob) -> None:
+        try:
+            with blob.pinned():
+                ok = await self.verify_blob(blob)
+            if not ok:
+                await self.purge(blob, "its bytes do not match its digest")
+        except BlobRemoved:
+            pass
+        finally:
+            self._verifying.discard(blob.digest.hex)
 
-    # quota -------------------------------------------------------------------------------
+    async def verify_blob(self, blob: StoredBlob) -> bool:
+        """Hash the whole blob file against its digest; mark it verified when it matches."""
+        started = time.monotonic()
+        actual = await asyncio.to_thread(sha256_of_file, blob.file.fileno(), 0, blob.size)
+        self._metrics.blob_verify_seconds.observe(time.monotonic() - started)
+        if actual.hex() != blob.digest.hex:
+            self._metrics.blob_verify_failures.inc()
+            return False
+        await self.index.set_verified(blob.digest.hex, True)
+        blob.verified = True
+        return True
 
-    def over_quota(self) -> bool:
-        return self._stored_bytes > self._quota
+    async def purge(self, blob: StoredBlob, reason: str) -> None:
+        """Remove a blob whose bytes cannot be trusted, here (and, later, in the swarm)."""
+        log.error("purging blob", extra={"digest": str(blob.digest), "reason": reason})
+        await self.forget(blob.digest.hex)
 
-    async def evict(self) -> int:
-        """Evict least recently used, unpinned blobs until under the low-water mark."""
-        evicted = 0
-        async with self._evicting:
-            if self._accessed:
-                accessed, self._accessed = self._accessed, {}
-                await self.index.touch(accessed)
-            target = int(self._quota * _LOW_WATER)
-            while self._stored_bytes > target:
-                candidates = await self.index.least_recent(64)
-                progress = False
-                for digest_hex, stored in candidates:
-                    blob = self._blobs.get(digest_hex)
-                    if blob is not None and blob.pins:
-                        continue
-                    await self._forget(digest_hex, stored)
-                    log.info("evicted", extra={"digest": f"sha256:{digest_hex}", "bytes": stored})
-                    evicted += 1
-                    progress = True
-                    if self._stored_bytes <= target:
-                        break
-                if not progress:
-                    break  # everything left is in use
-        self._metrics.evicted_blobs.inc(evicted)
-        return evicted
-
-    async def _forget(self, digest_hex: str, stored: int) -> None:
+    async def drop_piece(self, digest_hex: str, index: int, length: int) -> None:
+        """Forget one stored piece (its bytes failed a check); it will be fetched again."""
         async with self._locks.hold(digest_hex):
-            await self._drop(digest_hex, stored)
+            await self.index.delete_piece(digest_hex, index)
+            await self.index.set_verified(digest_hex, False)
+            blob = self._blobs.get(digest_hex)
+            if blob is not None:
+                blob.piece_sha256.pop(index, None)
+                blob.verified = False
+            self._stored_bytes -= length
+            self._stored_pieces -= 1
+            self._publish_usage()
 
-    async def _drop(self, digest_hex: str, stored: int) -> None:
-        """Delete a blob's index rows and data file, with its lock held."""
+    def blob_path(self, digest_hex: str) -> Path:
+        return self._root / "blobs" / digest_hex[:2] / digest_hex
+
+    async def flush_access_times(self) -> None:
+        if self._accessed:
+            accessed, self._accessed = self._accessed, {}
+            await self.index.touch(accessed)
+
+    # removal -------------------------------------------------------------------------------
+
+    async def evict(self, digest_hex: str) -> bool:
+        """forget the blob unless someone is reading or writing it; True when it went."""
+        async with self._locks.hold(digest_hex):
+            blob = self._blobs.get(digest_hex)
+            if blob is not None and blob.pins:
+                return False
+            await self._drop(digest_hex)
+            return True
+
+    async def forget(self, digest_hex: str) -> None:
+        """Delete a blob's index rows and data file."""
+        async with self._locks.hold(digest_hex):
+            await self._drop(digest_hex)
+
+    async def _drop(self, digest_hex: str) -> None:
+        """forget, with the blob's lock held. Rows go first: a crash in between leaves a data
+        file without rows, which nothing reads, never rows without their bytes."""
         blob = self._blobs.pop(digest_hex, None)
-        pieces = len(blob.piece_sha256) if blob is not None else None
-        if blob is not None and blob._file is not None:
-            blob._file.close()
+        if blob is not None:
+            blob.removed = True
+            if blob._file is not None:
+                blob._file.close()
         await self.index.delete_blob(digest_hex)
-        path = self._root / "blobs" / digest_hex[:2] / digest_hex
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-        self._stored_bytes -= stored
-        if pieces is None:
-            self._stored_bytes, self._stored_pieces = await self.index.stored_bytes()
-        else:
-            self._stored_pieces -= pieces
+        await asyncio.to_thread(self.blob_path(digest_hex).unlink, missing_ok=True)
+        await self._recount()
+
+    async def _recount(self) -> None:
+        usage = await self.index.usage()
+        self._stored_bytes, self._stored_pieces, self._stored_blobs = usage
         self._publish_usage()
 
     def _publish_usage(self) -> None:
         self._metrics.cache_bytes.set(self._stored_bytes)
         self._metrics.cache_pieces.set(self._stored_pieces)
+        self._metrics.cache_blobs.set(self._stored_blobs)
+        if self._stored_bytes > self._high_water:
+            self.over_high_water.set()
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 import urllib.error
 import urllib.request
 
 from tests.support.client import send
+from tests.support.metrics import metric, metrics, wait_for
 
 
 def get(url: str) -> tuple[int, str]:
@@ -24,25 +24,12 @@ def test_healthy_and_ready(agent):
     assert get(f"{agent.health_url}/nothing")[0] == 404
 
 
-def metrics(agent) -> dict[str, float]:
-    status, page = get(f"{agent.metrics_url}/metrics")
-    assert status == 200
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in page.splitlines()
-        if line.startswith("dfagent_")
-    }
-
-
 def test_metrics_count_requests_bytes_and_sources(agent, origin, registry):
     data = os.urandom(2_500_000)
     digest = registry.push_blob("test/metrics", data)
     url = f"{origin.url}/v2/test/metrics/blobs/{digest}"
     assert send(agent.proxy_port, url).body == data
-    deadline = time.monotonic() + 10
-    while metrics(agent).get("dfagent_cache_bytes") != len(data):  # pieces land on disk after
-        assert time.monotonic() < deadline, metrics(agent)  # the bytes reach the client
-        time.sleep(0.02)
+    wait_for(lambda: metric(agent, "dfagent_cache_bytes") == len(data), "pieces stored")
     assert send(agent.proxy_port, url).body == data
     values = metrics(agent)
     assert values['dfagent_proxy_requests_total{kind="blob",status="2xx"}'] == 2

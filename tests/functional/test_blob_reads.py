@@ -7,8 +7,6 @@ import asyncio
 import itertools
 import os
 import re
-import time
-import urllib.request
 
 import aiohttp
 import pytest
@@ -215,32 +213,3 @@ def test_empty_blob(small_piece_agent, origin, registry):
     assert ranged.headers["Content-Range"] == "bytes */0"
     head = send(small_piece_agent.proxy_port, url, method="HEAD")
     assert (head.status, head.headers["Content-Length"]) == (200, "0")
-
-
-def test_quota_evicts_least_recently_used_blobs(agent_factory, origin, registry):
-    agent = agent_factory(storage={"piece_size": "256KiB", "quota": "1MiB"})
-    blobs = [os.urandom(600_000) for _ in range(3)]
-    digests = [registry.push_blob("test/quota", data) for data in blobs]
-    for digest, data in zip(digests, blobs, strict=True):
-        assert read(agent, blob_url(origin, digest, "test/quota")).body == data
-    # Each blob pushes the cache over its quota once its last piece is stored (pieces are
-    # stored just after they reach the client): the two older blobs go, oldest first.
-    deadline = time.monotonic() + 10
-    while metric(agent, "dfagent_evicted_blobs_total") < 2:
-        assert time.monotonic() < deadline, "nothing was evicted"
-        time.sleep(0.02)
-    assert metric(agent, "dfagent_cache_bytes") == 600_000
-    files = [p for p in (agent.storage_dir / "blobs").rglob("*") if p.is_file()]
-    assert sum(p.stat().st_blocks * 512 for p in files) <= 1024 * 1024 + 64 * 1024
-    # The evicted blob is still served, fetched again.
-    before = len(origin.blob_gets(digests[0]))
-    assert read(agent, blob_url(origin, digests[0], "test/quota")).body == blobs[0]
-    assert len(origin.blob_gets(digests[0])) > before
-
-
-def metric(agent: AgentProcess, name: str) -> float:
-    with urllib.request.urlopen(f"{agent.metrics_url}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")

@@ -1,0 +1,76 @@
+"""The agent's control socket: `dfagent status|gc|verify` talk to a running agent through a
+unix socket in its data directory (root-only by its permissions, never on the network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from dfagent.maintenance import Maintenance
+
+__all__ = ["SOCKET_NAME", "ControlServer", "call_agent"]
+
+SOCKET_NAME = "dfagent.sock"
+
+
+class ControlServer:
+    def __init__(self, directory: Path, maintenance: Maintenance) -> None:
+        self.path = directory / SOCKET_NAME
+        self._maintenance = maintenance
+        self._server: asyncio.Server | None = None
+        self._http: web.Server | None = None
+
+    async def start(self) -> None:
+        routes: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[dict[str, Any]]]] = {
+            ("GET", "/status"): lambda _: self._maintenance.status(),
+            ("POST", "/gc"): lambda _: self._maintenance.gc(),
+            ("POST", "/verify"): lambda r: self._maintenance.verify(
+                repair=r.query.get("repair") == "1"
+            ),
+        }
+
+        async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+            action = routes.get((request.method, request.path))
+            if action is None:
+                return web.json_response({"error": "not found"}, status=404)
+            return web.json_response(await action(request))
+
+        self._http = web.Server(dispatch, access_log=None)
+        # We hold the data directory's lock, so a socket file left here is stale.
+        self.path.unlink(missing_ok=True)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._http, str(self.path)
+        )
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._http is not None:
+            await self._http.shutdown(1.0)
+        self.path.unlink(missing_ok=True)
+
+
+async def call_agent(directory: Path, method: str, path: str) -> dict[str, Any] | None:
+    """Ask the agent running on `directory`; None when no agent answers there."""
+    socket = directory / SOCKET_NAME
+    if not socket.exists():
+        return None
+    connector = aiohttp.UnixConnector(path=str(socket))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.request(method, f"http://dfagent{path}") as response,
+        ):
+            response.raise_for_status()
+            return json.loads(await response.read())
+    except aiohttp.ClientConnectorError:
+        return None

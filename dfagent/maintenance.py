@@ -1,0 +1,76 @@
+"""Operator actions on the cache: status, eviction now, verification now.
+
+The same code serves the running agent (through its control socket) and the CLI when no agent
+runs (it then opens the data directory itself, taking its lock).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dfagent.storage.gc import GarbageCollector
+from dfagent.storage.scrub import Scrubber
+from dfagent.storage.store import PieceStore
+
+__all__ = ["Maintenance"]
+
+_TOP = 10
+
+
+class Maintenance:
+    def __init__(self, store: PieceStore, gc: GarbageCollector, scrubber: Scrubber) -> None:
+        self._store = store
+        self._gc = gc
+        self._scrubber = scrubber
+
+    async def status(self) -> dict[str, Any]:
+        await self._store.flush_access_times()
+        blobs = await self._store.index.blobs()
+        verified = [b for b in blobs if b.verified]
+
+        def entry(blob: Any) -> dict[str, Any]:
+            return {
+                "digest": f"sha256:{blob.digest}",
+                "size": blob.size,
+                "stored": blob.stored,
+                "pieces": blob.pieces,
+                "verified": blob.verified,
+                "last_access": round(blob.last_access, 3),
+            }
+
+        return {
+            "dir": str(self._store.root),
+            "quota": self._store.quota,
+            "stored": self._store.stored_bytes,
+            "usage": round(self._store.stored_bytes / self._store.quota, 4),
+            "pieces": self._store.stored_pieces,
+            "blobs": len(blobs),
+            "verified_blobs": len(verified),
+            "partial_blobs": len(blobs) - len(verified),
+            "largest": [entry(b) for b in sorted(blobs, key=lambda b: -b.stored)[:_TOP]],
+            "recent": [entry(b) for b in sorted(blobs, key=lambda b: -b.last_access)[:_TOP]],
+            "time": round(time.time(), 3),
+        }
+
+    async def gc(self) -> dict[str, Any]:
+        report = await self._gc.collect()
+        return {
+            "evicted_for_age": report.evicted_for_age,
+            "evicted_for_quota": report.evicted_for_quota,
+            "freed": report.freed_bytes,
+            "stored": report.stored_bytes,
+        }
+
+    async def verify(self, *, repair: bool) -> dict[str, Any]:
+        report = await self._scrubber.scrub(rate=None, repair=repair)
+        return {
+            "pieces": report.pieces,
+            "bytes": report.bytes,
+            "seconds": round(report.seconds, 3),
+            "mb_per_second": round(report.bytes / 1e6 / report.seconds, 1)
+            if report.seconds
+            else None,
+            "bad": [{"digest": f"sha256:{d}", "piece": i} for d, i in report.bad],
+            "repaired": report.repaired,
+        }

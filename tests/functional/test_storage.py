@@ -1,0 +1,335 @@
+"""The cache across a blob's life: whole-blob verification, scrub, eviction, full disks,
+crashes, status; with real files, the real registry and real agent processes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.support.agent import AgentProcess
+from tests.support.client import send
+from tests.support.counting import CountingOrigin
+from tests.support.metrics import metric, wait_for
+from tests.support.registry import Registry
+
+PIECE = 256 * 1024
+SMALL_PIECES = {"storage": {"piece_size": "256KiB"}}
+
+
+def cli(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfagent", *args, "--config", str(agent.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def status(agent: AgentProcess) -> dict:
+    result = cli(agent, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def blob_url(origin: CountingOrigin, repo: str, digest: str) -> str:
+    return f"{origin.url}/v2/{repo}/blobs/{digest}"
+
+
+def stored_pieces(agent: AgentProcess) -> list[tuple[str, int, bytes]]:
+    with sqlite3.connect(agent.storage_dir / "index.sqlite") as db:
+        return db.execute("SELECT digest, idx, sha256 FROM pieces ORDER BY digest, idx").fetchall()
+
+
+def flip_bit(agent: AgentProcess, digest: str, offset: int) -> None:
+    hexd = digest.removeprefix("sha256:")
+    path = agent.storage_dir / "blobs" / hexd[:2] / hexd
+    with path.open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_whole_blob_is_verified_and_marked(agent_factory, origin, registry: Registry):
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(3 * PIECE + 500)
+    digest = registry.push_blob("test/verify", data)
+    url = blob_url(origin, "test/verify", digest)
+    partial = send(agent.proxy_port, url, {"Range": "bytes=0-99"})
+    assert "X-Dragonfly-Task-Download-Finished" not in partial.headers
+    assert send(agent.proxy_port, url).body == data
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "the blob to be verified")
+    again = send(agent.proxy_port, url, {"Range": "bytes=10-20"})
+    assert again.body == data[10:21]
+    assert again.headers["X-Dragonfly-Task-Download-Finished"] == "true"
+    assert metric(agent, "dfagent_blob_verify_seconds_count") == 1
+    assert metric(agent, "dfagent_blob_verify_failures_total") == 0
+
+
+def test_blob_that_fails_its_digest_is_purged(agent_factory, origin, registry: Registry):
+    """An origin that serves wrong bytes under a digest: the cache does not keep them."""
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(2 * PIECE + 10)
+    digest = registry.push_blob("test/liar", data)
+
+    async def corrupt(request: web.BaseRequest):
+        if request.method != "GET" or digest not in request.path:
+            return None
+        upstream = await origin.forward(request)
+        body = bytearray(upstream.body)
+        body[len(body) // 2] ^= 0xFF  # every response is wrong in one byte
+        return web.Response(status=upstream.status, body=bytes(body), headers=upstream.headers)
+
+    origin.faults.append(corrupt)
+    send(agent.proxy_port, blob_url(origin, "test/liar", digest))
+    wait_for(lambda: metric(agent, "dfagent_blob_verify_failures_total") == 1, "a verify failure")
+    wait_for(lambda: status(agent)["blobs"] == 0, "the blob to be purged")
+    assert stored_pieces(agent) == []
+    assert not list((agent.storage_dir / "blobs").rglob("*" + digest[-8:]))
+    assert "purging blob" in agent.log()
+
+
+def test_scrub_finds_a_flipped_bit_and_repair_drops_it(agent_factory, origin, registry: Registry):
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob("test/scrub", data)
+    url = blob_url(origin, "test/scrub", digest)
+    assert send(agent.proxy_port, url).body == data
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")
+    assert agent.stop() == 0
+
+    flip_bit(agent, digest, 2 * PIECE + 1234)
+    found = cli(agent, "verify")  # no agent runs: the CLI opens the cache itself
+    assert found.returncode == 1, found.stderr
+    report = json.loads(found.stdout)
+    assert report["bad"] == [{"digest": digest, "piece": 2}]
+    assert report["pieces"] == 4
+    assert len(stored_pieces(agent)) == 4, "without --repair nothing changes"
+
+    repaired = cli(agent, "verify", "--repair")
+    assert repaired.returncode == 1
+    assert [p[1] for p in stored_pieces(agent)] == [0, 1, 3]
+    assert cli(agent, "verify").returncode == 0
+
+    agent.start()
+    before = len(origin.blob_gets(digest))
+    assert (
+        send(agent.proxy_port, url, {"Range": f"bytes={2 * PIECE}-{3 * PIECE - 1}"}).body
+        == (data[2 * PIECE : 3 * PIECE])
+    )
+    assert len(origin.blob_gets(digest)) == before + 1, "the dropped piece came from the origin"
+
+
+def test_verify_through_a_running_agent(agent_factory, origin, registry: Registry):
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(2 * PIECE)
+    digest = registry.push_blob("test/online", data)
+    url = blob_url(origin, "test/online", digest)
+    assert send(agent.proxy_port, url).body == data
+    wait_for(lambda: len(stored_pieces(agent)) == 2, "pieces stored")
+    flip_bit(agent, digest, 5)
+    result = cli(agent, "verify", "--repair")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["bad"] == [{"digest": digest, "piece": 0}]
+    assert metric(agent, "dfagent_scrub_bad_pieces_total") == 1
+    # The running agent forgot the piece too: the next read fetches it again, exact.
+    assert send(agent.proxy_port, url, {"Range": "bytes=0-99"}).body == data[:100]
+
+
+def test_verify_reads_never_serve_a_flipped_bit(agent_factory, origin, registry: Registry):
+    agent = agent_factory(storage={"piece_size": "256KiB", "verify_reads": True})
+    data = os.urandom(2 * PIECE)
+    digest = registry.push_blob("test/paranoid", data)
+    url = blob_url(origin, "test/paranoid", digest)
+    assert send(agent.proxy_port, url).body == data
+    wait_for(lambda: len(stored_pieces(agent)) == 2, "pieces stored")
+    flip_bit(agent, digest, PIECE + 7)
+    assert (
+        send(agent.proxy_port, url, {"Range": f"bytes={PIECE}-{PIECE + 99}"}).body
+        == (data[PIECE : PIECE + 100])
+    )
+    assert send(agent.proxy_port, url).body == data
+    assert "does not match its recorded sha256" in agent.log()
+
+
+def test_quota_evicts_least_recently_used_down_to_the_low_watermark(
+    agent_factory, origin, registry: Registry
+):
+    # quota 2MiB: high watermark 1.8MiB, low 1.4MiB; each blob stores 600,000 bytes.
+    agent = agent_factory(storage={"piece_size": "256KiB", "quota": "2MiB"})
+    blobs = [os.urandom(600_000) for _ in range(4)]
+    digests = [registry.push_blob("test/quota", data) for data in blobs]
+    for digest, data in zip(digests[:3], blobs[:3], strict=True):
+        assert send(agent.proxy_port, blob_url(origin, "test/quota", digest)).body == data
+    wait_for(lambda: metric(agent, "dfagent_cache_bytes") == 1_800_000, "three blobs stored")
+    assert metric(agent, 'dfagent_evicted_blobs_total{reason="quota"}') == 0  # not above high
+    # Blob 0 is read again, so blob 1 is now the least recently used.
+    assert send(agent.proxy_port, blob_url(origin, "test/quota", digests[0])).body == blobs[0]
+    assert send(agent.proxy_port, blob_url(origin, "test/quota", digests[3])).body == blobs[3]
+    # Crossing the high watermark (while blob 3 lands) evicts down to the low one: blob 1 goes.
+    wait_for(lambda: metric(agent, 'dfagent_evicted_blobs_total{reason="quota"}') >= 1, "eviction")
+    wait_for(
+        lambda: len([p for p in stored_pieces(agent) if p[0] == digests[3][7:]]) == 3, "blob 3"
+    )
+    held = {d for d, _, _ in stored_pieces(agent)}
+    assert digests[1].removeprefix("sha256:") not in held
+    assert {digests[0][7:], digests[3][7:]} <= held
+    assert metric(agent, "dfagent_cache_bytes") <= 0.9 * 2 * 1024 * 1024
+    # An evicted blob is still served, fetched again.
+    assert send(agent.proxy_port, blob_url(origin, "test/quota", digests[1])).body == blobs[1]
+
+
+def test_max_age_and_gc_command(agent_factory, origin, registry: Registry):
+    agent = agent_factory(storage={"max_age": "1s", "gc_interval": "1h"})
+    data = os.urandom(100_000)
+    digest = registry.push_blob("test/age", data)
+    assert send(agent.proxy_port, blob_url(origin, "test/age", digest)).body == data
+    wait_for(lambda: len(stored_pieces(agent)) == 1, "the piece stored")
+    time.sleep(1.2)
+    result = cli(agent, "gc")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["evicted_for_age"] == 1
+    assert stored_pieces(agent) == []
+    assert metric(agent, 'dfagent_evicted_blobs_total{reason="age"}') == 1
+
+
+def test_status_human_and_json(agent_factory, origin, registry: Registry):
+    agent = agent_factory(**SMALL_PIECES)
+    whole, partial = os.urandom(PIECE + 1), os.urandom(3 * PIECE)
+    d_whole = registry.push_blob("test/status", whole)
+    d_partial = registry.push_blob("test/status", partial)
+    send(agent.proxy_port, blob_url(origin, "test/status", d_whole))
+    send(agent.proxy_port, blob_url(origin, "test/status", d_partial), {"Range": "bytes=0-10"})
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")
+    report = status(agent)
+    assert (report["blobs"], report["partial_blobs"], report["pieces"]) == (2, 1, 3)
+    assert report["stored"] == len(whole) + PIECE
+    assert report["largest"][0]["digest"] == d_whole
+    human = cli(agent, "status")
+    assert human.returncode == 0
+    assert "2 (1 verified, 1 partial)" in human.stdout
+    assert agent.stop() == 0
+    offline = status(agent)  # no agent: read from the directory
+    assert offline["pieces"] == 3
+
+
+def test_second_agent_on_the_same_directory_is_refused(agent_factory, tmp_path):
+    agent = agent_factory()
+    other = AgentProcess(tmp_path / "other", {"storage": {"dir": str(agent.storage_dir)}})
+    other.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "dfagent", "run", "--config", str(other.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "in use by another dfagent" in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)])
+    if result.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_disk_still_serves_and_damages_nothing(agent_factory, origin, registry, small_disk):
+    agent = agent_factory(storage={"dir": str(small_disk / "cache"), "piece_size": "256KiB"})
+    first = os.urandom(300_000)
+    d_first = registry.push_blob("test/full", first)
+    assert send(agent.proxy_port, blob_url(origin, "test/full", d_first)).body == first
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "the first blob stored")
+    big = os.urandom(4 * 1024 * 1024)
+    d_big = registry.push_blob("test/full", big)
+    for _ in range(2):  # the disk cannot hold it: served anyway, twice
+        assert send(agent.proxy_port, blob_url(origin, "test/full", d_big)).body == big
+    assert metric(agent, "dfagent_storage_full_total") > 0
+    assert agent.log().count("cannot store pieces") == 1  # logged once, not per piece
+    assert send(agent.proxy_port, blob_url(origin, "test/full", d_first)).body == first
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
+    checked = cli(AgentProcess(agent.root, agent.overrides), "verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_sigkill_under_load_never_leaves_a_bad_piece(agent_factory, origin, registry: Registry):
+    blobs = {}
+    for _ in range(3):
+        data = os.urandom(12 * PIECE + 777)
+        blobs[registry.push_blob("test/crash", data)] = data
+    agent = agent_factory(**SMALL_PIECES)
+    wrong: list[tuple[str, int, int]] = []
+    for _ in range(6):
+        stop = threading.Event()
+
+        def reader(stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                digest, data = random.choice(list(blobs.items()))
+                first = random.randrange(len(data))
+                last = min(len(data) - 1, first + random.randrange(3 * PIECE))
+                try:
+                    reply = send(
+                        agent.proxy_port,
+                        blob_url(origin, "test/crash", digest),
+                        {"Range": f"bytes={first}-{last}"},
+                    )
+                except (OSError, http.client.HTTPException):
+                    continue  # the agent was killed mid-response
+                if reply.status == 206 and reply.body != data[first : last + 1]:
+                    wrong.append((digest, first, last))
+
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(random.uniform(0.2, 0.8))
+        agent.process.send_signal(signal.SIGKILL)
+        agent.process.wait()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        agent.start()
+    assert wrong == [], "a complete response carried wrong bytes"
+    assert agent.stop() == 0
+    verified = cli(agent, "verify")
+    assert verified.returncode == 0, verified.stdout
+    pieces = stored_pieces(agent)
+    assert pieces, "the load stored something"
+    for digest, index, _ in pieces:
+        data = blobs[f"sha256:{digest}"]
+        path = agent.storage_dir / "blobs" / digest[:2] / digest
+        with path.open("rb") as file:
+            file.seek(index * PIECE)
+            assert file.read(PIECE) == data[index * PIECE : (index + 1) * PIECE]
+
+
+def test_prefetch_completes_the_blob_in_the_background(agent_factory, origin, registry: Registry):
+    agent = agent_factory(storage={"piece_size": "256KiB"}, origin={"prefetch_bandwidth": "4MiB"})
+    data = os.urandom(6 * PIECE + 3)
+    digest = registry.push_blob("test/prefetch", data)
+    url = blob_url(origin, "test/prefetch", digest)
+    reply = send(agent.proxy_port, url, {"Range": "bytes=0-9", "X-Dragonfly-Prefetch": "true"})
+    assert reply.body == data[:10]
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "background completion")
+    fetched = 0
+    for seen in origin.blob_gets(digest):
+        first, last = (int(x) for x in seen.range.removeprefix("bytes=").split("-"))
+        fetched += min(last, len(data) - 1) - first + 1
+    assert fetched == len(data), "every byte left the origin once"
+    before = len(origin.requests)
+    assert send(agent.proxy_port, url).body == data
+    assert len(origin.requests) == before
