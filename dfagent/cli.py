@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import resource
 import signal
 import sys
 import time
@@ -96,6 +97,7 @@ def _run(path: str | None, loop: str) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging(config.log.level)
+    _raise_open_file_limit()
     if loop == "uvloop":
         import uvloop
 
@@ -189,6 +191,13 @@ def _describe_status(status: dict[str, Any]) -> str:
                 f"  {state:>8}  read {when}"
             )
     return "\n".join(lines)
+
+
+def _raise_open_file_limit() -> None:
+    """Each cached blob being served holds a file open: take all the descriptors we may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _serve(config: Config) -> None:

@@ -28,12 +28,38 @@ from dfagent.origin.client import BlobSource, OriginClient, RangeBody
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.tasks import TaskOwner
 
-__all__ = ["Engine", "FileSegment"]
+__all__ = ["Engine", "FileSegment", "NotShareable"]
 
 log = logging.getLogger(__name__)
 
 _RUN_BYTES = 4 * 1024 * 1024  # read-ahead window, and the usual size of one origin request
 _WRITE_DRAIN_SECONDS = 10.0
+# Whole pieces waiting for the disk. When the origin is faster than the disk, origin reads
+# wait here instead of piling up buffers (memory stays bounded whatever the blob size).
+_WRITE_BACKLOG_BYTES = 64 * 1024 * 1024
+
+
+class _ByteBudget:
+    """At most `limit` bytes held at once (one holder may exceed it alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, count: int) -> None:
+        while self._held and self._held + count > self._limit:
+            await self._freed.wait()
+        self._held += count
+
+    def give(self, count: int) -> None:
+        self._held -= count
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+
+class NotShareable(DfagentError):
+    """This request may not use the cached copy (see Engine.blob); serve it straight through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +90,9 @@ class Engine:
         self._tasks = TaskOwner("engine")
         self._writes = TaskOwner("engine-writes")
         self._storage_failing = False
+        self._write_backlog = _ByteBudget(_WRITE_BACKLOG_BYTES)
         self._inflight: dict[tuple[str, int], InflightPiece] = {}
-        self._discovering: dict[tuple[str, str | None], asyncio.Future[StoredBlob]] = {}
+        self._discovering: dict[tuple[str, str | None, str], asyncio.Future[StoredBlob]] = {}
 
     async def __aenter__(self) -> Engine:
         return self
@@ -83,36 +110,41 @@ class Engine:
         which then keeps streaming into the cache (no extra round trip on the cold path);
         without it, from a HEAD. Concurrent first sights with the same credentials share one
         origin request.
+
+        Raises NotShareable when the blob came from another registry and is not verified yet:
+        until its bytes are checked against the digest, they are only that registry's word.
         """
         blob = await self._store.open_blob(source.digest)
-        if blob is not None:
-            return blob
-        key = (source.digest.hex, source.authorization)
-        found = self._discovering.get(key)
-        if found is None:
-            found = asyncio.get_running_loop().create_future()
-            found.add_done_callback(_mark_retrieved)
-            self._discovering[key] = found
-            self._tasks.spawn(self._discover(source, first_byte, key, found), name="discover")
-        return await asyncio.shield(found)
+        if blob is None:
+            key = (source.digest.hex, source.authorization, source.origin)
+            found = self._discovering.get(key)
+            if found is None:
+                found = asyncio.get_running_loop().create_future()
+                found.add_done_callback(_mark_retrieved)
+                self._discovering[key] = found
+                self._tasks.spawn(self._discover(source, first_byte, key, found), name="discover")
+            blob = await asyncio.shield(found)
+        if not blob.verified and blob.origin != source.origin:
+            raise NotShareable(f"{source.digest} is cached from another registry, unverified")
+        return blob
 
     async def _discover(
         self,
         source: BlobSource,
         first_byte: int | None,
-        key: tuple[str, str | None],
+        key: tuple[str, str | None, str],
         found: asyncio.Future[StoredBlob],
     ) -> None:
         try:
             if first_byte is None:
                 size = await self._origin.blob_size(source)
-                found.set_result(await self._store.create_blob(source.digest, size))
+                found.set_result(await self._store.create_blob(source.digest, size, source.origin))
                 return
             piece_size = self._store.piece_size
             piece_last = (first_byte // piece_size + 1) * piece_size - 1
             try:
                 async with self._origin.open_range(source, first_byte, piece_last) as body:
-                    blob = await self._store.create_blob(source.digest, body.total)
+                    blob = await self._store.create_blob(source.digest, body.total, source.origin)
                     found.set_result(blob)
                     self._discovering.pop(key, None)
                     # Keep this response: it already carries the bytes the reader wants first.
@@ -120,7 +152,9 @@ class Engine:
                     if run is not None:
                         await self._fill(run, body)
             except RangeNotSatisfiable as exc:
-                found.set_result(await self._store.create_blob(source.digest, exc.size))
+                found.set_result(
+                    await self._store.create_blob(source.digest, exc.size, source.origin)
+                )
         except BaseException as exc:
             if not found.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -252,16 +286,21 @@ class Engine:
         request per run of neighbours. A run whose first piece holds `from_byte` past its start
         is fetched from that byte (the reader's first byte comes first) while a second request
         fills the head of the piece."""
-        group: list[int] = []
-        for index in indices:
-            claimable = self._claimable(blob, index)
-            if group and (not claimable or group[-1] + 1 != index):
-                self._launch(blob, source, group, from_byte)
-                group = []
-            if claimable:
-                group.append(index)
-        if group:
+        for group in self._groups(blob, indices):
             self._launch(blob, source, group, from_byte)
+
+    def _groups(self, blob: StoredBlob, indices: list[int]) -> list[list[int]]:
+        """The pieces of `indices` that are neither present nor in flight, cut into runs of
+        neighbours (one origin request each)."""
+        groups: list[list[int]] = []
+        for index in indices:
+            if not self._claimable(blob, index):
+                continue
+            if groups and groups[-1][-1] + 1 == index:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
 
     def _launch(
         self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int
@@ -288,15 +327,11 @@ class Engine:
     async def fetch_missing(self, blob: StoredBlob, source: BlobSource, indices: list[int]) -> int:
         """Fetch, and wait for, the pieces of `indices` (neighbours) that are neither present
         nor on their way; returns the bytes fetched. For background work (prefetch)."""
-        runs = []
-        group: list[int] = []
-        for index in [*indices, None]:
-            if index is not None and self._claimable(blob, index):
-                group.append(index)
-                continue
-            if group and (run := self._plan(blob, source, group, group[0] * blob.piece_size)):
-                runs.append(run)
-            group = []
+        runs = [
+            run
+            for group in self._groups(blob, indices)
+            if (run := self._plan(blob, source, group, group[0] * blob.piece_size))
+        ]
         tasks = [self._tasks.spawn(self._fill(run), name="prefetch-fill") for run in runs]
         if tasks:
             await asyncio.wait(tasks)
@@ -366,6 +401,7 @@ class Engine:
                 offset = run.position - piece.start
                 take = min(len(view), piece.length - offset)
                 if piece.write(offset, view[:take]) and piece.error is None:
+                    await self._write_backlog.take(piece.length)
                     self._finished(run.blob, piece)
                 view = view[take:]
                 run.position += take
@@ -393,6 +429,7 @@ class Engine:
                 log.info("storing pieces again")
             self._storage_failing = False
         finally:
+            self._write_backlog.give(piece.length)
             self._inflight.pop((blob.digest.hex, piece.index), None)
 
     def _abandon(self, run: _Run, error: BaseException) -> None:

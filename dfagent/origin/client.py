@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
 _MAX_REDIRECTS = 5
+_MAX_REMEMBERED_REDIRECTS = 4096
 _MAX_ERROR_BODY = 64 * 1024
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 2.0
@@ -46,6 +47,11 @@ class BlobSource:
     url: URL
     digest: Digest
     authorization: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """`scheme://host:port` of the registry: whose word the bytes are until verified."""
+        return f"{self.url.scheme}://{self.url.host}:{self.url.port}"
 
 
 @dataclass(slots=True)
@@ -280,11 +286,15 @@ class OriginClient:
                 return response
             response.release()
             url = url.join(URL(location))
-            self._redirects[source.digest.hex] = _Redirect(
-                url, time.monotonic() + self._config.redirect_ttl
-            )
+            self._remember(source.digest.hex, url)
             log.debug("blob redirected", extra={"digest": str(source.digest), "host": url.host})
         raise OriginError(f"more than {_MAX_REDIRECTS} redirects for {source.digest}")
+
+    def _remember(self, digest_hex: str, url: URL) -> None:
+        self._redirects.pop(digest_hex, None)  # re-insert: the dict stays oldest first
+        self._redirects[digest_hex] = _Redirect(url, time.monotonic() + self._config.redirect_ttl)
+        while len(self._redirects) > _MAX_REMEMBERED_REDIRECTS:
+            del self._redirects[next(iter(self._redirects))]
 
     @staticmethod
     def _unsatisfiable(response: aiohttp.ClientResponse) -> Exception:

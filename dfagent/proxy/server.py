@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from dfagent.engine.fetcher import Engine
+from dfagent.engine.fetcher import Engine, NotShareable
 from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import DfagentError, OriginHTTPError, RangeNotSatisfiable, http_status
 from dfagent.logs import REQUEST_ID
@@ -90,11 +90,14 @@ class ProxyServer:
             target = route(self._config, request.method, request.raw_path, request.headers)
             kind = "blob" if target.digest is not None else "passthrough"
             if target.digest is not None:
-                response = await serve_blob(
-                    request, target, self._engine, self._prefetcher, self._config.prefetch
-                )
-            else:
-                response = await pass_through(request, target, self._origin)
+                try:
+                    response = await serve_blob(
+                        request, target, self._engine, self._prefetcher, self._config.prefetch
+                    )
+                    return response
+                except NotShareable:
+                    kind = "uncached"
+            response = await pass_through(request, target, self._origin)
             return response
         except DfagentError as exc:
             response = _error_response(exc)

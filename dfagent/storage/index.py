@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     piece_size INTEGER NOT NULL,
     created REAL NOT NULL,
     last_access REAL NOT NULL,
-    verified INTEGER NOT NULL DEFAULT 0
+    verified INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pieces (
     digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
@@ -43,6 +44,18 @@ CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs(last_access);
 """
 
 
+_SCHEMA_VERSION = 2
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an index written by an older dfagent to the current schema."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(blobs)")}
+    if "verified" not in columns:  # before version 1
+        db.execute("ALTER TABLE blobs ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
+    if "origin" not in columns:  # before version 2
+        db.execute("ALTER TABLE blobs ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+
+
 @dataclass(frozen=True, slots=True)
 class BlobRow:
     digest: str
@@ -50,6 +63,7 @@ class BlobRow:
     piece_size: int
     last_access: float
     verified: bool
+    origin: str
     pieces: dict[int, bytes]  # piece index -> sha256 of its bytes
 
 
@@ -101,7 +115,11 @@ class Index:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
+        (version,) = db.execute("PRAGMA user_version").fetchone()
         db.executescript(_SCHEMA)
+        if version < _SCHEMA_VERSION:
+            _migrate(db)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         self._db = db
 
     async def close(self) -> None:
@@ -122,22 +140,23 @@ class Index:
     async def get_blob(self, digest: str) -> BlobRow | None:
         def query(db: sqlite3.Connection) -> BlobRow | None:
             row = db.execute(
-                "SELECT size, piece_size, last_access, verified FROM blobs WHERE digest = ?",
+                "SELECT size, piece_size, last_access, verified, origin FROM blobs "
+                "WHERE digest = ?",
                 (digest,),
             ).fetchone()
             if row is None:
                 return None
             pieces = dict(db.execute("SELECT idx, sha256 FROM pieces WHERE digest = ?", (digest,)))
-            return BlobRow(digest, row[0], row[1], row[2], bool(row[3]), pieces)
+            return BlobRow(digest, row[0], row[1], row[2], bool(row[3]), row[4], pieces)
 
         return await self.run(query)
 
-    async def put_blob(self, digest: str, size: int, piece_size: int) -> None:
+    async def put_blob(self, digest: str, size: int, piece_size: int, origin: str) -> None:
         now = time.time()
         await self.run(
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, 0)",
-                (digest, size, piece_size, now, now),
+                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (digest, size, piece_size, now, now, origin),
             )
         )
 
@@ -169,12 +188,14 @@ class Index:
             )
         )
 
-    async def delete_piece(self, digest: str, index: int) -> None:
-        await self.run(
+    async def delete_piece(self, digest: str, index: int) -> bool:
+        """True when the piece was there to delete."""
+        cursor = await self.run(
             lambda db: db.execute(
                 "DELETE FROM pieces WHERE digest = ? AND idx = ?", (digest, index)
             )
         )
+        return cursor.rowcount > 0
 
     async def pieces_after(self, digest: str, index: int, limit: int) -> list[PieceRow]:
         """Up to `limit` stored pieces after (digest, index) in key order: a resumable walk."""
@@ -210,8 +231,19 @@ class Index:
             )
         ]
 
-    async def delete_blob(self, digest: str) -> None:
-        await self.run(lambda db: db.execute("DELETE FROM blobs WHERE digest = ?", (digest,)))
+    async def delete_blob(self, digest: str) -> tuple[int, int]:
+        """Delete a blob and its pieces; returns the (bytes, pieces) that were recorded."""
+
+        def delete(db: sqlite3.Connection) -> tuple[int, int]:
+            with db:
+                stored, pieces = db.execute(
+                    "SELECT COALESCE(SUM(length), 0), COUNT(*) FROM pieces WHERE digest = ?",
+                    (digest,),
+                ).fetchone()
+                db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+            return int(stored), int(pieces)
+
+        return await self.run(delete)
 
     async def usage(self) -> tuple[int, int, int]:
         """(bytes, pieces, blobs) held, summed over the index."""

@@ -51,6 +51,7 @@ class StoredBlob:
     __slots__ = (
         "_file",
         "digest",
+        "origin",
         "path",
         "piece_sha256",
         "piece_size",
@@ -68,9 +69,13 @@ class StoredBlob:
         path: Path,
         pieces: dict[int, bytes],
         *,
+        origin: str,
         verified: bool = False,
     ) -> None:
         self.digest = digest
+        self.origin = (
+            origin  # the registry the bytes came from, trusted only by itself until verified
+        )
         self.size = size
         self.piece_size = piece_size
         self.path = path
@@ -104,6 +109,15 @@ class StoredBlob:
             yield self
         finally:
             self.pins -= 1
+            if self.removed and not self.pins:
+                self._close()
+
+    def _close(self) -> None:
+        """Close the data file; while anyone holds a pin it stays open, so a descriptor that a
+        sendfile is using is never closed (and reused for another file) under it."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class PieceStore:
@@ -147,8 +161,7 @@ class PieceStore:
             await self._flush(accessed)
         finally:
             for blob in self._blobs.values():
-                if blob._file is not None:
-                    blob._file.close()
+                blob._close()
             self._blobs.clear()
             try:
                 await self.index.close()
@@ -212,8 +225,9 @@ class PieceStore:
         async with self._locks.hold(digest.hex):
             return await self._load(digest)
 
-    async def create_blob(self, digest: Digest, size: int) -> StoredBlob:
-        """Register a blob of `size` bytes (first sight) with a sparse data file of that size."""
+    async def create_blob(self, digest: Digest, size: int, origin: str) -> StoredBlob:
+        """Register a blob of `size` bytes (first sight, from `origin`) with a sparse data file
+        of that size."""
         blob = self._blobs.get(digest.hex)
         if blob is not None:
             return blob
@@ -230,10 +244,12 @@ class PieceStore:
                 return open(fd, "r+b", buffering=0)
 
             file = await asyncio.to_thread(make)
-            await self.index.put_blob(digest.hex, size, self.piece_size)
+            await self.index.put_blob(digest.hex, size, self.piece_size, origin)
             self._stored_blobs += 1
             self._publish_usage()
-            return self._adopt(StoredBlob(digest, size, self.piece_size, path, {}), file)
+            return self._adopt(
+                StoredBlob(digest, size, self.piece_size, path, {}, origin=origin), file
+            )
 
     async def _load(self, digest: Digest) -> StoredBlob | None:
         """open_blob's slow path, with the blob's lock held."""
@@ -253,7 +269,15 @@ class PieceStore:
             await self._drop(digest.hex)
             return None
         return self._adopt(
-            StoredBlob(digest, row.size, row.piece_size, path, row.pieces, verified=row.verified),
+            StoredBlob(
+                digest,
+                row.size,
+                row.piece_size,
+                path,
+                row.pieces,
+                origin=row.origin,
+                verified=row.verified,
+            ),
             file,
         )
 
@@ -341,7 +365,8 @@ class PieceStore:
     async def drop_piece(self, digest_hex: str, index: int, length: int) -> None:
         """Forget one stored piece (its bytes failed a check); it will be fetched again."""
         async with self._locks.hold(digest_hex):
-            await self.index.delete_piece(digest_hex, index)
+            if not await self.index.delete_piece(digest_hex, index):
+                return  # someone dropped it already
             await self.index.set_verified(digest_hex, False)
             blob = self._blobs.get(digest_hex)
             if blob is not None:
@@ -381,11 +406,14 @@ class PieceStore:
         blob = self._blobs.pop(digest_hex, None)
         if blob is not None:
             blob.removed = True
-            if blob._file is not None:
-                blob._file.close()
-        await self.index.delete_blob(digest_hex)
+            if not blob.pins:
+                blob._close()
+        stored, pieces = await self.index.delete_blob(digest_hex)
         await asyncio.to_thread(self.blob_path(digest_hex).unlink, missing_ok=True)
-        await self._recount()
+        self._stored_bytes -= stored
+        self._stored_pieces -= pieces
+        self._stored_blobs -= 1
+        self._publish_usage()
 
     async def _recount(self) -> None:
         usage = await self.index.usage()

@@ -333,3 +333,66 @@ def test_prefetch_completes_the_blob_in_the_background(agent_factory, origin, re
     before = len(origin.requests)
     assert send(agent.proxy_port, url).body == data
     assert len(origin.requests) == before
+
+
+def test_unverified_bytes_from_one_registry_never_reach_another(
+    agent_factory, origin, registry: Registry
+):
+    """Blob identity is the digest, but until a blob is verified its bytes are only the word of
+    the registry that sent them: a lying host cannot poison reads meant for the real one."""
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(3 * PIECE)
+    digest = registry.push_blob("test/poison", data)
+    liar = CountingOrigin(registry.url).start()
+    try:
+
+        async def lie(request: web.BaseRequest):
+            if request.method != "GET" or digest not in request.path:
+                return None
+            upstream = await liar.forward(request)
+            return web.Response(
+                status=upstream.status, body=b"\0" * len(upstream.body), headers=upstream.headers
+            )
+
+        liar.faults.append(lie)
+        spec = {"Range": f"bytes=0-{PIECE - 1}"}
+        poisoned = send(agent.proxy_port, blob_url(liar, "test/poison", digest), spec)
+        assert poisoned.body == b"\0" * PIECE  # the liar's own client gets the liar's bytes
+        honest = send(agent.proxy_port, blob_url(origin, "test/poison", digest), spec)
+        assert honest.status == 206
+        assert honest.body == data[:PIECE]
+        assert origin.blob_gets(digest), "served straight from the real registry"
+        assert metric(agent, 'dfagent_proxy_requests_total{kind="uncached",status="2xx"}') == 1
+    finally:
+        liar.stop()
+
+
+def test_a_verified_blob_serves_every_registry(agent_factory, origin, registry: Registry):
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(2 * PIECE)
+    digest = registry.push_blob("test/shared", data)
+    assert send(agent.proxy_port, blob_url(origin, "test/shared", digest)).body == data
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")
+    mirror = CountingOrigin(registry.url).start()
+    try:
+        reply = send(
+            agent.proxy_port, blob_url(mirror, "test/shared", digest), {"Range": "bytes=5-9"}
+        )
+        assert reply.body == data[5:10]
+        assert mirror.requests == [], "a verified blob is the same bytes whoever names it"
+    finally:
+        mirror.stop()
+
+
+def test_prefetch_fills_the_gaps_between_earlier_reads(agent_factory, origin, registry: Registry):
+    agent = agent_factory(**SMALL_PIECES)
+    data = os.urandom(8 * PIECE)
+    digest = registry.push_blob("test/gaps", data)
+    url = blob_url(origin, "test/gaps", digest)
+    for piece in (1, 4, 6):
+        spec = {"Range": f"bytes={piece * PIECE}-{piece * PIECE + 9}"}
+        assert send(agent.proxy_port, url, spec).body == data[piece * PIECE : piece * PIECE + 10]
+    wait_for(lambda: len(stored_pieces(agent)) == 3, "three pieces stored")
+    send(agent.proxy_port, url, {"Range": "bytes=0-0", "X-Dragonfly-Prefetch": "true"})
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "background completion")
+    assert "background completion stopped" not in agent.log()
