@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import cache_hit, cold
+from bench import cache_hit, cold, storage
 
 WORK = Path(__file__).parent / "work"
 MIB = 1024 * 1024
@@ -13,7 +13,7 @@ MIB = 1024 * 1024
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=("cache-hit", "cold", "all"))
+    parser.add_argument("scenario", choices=("cache-hit", "cold", "storage", "all"))
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny run that only checks the harness"
     )
@@ -34,6 +34,18 @@ def main() -> None:
             "## Cold path: ranges never read before, through dfagent against straight to the registry\n"
         )
         print(cold.report(cold.run(WORK / "cold", samples=samples)), "\n")
+    if args.scenario in ("storage", "all"):
+        results = {
+            "restart": storage.restart(WORK / "restart", pieces=2_000 if args.smoke else 100_000),
+            "stream": storage.stream_and_verify(
+                WORK / "stream", size=64 * MIB if args.smoke else 2048 * MIB
+            ),
+            "verify_reads": storage.verify_reads_cost(
+                WORK / "verify-reads", seconds=1 if args.smoke else args.seconds
+            ),
+        }
+        print("## Storage: restart, streaming memory, verification\n")
+        print(storage.report(results), "\n")
 
 
 if __name__ == "__main__":

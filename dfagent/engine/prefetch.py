@@ -57,7 +57,9 @@ class Prefetcher:
         fetched = 0
         try:
             with blob.pinned():
-                window = max(1, _RUN_BYTES // blob.piece_size)
+                # Runs small enough that pacing between them keeps close to the budget.
+                run_bytes = min(_RUN_BYTES, self._bandwidth // 4) if self._bandwidth else _RUN_BYTES
+                window = max(1, run_bytes // blob.piece_size)
                 for first in range(0, blob.piece_count, window):
                     if blob.removed:
                         return

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from tests.support.agent import AgentProcess
+from tests.support.cache import synthetic_cache
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import metric, wait_for
@@ -138,7 +140,7 @@ def test_verify_through_a_running_agent(agent_factory, origin, registry: Registr
     digest = registry.push_blob("test/online", data)
     url = blob_url(origin, "test/online", digest)
     assert send(agent.proxy_port, url).body == data
-    wait_for(lambda: len(stored_pieces(agent)) == 2, "pieces stored")
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
     flip_bit(agent, digest, 5)
     result = cli(agent, "verify", "--repair")
     assert result.returncode == 1
@@ -154,7 +156,7 @@ def test_verify_reads_never_serve_a_flipped_bit(agent_factory, origin, registry:
     digest = registry.push_blob("test/paranoid", data)
     url = blob_url(origin, "test/paranoid", digest)
     assert send(agent.proxy_port, url).body == data
-    wait_for(lambda: len(stored_pieces(agent)) == 2, "pieces stored")
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
     flip_bit(agent, digest, PIECE + 7)
     assert (
         send(agent.proxy_port, url, {"Range": f"bytes={PIECE}-{PIECE + 99}"}).body
@@ -396,3 +398,49 @@ def test_prefetch_fills_the_gaps_between_earlier_reads(agent_factory, origin, re
     send(agent.proxy_port, url, {"Range": "bytes=0-0", "X-Dragonfly-Prefetch": "true"})
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "background completion")
     assert "background completion stopped" not in agent.log()
+
+
+def test_start_up_reads_the_index_only(tmp_path, origin, registry: Registry):
+    """100,000 recorded pieces and not one data file: the agent is ready at once (it scans
+    nothing), reports them, and forgets a blob whose file turns out to be gone."""
+    storage = tmp_path / "cache"
+    digests = synthetic_cache(storage, 100_000, per_blob=1000, piece_size=PIECE, data_files=False)
+    agent = AgentProcess(tmp_path / "agent", {"storage": {"dir": str(storage), "quota": "1TiB"}})
+    agent.start()
+    try:
+        with urllib.request.urlopen(f"{agent.health_url}/readyz", timeout=5) as ready:
+            assert ready.status == 200
+        assert metric(agent, "dfagent_cache_pieces") == 100_000
+        url = blob_url(origin, "test/startup", f"sha256:{digests[0]}")
+        reply = send(agent.proxy_port, url, {"Range": "bytes=0-0"})
+        assert reply.status == 404  # unknown to the registry: asked there, not served stale
+        assert "data file of an indexed blob is gone" in agent.log()
+        assert metric(agent, "dfagent_cache_pieces") == 99_000
+    finally:
+        assert agent.stop() == 0
+
+
+def test_background_scrub_finds_a_flipped_bit(agent_factory, origin, registry: Registry):
+    agent = agent_factory(storage={"piece_size": "256KiB", "scrub_interval": "500ms"})
+    data = os.urandom(2 * PIECE)
+    digest = registry.push_blob("test/bgscrub", data)
+    assert send(agent.proxy_port, blob_url(origin, "test/bgscrub", digest)).body == data
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
+    flip_bit(agent, digest, PIECE + 3)
+    wait_for(lambda: metric(agent, "dfagent_scrub_bad_pieces_total") == 1, "the scrub")
+    wait_for(lambda: metric(agent, "dfagent_scrub_passes_total") >= 1, "a whole pass")
+    assert [p[1] for p in stored_pieces(agent)] == [0]
+
+
+def test_prefetch_keeps_to_its_bandwidth(agent_factory, origin, registry: Registry):
+    agent = agent_factory(storage={"piece_size": "256KiB"}, origin={"prefetch_bandwidth": "1MiB"})
+    data = os.urandom(8 * PIECE)  # 2 MiB: two seconds at 1 MiB/s
+    digest = registry.push_blob("test/paced", data)
+    started = time.monotonic()
+    send(
+        agent.proxy_port,
+        blob_url(origin, "test/paced", digest),
+        {"Range": "bytes=0-0", "X-Dragonfly-Prefetch": "true"},
+    )
+    wait_for(lambda: status(agent)["verified_blobs"] == 1, "background completion", timeout=20)
+    assert time.monotonic() - started >= 1.0  # the first 1 MiB may go at once, the rest waits
