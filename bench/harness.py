@@ -45,8 +45,11 @@ def nginx(work: Path, files: Path) -> Iterator[int]:
     root = work / "nginx"
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    # Workers read the files as this user: the work tree may sit in a root-only directory.
+    user = "user root;" if os.geteuid() == 0 else ""
     (root / "nginx.conf").write_text(
         f"""
+{user}
 worker_processes auto;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;

@@ -3,6 +3,7 @@ crashes, status; with real files, the real registry and real agent processes."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -444,3 +445,39 @@ def test_prefetch_keeps_to_its_bandwidth(agent_factory, origin, registry: Regist
     )
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "background completion", timeout=20)
     assert time.monotonic() - started >= 1.0  # the first 1 MiB may go at once, the rest waits
+
+
+def test_eviction_skips_a_blob_being_read(agent_factory, origin, registry: Registry):
+    agent = agent_factory(storage={"piece_size": "256KiB", "quota": "1MiB"})
+    slow_data = os.urandom(4 * PIECE)
+    slow = registry.push_blob("test/pinned", slow_data)
+    others = [os.urandom(3 * PIECE) for _ in range(2)]
+    other_digests = [registry.push_blob("test/pinned", data) for data in others]
+    release = threading.Event()
+
+    async def hold_last_piece(request: web.BaseRequest):
+        if slow in request.path and request.headers.get("Range", "").startswith(
+            f"bytes={3 * PIECE}"
+        ):
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 20)
+
+    origin.faults.append(hold_last_piece)
+    first_three = send(
+        agent.proxy_port,
+        blob_url(origin, "test/pinned", slow),
+        {"Range": f"bytes=0-{3 * PIECE - 1}"},
+    )
+    assert first_three.body == slow_data[: 3 * PIECE]
+    replies = []
+    reader = threading.Thread(
+        target=lambda: replies.append(send(agent.proxy_port, blob_url(origin, "test/pinned", slow)))
+    )
+    reader.start()
+    wait_for(lambda: len([p for p in stored_pieces(agent) if p[0] == slow[7:]]) == 3, "3 pieces")
+    for digest, data in zip(other_digests, others, strict=True):  # push the cache over quota
+        assert send(agent.proxy_port, blob_url(origin, "test/pinned", digest)).body == data
+    wait_for(lambda: metric(agent, 'dfagent_evicted_blobs_total{reason="quota"}') >= 1, "eviction")
+    assert slow[7:] in {d for d, _, _ in stored_pieces(agent)}, "the blob being read stayed"
+    release.set()
+    reader.join(20)
+    assert replies[0].body == slow_data
