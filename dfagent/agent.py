@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 
 from dfagent.admin import AdminServer
@@ -21,11 +22,30 @@ from dfagent.proxy.server import ProxyServer
 from dfagent.storage.gc import GarbageCollector
 from dfagent.storage.scrub import Scrubber
 from dfagent.storage.store import PieceStore
+from dfagent.swarm.client import PeerClient
+from dfagent.swarm.directory import Directory
+from dfagent.swarm.membership import Membership
+from dfagent.swarm.server import PeerServer
+from dfagent.swarm.swarm import Swarm
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
+
+_LEASE_SECONDS = 15.0  # a peer told to fetch a piece from the origin has this long to announce it
+
+
+def _read_token(path: str | None) -> str:
+    if path is None:
+        raise StartupError("peer.token_file: required when the swarm has members")
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StartupError(f"peer.token_file: cannot read {path}: {exc.strerror}") from exc
+    if len(token) < 16:
+        raise StartupError(f"peer.token_file: the token in {path} is shorter than 16 characters")
+    return token
 
 
 class Agent:
@@ -42,6 +62,7 @@ class Agent:
         self._stack: AsyncExitStack | None = None
         self._tasks = TaskOwner("agent")
         self.proxy: ProxyServer | None = None
+        self.peer: PeerServer | None = None
         self.admin: AdminServer | None = None
 
     async def __aenter__(self) -> Agent:
@@ -52,8 +73,15 @@ class Agent:
             except OSError as exc:
                 raise StartupError(f"storage.dir: cannot use {config.storage.dir}: {exc}") from exc
             origin = await stack.enter_async_context(OriginClient(config.origin, self.metrics))
+            swarm = await self._start_swarm(stack, store) if config.swarm.enabled else None
             engine = await stack.enter_async_context(
-                Engine(store, origin, self.metrics, verify_reads=config.storage.verify_reads)
+                Engine(
+                    store,
+                    origin,
+                    self.metrics,
+                    verify_reads=config.storage.verify_reads,
+                    swarm=swarm,
+                )
             )
             prefetcher = await stack.enter_async_context(
                 Prefetcher(engine, config.origin.prefetch_bandwidth)
@@ -93,9 +121,39 @@ class Agent:
                 "pid": os.getpid(),
                 "proxy": self.proxy.port,
                 "admin": ",".join(map(str, self.admin.ports)),
+                "peer": self.peer.port if self.peer is not None else "-",
             },
         )
         return self
+
+    async def _start_swarm(self, stack: AsyncExitStack, store: PieceStore) -> Swarm:
+        """Peer server first (its port is this agent's identity), then membership, then the
+        swarm's own loops."""
+        config = self.config
+        token = _read_token(config.peer.token_file)
+        refresh = config.swarm.refresh
+        directory = Directory(holder_ttl=3 * refresh, lease_ttl=_LEASE_SECONDS)
+        self.peer = PeerServer(
+            config.peer.listen,
+            token,
+            store,
+            directory,
+            self.metrics,
+            max_uploads=config.peer.max_uploads,
+            upload_bandwidth=config.peer.upload_bandwidth,
+        )
+        await self.peer.start()
+        stack.push_async_callback(self.peer.stop)
+        membership = Membership(config.swarm, config.peer, self.peer.port)
+        await membership.start()
+        client = await stack.enter_async_context(
+            PeerClient(token, config.peer.connect_timeout, config.peer.read_timeout)
+        )
+        swarm = Swarm(membership, directory, client, store, self.metrics, refresh=refresh)
+        stack.push_async_callback(swarm.aclose)
+        self._tasks.spawn(swarm.run(), name="swarm")
+        self._tasks.spawn(membership.run(), name="membership")
+        return swarm
 
     async def __aexit__(
         self,

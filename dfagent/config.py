@@ -14,6 +14,7 @@ from dfagent.errors import ConfigError
 from dfagent.origin.config import OriginConfig
 from dfagent.proxy.config import ProxyConfig
 from dfagent.storage.config import StorageConfig
+from dfagent.swarm.config import PeerConfig, SwarmConfig
 
 __all__ = ["Config", "HealthConfig", "LogConfig", "MetricsConfig", "dump", "load", "parse"]
 
@@ -38,6 +39,8 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     origin: OriginConfig = field(default_factory=OriginConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)

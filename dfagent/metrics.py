@@ -45,7 +45,7 @@ class Metrics:
         )
         self.served_bytes = Counter(
             "dfagent_served_bytes",
-            "Blob bytes sent to clients, by where they came from (local, origin).",
+            "Blob bytes sent to clients, by where they came from (local, peer, origin).",
             ["source"],
             registry=r,
         )
@@ -106,6 +106,41 @@ class Metrics:
             "Time to hash a whole blob against its digest.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=r,
+        )
+        self.peer_requests = Counter(
+            "dfagent_peer_requests",
+            "Requests to this agent's peer server, by kind (piece, lookup, announce, busy,"
+            " refused).",
+            ["kind"],
+            registry=r,
+        )
+        self.uploaded_bytes = Counter(
+            "dfagent_uploaded_bytes", "Piece bytes sent to other agents.", registry=r
+        )
+        self.peer_bad_pieces = Counter(
+            "dfagent_peer_bad_pieces",
+            "Pieces from peers that failed their recorded sha256 (never used; peer reported).",
+            registry=r,
+        )
+        self.directory_lookups = Counter(
+            "dfagent_directory_lookups",
+            "Directory lookups at blob homes, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.directory_lookup_seconds = Histogram(
+            "dfagent_directory_lookup_seconds",
+            "Latency of directory lookups.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.origin_fetches_avoided = Counter(
+            "dfagent_origin_fetches_avoided",
+            "Pieces fetched from peers instead of the origin.",
+            registry=r,
+        )
+        self.peers_known = Gauge(
+            "dfagent_peers_known", "Other agents in the swarm membership.", registry=r
         )
         self.scrubbed_pieces = Counter(
             "dfagent_scrub_pieces", "Stored pieces re-hashed by the scrub.", registry=r

@@ -26,6 +26,9 @@ from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient, RangeBody
 from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.swarm.client import PeerError
+from dfagent.swarm.directory import Answer
+from dfagent.swarm.swarm import Swarm
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Engine", "FileSegment", "NotShareable"]
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 
 _RUN_BYTES = 4 * 1024 * 1024  # read-ahead window, and the usual size of one origin request
 _WRITE_DRAIN_SECONDS = 10.0
+# How long a reader waits for a peer that is fetching a piece from the origin before going
+# to the origin itself.
+_LEASE_WAIT_SECONDS = 15.0
 # Whole pieces waiting for the disk. When the origin is faster than the disk, origin reads
 # wait here instead of piling up buffers (memory stays bounded whatever the blob size).
 _WRITE_BACKLOG_BYTES = 64 * 1024 * 1024
@@ -79,7 +85,9 @@ class Engine:
         metrics: Metrics,
         *,
         verify_reads: bool = False,
+        swarm: Swarm | None = None,
     ) -> None:
+        self._swarm = swarm
         self._store = store
         self._origin = origin
         self._metrics = metrics
@@ -136,6 +144,16 @@ class Engine:
         found: asyncio.Future[StoredBlob],
     ) -> None:
         try:
+            if self._swarm is not None:
+                # Peers may have it: learn the size from the swarm, or from a HEAD (no bytes:
+                # which pieces go to the origin is the blob's home's call).
+                known = await self._swarm.describe(source.digest.hex)
+                if known is not None and known[1] == self._store.piece_size:
+                    size = known[0]
+                else:
+                    size = await self._origin.blob_size(source)
+                found.set_result(await self._store.create_blob(source.digest, size, source.origin))
+                return
             if first_byte is None:
                 size = await self._origin.blob_size(source)
                 found.set_result(await self._store.create_blob(source.digest, size, source.origin))
@@ -173,12 +191,9 @@ class Engine:
     ) -> AsyncIterator[FileSegment | memoryview]:
         """Bytes `first..last` of `blob`, in order, from the cache or as they arrive."""
         local = self._metrics.served_bytes.labels("local")
-        origin = self._metrics.served_bytes.labels("origin")
         async for part in self._parts(blob, source, first, last):
             if isinstance(part, FileSegment):
                 local.inc(part.count)
-            else:
-                origin.inc(len(part))
             yield part
 
     async def _parts(
@@ -259,6 +274,7 @@ class Engine:
                 piece = self._inflight[(blob.digest.hex, index)]
             try:
                 async for view in piece.read(start - piece.start, end - piece.start):
+                    self._metrics.served_bytes.labels(piece.source).inc(len(view))
                     yield view
                 return
             except OriginHTTPError:
@@ -305,20 +321,84 @@ class Engine:
     def _launch(
         self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int
     ) -> None:
-        run = self._plan(blob, source, group, from_byte)
-        if run is not None:
-            self._tasks.spawn(self._client_fill(run), name="fill")
+        pieces = self._claim_group(blob, source, group)
+        if pieces:
+            self._tasks.spawn(self._client_acquire(blob, source, pieces, from_byte), name="fill")
 
-    async def _client_fill(self, run: _Run) -> None:
+    async def _client_acquire(
+        self, blob: StoredBlob, source: BlobSource, pieces: dict[int, InflightPiece], from_byte: int
+    ) -> None:
         """A fetch some reader waits for: background prefetch holds back while any runs."""
         self._client_runs += 1
         self._quiet.clear()
         try:
-            await self._fill(run)
+            await self._acquire(blob, source, pieces, from_byte)
         finally:
             self._client_runs -= 1
             if not self._client_runs:
                 self._quiet.set()
+
+    async def _acquire(
+        self, blob: StoredBlob, source: BlobSource, pieces: dict[int, InflightPiece], from_byte: int
+    ) -> None:
+        """Get claimed pieces from peers when the swarm has them, else from the origin."""
+        if self._swarm is None:
+            runs = self._origin_runs(blob, source, pieces, from_byte)
+            await asyncio.gather(*(self._fill(run) for run in runs))
+            return
+        try:
+            answers = await self._swarm.lookup(blob, sorted(pieces))
+        except BaseException as exc:
+            self._abandon(_Run(blob, source, pieces, 0, -1), OriginError("swarm lookup cancelled"))
+            if isinstance(exc, Exception):
+                log.exception("swarm lookup failed")
+                return
+            raise
+        to_origin = {}
+        from_peers = []
+        for index, piece in pieces.items():
+            answer = answers.get(index)
+            if answer is None or answer.fetch:
+                to_origin[index] = piece
+            else:
+                from_peers.append(self._from_peers(blob, source, piece, answer))
+        runs = self._origin_runs(blob, source, to_origin, from_byte)
+        await asyncio.gather(*(self._fill(run) for run in runs), *from_peers)
+
+    async def _from_peers(
+        self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, answer: Answer
+    ) -> None:
+        """A piece that holders have, or that a peer is fetching from the origin right now."""
+        assert self._swarm is not None
+        waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
+        delay = 0.005
+        while True:
+            if answer.holders:
+                try:
+                    data = await self._swarm.fetch(blob, piece.index, answer)
+                except PeerError:  # all busy: ask again shortly (maybe more holders by then)
+                    if time.monotonic() > waited_until:
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    answer = (await self._swarm.lookup(blob, [piece.index]))[piece.index]
+                    continue
+                if data is not None:
+                    piece.source = "peer"
+                    piece.write(0, data)
+                    self._metrics.origin_fetches_avoided.inc()
+                    await self._write_backlog.take(piece.length)
+                    self._finished(blob, piece)
+                    return
+            if answer.fetching is None or time.monotonic() > waited_until:
+                break
+            await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
+            delay = min(delay * 2, 0.1)
+            answer = (await self._swarm.lookup(blob, [piece.index]))[piece.index]
+            if answer.fetch:
+                break
+        run = _Run(blob, source, {piece.index: piece}, piece.start, piece.start + piece.length - 1)
+        await self._fill(run)
 
     async def until_quiet(self) -> None:
         """Return once no fetch that a reader waits for is running."""
@@ -327,41 +407,61 @@ class Engine:
     async def fetch_missing(self, blob: StoredBlob, source: BlobSource, indices: list[int]) -> int:
         """Fetch, and wait for, the pieces of `indices` (neighbours) that are neither present
         nor on their way; returns the bytes fetched. For background work (prefetch)."""
-        runs = [
-            run
-            for group in self._groups(blob, indices)
-            if (run := self._plan(blob, source, group, group[0] * blob.piece_size))
-        ]
-        tasks = [self._tasks.spawn(self._fill(run), name="prefetch-fill") for run in runs]
+        fetched = 0
+        tasks = []
+        for group in self._groups(blob, indices):
+            pieces = self._claim_group(blob, source, group)
+            fetched += sum(piece.length for piece in pieces.values())
+            acquire = self._acquire(blob, source, pieces, group[0] * blob.piece_size)
+            tasks.append(self._tasks.spawn(acquire, name="prefetch-fill"))
         if tasks:
             await asyncio.wait(tasks)
-        return sum(run.last - run.first + 1 for run in runs)
+        return fetched
 
     def _claimable(self, blob: StoredBlob, index: int) -> bool:
         return not blob.has(index) and (blob.digest.hex, index) not in self._inflight
 
-    def _plan(
-        self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int
-    ) -> _Run | None:
-        """Claim the pieces of `group` (neighbours) and return the run that fetches them,
-        after starting the fetch of the first piece's head when `from_byte` falls inside it."""
+    def _claim_group(
+        self, blob: StoredBlob, source: BlobSource, group: list[int]
+    ) -> dict[int, InflightPiece]:
         pieces = {}
         for index in group:
             piece = self._claim(blob, index, source)
             if piece is not None:
                 pieces[index] = piece
-        if not pieces:
-            return None
-        first_piece = pieces[min(pieces)]
-        last_piece = pieces[max(pieces)]
-        first = first_piece.start
-        if first_piece.start < from_byte < first_piece.start + first_piece.length:
-            first = from_byte
-            head = _Run(
-                blob, source, {first_piece.index: first_piece}, first_piece.start, from_byte - 1
-            )
-            self._tasks.spawn(self._fill(head), name="fill-head")
-        return _Run(blob, source, pieces, first, last_piece.start + last_piece.length - 1)
+        return pieces
+
+    def _origin_runs(
+        self,
+        blob: StoredBlob,
+        source: BlobSource,
+        pieces: dict[int, InflightPiece],
+        from_byte: int,
+    ) -> list[_Run]:
+        """Runs of neighbouring claimed pieces, one origin request each. A run whose first
+        piece holds `from_byte` past its start begins at that byte (the reader's first byte
+        comes first) while a second request, started here, fills the head of the piece."""
+        runs: list[_Run] = []
+        for index in sorted(pieces):
+            piece = pieces[index]
+            if runs and max(runs[-1].pieces) + 1 == index:
+                runs[-1].pieces[index] = piece
+                runs[-1].last = piece.start + piece.length - 1
+                continue
+            first = piece.start
+            if piece.start < from_byte < piece.start + piece.length:
+                first = from_byte
+                head = _Run(blob, source, {index: piece}, piece.start, from_byte - 1)
+                self._tasks.spawn(self._fill(head), name="fill-head")
+            runs.append(_Run(blob, source, {index: piece}, first, piece.start + piece.length - 1))
+        return runs
+
+    def _plan(
+        self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int
+    ) -> _Run | None:
+        """Claim `group` (neighbours) for one origin run (see _origin_runs)."""
+        runs = self._origin_runs(blob, source, self._claim_group(blob, source, group), from_byte)
+        return runs[0] if runs else None
 
     async def _fill(self, run: _Run, body: RangeBody | None = None) -> None:
         """Fetch `run.position..run.last` from the origin into its pieces, resuming after a
@@ -407,7 +507,7 @@ class Engine:
                 run.position += take
 
     def _finished(self, blob: StoredBlob, piece: InflightPiece) -> None:
-        self._metrics.piece_fetch_seconds.labels("origin").observe(
+        self._metrics.piece_fetch_seconds.labels(piece.source).observe(
             time.monotonic() - piece.started_at
         )
         self._writes.spawn(self._persist(blob, piece), name="persist")
@@ -417,6 +517,8 @@ class Engine:
             with blob.pinned():
                 sha256 = await asyncio.to_thread(sha256_of, piece.buffer)
                 await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
+            if self._swarm is not None:
+                self._swarm.announce(blob, piece.index, sha256)
         except (DfagentError, OSError) as exc:
             if not self._storage_failing:  # once per bad spell, not once per piece
                 log.warning(

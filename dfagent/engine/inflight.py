@@ -27,6 +27,7 @@ class InflightPiece:
         "index",
         "length",
         "received",
+        "source",
         "start",
         "started_at",
     )
@@ -38,6 +39,7 @@ class InflightPiece:
         self.authorization = authorization
         self.buffer = bytearray(length)
         self.received = 0
+        self.source = "origin"  # or "peer": where the bytes came from, for metrics
         self.error: BaseException | None = None
         self.started_at = time.monotonic()
         self._parts: list[tuple[int, int]] = []  # disjoint, sorted [begin, end) ranges received

@@ -20,7 +20,7 @@ from dfagent.errors import BadRequest, DfagentError, RangeNotSatisfiable
 from dfagent.origin.client import BlobSource
 from dfagent.proxy.headers import DOWNLOAD_FINISHED, PREFETCH, TASK_ID
 from dfagent.proxy.routing import Route
-from dfagent.proxy.sendfile import send_segment
+from dfagent.sendfile import send_segment
 
 __all__ = ["serve_blob"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-_READY = re.compile(r"msg=ready pid=\d+ proxy=(\d+) admin=([\d,]+)")
+_READY = re.compile(r"msg=ready pid=\d+ proxy=(\d+) admin=([\d,]+) peer=(\S+)")
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -36,6 +36,7 @@ class AgentProcess:
     proxy_port: int = 0
     health_port: int = 0
     metrics_port: int = 0
+    peer_port: int = 0
 
     @property
     def config_path(self) -> Path:
@@ -99,6 +100,7 @@ class AgentProcess:
             if match:
                 self.proxy_port = int(match.group(1))
                 self.health_port, self.metrics_port = (int(p) for p in match.group(2).split(","))
+                self.peer_port = int(match.group(3)) if match.group(3).isdigit() else 0
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"dfagent did not become ready:\n{self.log()}")

@@ -1,0 +1,88 @@
+"""Talking to other agents: directory lookups and announcements at a blob's home, piece
+downloads from holders. Only the cluster token goes to peers, never a client's credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from dfagent.errors import DfagentError
+
+__all__ = ["PeerClient", "PeerError"]
+
+
+class PeerError(DfagentError):
+    """A peer could not be reached, refused, or answered something unusable."""
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+class PeerClient:
+    def __init__(self, token: str, connect_timeout: float, read_timeout: float) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PeerClient:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            headers=self._headers,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _json(self, method: str, peer: str, path: str, body: Any = None) -> Any:
+        assert self._session is not None
+        try:
+            async with self._session.request(method, f"http://{peer}{path}", json=body) as r:
+                if r.status == 404:
+                    return None
+                if r.status != 200:
+                    raise PeerError(f"{peer} answered {r.status} to {path}")
+                return await r.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PeerError(f"{peer}: {exc or type(exc).__name__}") from exc
+
+    async def describe(self, home: str, digest_hex: str) -> dict[str, int] | None:
+        return await self._json("GET", home, f"/v1/blobs/sha256:{digest_hex}")  # type: ignore[no-any-return]
+
+    async def lookup(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._json("POST", home, "/v1/lookup", body)
+        if answer is None:
+            raise PeerError(f"{home} has no directory")
+        return answer  # type: ignore[no-any-return]
+
+    async def announce(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", home, "/v1/announce", body)  # type: ignore[no-any-return]
+
+    async def report(self, home: str, body: dict[str, Any]) -> None:
+        await self._json("POST", home, "/v1/report", body)
+
+    async def piece(self, peer: str, digest_hex: str, index: int, length: int) -> bytes:
+        """The whole piece from `peer` (exactly `length` bytes), or PeerError."""
+        assert self._session is not None
+        url = f"http://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
+        try:
+            async with self._session.get(url) as response:
+                if response.status == 429:
+                    raise PeerError(f"{peer} is busy", busy=True)
+                if response.status != 200:
+                    raise PeerError(f"{peer} answered {response.status} for piece {index}")
+                data = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PeerError(f"{peer}: {exc or type(exc).__name__}") from exc
+        if len(data) != length:
+            raise PeerError(f"{peer} sent {len(data)} bytes of piece {index}, not {length}")
+        return data

@@ -1,0 +1,69 @@
+"""Config of the peer server and of swarm membership."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dfagent.configtypes import ByteSize, Duration, ListenAddress
+
+__all__ = ["PeerConfig", "SwarmConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    # Where other agents fetch pieces and ask the directory (Dragonfly's peer port).
+    listen: ListenAddress = ListenAddress("0.0.0.0", 4000)
+    # A file holding the cluster token every agent presents; required once the swarm has
+    # members (a Kubernetes Secret mounted as a file).
+    token_file: str | None = None
+    # Bytes per second this agent uploads to peers in all (null: no cap).
+    upload_bandwidth: ByteSize | None = None
+    # Uploads at once; beyond it peers get 429 and ask another holder.
+    max_uploads: int = 16
+    # A peer that does not accept a connection this fast is passed over (fail fast: the next
+    # holder, or the origin).
+    connect_timeout: Duration = Duration(0.1)
+    # Longest silence while receiving a piece from a peer.
+    read_timeout: Duration = Duration(2)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.max_uploads < 1:
+            problems.append(("max_uploads", "must be at least 1"))
+        if self.upload_bandwidth is not None and self.upload_bandwidth < 64 * 1024:
+            problems.append(("upload_bandwidth", "must be at least 64KiB (per second)"))
+        return problems
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    # Peer servers of the other agents (host:port); this agent may be listed too.
+    peers: tuple[str, ...] = field(default_factory=tuple)
+    # A name whose A/AAAA records are the agents (a Kubernetes headless Service); each is
+    # reached on peer.listen's port.
+    dns: str | None = None
+    # How often `dns` is resolved again, and holder records re-announced.
+    refresh: Duration = Duration(30)
+    # host:port the other agents reach this one at (how it recognises itself among the
+    # members). Default: the local address that routes to the first member, peer.listen's port.
+    advertise: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.peers) or self.dns is not None
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        for i, peer in enumerate(self.peers):
+            try:
+                ListenAddress.parse(peer)
+            except ValueError as exc:
+                problems.append((f"peers[{i}]", str(exc)))
+        if self.advertise is not None:
+            try:
+                ListenAddress.parse(self.advertise)
+            except ValueError as exc:
+                problems.append(("advertise", str(exc)))
+        if self.refresh <= 0:
+            problems.append(("refresh", "must be positive"))
+        return problems

@@ -1,0 +1,142 @@
+"""The home's book of the blobs it is home for: each piece's sha256 (recorded when the piece
+first left the origin), who holds it, and who was told to fetch it from the origin.
+
+Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
+new home after a membership change, fills up again from announcements. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["Answer", "Directory"]
+
+
+@dataclass(slots=True)
+class _Piece:
+    sha256: bytes | None = None
+    holders: dict[str, float] = field(default_factory=dict)  # peer -> expiry
+    lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
+
+
+@dataclass(slots=True)
+class _Blob:
+    size: int
+    piece_size: int
+    pieces: dict[int, _Piece] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a requester should do for one piece."""
+
+    sha256: bytes | None  # recorded digest of the piece, to check peer bytes against
+    holders: tuple[str, ...]  # peers to fetch from, in the order to try them
+    fetch: bool  # the requester itself is to fetch it from the origin (it holds the lease)
+    fetching: str | None  # another peer is fetching it from the origin right now
+
+
+class Directory:
+    def __init__(
+        self,
+        *,
+        holder_ttl: float,
+        lease_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        shuffle: Callable[[list[str]], None] = random.shuffle,
+    ) -> None:
+        self._holder_ttl = holder_ttl
+        self._lease_ttl = lease_ttl
+        self._clock = clock
+        self._shuffle = shuffle
+        self._blobs: dict[str, _Blob] = {}
+
+    def describe(self, digest: str) -> tuple[int, int] | None:
+        blob = self._blobs.get(digest)
+        return None if blob is None else (blob.size, blob.piece_size)
+
+    def _blob(self, digest: str, size: int, piece_size: int) -> _Blob | None:
+        blob = self._blobs.get(digest)
+        if blob is None:
+            blob = self._blobs[digest] = _Blob(size, piece_size)
+        if (blob.size, blob.piece_size) != (size, piece_size):
+            return None  # a different piece size (or a lying size): no sharing between them
+        return blob
+
+    def lookup(
+        self, digest: str, size: int, piece_size: int, indices: Iterable[int], requester: str
+    ) -> dict[int, Answer]:
+        now = self._clock()
+        blob = self._blob(digest, size, piece_size)
+        answers = {}
+        for index in indices:
+            if blob is None:
+                answers[index] = Answer(None, (), True, None)
+                continue
+            piece = blob.pieces.setdefault(index, _Piece())
+            holders = [p for p, expiry in piece.holders.items() if expiry > now and p != requester]
+            self._shuffle(holders)
+            if holders:
+                answers[index] = Answer(piece.sha256, tuple(holders), False, None)
+            elif piece.lease is not None and piece.lease[1] > now and piece.lease[0] != requester:
+                answers[index] = Answer(piece.sha256, (), False, piece.lease[0])
+            else:
+                piece.lease = (requester, now + self._lease_ttl)
+                answers[index] = Answer(piece.sha256, (), True, None)
+        return answers
+
+    def announce(
+        self, digest: str, size: int, piece_size: int, holder: str, pieces: dict[int, bytes]
+    ) -> list[int]:
+        """Record `holder` for `pieces`; returns the indices refused because their sha256
+        differs from the one recorded first."""
+        blob = self._blob(digest, size, piece_size)
+        if blob is None:
+            return list(pieces)
+        expiry = self._clock() + self._holder_ttl
+        refused = []
+        for index, sha256 in pieces.items():
+            piece = blob.pieces.setdefault(index, _Piece())
+            if piece.sha256 is None:
+                piece.sha256 = sha256
+            elif piece.sha256 != sha256:
+                refused.append(index)
+                continue
+            piece.holders[holder] = expiry
+            if piece.lease is not None and piece.lease[0] == holder:
+                piece.lease = None
+        return refused
+
+    def drop_holder(self, digest: str, index: int, holder: str) -> None:
+        """A requester found bad bytes at `holder`: stop sending others there."""
+        blob = self._blobs.get(digest)
+        if blob is not None and index in blob.pieces:
+            blob.pieces[index].holders.pop(holder, None)
+
+    def prune(self) -> None:
+        """Forget pieces nobody holds or fetches any more, and blobs left empty."""
+        now = self._clock()
+        for digest in list(self._blobs):
+            blob = self._blobs[digest]
+            for index in list(blob.pieces):
+                piece = blob.pieces[index]
+                piece.holders = {p: e for p, e in piece.holders.items() if e > now}
+                if piece.lease is not None and piece.lease[1] <= now:
+                    piece.lease = None
+                if not piece.holders and piece.lease is None:
+                    del blob.pieces[index]
+            if not blob.pieces:
+                del self._blobs[digest]
+
+    def release(self, digest: str, indices: Iterable[int], requester: str) -> None:
+        """The requester gave up its origin fetches: let someone else take them."""
+        blob = self._blobs.get(digest)
+        if blob is None:
+            return
+        for index in indices:
+            piece = blob.pieces.get(index)
+            if piece is not None and piece.lease is not None and piece.lease[0] == requester:
+                piece.lease = None

@@ -1,0 +1,80 @@
+"""Who is in the swarm: a static list and/or the records of a DNS name, refreshed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from dfagent.configtypes import ListenAddress
+from dfagent.swarm.config import PeerConfig, SwarmConfig
+
+__all__ = ["Membership"]
+
+log = logging.getLogger(__name__)
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Membership:
+    """The current members as `host:port` strings (sorted), this agent among them."""
+
+    def __init__(self, swarm: SwarmConfig, peer: PeerConfig, peer_port: int) -> None:
+        self._swarm = swarm
+        self._port = peer_port
+        self._static = [str(ListenAddress.parse(p)) for p in swarm.peers]
+        self._resolved: list[str] = []
+        self.me = swarm.advertise or ""
+        self.changed = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.refresh()
+        if not self.me:
+            self.me = _format(self._local_address(), self._port)
+        log.info("swarm membership", extra={"me": self.me, "members": ",".join(self.members())})
+
+    def members(self) -> list[str]:
+        members = set(self._static) | set(self._resolved)
+        if self.me:
+            members.add(self.me)
+        return sorted(members)
+
+    def others(self) -> list[str]:
+        return [m for m in self.members() if m != self.me]
+
+    async def refresh(self) -> None:
+        if self._swarm.dns is None:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                self._swarm.dns, self._port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            log.warning(
+                "cannot resolve swarm.dns", extra={"name": self._swarm.dns, "error": str(exc)}
+            )
+            return
+        resolved = sorted({_format(info[4][0], self._port) for info in infos})
+        if resolved != self._resolved:
+            self._resolved = resolved
+            self.changed.set()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._swarm.refresh)
+            await self.refresh()
+
+    def _local_address(self) -> str:
+        """The local address that routes to the first other member (no packet is sent)."""
+        for member in self.members():
+            address = ListenAddress.parse(member)
+            family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect((address.host, address.port or 9))
+                    return str(probe.getsockname()[0])
+            except OSError:
+                continue
+        return "127.0.0.1"

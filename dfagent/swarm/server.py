@@ -1,0 +1,176 @@
+"""The peer server: pieces for other agents, and the directory for the blobs this agent is
+home for. Every request must carry the cluster token (`Authorization: Bearer ...`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from dfagent.configtypes import ListenAddress
+from dfagent.core.digest import Digest, InvalidDigest
+from dfagent.core.pieces import piece_bounds
+from dfagent.engine.fetcher import FileSegment
+from dfagent.errors import DfagentError
+from dfagent.metrics import Metrics
+from dfagent.sendfile import send_segment
+from dfagent.serving import bind
+from dfagent.storage.store import PieceStore
+from dfagent.swarm.directory import Directory
+
+__all__ = ["PeerServer"]
+
+log = logging.getLogger(__name__)
+
+
+class _Pacer:
+    """Keeps total uploads under `rate` bytes per second (None: no cap)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self._rate = rate
+        self._next = time.monotonic()
+
+    async def take(self, count: int) -> None:
+        if not self._rate:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + count / self._rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class PeerServer:
+    def __init__(
+        self,
+        listen: ListenAddress,
+        token: str,
+        store: PieceStore,
+        directory: Directory,
+        metrics: Metrics,
+        *,
+        max_uploads: int,
+        upload_bandwidth: int | None,
+    ) -> None:
+        self._listen = listen
+        self._token = f"Bearer {token}".encode()
+        self._store = store
+        self._directory = directory
+        self._metrics = metrics
+        self._max_uploads = max_uploads
+        self._uploads = 0
+        self._pacer = _Pacer(upload_bandwidth)
+        self._server: asyncio.Server | None = None
+        self._http: web.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._http = web.Server(self._handle, access_log=None)
+        self._server = await bind("peer", self._listen, self._http)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._http is not None:
+            await self._http.shutdown(2.0)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, self._token):
+            self._metrics.peer_requests.labels("refused").inc()
+            return web.Response(status=401, text="this agent needs the cluster token\n")
+        parts = request.path.strip("/").split("/")
+        try:
+            match request.method, parts:
+                case "GET", ["v1", "pieces", digest, index]:
+                    return await self._piece(request, Digest.parse(digest), int(index))
+                case "GET", ["v1", "blobs", digest]:
+                    return self._describe(Digest.parse(digest))
+                case "POST", ["v1", "lookup"]:
+                    return web.json_response(self._lookup(await request.json()))
+                case "POST", ["v1", "announce"]:
+                    return web.json_response(self._announce(await request.json()))
+                case "POST", ["v1", "report"]:
+                    body = await request.json()
+                    self._directory.drop_holder(body["digest"], int(body["index"]), body["holder"])
+                    return web.json_response({})
+        except (InvalidDigest, ValueError, KeyError, TypeError) as exc:
+            return web.Response(status=400, text=f"bad request: {exc}\n")
+        return web.Response(status=404, text="no such endpoint\n")
+
+    async def _piece(
+        self, request: web.BaseRequest, digest: Digest, index: int
+    ) -> web.StreamResponse:
+        blob = self._store.loaded(digest.hex) or await self._store.open_blob(digest)
+        if blob is None or not blob.has(index):
+            return web.Response(status=404, text="piece not held here\n")
+        if self._uploads >= self._max_uploads:
+            self._metrics.peer_requests.labels("busy").inc()
+            return web.Response(status=429, text="too many uploads; ask another holder\n")
+        self._uploads += 1
+        try:
+            with blob.pinned():
+                start, end = piece_bounds(index, blob.size, blob.piece_size)
+                await self._pacer.take(end - start)
+                response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+                response.content_length = end - start
+                await response.prepare(request)
+                try:
+                    await send_segment(request, response, FileSegment(blob, start, end - start))
+                except (DfagentError, OSError):
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                self._metrics.uploaded_bytes.inc(end - start)
+                self._metrics.peer_requests.labels("piece").inc()
+                return response
+        finally:
+            self._uploads -= 1
+
+    def _describe(self, digest: Digest) -> web.StreamResponse:
+        known = self._directory.describe(digest.hex)
+        if known is None:
+            return web.json_response({}, status=404)
+        return web.json_response({"size": known[0], "piece_size": known[1]})
+
+    def _lookup(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._metrics.peer_requests.labels("lookup").inc()
+        answers = self._directory.lookup(
+            Digest.parse("sha256:" + body["digest"]).hex,
+            int(body["size"]),
+            int(body["piece_size"]),
+            [int(i) for i in body["pieces"]],
+            str(body["requester"]),
+        )
+        return {
+            "pieces": {
+                str(index): {
+                    "sha256": a.sha256.hex() if a.sha256 else None,
+                    "holders": list(a.holders),
+                    "fetch": a.fetch,
+                    "fetching": a.fetching,
+                }
+                for index, a in answers.items()
+            }
+        }
+
+    def _announce(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._metrics.peer_requests.labels("announce").inc()
+        refused = {}
+        for entry in body["blobs"]:
+            digest = Digest.parse("sha256:" + entry["digest"]).hex
+            pieces = {int(i): bytes.fromhex(sha) for i, sha in entry["pieces"].items()}
+            bad = self._directory.announce(
+                digest, int(entry["size"]), int(entry["piece_size"]), str(body["holder"]), pieces
+            )
+            if bad:
+                refused[digest] = bad
+        return {"refused": refused}

@@ -1,0 +1,232 @@
+"""The swarm as the engine sees it: where a piece can come from, getting it from a peer
+(checked against the sha256 its home recorded), and telling homes what this agent holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from dfagent.core.pieces import piece_bounds
+from dfagent.integrity import sha256_of
+from dfagent.metrics import Metrics
+from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.swarm.client import PeerClient, PeerError
+from dfagent.swarm.directory import Answer, Directory
+from dfagent.swarm.hashing import home_of
+from dfagent.swarm.membership import Membership
+from dfagent.tasks import TaskOwner
+
+__all__ = ["Swarm"]
+
+log = logging.getLogger(__name__)
+
+_ANNOUNCE_DELAY = 0.02  # batch announcements made within this long of each other
+_REANNOUNCE_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    size: int
+    piece_size: int
+
+
+class Swarm:
+    def __init__(
+        self,
+        membership: Membership,
+        directory: Directory,
+        client: PeerClient,
+        store: PieceStore,
+        metrics: Metrics,
+        *,
+        refresh: float,
+    ) -> None:
+        self._membership = membership
+        self._directory = directory
+        self._client = client
+        self._store = store
+        self._metrics = metrics
+        self._refresh = refresh
+        self._tasks = TaskOwner("swarm")
+        self._pending: dict[str, dict[int, bytes]] = defaultdict(dict)
+        self._pending_meta: dict[str, _Held] = {}
+        self._flushing = False
+
+    @property
+    def me(self) -> str:
+        return self._membership.me
+
+    def home(self, digest_hex: str) -> str:
+        return home_of(self._membership.members(), digest_hex)
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
+
+    # asking --------------------------------------------------------------------------------
+
+    async def describe(self, digest_hex: str) -> tuple[int, int] | None:
+        """(size, piece_size) of a blob the swarm already knows, without asking the origin."""
+        home = self.home(digest_hex)
+        if home == self.me:
+            return self._directory.describe(digest_hex)
+        try:
+            known = await self._client.describe(home, digest_hex)
+        except PeerError as exc:
+            log.info("home unreachable", extra={"home": home, "error": str(exc)})
+            return None
+        return None if known is None else (int(known["size"]), int(known["piece_size"]))
+
+    async def lookup(self, blob: StoredBlob, indices: list[int]) -> dict[int, Answer]:
+        """Per piece: holders to fetch from, or leave to fetch from the origin. With the home
+        unreachable every piece goes to the origin (the swarm only ever makes things faster)."""
+        digest = blob.digest.hex
+        home = self.home(digest)
+        started = time.monotonic()
+        if home == self.me:
+            answers = self._directory.lookup(digest, blob.size, blob.piece_size, indices, self.me)
+        else:
+            body = {
+                "digest": digest,
+                "size": blob.size,
+                "piece_size": blob.piece_size,
+                "pieces": indices,
+                "requester": self.me,
+            }
+            try:
+                reply = await self._client.lookup(home, body)
+            except PeerError as exc:
+                self._metrics.directory_lookups.labels("error").inc()
+                log.info(
+                    "home unreachable; using the origin", extra={"home": home, "error": str(exc)}
+                )
+                return {i: Answer(None, (), True, None) for i in indices}
+            answers = {
+                int(i): Answer(
+                    bytes.fromhex(a["sha256"]) if a["sha256"] else None,
+                    tuple(a["holders"]),
+                    bool(a["fetch"]),
+                    a["fetching"],
+                )
+                for i, a in reply["pieces"].items()
+            }
+        self._metrics.directory_lookups.labels("ok").inc()
+        self._metrics.directory_lookup_seconds.observe(time.monotonic() - started)
+        return answers
+
+    async def fetch(self, blob: StoredBlob, index: int, answer: Answer) -> bytes | None:
+        """The piece from one of its holders, checked against the recorded sha256; None when
+        no holder delivers good bytes. Raises PeerError(busy=True) when every holder was only
+        busy (worth asking again shortly, rather than going to the origin)."""
+        start, end = piece_bounds(index, blob.size, blob.piece_size)
+        if answer.sha256 is None:
+            return None  # nothing to check peer bytes against: never trust them unchecked
+        busy = 0
+        for holder in answer.holders:
+            try:
+                data = await self._client.piece(holder, blob.digest.hex, index, end - start)
+            except PeerError as exc:
+                busy += exc.busy
+                log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
+                continue
+            if await asyncio.to_thread(sha256_of, data) != answer.sha256:
+                self._metrics.peer_bad_pieces.inc()
+                log.warning(
+                    "peer sent a piece that fails its recorded sha256; not used",
+                    extra={"peer": holder, "digest": str(blob.digest), "piece": index},
+                )
+                self._tasks.spawn(self._report(blob.digest.hex, index, holder), name="report")
+                continue
+            return data
+        if busy and busy == len(answer.holders):
+            raise PeerError("every holder is busy", busy=True)
+        return None
+
+    async def _report(self, digest_hex: str, index: int, holder: str) -> None:
+        home = self.home(digest_hex)
+        if home == self.me:
+            self._directory.drop_holder(digest_hex, index, holder)
+            return
+        with contextlib.suppress(PeerError):
+            await self._client.report(
+                home, {"digest": digest_hex, "index": index, "holder": holder}
+            )
+
+    # telling -------------------------------------------------------------------------------
+
+    def announce(self, blob: StoredBlob, index: int, sha256: bytes) -> None:
+        """Note that this agent now holds a piece; homes hear of it in batches."""
+        self._pending[blob.digest.hex][index] = sha256
+        self._pending_meta[blob.digest.hex] = _Held(blob.size, blob.piece_size)
+        if not self._flushing:
+            self._flushing = True
+            self._tasks.spawn(self._flush_soon(), name="announce")
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(_ANNOUNCE_DELAY)
+        self._flushing = False
+        pending, self._pending = self._pending, defaultdict(dict)
+        meta, self._pending_meta = self._pending_meta, {}
+        await self._send(pending, meta)
+
+    async def _send(self, pending: dict[str, dict[int, bytes]], meta: dict[str, _Held]) -> None:
+        by_home: dict[str, list[dict[str, object]]] = defaultdict(list)
+        for digest, pieces in pending.items():
+            held = meta[digest]
+            home = self.home(digest)
+            if home == self.me:
+                self._directory.announce(digest, held.size, held.piece_size, self.me, pieces)
+                continue
+            by_home[home].append(
+                {
+                    "digest": digest,
+                    "size": held.size,
+                    "piece_size": held.piece_size,
+                    "pieces": {str(i): sha.hex() for i, sha in pieces.items()},
+                }
+            )
+        for home, blobs in by_home.items():
+            try:
+                await self._client.announce(home, {"holder": self.me, "blobs": blobs})
+            except PeerError as exc:
+                log.info(
+                    "announcement lost; repeated later", extra={"home": home, "error": str(exc)}
+                )
+
+    async def reannounce(self) -> None:
+        """Tell every home again what this agent holds (soft state: homes forget otherwise)."""
+        after = ("", -1)
+        while rows := await self._store.index.pieces_after(*after, _REANNOUNCE_BATCH):
+            after = (rows[-1].digest, rows[-1].index)
+            pending: dict[str, dict[int, bytes]] = defaultdict(dict)
+            meta: dict[str, _Held] = {}
+            for row in rows:
+                blob = self._store.loaded(row.digest)
+                size = blob.size if blob is not None else None
+                if size is None:
+                    described = await self._store.index.get_blob(row.digest)
+                    if described is None:
+                        continue
+                    size = described.size
+                pending[row.digest][row.index] = row.sha256
+                meta[row.digest] = _Held(size, row.piece_size)
+            await self._send(pending, meta)
+
+    async def run(self) -> None:
+        """Refresh membership, re-announce, prune the directory, every swarm.refresh."""
+        await self.reannounce()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._refresh):
+                    await self._membership.changed.wait()
+            self._membership.changed.clear()
+            try:
+                await self._membership.refresh()
+                await self.reannounce()
+                self._directory.prune()
+                self._metrics.peers_known.set(len(self._membership.others()))
+            except Exception:
+                log.exception("swarm refresh failed; trying again next interval")

@@ -1,0 +1,212 @@
+"""Several real agents on loopback as a swarm, the real registry behind a counting proxy."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dfagent.swarm.hashing import home_of
+from tests.support.agent import AgentProcess
+from tests.support.client import send
+from tests.support.counting import CountingOrigin
+from tests.support.metrics import metric, wait_for
+from tests.support.ports import free_port
+
+PIECE = 256 * 1024
+TOKEN = "t0ken-for-tests-" + "x" * 16
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Callable[..., list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+
+    def start(count: int, **overrides: object) -> list[AgentProcess]:
+        ports = [free_port() for _ in range(count)]
+        members = [f"127.0.0.1:{port}" for port in ports]
+        agents = []
+        for i, port in enumerate(ports):
+            config = {
+                "storage": {"piece_size": "256KiB"},
+                "peer": {"listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+                "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
+                **overrides,
+            }
+            agents.append(AgentProcess(tmp_path / f"agent{i}", config).start())
+        started.extend(agents)
+        return agents
+
+    yield start
+    for agent in started:
+        agent.kill()
+
+
+def origin_bytes(origin: CountingOrigin, digest: str, size: int) -> int:
+    total = 0
+    for seen in origin.blob_gets(digest):
+        first, last = (int(x) for x in re.fullmatch(r"bytes=(\d+)-(\d+)", seen.range).groups())
+        total += min(last, size - 1) - first + 1
+    return total
+
+
+def pieces_fetched(origin: CountingOrigin, digest: str, size: int) -> dict[int, int]:
+    """Bytes fetched from the origin per piece."""
+    per_piece: dict[int, int] = {}
+    for seen in origin.blob_gets(digest):
+        first, last = (int(x) for x in re.fullmatch(r"bytes=(\d+)-(\d+)", seen.range).groups())
+        last = min(last, size - 1)
+        for index in range(first // PIECE, last // PIECE + 1):
+            lo, hi = max(first, index * PIECE), min(last, (index + 1) * PIECE - 1)
+            per_piece[index] = per_piece.get(index, 0) + hi - lo + 1
+    return per_piece
+
+
+def url(origin: CountingOrigin, digest: str) -> str:
+    return f"{origin.url}/v2/test/swarm/blobs/{digest}"
+
+
+def test_nodes_one_after_another_take_the_blob_from_the_origin_once(swarm, origin, registry):
+    agents = swarm(3)
+    data = os.urandom(40 * PIECE + 123)
+    digest = registry.push_blob("test/swarm", data)
+    for agent in agents:
+        assert send(agent.proxy_port, url(origin, digest)).body == data
+    assert origin_bytes(origin, digest, len(data)) == len(data)
+    assert sum(metric(a, 'dfagent_served_bytes_total{source="peer"}') for a in agents) == 2 * len(
+        data
+    )
+
+
+def test_all_nodes_at_once_take_about_one_copy_from_the_origin(swarm, origin, registry):
+    agents = swarm(4)
+    data = os.urandom(64 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    bodies: list[bytes] = []
+    threads = [
+        threading.Thread(
+            target=lambda a=a: bodies.append(send(a.proxy_port, url(origin, digest)).body)
+        )
+        for a in agents
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert bodies == [data] * len(agents)
+    assert origin_bytes(origin, digest, len(data)) <= 1.05 * len(data)
+
+
+def test_random_lazy_ranges_never_fetch_a_piece_twice(swarm, origin, registry):
+    agents = swarm(4)
+    data = os.urandom(48 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    rng = random.Random(7)
+    plans = [
+        [
+            (
+                first := rng.randrange(len(data)),
+                min(len(data) - 1, first + rng.randrange(2 * PIECE)),
+            )
+            for _ in range(12)
+        ]
+        for _ in agents
+    ]
+    wrong: list[tuple[int, int]] = []
+
+    def reads(agent: AgentProcess, plan: list[tuple[int, int]]) -> None:
+        for first, last in plan:
+            reply = send(agent.proxy_port, url(origin, digest), {"Range": f"bytes={first}-{last}"})
+            if reply.body != data[first : last + 1]:
+                wrong.append((first, last))
+
+    threads = [
+        threading.Thread(target=reads, args=pair) for pair in zip(agents, plans, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert wrong == []
+    over = {i: n for i, n in pieces_fetched(origin, digest, len(data)).items() if n > PIECE}
+    assert over == {}, "pieces that left the origin more than once"
+
+
+def flip_bit(agent: AgentProcess, digest: str, offset: int) -> None:
+    hexd = digest.removeprefix("sha256:")
+    with (agent.storage_dir / "blobs" / hexd[:2] / hexd).open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 1]))
+
+
+def test_a_peer_with_corrupt_bytes_is_caught_and_never_served(swarm, origin, registry):
+    holder, reader = swarm(2)
+    data = os.urandom(8 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    assert send(holder.proxy_port, url(origin, digest)).body == data
+    wait_for(lambda: metric(holder, "dfagent_blob_verify_seconds_count") == 1, "verification")
+    flip_bit(holder, digest, 3 * PIECE + 77)  # the holder's disk goes bad under it
+    assert send(reader.proxy_port, url(origin, digest)).body == data
+    assert metric(reader, "dfagent_peer_bad_pieces_total") == 1
+    assert (
+        pieces_fetched(origin, digest, len(data)).get(3) == 2 * PIECE
+    )  # piece 3 again, from origin
+
+
+def test_a_peer_killed_mid_transfer(swarm, origin, registry):
+    first, second, third = swarm(3)
+    data = os.urandom(32 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    assert send(first.proxy_port, url(origin, digest)).body == data
+    done: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: done.append(send(second.proxy_port, url(origin, digest)).body)
+    )
+    reader.start()
+    first.process.send_signal(signal.SIGKILL)
+    reader.join(60)
+    assert done == [data]
+    assert send(third.proxy_port, url(origin, digest)).body == data
+
+
+def test_the_swarm_survives_a_home_restart(swarm, origin, registry):
+    agents = swarm(3)
+    data = os.urandom(16 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    members = sorted(f"127.0.0.1:{a.peer_port}" for a in agents)
+    home = next(a for a in agents if f"127.0.0.1:{a.peer_port}" == home_of(members, digest[7:]))
+    holder = next(a for a in agents if a is not home)
+    reader = next(a for a in agents if a not in (home, holder))
+    assert send(holder.proxy_port, url(origin, digest)).body == data
+    assert home.stop() == 0
+    home.start()  # its directory starts empty; holders re-announce within swarm.refresh
+    wait_for(
+        lambda: metric(home, 'dfagent_peer_requests_total{kind="announce"}') >= 1, "re-announce"
+    )
+    fetched = origin_bytes(origin, digest, len(data))
+    assert send(reader.proxy_port, url(origin, digest)).body == data
+    assert origin_bytes(origin, digest, len(data)) == fetched
+    assert metric(reader, 'dfagent_served_bytes_total{source="peer"}') == len(data)
+
+
+def test_requests_without_the_token_are_refused(swarm):
+    (agent,) = swarm(1)
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{agent.peer_port}/v1/blobs/sha256:{'a' * 64}", headers=headers
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
+    assert metric(agent, 'dfagent_peer_requests_total{kind="refused"}') == 2
