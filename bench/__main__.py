@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import cache_hit, cold, storage
+from bench import cache_hit, cold, nydus, storage
 
 WORK = Path(__file__).parent / "work"
 MIB = 1024 * 1024
@@ -13,7 +13,7 @@ MIB = 1024 * 1024
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=("cache-hit", "cold", "storage", "all"))
+    parser.add_argument("scenario", choices=("cache-hit", "cold", "storage", "nydus", "all"))
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny run that only checks the harness"
     )
@@ -46,6 +46,12 @@ def main() -> None:
         }
         print("## Storage: restart, streaming memory, verification\n")
         print(storage.report(results), "\n")
+    if args.scenario in ("nydus", "all"):
+        summary = nydus.run(
+            WORK / "nydus", bulk=2 if args.smoke else 48, rounds=1 if args.smoke else 3
+        )
+        print("## nydusd: mount and cold read of a whole image, direct against through dfagent\n")
+        print(nydus.report(summary), "\n")
 
 
 if __name__ == "__main__":

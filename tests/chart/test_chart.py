@@ -1,0 +1,163 @@
+"""The Helm chart, rendered by the real helm and checked against the Kubernetes schemas and
+against dfagent itself (its rendered config must pass `dfagent config check`)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+CHART = Path(__file__).parents[2] / "charts" / "dfagent"
+HELM_VERSION = "v3.16.3"
+KUBERNETES_VERSION = "1.30.0"
+CUSTOM_RESOURCES = {"ServiceMonitor", "PrometheusRule"}  # monitoring.coreos.com, not core
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = shutil.which("helm") or str(Path.home() / "go" / "bin" / "helm")
+    if not Path(path).exists():
+        subprocess.run(["go", "install", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], check=True)
+        path = str(Path.home() / "go" / "bin" / "helm")
+    return path
+
+
+def render(helm: str, *values: str) -> dict[str, dict]:
+    args = [helm, "template", "dfagent", str(CHART), "--namespace", "infra"]
+    for value in values:
+        args += ["--set", value]
+    result = subprocess.run(args, capture_output=True, text=True, check=True)
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects}
+
+
+VALUE_SETS = {
+    "defaults": [],
+    "hostpath-and-monitoring": [
+        "cache.type=hostPath",
+        "cache.hostPath=/data/dfagent",
+        "token.existingSecret=cluster-token",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "config.proxy.listen=127.0.0.1:5001",
+        "config.health.listen=0.0.0.0:5003",
+        "config.peer.listen=0.0.0.0:5000",
+        "config.storage.quota=100GiB",
+        "config.proxy.rules[0].regex=blobs/sha256.*",
+        "config.proxy.rules[0].use_tls=true",
+    ],
+}
+
+
+def test_lint(helm):
+    result = subprocess.run([helm, "lint", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_object_is_valid_kubernetes(helm, name):
+    objects = render(helm, *VALUE_SETS[name])
+    for key, obj in objects.items():
+        if obj["kind"] in CUSTOM_RESOURCES:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1", key
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_daemonset_matches_the_agent_config(helm, name, tmp_path):
+    objects = render(helm, *VALUE_SETS[name])
+    config_text = objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"]
+    path = tmp_path / "dfagent.yaml"
+    path.write_text(config_text)
+    checked = subprocess.run(
+        [sys.executable, "-m", "dfagent", "config", "check", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    config = yaml.safe_load(checked.stdout)
+
+    pod = objects["DaemonSet/dfagent"]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert {"operator": "Exists"} in pod["tolerations"]
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for name_, key in (
+        ("proxy", "proxy"),
+        ("health", "health"),
+        ("metrics", "metrics"),
+        ("peer", "peer"),
+    ):
+        assert ports[name_] == int(config[key]["listen"].rsplit(":", 1)[1]), name_
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthy", "port": "health"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthy"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert config["swarm"]["dns"] == "dfagent-peers.infra.svc.cluster.local"
+    assert objects["Service/dfagent-peers"]["spec"]["clusterIP"] == "None"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["cache"] == config["storage"]["dir"]
+    assert config["peer"]["token_file"].startswith(mounts["token"])
+
+
+def test_token_secret_is_generated_once_or_taken_from_an_existing_one(helm):
+    objects = render(helm)
+    token = base64.b64decode(objects["Secret/dfagent-token"]["data"]["token"])
+    assert len(token) == 48
+    assert (
+        objects["Secret/dfagent-token"]["metadata"]["annotations"]["helm.sh/resource-policy"]
+        == "keep"
+    )
+    existing = render(helm, "token.existingSecret=cluster-token")
+    assert not [k for k in existing if k.startswith("Secret/")]
+    volumes = existing["DaemonSet/dfagent"]["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "token",
+        "secret": {"secretName": "cluster-token", "defaultMode": 0o400},
+    } in volumes
+
+
+def test_hostpath_cache_runs_as_root_and_emptydir_does_not(helm):
+    default_pod = render(helm)["DaemonSet/dfagent"]["spec"]["template"]["spec"]
+    assert default_pod["securityContext"]["runAsNonRoot"] is True
+    host_pod = render(helm, "cache.type=hostPath")["DaemonSet/dfagent"]["spec"]["template"]["spec"]
+    assert host_pod["securityContext"]["runAsUser"] == 0
+    assert {
+        "name": "cache",
+        "hostPath": {"path": "/var/cache/dfagent", "type": "DirectoryOrCreate"},
+    } in host_pod["volumes"]
+
+
+def test_schema_refuses_bad_values(helm):
+    result = subprocess.run(
+        [helm, "template", "dfagent", str(CHART), "--set", "cache.type=nfs"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "cache.type" in result.stderr or "cache/type" in result.stderr
+
+
+def test_notes_print_the_nydusd_proxy_config(helm, tmp_path):
+    # Helm renders NOTES.txt only on install, which needs a cluster: render a copy instead.
+    chart = shutil.copytree(CHART, tmp_path / "dfagent")
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    indented = "".join(f"    {line}\n" for line in notes.splitlines())
+    preview = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+    (chart / "templates" / "notes-preview.yaml").write_text(preview + indented)
+    result = subprocess.run(
+        [helm, "template", "dfagent", str(chart), "--namespace", "infra",
+         "--show-only", "templates/notes-preview.yaml"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)["data"]["notes"]
+    assert '"url": "http://127.0.0.1:4001"' in rendered
+    assert '"ping_url": "http://127.0.0.1:4003/healthy"' in rendered
