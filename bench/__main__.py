@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import cache_hit, cold, nydus, storage
+from bench import cache_hit, cold, nydus, storage, swarm
 
 WORK = Path(__file__).parent / "work"
 MIB = 1024 * 1024
@@ -13,7 +13,9 @@ MIB = 1024 * 1024
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=("cache-hit", "cold", "storage", "nydus", "all"))
+    parser.add_argument(
+        "scenario", choices=("cache-hit", "cold", "storage", "nydus", "swarm", "all")
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny run that only checks the harness"
     )
@@ -52,6 +54,10 @@ def main() -> None:
         )
         print("## nydusd: mount and cold read of a whole image, direct against through dfagent\n")
         print(nydus.report(summary), "\n")
+    if args.scenario in ("swarm", "all"):
+        result = swarm.run(WORK / "swarm", size=(16 if args.smoke else 512) * MIB)
+        print("## Swarm fill: every node reads one blob at once, capped links\n")
+        print(swarm.report(result), "\n")
 
 
 if __name__ == "__main__":

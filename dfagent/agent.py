@@ -149,7 +149,15 @@ class Agent:
         client = await stack.enter_async_context(
             PeerClient(token, config.peer.connect_timeout, config.peer.read_timeout)
         )
-        swarm = Swarm(membership, directory, client, store, self.metrics, refresh=refresh)
+        swarm = Swarm(
+            membership,
+            directory,
+            client,
+            store,
+            self.metrics,
+            refresh=refresh,
+            hedge_after=config.peer.hedge_after,
+        )
         stack.push_async_callback(swarm.aclose)
         self._tasks.spawn(swarm.run(), name="swarm")
         self._tasks.spawn(membership.run(), name="membership")

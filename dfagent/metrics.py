@@ -142,6 +142,11 @@ class Metrics:
         self.peers_known = Gauge(
             "dfagent_peers_known", "Other agents in the swarm membership.", registry=r
         )
+        self.peers_healthy = Gauge(
+            "dfagent_peers_healthy",
+            "Other agents whose last contact succeeded (or not yet contacted).",
+            registry=r,
+        )
         self.scrubbed_pieces = Counter(
             "dfagent_scrub_pieces", "Stored pieces re-hashed by the scrub.", registry=r
         )

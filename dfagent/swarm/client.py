@@ -27,6 +27,7 @@ class PeerClient:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self.unreachable: set[str] = set()  # peers whose last contact failed
 
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
@@ -47,12 +48,15 @@ class PeerClient:
         assert self._session is not None
         try:
             async with self._session.request(method, f"http://{peer}{path}", json=body) as r:
+                self.unreachable.discard(peer)
                 if r.status == 404:
                     return None
                 if r.status != 200:
                     raise PeerError(f"{peer} answered {r.status} to {path}")
                 return await r.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
+                self.unreachable.add(peer)
             raise PeerError(f"{peer}: {exc or type(exc).__name__}") from exc
 
     async def describe(self, home: str, digest_hex: str) -> dict[str, int] | None:
@@ -76,12 +80,15 @@ class PeerClient:
         url = f"http://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
         try:
             async with self._session.get(url) as response:
+                self.unreachable.discard(peer)
                 if response.status == 429:
                     raise PeerError(f"{peer} is busy", busy=True)
                 if response.status != 200:
                     raise PeerError(f"{peer} answered {response.status} for piece {index}")
                 data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
+                self.unreachable.add(peer)
             raise PeerError(f"{peer}: {exc or type(exc).__name__}") from exc
         if len(data) != length:
             raise PeerError(f"{peer} sent {len(data)} bytes of piece {index}, not {length}")

@@ -25,6 +25,9 @@ class PeerConfig:
     connect_timeout: Duration = Duration(0.1)
     # Longest silence while receiving a piece from a peer.
     read_timeout: Duration = Duration(2)
+    # A holder that has not delivered a piece this fast gets company: the next holder is
+    # asked too, and the first good answer wins.
+    hedge_after: Duration = Duration(0.05)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 
 from dfagent.configtypes import ListenAddress
 from dfagent.swarm.config import PeerConfig, SwarmConfig
 
-__all__ = ["Membership"]
+__all__ = ["Membership", "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,28 @@ def _format(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(name: str, port: int) -> list[str]:
+    """The addresses (IPv4 and IPv6) that `name` resolves to."""
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
 class Membership:
     """The current members as `host:port` strings (sorted), this agent among them."""
 
-    def __init__(self, swarm: SwarmConfig, peer: PeerConfig, peer_port: int) -> None:
+    def __init__(
+        self,
+        swarm: SwarmConfig,
+        peer: PeerConfig,
+        peer_port: int,
+        *,
+        resolver: Resolver = resolve,
+    ) -> None:
         self._swarm = swarm
+        self._resolver = resolver
         self._port = peer_port
         self._static = [str(ListenAddress.parse(p)) for p in swarm.peers]
         self._resolved: list[str] = []
@@ -48,15 +66,13 @@ class Membership:
         if self._swarm.dns is None:
             return
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                self._swarm.dns, self._port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
+            addresses = await self._resolver(self._swarm.dns, self._port)
+        except OSError as exc:  # keep the members we had: DNS hiccups must not empty the swarm
             log.warning(
-                "cannot resolve swarm.dns", extra={"name": self._swarm.dns, "error": str(exc)}
+                "cannot resolve swarm.dns", extra={"dns": self._swarm.dns, "error": str(exc)}
             )
             return
-        resolved = sorted({_format(info[4][0], self._port) for info in infos})
+        resolved = sorted({_format(address, self._port) for address in addresses})
         if resolved != self._resolved:
             self._resolved = resolved
             self.changed.set()

@@ -44,7 +44,9 @@ class Swarm:
         metrics: Metrics,
         *,
         refresh: float,
+        hedge_after: float,
     ) -> None:
+        self._hedge_after = hedge_after
         self._membership = membership
         self._directory = directory
         self._client = client
@@ -119,30 +121,59 @@ class Swarm:
 
     async def fetch(self, blob: StoredBlob, index: int, answer: Answer) -> bytes | None:
         """The piece from one of its holders, checked against the recorded sha256; None when
-        no holder delivers good bytes. Raises PeerError(busy=True) when every holder was only
-        busy (worth asking again shortly, rather than going to the origin)."""
-        start, end = piece_bounds(index, blob.size, blob.piece_size)
+        no holder delivers good bytes. A holder slower than the hedge delay gets company: the
+        next holder is asked too and the first good answer wins. Raises PeerError(busy=True)
+        when every holder was only busy (worth asking again shortly, not the origin)."""
         if answer.sha256 is None:
             return None  # nothing to check peer bytes against: never trust them unchecked
+        start, end = piece_bounds(index, blob.size, blob.piece_size)
+        waiting = list(answer.holders)
+        running: dict[asyncio.Task[bytes | None], str] = {}
         busy = 0
-        for holder in answer.holders:
-            try:
-                data = await self._client.piece(holder, blob.digest.hex, index, end - start)
-            except PeerError as exc:
-                busy += exc.busy
-                log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
-                continue
-            if await asyncio.to_thread(sha256_of, data) != answer.sha256:
-                self._metrics.peer_bad_pieces.inc()
-                log.warning(
-                    "peer sent a piece that fails its recorded sha256; not used",
-                    extra={"peer": holder, "digest": str(blob.digest), "piece": index},
+        try:
+            while waiting or running:
+                if waiting:
+                    holder = waiting.pop(0)
+                    attempt = self._checked(blob, index, holder, end - start, answer.sha256)
+                    running[self._tasks.spawn(attempt, name="peer-piece")] = holder
+                done, _ = await asyncio.wait(
+                    running,
+                    timeout=self._hedge_after if waiting else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
-                self._tasks.spawn(self._report(blob.digest.hex, index, holder), name="report")
-                continue
-            return data
+                for task in done:
+                    running.pop(task)
+                    try:
+                        data = task.result()
+                    except PeerError as exc:
+                        busy += exc.busy
+                        continue
+                    if data is not None:
+                        return data
+        finally:
+            for task in running:
+                task.cancel()
         if busy and busy == len(answer.holders):
             raise PeerError("every holder is busy", busy=True)
+        return None
+
+    async def _checked(
+        self, blob: StoredBlob, index: int, holder: str, length: int, sha256: bytes
+    ) -> bytes | None:
+        """The piece from `holder` if it matches `sha256`; None (and the holder reported) if not."""
+        try:
+            data = await self._client.piece(holder, blob.digest.hex, index, length)
+        except PeerError as exc:
+            log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
+            raise
+        if await asyncio.to_thread(sha256_of, data) == sha256:
+            return data
+        self._metrics.peer_bad_pieces.inc()
+        log.warning(
+            "peer sent a piece that fails its recorded sha256; not used",
+            extra={"peer": holder, "digest": str(blob.digest), "piece": index},
+        )
+        self._tasks.spawn(self._report(blob.digest.hex, index, holder), name="report")
         return None
 
     async def _report(self, digest_hex: str, index: int, holder: str) -> None:
@@ -227,6 +258,8 @@ class Swarm:
                 await self._membership.refresh()
                 await self.reannounce()
                 self._directory.prune()
-                self._metrics.peers_known.set(len(self._membership.others()))
+                others = self._membership.others()
+                self._metrics.peers_known.set(len(others))
+                self._metrics.peers_healthy.set(len(set(others) - self._client.unreachable))
             except Exception:
                 log.exception("swarm refresh failed; trying again next interval")

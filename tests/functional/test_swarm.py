@@ -210,3 +210,30 @@ def test_requests_without_the_token_are_refused(swarm):
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 401
     assert metric(agent, 'dfagent_peer_requests_total{kind="refused"}') == 2
+
+
+def test_swarm_over_ipv6(tmp_path, origin, registry):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    members = [f"[::1]:{free_port()}" for _ in range(2)]
+    agents = [
+        AgentProcess(
+            tmp_path / f"v6-{i}",
+            {
+                "storage": {"piece_size": "256KiB"},
+                "peer": {"listen": members[i], "token_file": str(token)},
+                "swarm": {"peers": members, "advertise": members[i]},
+            },
+        ).start()
+        for i in range(2)
+    ]
+    try:
+        data = os.urandom(6 * PIECE)
+        digest = registry.push_blob("test/swarm", data)
+        for agent in agents:
+            assert send(agent.proxy_port, url(origin, digest)).body == data
+        assert origin_bytes(origin, digest, len(data)) == len(data)
+        assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') == len(data)
+    finally:
+        for agent in agents:
+            agent.kill()

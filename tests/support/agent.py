@@ -32,6 +32,7 @@ class AgentProcess:
     root: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    command_prefix: list[str] = field(default_factory=list)  # e.g. ip netns exec NAME
     process: subprocess.Popen[bytes] | None = None
     proxy_port: int = 0
     health_port: int = 0
@@ -80,6 +81,7 @@ class AgentProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
+                *self.command_prefix,
                 sys.executable,
                 "-m",
                 "dfagent",

@@ -53,6 +53,8 @@ class Registry:
     htpasswd: Path | None = None
     tls: tuple[Path, Path] | None = None  # (certificate chain, key)
     port: int = field(default_factory=free_port)
+    address: str = "127.0.0.1"
+    command_prefix: list[str] = field(default_factory=list)  # e.g. ip netns exec NAME
     process: subprocess.Popen[bytes] | None = None
     auth_header: str | None = None  # sent by the helpers below when the registry needs auth
 
@@ -62,7 +64,7 @@ class Registry:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -90,7 +92,9 @@ class Registry:
         config_path = self.root / "config.yml"
         config_path.write_text(yaml.safe_dump(config))
         log = (self.root / "registry.log").open("wb")
-        self.process = subprocess.Popen([binary, "serve", str(config_path)], stdout=log, stderr=log)
+        self.process = subprocess.Popen(
+            [*self.command_prefix, binary, "serve", str(config_path)], stdout=log, stderr=log
+        )
         self._wait_up()
         return self
 

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dfagent.swarm.config import PeerConfig, SwarmConfig
+from dfagent.swarm.directory import Directory
+from dfagent.swarm.hashing import home_of, ranked
+from dfagent.swarm.membership import Membership
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rendezvous_moves_only_the_leavers_share():
+    members = [f"10.0.0.{i}:4000" for i in range(1, 9)]
+    keys = [f"{i:064x}" for i in range(2000)]
+    before = {k: home_of(members, k) for k in keys}
+    gone = members[3]
+    after = {k: home_of([m for m in members if m != gone], k) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(before[k] == gone for k in moved)
+    assert 150 < len(moved) < 350  # about one eighth
+    assert ranked(members, keys[0])[0] == before[keys[0]]
+
+
+def test_directory_leases_one_origin_fetch_then_points_at_the_holder():
+    clock = Clock()
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
+    first = directory.lookup("d", 100, 10, [0, 1], "a:1")
+    assert first[0].fetch and first[1].fetch
+    second = directory.lookup("d", 100, 10, [0], "b:1")
+    assert not second[0].fetch and second[0].fetching == "a:1"
+    assert directory.announce("d", 100, 10, "a:1", {0: b"sha0"}) == []
+    third = directory.lookup("d", 100, 10, [0], "b:1")
+    assert third[0].holders == ("a:1",) and third[0].sha256 == b"sha0"
+    # A second holder must agree with the recorded sha256.
+    assert directory.announce("d", 100, 10, "c:1", {0: b"evil"}) == [0]
+    assert directory.lookup("d", 100, 10, [0], "b:1")[0].holders == ("a:1",)
+    # Soft state: holders expire unless re-announced; leases too.
+    clock.now = 31
+    assert directory.lookup("d", 100, 10, [0], "b:1")[0].fetch
+    clock.now = 50
+    directory.prune()
+    assert directory.describe("d") is None
+
+
+def test_directory_keeps_blobs_of_another_piece_size_apart():
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock())
+    directory.announce("d", 100, 10, "a:1", {0: b"x"})
+    assert directory.lookup("d", 100, 20, [0], "b:1")[0].fetch
+    assert directory.announce("d", 100, 20, "b:1", {0: b"y"}) == [0]
+
+
+async def test_membership_from_dns_formats_ipv4_and_ipv6_and_survives_failures():
+    answers = [["10.0.0.2", "fd00::3", "10.0.0.2"], OSError("no such name")]
+
+    async def resolver(name: str, port: int) -> list[str]:
+        assert (name, port) == ("dfagent-peers", 4000)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    membership = Membership(
+        SwarmConfig(dns="dfagent-peers", advertise="10.0.0.2:4000"),
+        PeerConfig(),
+        4000,
+        resolver=resolver,
+    )
+    await membership.start()
+    assert membership.members() == ["10.0.0.2:4000", "[fd00::3]:4000"]
+    assert membership.others() == ["[fd00::3]:4000"]
+    assert membership.changed.is_set()
+    await membership.refresh()  # the name stops resolving: keep what we had
+    assert membership.members() == ["10.0.0.2:4000", "[fd00::3]:4000"]
+
+
+@pytest.mark.parametrize("family_host", ["127.0.0.1", "::1"])
+async def test_membership_finds_its_own_address(family_host):
+    peer = f"[{family_host}]:4000" if ":" in family_host else f"{family_host}:4000"
+    membership = Membership(SwarmConfig(peers=(peer,)), PeerConfig(), 4123)
+    await membership.start()
+    host = membership.me.rsplit(":", 1)[0].strip("[]")
+    assert socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    assert membership.me.endswith(":4123")
