@@ -12,6 +12,7 @@ from types import TracebackType
 from dfagent.admin import AdminServer
 from dfagent.config import Config
 from dfagent.control import ControlServer
+from dfagent.engine.access import AccessGate
 from dfagent.engine.fetcher import Engine
 from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import StartupError
@@ -79,6 +80,9 @@ class Agent:
                     store,
                     origin,
                     self.metrics,
+                    access=AccessGate(
+                        origin, enabled=config.auth.check_clients, ttl=config.auth.cache_ttl
+                    ),
                     verify_reads=config.storage.verify_reads,
                     swarm=swarm,
                 )

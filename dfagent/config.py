@@ -10,6 +10,7 @@ import yaml
 
 from dfagent.configload import build, to_plain
 from dfagent.configtypes import ListenAddress
+from dfagent.engine.config import AuthConfig
 from dfagent.errors import ConfigError
 from dfagent.origin.config import OriginConfig
 from dfagent.proxy.config import ProxyConfig
@@ -38,6 +39,7 @@ class LogConfig:
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     origin: OriginConfig = field(default_factory=OriginConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)

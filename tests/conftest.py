@@ -15,6 +15,7 @@ from tests.support.counting import CountingOrigin
 from tests.support.registry import Registry, basic_auth, make_htpasswd
 
 USER, PASSWORD = "puller", "s3cret-pw"
+OTHER_USER = ("second-puller", "an0ther-pw")
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
@@ -31,7 +32,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     """A registry behind htpasswd basic auth; `auth_header` holds valid credentials."""
     root = tmp_path_factory.mktemp("auth-registry")
     htpasswd = root / "htpasswd"
-    htpasswd.write_text(make_htpasswd(USER, PASSWORD))
+    htpasswd.write_text(make_htpasswd(USER, PASSWORD) + make_htpasswd(*OTHER_USER))
     reg = Registry(root, htpasswd=htpasswd)
     reg.auth_header = basic_auth(USER, PASSWORD)
     reg.start()

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dfagent.core.pieces import piece_bounds, pieces_for
+from dfagent.engine.access import AccessGate
 from dfagent.engine.inflight import InflightPiece
 from dfagent.errors import DfagentError, OriginError, OriginHTTPError, RangeNotSatisfiable
 from dfagent.integrity import sha256_of
@@ -84,9 +85,11 @@ class Engine:
         origin: OriginClient,
         metrics: Metrics,
         *,
+        access: AccessGate,
         verify_reads: bool = False,
         swarm: Swarm | None = None,
     ) -> None:
+        self._access = access
         self._swarm = swarm
         self._store = store
         self._origin = origin
@@ -134,6 +137,7 @@ class Engine:
             blob = await asyncio.shield(found)
         if not blob.verified and blob.origin != source.origin:
             raise NotShareable(f"{source.digest} is cached from another registry, unverified")
+        await self._access.ensure(source)
         return blob
 
     async def _discover(
@@ -152,16 +156,19 @@ class Engine:
                     size = known[0]
                 else:
                     size = await self._origin.blob_size(source)
+                    self._access.vouch(source)
                 found.set_result(await self._store.create_blob(source.digest, size, source.origin))
                 return
             if first_byte is None:
                 size = await self._origin.blob_size(source)
+                self._access.vouch(source)
                 found.set_result(await self._store.create_blob(source.digest, size, source.origin))
                 return
             piece_size = self._store.piece_size
             piece_last = (first_byte // piece_size + 1) * piece_size - 1
             try:
                 async with self._origin.open_range(source, first_byte, piece_last) as body:
+                    self._access.vouch(source)
                     blob = await self._store.create_blob(source.digest, body.total, source.origin)
                     found.set_result(blob)
                     self._discovering.pop(key, None)
@@ -170,6 +177,7 @@ class Engine:
                     if run is not None:
                         await self._fill(run, body)
             except RangeNotSatisfiable as exc:
+                self._access.vouch(source)  # the origin told these credentials the size
                 found.set_result(
                     await self._store.create_blob(source.digest, exc.size, source.origin)
                 )
