@@ -10,7 +10,6 @@ import os
 import random
 import statistics
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,14 +46,6 @@ class _Reader:
         done = time.perf_counter()
         assert response.status == 206, response.status
         return (first_byte - started) * 1000, (done - started) * 1000, body
-
-
-def _origin_bytes(metrics_url: str) -> float:
-    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("dfagent_origin_bytes_total "):
-                return float(line.split()[1])
-    return 0.0
 
 
 def run(
@@ -95,7 +86,9 @@ def run(
                 series.asked_bytes += range_length
         for series, _, metrics_url in readers:
             series.origin_bytes = (
-                _origin_bytes(metrics_url) if metrics_url else float(series.asked_bytes)
+                harness.metric(metrics_url, "dfagent_origin_bytes_total")
+                if metrics_url
+                else float(series.asked_bytes)
             )
     return [series for series, _, _ in readers]
 

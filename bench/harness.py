@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,15 @@ def wrk(
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     return WrkResult(float(rate.group(1)), latency("50%"), latency("99%"), errors)
+
+
+def metric(metrics_url: str, name: str) -> float:
+    """One unlabelled sample from an agent's /metrics page (0 when absent)."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def clean(path: Path) -> Path:

@@ -12,7 +12,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +115,6 @@ def _read_all_at_once(readers: list[tuple[Host, str, int, str]], digest: str) ->
     return times
 
 
-def _origin_bytes(agent_address: str, metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://{agent_address}:{metrics_port}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("dfagent_origin_bytes_total "):
-                return float(line.split()[1])
-    return 0.0
-
-
 def run(
     work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200
 ) -> dict[str, float]:
@@ -166,7 +157,9 @@ def run(
             agents.append(agent)
         target = f"http://{origin.address}:5000{path}"
         through = _read_all_at_once([(h, "127.0.0.1", 4001, target) for h in hosts], digest)
-        origin_bytes = sum(_origin_bytes(h.address, 4002) for h in hosts)
+        origin_bytes = sum(
+            harness.metric(f"http://{h.address}:4002", "dfagent_origin_bytes_total") for h in hosts
+        )
     return {
         "nodes": nodes,
         "blob_mib": size / MIB,
