@@ -49,6 +49,10 @@ class ProxyConfig:
     # After a ranged blob read, fetch the rest of the blob in the background (also per request
     # with `X-Dragonfly-Prefetch: true`), at most origin.prefetch_bandwidth.
     prefetch: bool = False
+    # A client must send its first request head within this long (slow clients hold nothing).
+    head_timeout: Duration = Duration(10)
+    # An idle keep-alive connection is closed after this long.
+    idle_timeout: Duration = Duration(120)
     # How long in-flight responses may run on after SIGTERM before they are cut.
     shutdown_grace: Duration = Duration(10)
 
@@ -57,6 +61,8 @@ class ProxyConfig:
         parts = urlsplit(self.registry_mirror)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(("registry_mirror", "expected a URL such as https://index.docker.io"))
+        if self.head_timeout <= 0 or self.idle_timeout <= 0:
+            problems.append(("head_timeout", "head_timeout and idle_timeout must be positive"))
         if self.shutdown_grace < 0:
             problems.append(("shutdown_grace", "cannot be negative"))
         return problems

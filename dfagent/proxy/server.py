@@ -61,12 +61,13 @@ class ProxyServer:
             access_log=None,
             auto_decompress=False,  # request bodies go upstream byte for byte
             handler_cancellation=True,
+            keepalive_timeout=self._config.idle_timeout,
         )
         http = self._http
         self._server = await bind(
             "proxy",
             self._config.listen,
-            lambda: FrontProtocol(http, self._tunnels),
+            lambda: FrontProtocol(http, self._tunnels, self._config.head_timeout),
         )
 
     async def stop(self) -> None:

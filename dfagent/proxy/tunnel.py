@@ -89,30 +89,43 @@ class TunnelRegistry:
 
 
 class FrontProtocol(asyncio.Protocol):
+    """Reads the first request head of a connection (within `head_timeout`, at most 16 KiB),
+    then tunnels a CONNECT or hands everything to the HTTP server."""
+
     def __init__(
-        self, http_factory: Callable[[], asyncio.Protocol], tunnels: TunnelRegistry
+        self,
+        http_factory: Callable[[], asyncio.Protocol],
+        tunnels: TunnelRegistry,
+        head_timeout: float,
     ) -> None:
         self._http_factory = http_factory
         self._tunnels = tunnels
+        self._head_timeout = head_timeout
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._opening: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(self._head_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._refuse(408, "the request head did not arrive in time")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if self._opening is not None:
             return  # early tunnel bytes; sent on once the tunnel is up
-        prefix = bytes(self._buffer[: len(_CONNECT)])
-        if not _CONNECT.startswith(prefix):
-            self._hand_off()
-            return
         head_end = self._buffer.find(b"\r\n\r\n")
         if head_end < 0:
             if len(self._buffer) > _MAX_HEAD:
                 self._refuse(431, "request head too large")
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self._buffer.startswith(_CONNECT):
+            self._hand_off()
             return
         head = bytes(self._buffer[:head_end]).decode("latin-1")
         del self._buffer[: head_end + 4]
@@ -170,6 +183,8 @@ class FrontProtocol(asyncio.Protocol):
 
     def _refuse(self, status: int, reason: str) -> None:
         assert self._transport is not None
+        if self._transport.is_closing():
+            return
         body = reason.encode() + b"\n"
         self._transport.write(
             f"HTTP/1.1 {status} {_REASONS[status]}\r\nX-Dragonfly-Error-Type: proxy\r\n"
@@ -181,8 +196,15 @@ class FrontProtocol(asyncio.Protocol):
         self._tunnels.on_result(status)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
 
 
-_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+}

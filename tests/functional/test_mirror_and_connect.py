@@ -8,6 +8,8 @@ import ssl
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
@@ -112,3 +114,38 @@ def test_connect_to_a_closed_port_is_502(agent):
 def test_malformed_connect_is_400(agent, target):
     answer = _raw(agent.proxy_port, b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_client_too_slow_with_its_request_head_gets_408(agent_factory):
+    agent = agent_factory(proxy={"head_timeout": "500ms"})
+    answer = _raw(agent.proxy_port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_request_head_in_many_small_packets_still_works(agent, origin, registry):
+    data = os.urandom(1000)
+    digest = registry.push_blob("test/mirror", data)
+    target = f"{origin.url}/v2/test/mirror/blobs/{digest}"
+    request = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", agent.proxy_port), timeout=10) as sock:
+        for i in range(0, len(request), 7):
+            sock.sendall(request[i : i + 7])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(data)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(header=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40))
+def test_no_range_header_makes_the_agent_fail(agent, origin, mirror_blob, header):
+    digest, data = mirror_blob
+    reply = send(agent.proxy_port, f"{origin.url}/v2/test/mirror/blobs/{digest}", {"Range": header})
+    assert reply.status in (200, 206, 400, 416), (header, reply.status)
+    if reply.status == 206:
+        first, last = (int(x) for x in reply.headers["Content-Range"][6:].split("/")[0].split("-"))
+        assert reply.body == data[first : last + 1]
+    assert "Traceback" not in agent.log()
