@@ -28,6 +28,7 @@ from dfagent.swarm.directory import Directory
 from dfagent.swarm.membership import Membership
 from dfagent.swarm.server import PeerServer
 from dfagent.swarm.swarm import Swarm
+from dfagent.swarm.tls import client_context, server_context
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Agent"]
@@ -37,9 +38,7 @@ log = logging.getLogger(__name__)
 _LEASE_SECONDS = 15.0  # a peer told to fetch a piece from the origin has this long to announce it
 
 
-def _read_token(path: str | None) -> str:
-    if path is None:
-        raise StartupError("peer.token_file: required when the swarm has members")
+def _read_token(path: str) -> str:
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -134,7 +133,10 @@ class Agent:
         """Peer server first (its port is this agent's identity), then membership, then the
         swarm's own loops."""
         config = self.config
-        token = _read_token(config.peer.token_file)
+        tls = config.peer.tls
+        if config.peer.token_file is None and tls is None:
+            raise StartupError("peer.token_file or peer.tls: one is required with swarm members")
+        token = _read_token(config.peer.token_file) if config.peer.token_file is not None else None
         refresh = config.swarm.refresh
         directory = Directory(holder_ttl=3 * refresh, lease_ttl=_LEASE_SECONDS)
         self.peer = PeerServer(
@@ -145,13 +147,19 @@ class Agent:
             self.metrics,
             max_uploads=config.peer.max_uploads,
             upload_bandwidth=config.peer.upload_bandwidth,
+            tls=server_context(tls) if tls is not None else None,
         )
         await self.peer.start()
         stack.push_async_callback(self.peer.stop)
         membership = Membership(config.swarm, config.peer, self.peer.port)
         await membership.start()
         client = await stack.enter_async_context(
-            PeerClient(token, config.peer.connect_timeout, config.peer.read_timeout)
+            PeerClient(
+                token,
+                config.peer.connect_timeout,
+                config.peer.read_timeout,
+                tls=client_context(tls) if tls is not None else None,
+            )
         )
         swarm = Swarm(
             membership,

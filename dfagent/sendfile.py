@@ -25,13 +25,19 @@ async def send_segment(
     if transport is None:
         raise ConnectionResetError("client went away")
     loop = asyncio.get_running_loop()
-    try:
-        await loop.sendfile(
-            transport, segment.blob.file, segment.offset, segment.count, fallback=False
-        )
-        return
-    except (NotImplementedError, asyncio.SendfileNotAvailableError):
-        pass
+    if transport.get_extra_info("sslcontext") is None:  # TLS needs the bytes in user space
+        try:
+            sent = await loop.sendfile(
+                transport, segment.blob.file, segment.offset, segment.count, fallback=False
+            )
+        except (NotImplementedError, asyncio.SendfileNotAvailableError):
+            pass  # uvloop: no sendfile; read below
+        except RuntimeError as exc:  # the transport is closing: the client went away
+            raise ConnectionResetError(str(exc)) from exc
+        else:
+            if sent != segment.count:
+                raise OSError(f"stored blob {segment.blob.digest} is shorter than recorded")
+            return
     fd = segment.blob.file.fileno()
     position, end = segment.offset, segment.offset + segment.count
     while position < end:

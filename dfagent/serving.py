@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 from collections.abc import Callable
+from ssl import SSLContext
 
 from dfagent.configtypes import ListenAddress
 from dfagent.errors import StartupError
@@ -16,12 +17,15 @@ log = logging.getLogger(__name__)
 
 
 async def bind(
-    name: str, address: ListenAddress, factory: Callable[[], asyncio.BaseProtocol]
+    name: str,
+    address: ListenAddress,
+    factory: Callable[[], asyncio.BaseProtocol],
+    ssl: SSLContext | None = None,
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
-            factory, address.host, address.port, reuse_address=True, backlog=1024
+            factory, address.host, address.port, reuse_address=True, backlog=1024, ssl=ssl
         )
     except OSError as exc:
         hint = ""

@@ -3,6 +3,7 @@ downloads from holders. Only the cluster token goes to peers, never a client's c
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import aiohttp
@@ -21,8 +22,16 @@ class PeerError(DfagentError):
 
 
 class PeerClient:
-    def __init__(self, token: str, connect_timeout: float, read_timeout: float) -> None:
-        self._headers = {"Authorization": f"Bearer {token}"}
+    def __init__(
+        self,
+        token: str | None,
+        connect_timeout: float,
+        read_timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self._tls = tls
+        self._scheme = "https" if tls is not None else "http"
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -36,7 +45,9 @@ class PeerClient:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
+            connector=aiohttp.TCPConnector(
+                limit=256, limit_per_host=16, ssl=self._tls if self._tls is not None else True
+            ),
         )
         return self
 
@@ -47,7 +58,9 @@ class PeerClient:
     async def _json(self, method: str, peer: str, path: str, body: Any = None) -> Any:
         assert self._session is not None
         try:
-            async with self._session.request(method, f"http://{peer}{path}", json=body) as r:
+            async with self._session.request(
+                method, f"{self._scheme}://{peer}{path}", json=body
+            ) as r:
                 self.unreachable.discard(peer)
                 if r.status == 404:
                     return None
@@ -77,7 +90,7 @@ class PeerClient:
     async def piece(self, peer: str, digest_hex: str, index: int, length: int) -> bytes:
         """The whole piece from `peer` (exactly `length` bytes), or PeerError."""
         assert self._session is not None
-        url = f"http://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
+        url = f"{self._scheme}://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
         try:
             async with self._session.get(url) as response:
                 self.unreachable.discard(peer)

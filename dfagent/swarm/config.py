@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 
 from dfagent.configtypes import ByteSize, Duration, ListenAddress
 
-__all__ = ["PeerConfig", "SwarmConfig"]
+__all__ = ["PeerConfig", "PeerTLS", "SwarmConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTLS:
+    """Mutual TLS between agents: each presents `cert` (with `key`) and accepts only peers
+    whose certificate the cluster CA `ca` signed."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +26,9 @@ class PeerConfig:
     # A file holding the cluster token every agent presents; required once the swarm has
     # members (a Kubernetes Secret mounted as a file).
     token_file: str | None = None
+    # Mutual TLS with the cluster CA; may be combined with token_file. One of the two is
+    # required once the swarm has members.
+    tls: PeerTLS | None = None
     # Bytes per second this agent uploads to peers in all (null: no cap).
     upload_bandwidth: ByteSize | None = None
     # Uploads at once; beyond it peers get 429 and ask another holder.

@@ -1,11 +1,14 @@
 """The peer server: pieces for other agents, and the directory for the blobs this agent is
-home for. Every request must carry the cluster token (`Authorization: Bearer ...`)."""
+home for. Every request must carry the cluster token (`Authorization: Bearer ...`) when one is
+configured; with `peer.tls` the TLS handshake already demands a certificate from the cluster
+CA."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -48,16 +51,18 @@ class PeerServer:
     def __init__(
         self,
         listen: ListenAddress,
-        token: str,
+        token: str | None,
         store: PieceStore,
         directory: Directory,
         metrics: Metrics,
         *,
         max_uploads: int,
         upload_bandwidth: int | None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._listen = listen
-        self._token = f"Bearer {token}".encode()
+        self._tls = tls
+        self._token = f"Bearer {token}".encode() if token is not None else None
         self._store = store
         self._directory = directory
         self._metrics = metrics
@@ -74,7 +79,7 @@ class PeerServer:
 
     async def start(self) -> None:
         self._http = web.Server(self._handle, access_log=None)
-        self._server = await bind("peer", self._listen, self._http)
+        self._server = await bind("peer", self._listen, self._http, ssl=self._tls)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -84,7 +89,7 @@ class PeerServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, self._token):
+        if self._token is not None and not hmac.compare_digest(given, self._token):
             self._metrics.peer_requests.labels("refused").inc()
             return web.Response(status=401, text="this agent needs the cluster token\n")
         parts = request.path.strip("/").split("/")

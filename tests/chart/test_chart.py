@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 CHART = Path(__file__).parents[2] / "charts" / "dfagent"
 HELM_VERSION = "v3.16.3"
 KUBERNETES_VERSION = "1.30.0"
-CUSTOM_RESOURCES = {"ServiceMonitor", "PrometheusRule"}  # monitoring.coreos.com, not core
+CUSTOM_RESOURCES = {"ServiceMonitor", "PrometheusRule", "Certificate"}  # not core kinds
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,10 @@ VALUE_SETS = {
         "config.proxy.rules[0].regex=blobs/sha256.*",
         "config.proxy.rules[0].use_tls=true",
     ],
+    "mtls-by-cert-manager": [
+        "tls.certManager.enabled=true",
+        "tls.certManager.issuerRef.name=cluster-ca",
+    ],
 }
 
 
@@ -67,7 +71,7 @@ def test_every_object_is_valid_kubernetes(helm, name):
     objects = render(helm, *VALUE_SETS[name])
     for key, obj in objects.items():
         if obj["kind"] in CUSTOM_RESOURCES:
-            assert obj["apiVersion"] == "monitoring.coreos.com/v1", key
+            assert obj["apiVersion"] in ("monitoring.coreos.com/v1", "cert-manager.io/v1"), key
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -161,3 +165,31 @@ def test_notes_print_the_nydusd_proxy_config(helm, tmp_path):
     rendered = yaml.safe_load(result.stdout)["data"]["notes"]
     assert '"url": "http://127.0.0.1:4001"' in rendered
     assert '"ping_url": "http://127.0.0.1:4003/healthy"' in rendered
+
+
+def test_mtls_material_from_cert_manager_or_an_existing_secret(helm, tmp_path):
+    issued = render(helm, "tls.certManager.enabled=true", "tls.certManager.issuerRef.name=ca")
+    certificate = issued["Certificate/dfagent-tls"]["spec"]
+    assert certificate["secretName"] == "dfagent-tls"
+    assert set(certificate["usages"]) == {"server auth", "client auth"}
+    existing = render(helm, "tls.existingSecret=peer-tls")
+    assert not [k for k in existing if k.startswith("Certificate/")]
+    for objects, secret in ((issued, "dfagent-tls"), (existing, "peer-tls")):
+        config = yaml.safe_load(objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"])
+        assert config["peer"]["tls"] == {
+            "cert": "/etc/dfagent/tls/tls.crt",
+            "key": "/etc/dfagent/tls/tls.key",
+            "ca": "/etc/dfagent/tls/ca.crt",
+        }
+        pod = objects["DaemonSet/dfagent"]["spec"]["template"]["spec"]
+        assert {"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o400}} in pod[
+            "volumes"
+        ]
+    without = yaml.safe_load(render(helm)["ConfigMap/dfagent"]["data"]["dfagent.yaml"])
+    assert "tls" not in without["peer"]
+    missing_issuer = subprocess.run(
+        [helm, "template", "dfagent", str(CHART), "--set", "tls.certManager.enabled=true"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing_issuer.returncode != 0
+    assert "tls.certManager.issuerRef.name" in missing_issuer.stderr

@@ -6,6 +6,7 @@ import os
 import random
 import re
 import signal
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
 from dfagent.swarm.hashing import home_of
 from tests.support.agent import AgentProcess
@@ -234,6 +236,58 @@ def test_swarm_over_ipv6(tmp_path, origin, registry):
             assert send(agent.proxy_port, url(origin, digest)).body == data
         assert origin_bytes(origin, digest, len(data)) == len(data)
         assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') == len(data)
+    finally:
+        for agent in agents:
+            agent.kill()
+
+
+def test_mutual_tls_between_agents(tmp_path, origin, registry):
+    ca, stranger = trustme.CA(), trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = {
+        "cert": str(tmp_path / "cert.pem"),
+        "key": str(tmp_path / "key.pem"),
+        "ca": str(tmp_path / "ca.pem"),
+    }
+    members = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    agents = [
+        AgentProcess(
+            tmp_path / f"tls-{i}",
+            {
+                "storage": {"piece_size": "256KiB"},
+                "peer": {"listen": members[i], "tls": tls},  # no token: certificates only
+                "swarm": {"peers": members, "advertise": members[i]},
+            },
+        ).start()
+        for i in range(2)
+    ]
+    try:
+        data = os.urandom(5 * PIECE)
+        digest = registry.push_blob("test/swarm", data)
+        for agent in agents:
+            assert send(agent.proxy_port, url(origin, digest)).body == data
+        assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') == len(data)
+
+        peer = f"https://127.0.0.1:{agents[0].peer_port}/v1/blobs/sha256:{'a' * 64}"
+        no_client_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        no_client_cert.check_hostname = False
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(peer, timeout=5, context=no_client_cert).read()
+        wrong_ca = stranger.issue_cert("127.0.0.1")
+        other = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        other.check_hostname = False
+        wrong_ca.configure_cert(other)
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(peer, timeout=5, context=other).read()
+        member_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        member_cert.check_hostname = False
+        leaf.configure_cert(member_cert)
+        with pytest.raises(urllib.error.HTTPError) as unknown:  # admitted: 404, no such blob
+            urllib.request.urlopen(peer, timeout=5, context=member_cert)
+        assert unknown.value.code == 404
     finally:
         for agent in agents:
             agent.kill()

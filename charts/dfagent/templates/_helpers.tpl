@@ -24,11 +24,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{- define "dfagent.cachePath" -}}/var/cache/dfagent{{- end -}}
 
+{{- define "dfagent.tlsSecret" -}}
+{{- if .Values.tls.existingSecret -}}
+{{- .Values.tls.existingSecret -}}
+{{- else if .Values.tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "dfagent.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* The agent's config: the user's keys, plus what this deployment decides. */ -}}
 {{- define "dfagent.config" -}}
+{{- $peer := dict "token_file" "/etc/dfagent/token/token" -}}
+{{- if include "dfagent.tlsSecret" . -}}
+{{- $_ := set $peer "tls" (dict "cert" "/etc/dfagent/tls/tls.crt" "key" "/etc/dfagent/tls/tls.key" "ca" "/etc/dfagent/tls/ca.crt") -}}
+{{- end -}}
 {{- $fixed := dict
   "storage" (dict "dir" (include "dfagent.cachePath" .))
-  "peer" (dict "token_file" "/etc/dfagent/token/token")
+  "peer" $peer
   "swarm" (dict "dns" (printf "%s-peers.%s.svc.%s" (include "dfagent.fullname" .) .Release.Namespace .Values.clusterDomain))
 -}}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.config) $fixed) -}}
