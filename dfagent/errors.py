@@ -21,6 +21,7 @@ __all__ = [
     "RangeNotSatisfiable",
     "StartupError",
     "StorageFull",
+    "Throttled",
     "http_status",
 ]
 
@@ -45,6 +46,10 @@ class StartupError(DfagentError):
 
 class BadRequest(DfagentError, ValueError):
     """The client's request is malformed (a bad Range, a hostile digest, an unknown upstream)."""
+
+
+class Throttled(DfagentError):
+    """Over proxy.rate_limit: the client should slow down (429)."""
 
 
 class RangeNotSatisfiable(DfagentError):
@@ -89,6 +94,8 @@ def http_status(error: DfagentError) -> int:
             return 400
         case RangeNotSatisfiable():
             return 416
+        case Throttled():
+            return 429
         case OriginHTTPError(status=status):
             return status
         case OriginTimeout():

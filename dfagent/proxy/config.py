@@ -49,6 +49,9 @@ class ProxyConfig:
     # After a ranged blob read, fetch the rest of the blob in the background (also per request
     # with `X-Dragonfly-Prefetch: true`), at most origin.prefetch_bandwidth.
     prefetch: bool = False
+    # Blob requests per second the proxy accepts (bursts up to one second's worth); above it,
+    # 429 with X-Dragonfly-Error-Type: proxy. Null: no limit. nydusd 2.2 fails a read on 429.
+    rate_limit: float | None = None
     # A client must send its first request head within this long (slow clients hold nothing).
     head_timeout: Duration = Duration(10)
     # An idle keep-alive connection is closed after this long.
@@ -61,6 +64,8 @@ class ProxyConfig:
         parts = urlsplit(self.registry_mirror)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(("registry_mirror", "expected a URL such as https://index.docker.io"))
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            problems.append(("rate_limit", "must be positive (null: no limit)"))
         if self.head_timeout <= 0 or self.idle_timeout <= 0:
             problems.append(("head_timeout", "head_timeout and idle_timeout must be positive"))
         if self.shutdown_grace < 0:

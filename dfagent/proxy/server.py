@@ -13,7 +13,13 @@ from aiohttp import web
 
 from dfagent.engine.fetcher import Engine, NotShareable
 from dfagent.engine.prefetch import Prefetcher
-from dfagent.errors import DfagentError, OriginHTTPError, RangeNotSatisfiable, http_status
+from dfagent.errors import (
+    DfagentError,
+    OriginHTTPError,
+    RangeNotSatisfiable,
+    Throttled,
+    http_status,
+)
 from dfagent.logs import REQUEST_ID
 from dfagent.metrics import Metrics
 from dfagent.origin.client import OriginClient
@@ -46,6 +52,7 @@ class ProxyServer:
         self._metrics = metrics
         self._http: web.Server | None = None
         self._server: asyncio.Server | None = None
+        self._throttle = _Throttle(config.rate_limit) if config.rate_limit else None
         self._tunnels = TunnelRegistry(
             origin.connect_timeout, lambda status: self._count("connect", status)
         )
@@ -91,6 +98,8 @@ class ProxyServer:
             target = route(self._config, request.method, request.raw_path, request.headers)
             kind = "blob" if target.digest is not None else "passthrough"
             if target.digest is not None:
+                if self._throttle is not None and not self._throttle.allow():
+                    raise Throttled(f"over proxy.rate_limit ({self._config.rate_limit}/s)")
                 try:
                     response = await serve_blob(
                         request, target, self._engine, self._prefetcher, self._config.prefetch
@@ -119,6 +128,24 @@ class ProxyServer:
                         "ms": round((time.perf_counter() - started) * 1000, 2),
                     },
                 )
+
+
+class _Throttle:
+    """A token bucket: `rate` requests per second, bursts of up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._last = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 def _error_response(exc: DfagentError) -> web.Response:

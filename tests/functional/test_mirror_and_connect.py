@@ -149,3 +149,20 @@ def test_no_range_header_makes_the_agent_fail(agent, origin, mirror_blob, header
         first, last = (int(x) for x in reply.headers["Content-Range"][6:].split("/")[0].split("-"))
         assert reply.body == data[first : last + 1]
     assert "Traceback" not in agent.log()
+
+
+def test_over_the_rate_limit_is_429_from_the_proxy(agent_factory, origin, mirror_blob):
+    digest, data = mirror_blob
+    agent = agent_factory(proxy={"rate_limit": 5})
+    statuses = []
+    for _ in range(30):
+        reply = send(
+            agent.proxy_port, f"{origin.url}/v2/test/mirror/blobs/{digest}", {"Range": "bytes=0-9"}
+        )
+        statuses.append(reply.status)
+        if reply.status == 429:
+            assert reply.headers["X-Dragonfly-Error-Type"] == "proxy"
+        else:
+            assert reply.body == data[:10]
+    assert 206 in statuses and 429 in statuses
+    assert statuses.count(206) <= 12  # about one second's burst plus what refilled meanwhile

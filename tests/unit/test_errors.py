@@ -17,6 +17,7 @@ from dfagent import errors
         (errors.IntegrityError("i"), 502),
         (errors.StorageFull("s"), 507),
         (errors.StartupError("s"), 500),
+        (errors.Throttled("t"), 429),
     ],
 )
 def test_status_table(error, status):
