@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,7 +23,13 @@ import aiohttp
 from yarl import URL
 
 from dfagent.core.digest import Digest
-from dfagent.errors import OriginError, OriginHTTPError, OriginTimeout, RangeNotSatisfiable
+from dfagent.errors import (
+    OriginError,
+    OriginHTTPError,
+    OriginTimeout,
+    RangeNotSatisfiable,
+    StartupError,
+)
 from dfagent.metrics import Metrics
 from dfagent.origin.config import OriginConfig
 
@@ -101,7 +108,10 @@ class OriginClient:
     async def __aenter__(self) -> OriginClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=self._config.max_connections, ttl_dns_cache=60, enable_cleanup_closed=True
+                limit=self._config.max_connections,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=True,
+                ssl=self._tls_context(),
             ),
             timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -119,6 +129,21 @@ class OriginClient:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if self._config.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self._config.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise StartupError(
+                    f"origin.ca_file: cannot load {self._config.ca_file}: {exc}"
+                ) from exc
+        if self._config.insecure_skip_verify:
+            log.warning("origin.insecure_skip_verify: origin certificates are NOT verified")
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     @property
     def connect_timeout(self) -> float:

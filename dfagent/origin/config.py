@@ -19,6 +19,10 @@ class OriginConfig:
     # Cap on how long a blob's redirect target (a signed storage URL) is reused.
     redirect_ttl: Duration = Duration(600)
     max_connections: int = 100
+    # Extra CA certificates (PEM) to trust for origins, on top of the system's.
+    ca_file: str | None = None
+    # Do not verify origin certificates. Only for testing; never in production.
+    insecure_skip_verify: bool = False
     # Bytes per second that background completion (prefetch) may take from origins (null: no cap).
     prefetch_bandwidth: ByteSize | None = ByteSize(32 * 1024 * 1024)
 

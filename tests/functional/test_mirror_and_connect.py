@@ -76,6 +76,14 @@ def test_use_tls_rule_upgrades_absolute_form_to_https(agent_factory, tls_registr
     # The test CA is not trusted by the agent: verification must fail rather than pass.
     assert reply.status == 502
     assert "certificate" in reply.body.decode().lower()
+    trusting = agent_factory(
+        "trusting",
+        proxy={"rules": [{"regex": "blobs/sha256.*", "use_tls": True}]},
+        origin={"ca_file": str(tls_registry.root / "ca.pem")},
+    )
+    reply = send(trusting.proxy_port, plain_url, {"Range": "bytes=0-99"})
+    assert reply.status == 206
+    assert reply.body == data[:100]
 
 
 async def test_connect_tunnels_tls_end_to_end(agent, tls_registry: Registry):
