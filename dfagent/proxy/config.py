@@ -52,6 +52,12 @@ class ProxyConfig:
     # Blob requests per second the proxy accepts (bursts up to one second's worth); above it,
     # 429 with X-Dragonfly-Error-Type: proxy. Null: no limit. nydusd 2.2 fails a read on 429.
     rate_limit: float | None = None
+    # CONNECT to a host matching one of these regexes is intercepted: TLS is terminated with a
+    # leaf certificate for that host signed by ca_cert/ca_key, and the requests inside are
+    # served like any other (cached, shared). Other CONNECTs are blind tunnels.
+    intercept: tuple[str, ...] = ()
+    ca_cert: str | None = None
+    ca_key: str | None = None
     # A client must send its first request head within this long (slow clients hold nothing).
     head_timeout: Duration = Duration(10)
     # An idle keep-alive connection is closed after this long.
@@ -64,6 +70,13 @@ class ProxyConfig:
         parts = urlsplit(self.registry_mirror)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(("registry_mirror", "expected a URL such as https://index.docker.io"))
+        for i, pattern in enumerate(self.intercept):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.append((f"intercept[{i}]", f"not a valid regular expression: {exc}"))
+        if self.intercept and (self.ca_cert is None or self.ca_key is None):
+            problems.append(("ca_cert", "intercept needs ca_cert and ca_key"))
         if self.rate_limit is not None and self.rate_limit <= 0:
             problems.append(("rate_limit", "must be positive (null: no limit)"))
         if self.head_timeout <= 0 or self.idle_timeout <= 0:

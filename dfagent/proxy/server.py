@@ -24,11 +24,12 @@ from dfagent.logs import REQUEST_ID
 from dfagent.metrics import Metrics
 from dfagent.origin.client import OriginClient
 from dfagent.proxy.blobs import serve_blob
+from dfagent.proxy.certs import LeafCertificates
 from dfagent.proxy.config import ProxyConfig
 from dfagent.proxy.headers import ERROR_TYPE
 from dfagent.proxy.passthrough import pass_through
 from dfagent.proxy.routing import route
-from dfagent.proxy.tunnel import FrontProtocol, TunnelRegistry
+from dfagent.proxy.tunnel import FrontProtocol, Interceptor, TunnelRegistry
 from dfagent.serving import bind
 
 __all__ = ["ProxyServer"]
@@ -53,8 +54,16 @@ class ProxyServer:
         self._http: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._throttle = _Throttle(config.rate_limit) if config.rate_limit else None
+        self._certificates: LeafCertificates | None = None
+        self._intercept: Interceptor | None = None
+        if config.intercept:
+            assert config.ca_cert is not None and config.ca_key is not None
+            self._certificates = LeafCertificates(config.ca_cert, config.ca_key)
+            self._intercept = Interceptor(config.intercept, self._certificates)
         self._tunnels = TunnelRegistry(
-            origin.connect_timeout, lambda status: self._count("connect", status)
+            origin.connect_timeout,
+            lambda status: self._count("connect", status),
+            self._intercept,
         )
 
     @property
@@ -84,6 +93,16 @@ class ProxyServer:
         if self._http is not None:
             await self._http.shutdown(self._config.shutdown_grace)
         await self._tunnels.aclose()
+        if self._certificates is not None:
+            self._certificates.close()
+
+    def _target(self, request: web.BaseRequest) -> str:
+        """The request-target; inside an intercepted tunnel, as the absolute https URL."""
+        if self._intercept is not None and request.transport is not None:
+            authority = self._intercept.authority.get(request.transport)
+            if authority is not None and request.raw_path.startswith("/"):
+                return f"https://{authority}{request.raw_path}"
+        return request.raw_path
 
     def _count(self, kind: str, status: int) -> None:
         self._metrics.requests.labels(kind, f"{status // 100}xx").inc()
@@ -95,7 +114,7 @@ class ProxyServer:
         self._metrics.requests_in_flight.inc()
         response: web.StreamResponse | None = None
         try:
-            target = route(self._config, request.method, request.raw_path, request.headers)
+            target = route(self._config, request.method, self._target(request), request.headers)
             kind = "blob" if target.digest is not None else "passthrough"
             if target.digest is not None:
                 if self._throttle is not None and not self._throttle.allow():

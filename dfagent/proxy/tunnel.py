@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
+import weakref
 from collections.abc import Callable
 from typing import cast
 
+from dfagent.proxy.certs import LeafCertificates
 from dfagent.tasks import TaskOwner
 
-__all__ = ["FrontProtocol", "TunnelRegistry"]
+__all__ = ["FrontProtocol", "Interceptor", "TunnelRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,33 @@ class _Pipe(asyncio.Protocol):
                 side.transport.close()
 
 
+class Interceptor:
+    """Which CONNECT hosts to terminate TLS for, and the authority behind each such
+    connection (the HTTP handler looks it up by transport)."""
+
+    def __init__(self, patterns: tuple[str, ...], certificates: LeafCertificates) -> None:
+        self._patterns = [re.compile(p) for p in patterns]
+        self.certificates = certificates
+        self.authority: weakref.WeakKeyDictionary[asyncio.BaseTransport, str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def wants(self, host: str) -> bool:
+        return any(p.search(host) for p in self._patterns)
+
+
 class TunnelRegistry:
     """Open tunnel transports, so that shutdown can close them."""
 
-    def __init__(self, connect_timeout: float, on_result: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        on_result: Callable[[int], None],
+        intercept: Interceptor | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.on_result = on_result
+        self.intercept = intercept
         self.open: set[asyncio.Transport] = set()
         self.tasks = TaskOwner("tunnel")
 
@@ -153,7 +177,44 @@ class FrontProtocol(asyncio.Protocol):
         host = match.group("v6") or match.group("host")
         assert self._transport is not None
         self._transport.pause_reading()
-        self._opening = self._tunnels.tasks.spawn(self._open(host, port), name="connect")
+        intercept = self._tunnels.intercept
+        if intercept is not None and intercept.wants(host):
+            opening = self._terminate(intercept, host, port)
+        else:
+            opening = self._open(host, port)
+        self._opening = self._tunnels.tasks.spawn(opening, name="connect")
+
+    async def _terminate(self, intercept: Interceptor, host: str, port: int) -> None:
+        """Answer the CONNECT, take the TLS handshake with a leaf certificate for `host`, and
+        hand the decrypted connection to the HTTP server as requests for https://host:port."""
+        assert self._transport is not None
+        try:
+            context = await intercept.certificates.context_for(host)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot make a certificate", extra={"target": host, "error": str(exc)})
+            self._refuse(502, f"cannot intercept {host}")
+            return
+        if self._buffer:  # TLS bytes before our 200: not a client we can talk to
+            self._refuse(400, "data before the tunnel was established")
+            return
+        self._transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self._tunnels.on_result(200)
+        loop = asyncio.get_running_loop()
+        try:
+            inner = await loop.start_tls(
+                self._transport, self, context, server_side=True, ssl_handshake_timeout=10
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("intercepted TLS handshake failed", extra={"target": host, "error": str(exc)})
+            self._transport.close()
+            return
+        if inner is None:
+            return
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        intercept.authority[inner] = authority
+        handler = self._http_factory()
+        inner.set_protocol(handler)
+        handler.connection_made(inner)
 
     async def _open(self, host: str, port: int) -> None:
         assert self._transport is not None

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
 
 import aiohttp
 import pytest
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
+from tests.support.metrics import metric, wait_for
 from tests.support.registry import Registry
 
 
@@ -174,3 +177,60 @@ def test_over_the_rate_limit_is_429_from_the_proxy(agent_factory, origin, mirror
             assert reply.body == data[:10]
     assert 206 in statuses and 429 in statuses
     assert statuses.count(206) <= 12  # about one second's burst plus what refilled meanwhile
+
+
+async def test_intercepted_connect_is_served_and_cached(
+    agent_factory, tls_registry: Registry, tmp_path
+):
+    """nydusd with use_http: false tunnels to https registries; with the host intercepted,
+    those reads go through the cache like any other."""
+    proxy_ca = trustme.CA()
+    proxy_ca.cert_pem.write_to_path(str(tmp_path / "proxy-ca.pem"))
+    proxy_ca.private_key_pem.write_to_path(str(tmp_path / "proxy-ca.key"))
+    agent = agent_factory(
+        proxy={
+            "intercept": [r"^127\.0\.0\.1$"],
+            "ca_cert": str(tmp_path / "proxy-ca.pem"),
+            "ca_key": str(tmp_path / "proxy-ca.key"),
+        },
+        origin={"ca_file": str(tls_registry.root / "ca.pem")},
+    )
+    data = os.urandom(300_000)
+    digest = tls_registry.push_blob("test/intercept", data)
+    trust_proxy = ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
+    url = f"{tls_registry.url}/v2/test/intercept/blobs/{digest}"
+    async with aiohttp.ClientSession() as session:
+        for attempt in range(2):
+            async with session.get(
+                url, proxy=agent.proxy_url, ssl=trust_proxy, headers={"Range": "bytes=10-200009"}
+            ) as response:
+                assert response.status == 206
+                assert response.headers["X-Dragonfly-Task-ID"] == digest[7:]
+                assert await response.read() == data[10:200010]
+            if not attempt:  # the piece is stored just after the response: then read again
+                await asyncio.to_thread(
+                    wait_for, lambda: metric(agent, "dfagent_cache_bytes") == len(data), "storing"
+                )
+    assert metric(agent, 'dfagent_served_bytes_total{source="local"}') == 200_000
+    assert metric(agent, 'dfagent_proxy_requests_total{kind="blob",status="2xx"}') == 2
+
+
+async def test_intercepted_tunnel_presents_a_certificate_for_the_host(agent_factory, tmp_path):
+    proxy_ca = trustme.CA()
+    proxy_ca.cert_pem.write_to_path(str(tmp_path / "proxy-ca.pem"))
+    proxy_ca.private_key_pem.write_to_path(str(tmp_path / "proxy-ca.key"))
+    agent = agent_factory(
+        proxy={
+            "intercept": ["registry.example"],
+            "ca_cert": str(tmp_path / "proxy-ca.pem"),
+            "ca_key": str(tmp_path / "proxy-ca.key"),
+        },
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", agent.proxy_port)
+    writer.write(b"CONNECT registry.example:443 HTTP/1.1\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    trust = ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
+    await writer.start_tls(trust, server_hostname="registry.example")  # verifies the name
+    peer = writer.get_extra_info("peercert")
+    assert ("DNS", "registry.example") in peer["subjectAltName"]
+    writer.close()
