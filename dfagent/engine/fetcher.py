@@ -41,6 +41,7 @@ _WRITE_DRAIN_SECONDS = 10.0
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
+_STORAGE_WARNING_INTERVAL = 60.0  # a full disk is logged at most this often
 # Whole pieces waiting for the disk. When the origin is faster than the disk, origin reads
 # wait here instead of piling up buffers (memory stays bounded whatever the blob size).
 _WRITE_BACKLOG_BYTES = 64 * 1024 * 1024
@@ -100,7 +101,7 @@ class Engine:
         self._quiet.set()
         self._tasks = TaskOwner("engine")
         self._writes = TaskOwner("engine-writes")
-        self._storage_failing = False
+        self._storage_warned_at = -_STORAGE_WARNING_INTERVAL
         self._write_backlog = _ByteBudget(_WRITE_BACKLOG_BYTES)
         self._inflight: dict[tuple[str, int], InflightPiece] = {}
         self._discovering: dict[tuple[str, str | None, str], asyncio.Future[StoredBlob]] = {}
@@ -400,6 +401,8 @@ class Engine:
                     return
             if answer.fetching is None or time.monotonic() > waited_until:
                 break
+            if not await self._swarm.alive(answer.fetching):
+                break  # the lease holder died: its lease would only expire; go to the origin
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
             delay = min(delay * 2, 0.1)
             answer = (await self._swarm.lookup(blob, [piece.index]))[piece.index]
@@ -528,16 +531,13 @@ class Engine:
             if self._swarm is not None:
                 self._swarm.announce(blob, piece.index, sha256)
         except (DfagentError, OSError) as exc:
-            if not self._storage_failing:  # once per bad spell, not once per piece
+            now = time.monotonic()
+            if now - self._storage_warned_at > _STORAGE_WARNING_INTERVAL:  # not once per piece
+                self._storage_warned_at = now
                 log.warning(
                     "cannot store pieces; serving them without caching",
                     extra={"digest": str(blob.digest), "piece": piece.index, "error": str(exc)},
                 )
-            self._storage_failing = True
-        else:
-            if self._storage_failing:
-                log.info("storing pieces again")
-            self._storage_failing = False
         finally:
             self._write_backlog.give(piece.length)
             self._inflight.pop((blob.digest.hex, piece.index), None)

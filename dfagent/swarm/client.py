@@ -16,9 +16,10 @@ __all__ = ["PeerClient", "PeerError"]
 class PeerError(DfagentError):
     """A peer could not be reached, refused, or answered something unusable."""
 
-    def __init__(self, message: str, *, busy: bool = False) -> None:
+    def __init__(self, message: str, *, busy: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.busy = busy
+        self.unreachable = unreachable  # no answer at all (refused, timed out, reset)
 
 
 class PeerClient:
@@ -68,9 +69,10 @@ class PeerClient:
                     raise PeerError(f"{peer} answered {r.status} to {path}")
                 return await r.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
+            gone = isinstance(exc, aiohttp.ClientConnectionError | TimeoutError)
+            if gone:
                 self.unreachable.add(peer)
-            raise PeerError(f"{peer}: {exc or type(exc).__name__}") from exc
+            raise PeerError(f"{peer}: {exc or type(exc).__name__}", unreachable=gone) from exc
 
     async def describe(self, home: str, digest_hex: str) -> dict[str, int] | None:
         return await self._json("GET", home, f"/v1/blobs/sha256:{digest_hex}")  # type: ignore[no-any-return]

@@ -119,6 +119,16 @@ class Swarm:
         self._metrics.directory_lookup_seconds.observe(time.monotonic() - started)
         return answers
 
+    async def alive(self, peer: str) -> bool:
+        """Whether `peer` answers at all (a dead lease holder is not worth waiting for)."""
+        if peer == self.me:
+            return True
+        try:
+            await self._client.describe(peer, "0" * 64)
+        except PeerError as exc:
+            return not exc.unreachable  # an answer, even an error, is life
+        return True
+
     async def fetch(self, blob: StoredBlob, index: int, answer: Answer) -> bytes | None:
         """The piece from one of its holders, checked against the recorded sha256; None when
         no holder delivers good bytes. A holder slower than the hedge delay gets company: the

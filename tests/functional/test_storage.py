@@ -262,7 +262,7 @@ def test_full_disk_still_serves_and_damages_nothing(agent_factory, origin, regis
     for _ in range(2):  # the disk cannot hold it: served anyway, twice
         assert send(agent.proxy_port, blob_url(origin, "test/full", d_big)).body == big
     assert metric(agent, "dfagent_storage_full_total") > 0
-    assert agent.log().count("cannot store pieces") == 1  # logged once, not per piece
+    assert agent.log().count("cannot store pieces") == 1  # logged once a minute at most
     assert send(agent.proxy_port, blob_url(origin, "test/full", d_first)).body == first
     assert agent.stop() == 0
     assert "Traceback" not in agent.log()
