@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 __all__ = ["REQUEST_ID", "setup_logging"]
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -53,5 +55,16 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp logs each access and low-level parser noise; our proxy logs its own lines.
+    # aiohttp logs each access (the proxy logs its own lines), and a malformed request as an
+    # error with a traceback: that is the client's fault, one warning line says it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_request_as_warning)
+
+
+def _malformed_request_as_warning(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "malformed request refused: %s", (exc.message,)
+        record.exc_info = record.exc_text = None
+    return True

@@ -234,3 +234,18 @@ async def test_intercepted_tunnel_presents_a_certificate_for_the_host(agent_fact
     peer = writer.get_extra_info("peercert")
     assert ("DNS", "registry.example") in peer["subjectAltName"]
     writer.close()
+
+
+def test_oversized_request_heads_are_refused(agent):
+    huge = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 20_000 + b"\r\n\r\n"
+    assert _raw(agent.proxy_port, huge)[9:12] == b"400"  # a field over 8190 bytes
+    endless = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: a\r\n" * 2000  # never ends
+    assert _raw(agent.proxy_port, endless).startswith(b"HTTP/1.1 431 ")
+    many = (
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(f"X-H{i}: v\r\n".encode() for i in range(200))
+        + b"\r\n"
+    )
+    answer = _raw(agent.proxy_port, many)
+    assert answer[9:12] == b"400", answer[:100]  # more than 128 header fields
+    assert "Traceback" not in agent.log()

@@ -47,6 +47,9 @@ def test_cached_private_blob_needs_the_clients_own_credentials(
     assert other.status == 206
     assert other.body == data[:100_000]
     assert len(private_origin.blob_gets(digest)) == gets, "served from the cache, not fetched"
+    log = agent.log()
+    for secret in (auth_registry.auth_header, basic_auth(*OTHER_USER), "d3Jvbmc6d3Jvbmc="):
+        assert secret.split()[-1] not in log, "credentials must never be logged"
     checks = [s.authorization for s in private_origin.requests if s.method == "HEAD"]
     wrong_auth = "Basic d3Jvbmc6d3Jvbmc="
     assert checks == [None, wrong_auth, wrong_auth, basic_auth(*OTHER_USER)]
