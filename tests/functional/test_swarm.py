@@ -214,28 +214,38 @@ def test_requests_without_the_token_are_refused(swarm):
     assert metric(agent, 'dfagent_peer_requests_total{kind="refused"}') == 2
 
 
-def test_swarm_over_ipv6(tmp_path, origin, registry):
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    members = [f"[::1]:{free_port()}" for _ in range(2)]
-    agents = [
+def pair(root: Path, host: str, peer: dict) -> list[AgentProcess]:
+    """Two agents on `host` (an IPv4 or bracketed IPv6 address) with `peer` settings."""
+    members = [f"{host}:{free_port()}" for _ in range(2)]
+    return [
         AgentProcess(
-            tmp_path / f"v6-{i}",
+            root / f"agent{i}",
             {
                 "storage": {"piece_size": "256KiB"},
-                "peer": {"listen": members[i], "token_file": str(token)},
+                "peer": {"listen": members[i], **peer},
                 "swarm": {"peers": members, "advertise": members[i]},
             },
         ).start()
         for i in range(2)
     ]
+
+
+def share_one_blob(agents: list[AgentProcess], origin, registry) -> None:
+    """The first agent reads a blob from the origin, the second gets it all from the first."""
+    data = os.urandom(6 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    for agent in agents:
+        assert send(agent.proxy_port, url(origin, digest)).body == data
+    assert origin_bytes(origin, digest, len(data)) == len(data)
+    assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') == len(data)
+
+
+def test_swarm_over_ipv6(tmp_path, origin, registry):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    agents = pair(tmp_path, "[::1]", {"token_file": str(token)})
     try:
-        data = os.urandom(6 * PIECE)
-        digest = registry.push_blob("test/swarm", data)
-        for agent in agents:
-            assert send(agent.proxy_port, url(origin, digest)).body == data
-        assert origin_bytes(origin, digest, len(data)) == len(data)
-        assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') == len(data)
+        share_one_blob(agents, origin, registry)
     finally:
         for agent in agents:
             agent.kill()
@@ -252,24 +262,9 @@ def test_mutual_tls_between_agents(tmp_path, origin, registry):
         "key": str(tmp_path / "key.pem"),
         "ca": str(tmp_path / "ca.pem"),
     }
-    members = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    agents = [
-        AgentProcess(
-            tmp_path / f"tls-{i}",
-            {
-                "storage": {"piece_size": "256KiB"},
-                "peer": {"listen": members[i], "tls": tls},  # no token: certificates only
-                "swarm": {"peers": members, "advertise": members[i]},
-            },
-        ).start()
-        for i in range(2)
-    ]
+    agents = pair(tmp_path / "tls", "127.0.0.1", {"tls": tls})  # no token: certificates only
     try:
-        data = os.urandom(5 * PIECE)
-        digest = registry.push_blob("test/swarm", data)
-        for agent in agents:
-            assert send(agent.proxy_port, url(origin, digest)).body == data
-        assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') == len(data)
+        share_one_blob(agents, origin, registry)
 
         peer = f"https://127.0.0.1:{agents[0].peer_port}/v1/blobs/sha256:{'a' * 64}"
         no_client_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
