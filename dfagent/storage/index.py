@@ -84,6 +84,7 @@ class PieceRow:
     length: int
     sha256: bytes
     piece_size: int
+    blob_size: int
 
 
 class Index:
@@ -201,7 +202,7 @@ class Index:
         """Up to `limit` stored pieces after (digest, index) in key order: a resumable walk."""
         rows = await self.run(
             lambda db: db.execute(
-                "SELECT p.digest, p.idx, p.length, p.sha256, b.piece_size FROM pieces p "
+                "SELECT p.digest, p.idx, p.length, p.sha256, b.piece_size, b.size FROM pieces p "
                 "JOIN blobs b ON b.digest = p.digest WHERE (p.digest, p.idx) > (?, ?) "
                 "ORDER BY p.digest, p.idx LIMIT ?",
                 (digest, index, limit),

@@ -245,15 +245,8 @@ class Swarm:
             pending: dict[str, dict[int, bytes]] = defaultdict(dict)
             meta: dict[str, _Held] = {}
             for row in rows:
-                blob = self._store.loaded(row.digest)
-                size = blob.size if blob is not None else None
-                if size is None:
-                    described = await self._store.index.get_blob(row.digest)
-                    if described is None:
-                        continue
-                    size = described.size
                 pending[row.digest][row.index] = row.sha256
-                meta[row.digest] = _Held(size, row.piece_size)
+                meta[row.digest] = _Held(row.blob_size, row.piece_size)
             await self._send(pending, meta)
 
     async def run(self) -> None:
