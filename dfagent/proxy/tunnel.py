@@ -76,6 +76,23 @@ class _Pipe(asyncio.Protocol):
                 side.transport.close()
 
 
+class _HandshakeHold(asyncio.Protocol):
+    """The application protocol of an intercepted connection until `start_tls` returns: the
+    decrypted bytes that arrive together with the end of the handshake are delivered before
+    that, and are kept here for the HTTP handler."""
+
+    def __init__(self) -> None:
+        self.early = bytearray()
+        self.got_eof = False
+
+    def data_received(self, data: bytes) -> None:
+        self.early += data
+
+    def eof_received(self) -> bool:
+        self.got_eof = True
+        return True
+
+
 class Interceptor:
     """Which CONNECT hosts to terminate TLS for, and the authority behind each such
     connection (the HTTP handler looks it up by transport)."""
@@ -199,22 +216,26 @@ class FrontProtocol(asyncio.Protocol):
             return
         self._transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         self._tunnels.on_result(200)
+        hold = _HandshakeHold()
         loop = asyncio.get_running_loop()
         try:
             inner = await loop.start_tls(
-                self._transport, self, context, server_side=True, ssl_handshake_timeout=10
+                self._transport, hold, context, server_side=True, ssl_handshake_timeout=10
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.info("intercepted TLS handshake failed", extra={"target": host, "error": str(exc)})
             self._transport.close()
             return
-        if inner is None:
+        if inner is None or inner.is_closing():
             return
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        intercept.authority[inner] = authority
+        intercept.authority[inner] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         handler = self._http_factory()
         inner.set_protocol(handler)
         handler.connection_made(inner)
+        if hold.early:
+            handler.data_received(bytes(hold.early))
+        if hold.got_eof:
+            handler.eof_received()
 
     async def _open(self, host: str, port: int) -> None:
         assert self._transport is not None

@@ -179,25 +179,36 @@ def test_over_the_rate_limit_is_429_from_the_proxy(agent_factory, origin, mirror
     assert statuses.count(206) <= 12  # about one second's burst plus what refilled meanwhile
 
 
+def _intercepting(agent_factory, tmp_path, pattern: str, **settings):
+    """An agent that terminates TLS for CONNECTs to hosts matching `pattern`, and a client
+    context that trusts the certificates it makes."""
+    proxy_ca = trustme.CA()
+    proxy_ca.cert_pem.write_to_path(str(tmp_path / "proxy-ca.pem"))
+    proxy_ca.private_key_pem.write_to_path(str(tmp_path / "proxy-ca.key"))
+    proxy = {
+        "intercept": [pattern],
+        "ca_cert": str(tmp_path / "proxy-ca.pem"),
+        "ca_key": str(tmp_path / "proxy-ca.key"),
+    }
+    agent = agent_factory(proxy=proxy | settings.pop("proxy", {}), **settings)
+    return agent, ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
+
+
 async def test_intercepted_connect_is_served_and_cached(
     agent_factory, tls_registry: Registry, tmp_path
 ):
     """nydusd with use_http: false tunnels to https registries; with the host intercepted,
-    those reads go through the cache like any other."""
-    proxy_ca = trustme.CA()
-    proxy_ca.cert_pem.write_to_path(str(tmp_path / "proxy-ca.pem"))
-    proxy_ca.private_key_pem.write_to_path(str(tmp_path / "proxy-ca.key"))
-    agent = agent_factory(
-        proxy={
-            "intercept": [r"^127\.0\.0\.1$"],
-            "ca_cert": str(tmp_path / "proxy-ca.pem"),
-            "ca_key": str(tmp_path / "proxy-ca.key"),
-        },
+    those reads go through the cache like any other, and the decrypted connection lives on past
+    the deadline for the CONNECT head."""
+    agent, trust_proxy = _intercepting(
+        agent_factory,
+        tmp_path,
+        r"^127\.0\.0\.1$",
+        proxy={"head_timeout": "1s"},
         origin={"ca_file": str(tls_registry.root / "ca.pem")},
     )
     data = os.urandom(300_000)
     digest = tls_registry.push_blob("test/intercept", data)
-    trust_proxy = ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
     url = f"{tls_registry.url}/v2/test/intercept/blobs/{digest}"
     async with aiohttp.ClientSession() as session:
         for attempt in range(2):
@@ -211,29 +222,59 @@ async def test_intercepted_connect_is_served_and_cached(
                 await asyncio.to_thread(
                     wait_for, lambda: metric(agent, "dfagent_cache_bytes") == len(data), "storing"
                 )
+                await asyncio.sleep(1.5)  # the same kept-alive connection, past head_timeout
     assert metric(agent, 'dfagent_served_bytes_total{source="local"}') == 200_000
+    assert metric(agent, 'dfagent_proxy_requests_total{kind="connect",status="2xx"}') == 1
     assert metric(agent, 'dfagent_proxy_requests_total{kind="blob",status="2xx"}') == 2
 
 
 async def test_intercepted_tunnel_presents_a_certificate_for_the_host(agent_factory, tmp_path):
-    proxy_ca = trustme.CA()
-    proxy_ca.cert_pem.write_to_path(str(tmp_path / "proxy-ca.pem"))
-    proxy_ca.private_key_pem.write_to_path(str(tmp_path / "proxy-ca.key"))
-    agent = agent_factory(
-        proxy={
-            "intercept": ["registry.example"],
-            "ca_cert": str(tmp_path / "proxy-ca.pem"),
-            "ca_key": str(tmp_path / "proxy-ca.key"),
-        },
-    )
+    agent, trust = _intercepting(agent_factory, tmp_path, "registry.example")
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.proxy_port)
     writer.write(b"CONNECT registry.example:443 HTTP/1.1\r\n\r\n")
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
-    trust = ssl.create_default_context(cafile=str(tmp_path / "proxy-ca.pem"))
     await writer.start_tls(trust, server_hostname="registry.example")  # verifies the name
     peer = writer.get_extra_info("peercert")
     assert ("DNS", "registry.example") in peer["subjectAltName"]
     writer.close()
+
+
+async def test_a_request_sent_with_the_last_handshake_bytes_is_served(
+    agent_factory, tls_registry: Registry, tmp_path
+):
+    """A TLS client may put its first request in the same packet as its Finished message; the
+    decrypted request then arrives before the handshake is reported done, and must not be lost."""
+    agent, trust = _intercepting(
+        agent_factory,
+        tmp_path,
+        r"^127\.0\.0\.1$",
+        origin={"ca_file": str(tls_registry.root / "ca.pem")},
+    )
+    authority = tls_registry.url.removeprefix("https://")
+    reader, writer = await asyncio.open_connection("127.0.0.1", agent.proxy_port)
+    writer.write(f"CONNECT {authority} HTTP/1.1\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = trust.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                incoming.write(await reader.read(65536))
+        tls.write(f"GET /v2/ HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(outgoing.read())  # Finished and the request: one write
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            incoming.write(await reader.read(65536))
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                continue
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
 
 
 def test_oversized_request_heads_are_refused(agent):
