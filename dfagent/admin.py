@@ -1,4 +1,5 @@
-"""Health (`/healthy`, `/readyz`) and Prometheus (`/metrics`) endpoints.
+"""Health (`/healthy`, `/readyz`), Prometheus (`/metrics`) and the operator API (`/api/...`,
+on the health listener).
 
 `/healthy` answers at once (nydusd's `ping_url`). `/readyz` checks the index, the data
 directory and the proxy listener together within a second and lists every failure.
@@ -36,7 +37,9 @@ class AdminServer:
         metrics_listen: ListenAddress,
         metrics: Metrics,
         checks: dict[str, ReadinessCheck],
+        api: Handler | None = None,
     ) -> None:
+        self._api = api
         self._health = health
         self._metrics_listen = metrics_listen
         self._metrics = metrics
@@ -60,6 +63,8 @@ class AdminServer:
 
     async def _serve(self, name: str, address: ListenAddress, routes: dict[str, Handler]) -> None:
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+            if self._api is not None and name == "health" and request.path.startswith("/api/"):
+                return await self._api(request)
             handler = routes.get(request.path)
             if handler is None or request.method not in ("GET", "HEAD"):
                 return web.Response(status=404, text="not found\n")

@@ -11,6 +11,7 @@ from types import TracebackType
 
 from dfagent.admin import AdminServer
 from dfagent.config import Config
+from dfagent.configtypes import ListenAddress
 from dfagent.control import ControlServer
 from dfagent.engine.access import AccessGate
 from dfagent.engine.fetcher import Engine
@@ -19,6 +20,8 @@ from dfagent.errors import StartupError
 from dfagent.maintenance import Maintenance
 from dfagent.metrics import Metrics
 from dfagent.origin.client import OriginClient
+from dfagent.preheat.api import PreheatApi
+from dfagent.preheat.service import PreheatService
 from dfagent.proxy.server import ProxyServer
 from dfagent.storage.gc import GarbageCollector
 from dfagent.storage.scrub import Scrubber
@@ -48,6 +51,10 @@ def _read_token(path: str) -> str:
     return token
 
 
+def _address(host: str, port: int) -> str:
+    return str(ListenAddress(host, port))
+
+
 class Agent:
     """`async with Agent(config) as agent:` runs the agent until the block ends.
 
@@ -73,7 +80,10 @@ class Agent:
             except OSError as exc:
                 raise StartupError(f"storage.dir: cannot use {config.storage.dir}: {exc}") from exc
             origin = await stack.enter_async_context(OriginClient(config.origin, self.metrics))
-            swarm = await self._start_swarm(stack, store) if config.swarm.enabled else None
+            token = None
+            if config.swarm.enabled and config.peer.token_file is not None:
+                token = _read_token(config.peer.token_file)
+            swarm = await self._start_swarm(stack, store, token) if config.swarm.enabled else None
             engine = await stack.enter_async_context(
                 Engine(
                     store,
@@ -89,13 +99,29 @@ class Agent:
             prefetcher = await stack.enter_async_context(
                 Prefetcher(engine, config.origin.prefetch_bandwidth)
             )
+            preheat = await stack.enter_async_context(
+                PreheatService(engine, prefetcher, store, origin, metrics=self.metrics, swarm=swarm)
+            )
+            if self.peer is not None:
+                self.peer.completions = preheat
+            api = PreheatApi(preheat, token)
 
             gc = GarbageCollector(store, config.storage, self.metrics)
             scrubber = Scrubber(store, config.storage, self.metrics)
             self._tasks.spawn(gc.run(), name="gc")
             self._tasks.spawn(scrubber.run(), name="scrub")
             stack.push_async_callback(self._tasks.aclose)
-            control = ControlServer(store.root, Maintenance(store, gc, scrubber))
+            control = ControlServer(
+                store.root,
+                Maintenance(
+                    store,
+                    gc,
+                    scrubber,
+                    running=self._describe,
+                    preheat_jobs=lambda: [job.to_json() for job in preheat.jobs()],
+                ),
+                api=api.handle,
+            )
             await control.start()
             stack.push_async_callback(control.stop)
 
@@ -113,6 +139,7 @@ class Agent:
                 config.metrics.listen,
                 self.metrics,
                 {"storage": storage_ready},
+                api=api.over_network,
             )
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
@@ -129,14 +156,24 @@ class Agent:
         )
         return self
 
-    async def _start_swarm(self, stack: AsyncExitStack, store: PieceStore) -> Swarm:
+    def _describe(self) -> dict[str, object]:
+        """Where this agent listens (for `dfagent status` and `dfagent get`)."""
+        config = self.config
+        return {
+            "pid": os.getpid(),
+            "proxy": _address(config.proxy.listen.host, self.proxy.port) if self.proxy else None,
+            "peer": _address(config.peer.listen.host, self.peer.port) if self.peer else None,
+        }
+
+    async def _start_swarm(
+        self, stack: AsyncExitStack, store: PieceStore, token: str | None
+    ) -> Swarm:
         """Peer server first (its port is this agent's identity), then membership, then the
         swarm's own loops."""
         config = self.config
         tls = config.peer.tls
         if config.peer.token_file is None and tls is None:
             raise StartupError("peer.token_file or peer.tls: one is required with swarm members")
-        token = _read_token(config.peer.token_file) if config.peer.token_file is not None else None
         refresh = config.swarm.refresh
         directory = Directory(holder_ttl=3 * refresh, lease_ttl=_LEASE_SECONDS)
         self.peer = PeerServer(

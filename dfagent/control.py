@@ -1,5 +1,6 @@
-"""The agent's control socket: `dfagent status|gc|verify` talk to a running agent through a
-unix socket in its data directory (root-only by its permissions, never on the network)."""
+"""The agent's control socket: `dfagent status|gc|verify|preheat` talk to a running agent
+through a unix socket in its data directory (root-only by its permissions, never on the
+network). Paths under `/api/` are the operator API, as on the health listener."""
 
 from __future__ import annotations
 
@@ -13,17 +14,26 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dfagent.errors import DfagentError
 from dfagent.maintenance import Maintenance
 
-__all__ = ["SOCKET_NAME", "ControlServer", "call_agent"]
+__all__ = ["SOCKET_NAME", "AgentRefused", "ControlServer", "call_agent"]
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class AgentRefused(DfagentError):
+    """The running agent answered with an error (the message is its reason)."""
+
 
 SOCKET_NAME = "dfagent.sock"
 
 
 class ControlServer:
-    def __init__(self, directory: Path, maintenance: Maintenance) -> None:
+    def __init__(self, directory: Path, maintenance: Maintenance, *, api: Handler) -> None:
         self.path = directory / SOCKET_NAME
         self._maintenance = maintenance
+        self._api = api
         self._server: asyncio.Server | None = None
         self._http: web.Server | None = None
 
@@ -37,6 +47,8 @@ class ControlServer:
         }
 
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+            if request.path.startswith("/api/"):
+                return await self._api(request)
             action = routes.get((request.method, request.path))
             if action is None:
                 return web.json_response({"error": "not found"}, status=404)
@@ -58,8 +70,11 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
 
-async def call_agent(directory: Path, method: str, path: str) -> dict[str, Any] | None:
-    """Ask the agent running on `directory`; None when no agent answers there."""
+async def call_agent(
+    directory: Path, method: str, path: str, body: Any = None
+) -> dict[str, Any] | None:
+    """Ask the agent running on `directory`; None when no agent answers there. Raises
+    AgentRefused with the agent's reason when it answers with an error."""
     socket = directory / SOCKET_NAME
     if not socket.exists():
         return None
@@ -68,9 +83,11 @@ async def call_agent(directory: Path, method: str, path: str) -> dict[str, Any] 
     try:
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.request(method, f"http://dfagent{path}") as response,
+            session.request(method, f"http://dfagent{path}", json=body) as response,
         ):
-            response.raise_for_status()
-            return json.loads(await response.read())
+            answer = json.loads(await response.read())
+            if response.status >= 400:
+                raise AgentRefused(answer.get("error") or f"the agent answered {response.status}")
+            return answer  # type: ignore[no-any-return]
     except aiohttp.ClientConnectorError:
         return None

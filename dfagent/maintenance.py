@@ -1,4 +1,5 @@
-"""Operator actions on the cache: status, eviction now, verification now.
+"""Operator actions on the cache: status (with the agent's preheat jobs), eviction now,
+verification now.
 
 The same code serves the running agent (through its control socket) and the CLI when no agent
 runs (it then opens the data directory itself, taking its lock).
@@ -7,6 +8,7 @@ runs (it then opens the data directory itself, taking its lock).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dfagent.storage.gc import GarbageCollector
@@ -19,7 +21,17 @@ _TOP = 10
 
 
 class Maintenance:
-    def __init__(self, store: PieceStore, gc: GarbageCollector, scrubber: Scrubber) -> None:
+    def __init__(
+        self,
+        store: PieceStore,
+        gc: GarbageCollector,
+        scrubber: Scrubber,
+        *,
+        running: Callable[[], dict[str, Any]] | None = None,
+        preheat_jobs: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
+        self._running = running  # the running agent's pid and addresses; None offline
+        self._preheat_jobs = preheat_jobs
         self._store = store
         self._gc = gc
         self._scrubber = scrubber
@@ -40,6 +52,7 @@ class Maintenance:
             }
 
         return {
+            "agent": self._running() if self._running is not None else None,
             "dir": str(self._store.root),
             "quota": self._store.quota,
             "stored": self._store.stored_bytes,
@@ -50,6 +63,10 @@ class Maintenance:
             "partial_blobs": len(blobs) - len(verified),
             "largest": [entry(b) for b in sorted(blobs, key=lambda b: -b.stored)[:_TOP]],
             "recent": [entry(b) for b in sorted(blobs, key=lambda b: -b.last_access)[:_TOP]],
+            "preheat": [
+                {k: job[k] for k in ("id", "image", "state", "bytes", "cached_bytes", "error")}
+                for job in self._preheat_jobs()[-_TOP:]
+            ],
             "time": round(time.time(), 3),
         }
 

@@ -161,3 +161,9 @@ class Metrics:
         self.scrub_passes = Counter(
             "dfagent_scrub_passes", "Completed scrub passes over the whole cache.", registry=r
         )
+        self.preheat_jobs = Counter(
+            "dfagent_preheat_jobs",
+            "Finished preheat jobs taken by this agent, by outcome (succeeded, failed).",
+            ["outcome"],
+            registry=r,
+        )

@@ -12,10 +12,13 @@ import trustme
 
 from tests.support.agent import AgentProcess
 from tests.support.counting import CountingOrigin
+from tests.support.ports import free_port
 from tests.support.registry import Registry, basic_auth, make_htpasswd
+from tests.support.tokens import TokenService
 
 USER, PASSWORD = "puller", "s3cret-pw"
 OTHER_USER = ("second-puller", "an0ther-pw")
+TOKEN = "t0ken-for-tests-" + "x" * 16  # the swarm's cluster token
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
@@ -38,6 +41,17 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     reg.start()
     yield reg
     reg.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry with bearer-token auth: its token service grants USER what it asks for."""
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenService(root / "tokens", {USER: PASSWORD}).start()
+    reg = Registry(root, tokens=tokens).start()
+    yield reg
+    reg.stop()
+    tokens.stop()
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +94,30 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
 @pytest.fixture
 def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
     return agent_factory()
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Iterator[Callable[..., list[AgentProcess]]]:
+    """`swarm(count, **config)` starts that many agents on loopback, each knowing the others."""
+    started: list[AgentProcess] = []
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+
+    def start(count: int, **overrides: object) -> list[AgentProcess]:
+        ports = [free_port() for _ in range(count)]
+        members = [f"127.0.0.1:{port}" for port in ports]
+        agents = []
+        for i, port in enumerate(ports):
+            config = {
+                "storage": {"piece_size": "256KiB"},
+                "peer": {"listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+                "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
+                **overrides,
+            }
+            agents.append(AgentProcess(tmp_path / f"agent{i}", config).start())
+        started.extend(agents)
+        return agents
+
+    yield start
+    for agent in started:
+        agent.kill()

@@ -115,7 +115,9 @@ class Engine:
 
     # blob identity and size ----------------------------------------------------------------
 
-    async def blob(self, source: BlobSource, first_byte: int | None = None) -> StoredBlob:
+    async def blob(
+        self, source: BlobSource, first_byte: int | None = None, *, for_client: bool = True
+    ) -> StoredBlob:
         """The blob's handle, learning its size from the origin on first sight.
 
         With `first_byte` the size comes from the ranged GET of the piece holding that byte,
@@ -125,6 +127,9 @@ class Engine:
 
         Raises NotShareable when the blob came from another registry and is not verified yet:
         until its bytes are checked against the digest, they are only that registry's word.
+        With `for_client` (a client will read the bytes) the client's credentials must also
+        be good for the blob at its origin (AccessGate); a completion a peer asks for serves
+        nobody and skips that check.
         """
         blob = await self._store.open_blob(source.digest)
         if blob is None:
@@ -138,7 +143,8 @@ class Engine:
             blob = await asyncio.shield(found)
         if not blob.verified and blob.origin != source.origin:
             raise NotShareable(f"{source.digest} is cached from another registry, unverified")
-        await self._access.ensure(source)
+        if for_client:
+            await self._access.ensure(source)
         return blob
 
     async def _discover(
@@ -381,12 +387,14 @@ class Engine:
         assert self._swarm is not None
         waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
         delay = 0.005
+        why = "no holder delivered"
         while True:
             if answer.holders:
                 try:
                     data = await self._swarm.fetch(blob, piece.index, answer)
                 except PeerError:  # all busy: ask again shortly (maybe more holders by then)
                     if time.monotonic() > waited_until:
+                        why = "every holder stayed busy"
                         break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.1)
@@ -400,14 +408,21 @@ class Engine:
                     self._finished(blob, piece)
                     return
             if answer.fetching is None or time.monotonic() > waited_until:
+                why = "no holder, and no peer fetching it" if answer.fetching is None else why
                 break
             if not await self._swarm.alive(answer.fetching):
-                break  # the lease holder died: its lease would only expire; go to the origin
+                why = f"the fetching peer {answer.fetching} does not answer"
+                break  # its lease would only expire: go to the origin
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
             delay = min(delay * 2, 0.1)
             answer = (await self._swarm.lookup(blob, [piece.index]))[piece.index]
             if answer.fetch:
+                why = "the home handed this agent the origin fetch"
                 break
+        log.debug(
+            "piece goes to the origin after all",
+            extra={"digest": str(blob.digest), "piece": piece.index, "reason": why},
+        )
         run = _Run(blob, source, {piece.index: piece}, piece.start, piece.start + piece.length - 1)
         await self._fill(run)
 

@@ -1,8 +1,10 @@
-"""Background completion: after a ranged read, fetch the rest of the blob quietly.
+"""Completion: fetch every missing piece of a blob, one run of pieces at a time.
 
-With `proxy.prefetch: true` or a request header `X-Dragonfly-Prefetch: true`, a blob that is
-being read lazily is completed in the background, one run of pieces at a time, no faster than
-`origin.prefetch_bandwidth`, and only while no reader is waiting on the origin.
+In the background after a ranged read (`proxy.prefetch: true` or a request header
+`X-Dragonfly-Prefetch: true`): paced to `origin.prefetch_bandwidth`, and only while no reader
+is waiting on the origin. For a preheat, as fast as the sources allow, still yielding to
+readers. A peer asks for completions too (a preheat spreading through the swarm); it learns
+how one went from `state`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = ["Prefetcher"]
 log = logging.getLogger(__name__)
 
 _RUN_BYTES = 4 * 1024 * 1024
+_REMEMBERED_FAILURES = 1024
 
 
 class Prefetcher:
@@ -38,6 +41,7 @@ class Prefetcher:
         self._sleep = sleep
         self._tasks = TaskOwner("prefetch")
         self._running: set[str] = set()
+        self._failures: dict[str, str] = {}  # digest hex -> why its last completion stopped
 
     async def __aenter__(self) -> Prefetcher:
         return self
@@ -45,37 +49,26 @@ class Prefetcher:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._tasks.aclose()
 
-    def start(self, blob: StoredBlob, source: BlobSource) -> None:
+    def start(self, blob: StoredBlob, source: BlobSource, *, paced: bool = True) -> None:
         """Complete `blob` in the background, once, whoever asks how often."""
         if blob.complete or blob.digest.hex in self._running:
             return
         self._running.add(blob.digest.hex)
-        self._tasks.spawn(self._complete(blob, source), name="complete")
+        self._failures.pop(blob.digest.hex, None)
+        self._tasks.spawn(self._background(blob, source, paced), name="complete")
 
-    async def _complete(self, blob: StoredBlob, source: BlobSource) -> None:
-        started = time.monotonic()
-        fetched = 0
+    def state(self, blob: StoredBlob) -> tuple[str, str | None]:
+        """("done" | "running" | "failed" | "idle", why it failed)."""
+        if blob.complete:
+            return "done", None
+        if blob.digest.hex in self._running:
+            return "running", None
+        failure = self._failures.get(blob.digest.hex)
+        return ("failed", failure) if failure is not None else ("idle", None)
+
+    async def _background(self, blob: StoredBlob, source: BlobSource, paced: bool) -> None:
         try:
-            with blob.pinned():
-                # Runs small enough that pacing between them keeps close to the budget.
-                run_bytes = min(_RUN_BYTES, self._bandwidth // 4) if self._bandwidth else _RUN_BYTES
-                window = max(1, run_bytes // blob.piece_size)
-                for first in range(0, blob.piece_count, window):
-                    if blob.removed:
-                        return
-                    missing = [
-                        i
-                        for i in range(first, min(first + window, blob.piece_count))
-                        if not blob.has(i)
-                    ]
-                    if not missing:
-                        continue
-                    await self._engine.until_quiet()  # readers first
-                    fetched += await self._engine.fetch_missing(blob, source, missing)
-                    if self._bandwidth:  # pace: never ahead of the bandwidth budget
-                        ahead = fetched / self._bandwidth - (time.monotonic() - started)
-                        if ahead > 0:
-                            await self._sleep(ahead)
+            fetched = await self.complete(blob, source, paced=paced)
             log.info(
                 "blob completed in the background",
                 extra={"digest": str(blob.digest), "bytes": fetched},
@@ -85,5 +78,38 @@ class Prefetcher:
                 "background completion stopped",
                 extra={"digest": str(blob.digest), "error": str(exc)},
             )
+            self._failures[blob.digest.hex] = str(exc)
+            while len(self._failures) > _REMEMBERED_FAILURES:
+                del self._failures[next(iter(self._failures))]
         finally:
             self._running.discard(blob.digest.hex)
+
+    async def complete(self, blob: StoredBlob, source: BlobSource, *, paced: bool) -> int:
+        """Fetch every piece `blob` lacks; the bytes fetched. Raises DfagentError when a
+        source fails (pieces stored until then stay)."""
+        bandwidth = self._bandwidth if paced else None
+        started = time.monotonic()
+        fetched = 0
+        with blob.pinned():
+            # Runs small enough that pacing between them keeps close to the budget.
+            run_bytes = min(_RUN_BYTES, bandwidth // 4) if bandwidth else _RUN_BYTES
+            window = max(1, run_bytes // blob.piece_size)
+            for first in range(0, blob.piece_count, window):
+                if blob.removed:
+                    break
+                missing = [
+                    i
+                    for i in range(first, min(first + window, blob.piece_count))
+                    if not blob.has(i)
+                ]
+                if not missing:
+                    continue
+                await self._engine.until_quiet()  # readers first
+                fetched += await self._engine.fetch_missing(blob, source, missing)
+                if bandwidth:  # pace: never ahead of the bandwidth budget
+                    ahead = fetched / bandwidth - (time.monotonic() - started)
+                    if ahead > 0:
+                        await self._sleep(ahead)
+        if blob.removed:
+            raise DfagentError(f"{blob.digest} was dropped (evicted, or failed its digest check)")
+        return fetched

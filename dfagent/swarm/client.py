@@ -12,6 +12,8 @@ from dfagent.errors import DfagentError
 
 __all__ = ["PeerClient", "PeerError"]
 
+_PATIENT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
+
 
 class PeerError(DfagentError):
     """A peer could not be reached, refused, or answered something unusable."""
@@ -56,11 +58,18 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _json(self, method: str, peer: str, path: str, body: Any = None) -> Any:
+    async def _json(
+        self,
+        method: str,
+        peer: str,
+        path: str,
+        body: Any = None,
+        limits: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
         assert self._session is not None
         try:
             async with self._session.request(
-                method, f"{self._scheme}://{peer}{path}", json=body
+                method, f"{self._scheme}://{peer}{path}", json=body, timeout=limits or self._timeout
             ) as r:
                 self.unreachable.discard(peer)
                 if r.status == 404:
@@ -74,8 +83,15 @@ class PeerClient:
                 self.unreachable.add(peer)
             raise PeerError(f"{peer}: {exc or type(exc).__name__}", unreachable=gone) from exc
 
-    async def describe(self, home: str, digest_hex: str) -> dict[str, int] | None:
-        return await self._json("GET", home, f"/v1/blobs/sha256:{digest_hex}")  # type: ignore[no-any-return]
+    async def describe(
+        self, home: str, digest_hex: str, *, patient: bool = False
+    ) -> dict[str, int] | None:
+        """What `home` knows of a blob. `patient` waits longer than the fail-fast connect
+        timeout: a busy peer on a loaded host may take a while to answer, and only a peer that
+        truly does not answer counts as dead."""
+        timeout = _PATIENT if patient else None
+        path = f"/v1/blobs/sha256:{digest_hex}"
+        return await self._json("GET", home, path, limits=timeout)  # type: ignore[no-any-return]
 
     async def lookup(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._json("POST", home, "/v1/lookup", body)
@@ -85,6 +101,18 @@ class PeerClient:
 
     async def announce(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", home, "/v1/announce", body)  # type: ignore[no-any-return]
+
+    async def complete(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._json("POST", peer, "/v1/complete", body)
+        if answer is None:
+            raise PeerError(f"{peer} cannot complete blobs")
+        return answer  # type: ignore[no-any-return]
+
+    async def completion(self, peer: str, digest_hex: str) -> dict[str, Any]:
+        answer = await self._json("GET", peer, f"/v1/complete/sha256:{digest_hex}")
+        if answer is None:
+            raise PeerError(f"{peer} cannot complete blobs")
+        return answer  # type: ignore[no-any-return]
 
     async def report(self, home: str, body: dict[str, Any]) -> None:
         await self._json("POST", home, "/v1/report", body)

@@ -1,7 +1,7 @@
-"""The peer server: pieces for other agents, and the directory for the blobs this agent is
-home for. Every request must carry the cluster token (`Authorization: Bearer ...`) when one is
-configured; with `peer.tls` the TLS handshake already demands a certificate from the cluster
-CA."""
+"""The peer server: pieces for other agents, the directory for the blobs this agent is home
+for, and completions other agents ask for (a preheat spreading through the swarm). Every
+request must carry the cluster token (`Authorization: Bearer ...`) when one is configured;
+with `peer.tls` the TLS handshake already demands a certificate from the cluster CA."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import hmac
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
+from yarl import URL
 
 from dfagent.configtypes import ListenAddress
 from dfagent.core.digest import Digest, InvalidDigest
@@ -25,7 +26,7 @@ from dfagent.serving import bind
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.directory import Directory
 
-__all__ = ["PeerServer"]
+__all__ = ["Completions", "PeerServer"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,14 @@ class _Pacer:
         self._next = start + count / self._rate
         if start > now:
             await asyncio.sleep(start - now)
+
+
+class Completions(Protocol):
+    """Fetching whole blobs on a peer's request; each answer is (state, error)."""
+
+    async def start(self, digest: Digest, size: int, url: URL) -> tuple[str, str | None]: ...
+
+    async def state(self, digest: Digest) -> tuple[str, str | None]: ...
 
 
 class PeerServer:
@@ -71,6 +80,7 @@ class PeerServer:
         self._pacer = _Pacer(upload_bandwidth)
         self._server: asyncio.Server | None = None
         self._http: web.Server | None = None
+        self.completions: Completions | None = None  # set once the engine runs
 
     @property
     def port(self) -> int:
@@ -103,6 +113,10 @@ class PeerServer:
                     return web.json_response(self._lookup(await request.json()))
                 case "POST", ["v1", "announce"]:
                     return web.json_response(self._announce(await request.json()))
+                case "POST", ["v1", "complete"]:
+                    return await self._complete(await request.json())
+                case "GET", ["v1", "complete", digest]:
+                    return await self._completion(Digest.parse(digest))
                 case "POST", ["v1", "report"]:
                     body = await request.json()
                     self._directory.drop_holder(body["digest"], int(body["index"]), body["holder"])
@@ -127,8 +141,9 @@ class PeerServer:
                 await self._pacer.take(end - start)
                 response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
                 response.content_length = end - start
-                await response.prepare(request)
                 try:
+                    # A hedged request that lost the race hangs up, maybe before the headers.
+                    await response.prepare(request)
                     await send_segment(request, response, FileSegment(blob, start, end - start))
                 except (DfagentError, OSError):
                     if request.transport is not None:
@@ -139,6 +154,22 @@ class PeerServer:
                 return response
         finally:
             self._uploads -= 1
+
+    async def _complete(self, body: dict[str, Any]) -> web.StreamResponse:
+        if self.completions is None:
+            return web.Response(status=503, text="not ready\n")
+        url = URL(str(body["url"]))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("url must be an http(s) URL")
+        digest = Digest.parse(str(body["digest"]))
+        state, error = await self.completions.start(digest, int(body["size"]), url)
+        return web.json_response({"state": state, "error": error})
+
+    async def _completion(self, digest: Digest) -> web.StreamResponse:
+        if self.completions is None:
+            return web.Response(status=503, text="not ready\n")
+        state, error = await self.completions.state(digest)
+        return web.json_response({"state": state, "error": error})
 
     def _describe(self, digest: Digest) -> web.StreamResponse:
         known = self._directory.describe(digest.hex)

@@ -65,6 +65,20 @@ class Swarm:
     def home(self, digest_hex: str) -> str:
         return home_of(self._membership.members(), digest_hex)
 
+    def others(self) -> list[str]:
+        return self._membership.others()
+
+    async def complete_at(
+        self, peer: str, digest: str, size: int, url: str
+    ) -> tuple[str, str | None]:
+        """Ask `peer` to fetch the whole blob (from the swarm, else `url`); its (state, error)."""
+        answer = await self._client.complete(peer, {"digest": digest, "size": size, "url": url})
+        return str(answer["state"]), answer.get("error")
+
+    async def completion_at(self, peer: str, digest: str) -> tuple[str, str | None]:
+        answer = await self._client.completion(peer, digest.removeprefix("sha256:"))
+        return str(answer["state"]), answer.get("error")
+
     async def aclose(self) -> None:
         await self._tasks.aclose()
 
@@ -124,8 +138,9 @@ class Swarm:
         if peer == self.me:
             return True
         try:
-            await self._client.describe(peer, "0" * 64)
+            await self._client.describe(peer, "0" * 64, patient=True)
         except PeerError as exc:
+            log.debug("liveness check failed", extra={"peer": peer, "error": str(exc)})
             return not exc.unreachable  # an answer, even an error, is life
         return True
 

@@ -31,17 +31,8 @@ PIECE = 256 * 1024
 SMALL_PIECES = {"storage": {"piece_size": "256KiB"}}
 
 
-def cli(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dfagent", *args, "--config", str(agent.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def status(agent: AgentProcess) -> dict:
-    result = cli(agent, "status", "--json")
+    result = agent.cli("status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -114,17 +105,17 @@ def test_scrub_finds_a_flipped_bit_and_repair_drops_it(agent_factory, origin, re
     assert agent.stop() == 0
 
     flip_bit(agent, digest, 2 * PIECE + 1234)
-    found = cli(agent, "verify")  # no agent runs: the CLI opens the cache itself
+    found = agent.cli("verify")  # no agent runs: the CLI opens the cache itself
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
     assert report["bad"] == [{"digest": digest, "piece": 2}]
     assert report["pieces"] == 4
     assert len(stored_pieces(agent)) == 4, "without --repair nothing changes"
 
-    repaired = cli(agent, "verify", "--repair")
+    repaired = agent.cli("verify", "--repair")
     assert repaired.returncode == 1
     assert [p[1] for p in stored_pieces(agent)] == [0, 1, 3]
-    assert cli(agent, "verify").returncode == 0
+    assert agent.cli("verify").returncode == 0
 
     agent.start()
     before = len(origin.blob_gets(digest))
@@ -143,7 +134,7 @@ def test_verify_through_a_running_agent(agent_factory, origin, registry: Registr
     assert send(agent.proxy_port, url).body == data
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
     flip_bit(agent, digest, 5)
-    result = cli(agent, "verify", "--repair")
+    result = agent.cli("verify", "--repair")
     assert result.returncode == 1
     assert json.loads(result.stdout)["bad"] == [{"digest": digest, "piece": 0}]
     assert metric(agent, "dfagent_scrub_bad_pieces_total") == 1
@@ -201,7 +192,7 @@ def test_max_age_and_gc_command(agent_factory, origin, registry: Registry):
     assert send(agent.proxy_port, blob_url(origin, "test/age", digest)).body == data
     wait_for(lambda: len(stored_pieces(agent)) == 1, "the piece stored")
     time.sleep(1.2)
-    result = cli(agent, "gc")
+    result = agent.cli("gc")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["evicted_for_age"] == 1
     assert stored_pieces(agent) == []
@@ -220,7 +211,7 @@ def test_status_human_and_json(agent_factory, origin, registry: Registry):
     assert (report["blobs"], report["partial_blobs"], report["pieces"]) == (2, 1, 3)
     assert report["stored"] == len(whole) + PIECE
     assert report["largest"][0]["digest"] == d_whole
-    human = cli(agent, "status")
+    human = agent.cli("status")
     assert human.returncode == 0
     assert "2 (1 verified, 1 partial)" in human.stdout
     assert agent.stop() == 0
@@ -266,7 +257,7 @@ def test_full_disk_still_serves_and_damages_nothing(agent_factory, origin, regis
     assert send(agent.proxy_port, blob_url(origin, "test/full", d_first)).body == first
     assert agent.stop() == 0
     assert "Traceback" not in agent.log()
-    checked = cli(AgentProcess(agent.root, agent.overrides), "verify")
+    checked = AgentProcess(agent.root, agent.overrides).cli("verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -308,7 +299,7 @@ def test_sigkill_under_load_never_leaves_a_bad_piece(agent_factory, origin, regi
         agent.start()
     assert wrong == [], "a complete response carried wrong bytes"
     assert agent.stop() == 0
-    verified = cli(agent, "verify")
+    verified = agent.cli("verify")
     assert verified.returncode == 0, verified.stdout
     pieces = stored_pieces(agent)
     assert pieces, "the load stored something"

@@ -10,13 +10,13 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trustme
 
 from dfagent.swarm.hashing import home_of
+from tests.conftest import TOKEN
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
@@ -24,41 +24,6 @@ from tests.support.metrics import metric, wait_for
 from tests.support.ports import free_port
 
 PIECE = 256 * 1024
-TOKEN = "t0ken-for-tests-" + "x" * 16
-
-
-@pytest.fixture
-def swarm(tmp_path: Path) -> Callable[..., list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-
-    def start(count: int, **overrides: object) -> list[AgentProcess]:
-        ports = [free_port() for _ in range(count)]
-        members = [f"127.0.0.1:{port}" for port in ports]
-        agents = []
-        for i, port in enumerate(ports):
-            config = {
-                "storage": {"piece_size": "256KiB"},
-                "peer": {"listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
-                "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
-                **overrides,
-            }
-            agents.append(AgentProcess(tmp_path / f"agent{i}", config).start())
-        started.extend(agents)
-        return agents
-
-    yield start
-    for agent in started:
-        agent.kill()
-
-
-def origin_bytes(origin: CountingOrigin, digest: str, size: int) -> int:
-    total = 0
-    for seen in origin.blob_gets(digest):
-        first, last = (int(x) for x in re.fullmatch(r"bytes=(\d+)-(\d+)", seen.range).groups())
-        total += min(last, size - 1) - first + 1
-    return total
 
 
 def pieces_fetched(origin: CountingOrigin, digest: str, size: int) -> dict[int, int]:
@@ -83,7 +48,7 @@ def test_nodes_one_after_another_take_the_blob_from_the_origin_once(swarm, origi
     digest = registry.push_blob("test/swarm", data)
     for agent in agents:
         assert send(agent.proxy_port, url(origin, digest)).body == data
-    assert origin_bytes(origin, digest, len(data)) == len(data)
+    assert origin.blob_bytes(digest, len(data)) == len(data)
     # Nodes 2 and 3 served nothing from the origin: every byte came from peers (or from
     # their own disk, for pieces that read-ahead brought in from peers and stored first).
     for agent in agents[1:]:
@@ -107,7 +72,7 @@ def test_all_nodes_at_once_take_about_one_copy_from_the_origin(swarm, origin, re
     for thread in threads:
         thread.join(60)
     assert bodies == [data] * len(agents)
-    assert origin_bytes(origin, digest, len(data)) <= 1.05 * len(data)
+    assert origin.blob_bytes(digest, len(data)) <= 1.05 * len(data)
 
 
 def test_random_lazy_ranges_never_fetch_a_piece_twice(swarm, origin, registry):
@@ -198,9 +163,9 @@ def test_the_swarm_survives_a_home_restart(swarm, origin, registry):
     wait_for(
         lambda: metric(home, 'dfagent_peer_requests_total{kind="announce"}') >= 1, "re-announce"
     )
-    fetched = origin_bytes(origin, digest, len(data))
+    fetched = origin.blob_bytes(digest, len(data))
     assert send(reader.proxy_port, url(origin, digest)).body == data
-    assert origin_bytes(origin, digest, len(data)) == fetched
+    assert origin.blob_bytes(digest, len(data)) == fetched
     assert metric(reader, 'dfagent_served_bytes_total{source="origin"}') == 0
     assert metric(reader, 'dfagent_served_bytes_total{source="peer"}') > 0
 
@@ -239,7 +204,7 @@ def share_one_blob(agents: list[AgentProcess], origin, registry) -> None:
     digest = registry.push_blob("test/swarm", data)
     for agent in agents:
         assert send(agent.proxy_port, url(origin, digest)).body == data
-    assert origin_bytes(origin, digest, len(data)) == len(data)
+    assert origin.blob_bytes(digest, len(data)) == len(data)
     assert metric(agents[1], 'dfagent_served_bytes_total{source="origin"}') == 0
     assert metric(agents[1], 'dfagent_served_bytes_total{source="peer"}') > 0
 

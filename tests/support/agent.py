@@ -110,6 +110,19 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def cli(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `dfagent ARGS --config <this agent's config>` to the end."""
+        return subprocess.run(
+            [sys.executable, "-m", "dfagent", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            input=stdin,
+            env=os.environ | (env or {}),
+        )
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0

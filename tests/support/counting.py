@@ -8,6 +8,7 @@ would (ignore Range, break off mid-body, fail with 500, redirect).
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,18 @@ class CountingOrigin:
         return [
             r for r in self.requests if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")
         ]
+
+    def blob_bytes(self, digest: str, size: int) -> int:
+        """Bytes of the blob that GETs asked the origin for (ranged or whole)."""
+        total = 0
+        for seen in self.blob_gets(digest):
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", seen.range or "")
+            if match is None:
+                total += size
+                continue
+            last = int(match.group(2)) if match.group(2) else size - 1
+            total += min(last, size - 1) - int(match.group(1)) + 1
+        return total
 
     def start(self) -> CountingOrigin:
         """Serve from a thread of its own, so that blocking test code cannot stall it."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from tests.support.ports import free_port
+from tests.support.tokens import TokenService
 
 REGISTRY_BINARY = "docker-registry"
 
@@ -57,6 +60,7 @@ class Registry:
     command_prefix: list[str] = field(default_factory=list)  # e.g. ip netns exec NAME
     process: subprocess.Popen[bytes] | None = None
     auth_header: str | None = None  # sent by the helpers below when the registry needs auth
+    tokens: TokenService | None = None  # bearer-token auth through this token service
 
     @property
     def scheme(self) -> str:
@@ -84,6 +88,8 @@ class Registry:
         }
         if self.htpasswd is not None:
             config["auth"] = {"htpasswd": {"realm": "dfagent-test", "path": str(self.htpasswd)}}
+        if self.tokens is not None:
+            config["auth"] = self.tokens.registry_auth()
         if self.tls is not None:
             config["http"] = {
                 "addr": self.host,
@@ -128,31 +134,87 @@ class Registry:
             assert response.status == 201, response.status
         return digest
 
-    def push_manifest(self, repo: str, tag: str, config: bytes, layers: list[bytes]) -> bytes:
-        """Push an OCI image manifest (blobs first); returns the manifest bytes."""
-        config_digest = self.push_blob(repo, config)
+    def push_manifest(
+        self,
+        repo: str,
+        tag: str | None,
+        config: bytes,
+        layers: list[bytes],
+        *,
+        docker: bool = False,
+        annotations: list[dict[str, str] | None] | None = None,
+    ) -> bytes:
+        """Push an image manifest (blobs first) under `tag`, or by digest alone for None;
+        OCI media types, or Docker's with `docker`. Returns the manifest bytes."""
+        kinds = _DOCKER if docker else _OCI
+        described = []
+        for i, layer in enumerate(layers):
+            entry: dict[str, object] = {
+                "mediaType": kinds["layer"],
+                "digest": self.push_blob(repo, layer),
+                "size": len(layer),
+            }
+            if annotations and annotations[i]:
+                entry["annotations"] = annotations[i]
+            described.append(entry)
         manifest = {
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": kinds["manifest"],
             "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
+                "mediaType": kinds["config"],
+                "digest": self.push_blob(repo, config),
                 "size": len(config),
             },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": self.push_blob(repo, layer),
-                    "size": len(layer),
-                }
-                for layer in layers
-            ],
+            "layers": described,
         }
         body = json.dumps(manifest).encode()
-        headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
-        with _open(self, "PUT", f"/v2/{repo}/manifests/{tag}", body, headers) as response:
-            assert response.status == 201, response.status
+        self._put_manifest(repo, tag, body, kinds["manifest"])
         return body
+
+    def push_index(
+        self, repo: str, tag: str, manifests: dict[str, bytes], *, docker: bool = False
+    ) -> bytes:
+        """Push an index (Docker: a manifest list) of already pushed manifests, keyed by
+        platform `os/arch[/variant]`. Returns the index bytes."""
+        kinds = _DOCKER if docker else _OCI
+        entries = []
+        for platform, manifest in manifests.items():
+            os_name, arch, *variant = platform.split("/")
+            described = {"os": os_name, "architecture": arch}
+            if variant:
+                described["variant"] = variant[0]
+            entries.append(
+                {
+                    "mediaType": kinds["manifest"],
+                    "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                    "size": len(manifest),
+                    "platform": described,
+                }
+            )
+        index = {"schemaVersion": 2, "mediaType": kinds["index"], "manifests": entries}
+        body = json.dumps(index).encode()
+        self._put_manifest(repo, tag, body, kinds["index"])
+        return body
+
+    def _put_manifest(self, repo: str, tag: str | None, body: bytes, media_type: str) -> None:
+        reference = tag or "sha256:" + hashlib.sha256(body).hexdigest()
+        headers = {"Content-Type": media_type}
+        with _open(self, "PUT", f"/v2/{repo}/manifests/{reference}", body, headers) as response:
+            assert response.status == 201, response.status
+
+
+_OCI = {
+    "index": "application/vnd.oci.image.index.v1+json",
+    "manifest": "application/vnd.oci.image.manifest.v1+json",
+    "config": "application/vnd.oci.image.config.v1+json",
+    "layer": "application/vnd.oci.image.layer.v1.tar",
+}
+_DOCKER = {
+    "index": "application/vnd.docker.distribution.manifest.list.v2+json",
+    "manifest": "application/vnd.docker.distribution.manifest.v2+json",
+    "config": "application/vnd.docker.container.image.v1+json",
+    "layer": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+}
 
 
 def _open(
@@ -168,6 +230,9 @@ def _open(
         request.add_header("Content-Type", "application/octet-stream")
     if registry.auth_header:
         request.add_header("Authorization", registry.auth_header)
+    repo = re.match(r"/v2/(.+?)/(?:blobs|manifests)/", urllib.parse.urlparse(url).path)
+    if registry.tokens is not None and repo is not None:
+        request.add_header("Authorization", registry.tokens.header_for(repo.group(1)))
     context = None
     if registry.tls is not None:
         import ssl

@@ -25,6 +25,15 @@ FORBIDDEN = {
     "dfagent.storage": ("dfagent.origin", "dfagent.engine", "dfagent.proxy", "dfagent.agent"),
     "dfagent.origin": ("dfagent.storage", "dfagent.engine", "dfagent.proxy", "dfagent.agent"),
     "dfagent.engine": ("dfagent.proxy", "dfagent.agent", "dfagent.admin"),
+    "dfagent.registry": (
+        "dfagent.storage",
+        "dfagent.engine",
+        "dfagent.swarm",
+        "dfagent.proxy",
+        "dfagent.preheat",
+        "dfagent.agent",
+    ),
+    "dfagent.preheat": ("dfagent.proxy", "dfagent.agent", "dfagent.admin", "dfagent.tools"),
 }
 
 

@@ -1,0 +1,52 @@
+"""How the command line shows things to people."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["describe_status", "human_size"]
+
+
+def human_size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def describe_status(status: dict[str, Any]) -> str:
+    agent = status["agent"]
+    lines = [
+        f"agent    running, pid {agent['pid']}, proxy {agent['proxy']}"
+        if agent
+        else "agent    not running",
+        f"storage  {status['dir']}",
+        f"usage    {human_size(status['stored'])} of {human_size(status['quota'])} quota "
+        f"({status['usage']:.1%}), {status['pieces']} pieces",
+        f"blobs    {status['blobs']} ({status['verified_blobs']} verified, "
+        f"{status['partial_blobs']} partial)",
+    ]
+    for title, key in (("largest", "largest"), ("recently read", "recent")):
+        if status[key]:
+            lines.append(f"{title}:")
+        for blob in status[key]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(blob["last_access"]))
+            state = (
+                "verified"
+                if blob["verified"]
+                else f"{blob['stored'] * 100 // max(blob['size'], 1)}%"
+            )
+            stored, size = human_size(blob["stored"]), human_size(blob["size"])
+            lines.append(
+                f"  {blob['digest'][:19]}…  {stored:>10} of {size:>10}  {state:>8}  read {when}"
+            )
+    if status["preheat"]:
+        lines.append("preheat jobs:")
+    for job in status["preheat"]:
+        done = f"{human_size(job['cached_bytes'])} of {human_size(job['bytes'])}"
+        lines.append(f"  {job['id']}  {job['state']:>10}  {done}  {job['image']}")
+        if job["error"]:
+            lines.append(f"    {job['error']}")
+    return "\n".join(lines)

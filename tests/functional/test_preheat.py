@@ -1,0 +1,248 @@
+"""Preheat: every blob of an image reaches every agent's cache before anyone reads it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import PASSWORD, TOKEN, USER
+from tests.support.agent import AgentProcess
+from tests.support.client import send
+from tests.support.counting import CountingOrigin
+from tests.support.metrics import metric, wait_for
+from tests.support.registry import Registry
+
+Blobs = dict[str, bytes]  # digest -> bytes
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_two_platform_image(registry: Registry, repo: str, *, docker: bool = False) -> dict:
+    """An index with linux/amd64 and linux/arm64/v8 images sharing one layer; the blobs
+    (config and layers) of each platform."""
+    shared = os.urandom(300_000)
+    images = {
+        "linux/amd64": (b'{"architecture":"amd64","os":"linux"}', [os.urandom(700_000), shared]),
+        "linux/arm64/v8": (b'{"architecture":"arm64","os":"linux"}', [os.urandom(500_000), shared]),
+    }
+    manifests, blobs = {}, {}
+    for platform, (config, layers) in images.items():
+        manifests[platform] = registry.push_manifest(repo, None, config, layers, docker=docker)
+        blobs[platform] = {digest_of(b): b for b in (config, *layers)}
+    registry.push_index(repo, "v1", manifests, docker=docker)
+    return blobs
+
+
+def read_locally(
+    agent: AgentProcess,
+    origin: CountingOrigin | Registry,
+    repo: str,
+    blobs: Blobs,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Every blob reads back byte for byte from the agent's cache (not from the origin)."""
+    served = metric(agent, 'dfagent_served_bytes_total{source="local"}')
+    for digest, data in blobs.items():
+        before = len(origin.blob_gets(digest)) if isinstance(origin, CountingOrigin) else 0
+        reply = send(agent.proxy_port, f"{origin.url}/v2/{repo}/blobs/{digest}", headers)
+        assert reply.status == 200
+        assert reply.body == data
+        if isinstance(origin, CountingOrigin):
+            assert len(origin.blob_gets(digest)) == before, "served from the cache"
+    assert metric(agent, 'dfagent_served_bytes_total{source="local"}') == served + sum(
+        len(b) for b in blobs.values()
+    )
+
+
+def cached(agent: AgentProcess) -> set[str]:
+    status = agent.cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    return {b["digest"] for b in json.loads(status.stdout)["largest"] if b["verified"]}
+
+
+def preheat(agent: AgentProcess, image: str, *args: str, **kwargs) -> dict:
+    done = agent.cli("preheat", image, "--plain-http", "--json", *args, **kwargs)
+    job = json.loads(done.stdout) if done.stdout.startswith("{") else None
+    return {"exit": done.returncode, "job": job, "stderr": done.stderr}
+
+
+def test_preheat_one_platform_then_all_fills_every_agent(swarm, origin, registry):
+    blobs = push_two_platform_image(registry, "test/multi")
+    agents = swarm(3)
+    image = f"{origin.host}/test/multi:v1"
+
+    first = preheat(agents[0], image, "--platform", "linux/arm64")
+    assert first["exit"] == 0, first
+    job = first["job"]
+    assert job["state"] == "succeeded"
+    assert [m["platform"] for m in job["manifests"]] == ["linux/arm64/v8"]
+    assert {b["digest"] for b in job["blobs"]} == set(blobs["linux/arm64/v8"])
+    for blob in job["blobs"]:
+        assert blob["state"] == "cached"
+        assert sorted(blob["peers"]) == sorted(f"127.0.0.1:{a.peer_port}" for a in agents[1:])
+        assert set(blob["peers"].values()) == {"done"}
+    amd_only = set(blobs["linux/amd64"]) - set(blobs["linux/arm64/v8"])
+    for agent in agents:
+        wait_for(lambda a=agent: set(blobs["linux/arm64/v8"]) <= cached(a), "verified copies")
+        assert not cached(agent) & amd_only
+    for digest, data in blobs["linux/arm64/v8"].items():  # one origin read for the swarm
+        assert origin.blob_bytes(digest, len(data)) == len(data)
+
+    every = preheat(agents[1], image, "--all-platforms")
+    assert every["exit"] == 0, every
+    assert len(every["job"]["manifests"]) == 2
+    everything = blobs["linux/amd64"] | blobs["linux/arm64/v8"]
+    for agent in agents:
+        wait_for(lambda a=agent: set(everything) <= cached(a), "verified copies")
+        read_locally(agent, origin, "test/multi", everything)
+    for digest, data in everything.items():  # what the first preheat got stayed got
+        assert origin.blob_bytes(digest, len(data)) == len(data)
+
+
+def test_preheat_docker_media_types_and_a_plain_manifest(agent, origin, registry):
+    blobs = push_two_platform_image(registry, "test/docker", docker=True)
+    done = preheat(agent, f"{origin.host}/test/docker:v1", "--platform", "linux/amd64")
+    assert done["exit"] == 0, done
+    assert done["job"]["manifests"][0]["media_type"].startswith("application/vnd.docker.")
+    read_locally(agent, origin, "test/docker", blobs["linux/amd64"])
+
+    config, layer = b'{"os":"linux"}', os.urandom(200_000)
+    registry.push_manifest("test/single", "latest", config, [layer])
+    done = preheat(agent, f"{origin.host}/test/single")  # no tag: latest; no index
+    assert done["exit"] == 0, done
+    read_locally(agent, origin, "test/single", {digest_of(config): config, digest_of(layer): layer})
+
+
+def test_preheat_of_a_private_image_needs_credentials(agent_factory, auth_registry, tmp_path):
+    config, layer = b'{"os":"linux"}', os.urandom(250_000)
+    auth_registry.push_manifest("test/private", "v1", config, [layer])
+    agent = agent_factory()
+    image = f"{auth_registry.host}/test/private:v1"
+
+    refused = preheat(agent, image)
+    assert refused["exit"] == 1
+    assert refused["job"]["state"] == "failed"
+    assert "401 (credentials missing or refused)" in refused["job"]["error"]
+    assert metric(agent, 'dfagent_preheat_jobs_total{outcome="failed"}') == 1
+
+    with_flags = preheat(agent, image, "--username", USER, "--password-stdin", stdin=PASSWORD)
+    assert with_flags["exit"] == 0, with_flags
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(
+        json.dumps(
+            {"auths": {f"http://{auth_registry.host}": {"username": USER, "password": PASSWORD}}}
+        )
+    )
+    from_config = preheat(agent, image, env={"DOCKER_CONFIG": str(docker_config)})
+    assert from_config["exit"] == 0, from_config
+    assert cached(agent) >= {digest_of(config), digest_of(layer)}
+
+
+def test_preheat_through_the_bearer_token_flow(agent, token_registry):
+    config, layer = b'{"os":"linux"}', os.urandom(250_000)
+    token_registry.push_manifest("test/bearer", "v1", config, [layer])
+    image = f"{token_registry.host}/test/bearer:v1"
+
+    anonymous = preheat(agent, image)
+    assert anonymous["exit"] == 1
+    assert "401" in anonymous["job"]["error"]
+    done = preheat(agent, image, "--username", USER, "--password-stdin", stdin=PASSWORD)
+    assert done["exit"] == 0, done
+    assert "repository:test/bearer:pull" in token_registry.tokens.issued
+    token = token_registry.tokens.token(USER, ["repository:test/bearer:pull"])
+    blobs = {digest_of(config): config, digest_of(layer): layer}
+    read_locally(agent, token_registry, "test/bearer", blobs, {"Authorization": f"Bearer {token}"})
+
+
+def test_preheat_api_on_the_health_port(agent, origin, registry):
+    config, layer = b'{"os":"linux"}', os.urandom(100_000)
+    registry.push_manifest("test/api", "v2", config, [layer])
+    url = f"{agent.health_url}/api/v1/preheat"
+
+    def call(method: str, target: str, body: object = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(target, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    status, job = call(
+        "POST",
+        url,
+        {"image": f"{origin.host}/test/api:v2", "plain_http": True, "platform": "linux/amd64"},
+    )
+    assert status == 202
+    wait_for(lambda: call("GET", f"{url}/{job['id']}")[1]["state"] == "succeeded", "the job")
+    assert call("GET", url)[1]["jobs"][0]["id"] == job["id"]
+    read_locally(agent, origin, "test/api", {digest_of(config): config, digest_of(layer): layer})
+    human = agent.cli("status")
+    assert f"{job['id']}   succeeded" in human.stdout
+
+    for body, field in (
+        ({}, "image"),
+        ({"image": "UPPER/case"}, "image"),
+        ({"image": "r.example/a", "platform": "linux"}, "platform"),
+        ({"image": "r.example/a", "platform": "linux/amd64", "all_platforms": True}, "platform"),
+        ({"image": "r.example/a", "username": "only-me"}, "username"),
+        ({"image": "r.example/a", "surprise": 1}, "surprise"),
+    ):
+        status, answer = call("POST", url, body)
+        assert status == 400, body
+        assert field in answer["error"]
+    assert call("GET", f"{url}/no-such-job")[0] == 404
+    assert call("DELETE", url)[0] == 405
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [("Not/A/Reference", "lower-case"), ("r.example/app@sha256:12", "sha256")],
+)
+def test_preheat_rejects_a_bad_reference_before_asking_the_agent(agent, image, message):
+    done = agent.cli("preheat", image)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_preheat_without_an_agent_says_so(agent):
+    agent.stop()
+    done = agent.cli("preheat", "r.example/app:1")
+    assert done.returncode == 1
+    assert "no agent runs on" in done.stderr
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks a source
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_preheat_api_over_the_network_needs_the_cluster_token(swarm):
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    (agent,) = swarm(1, health={"listen": "0.0.0.0:0"})
+    url = f"http://{address}:{agent.health_port}/api/v1/preheat"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    assert "cluster token" in json.loads(refused.value.read())["error"]
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read()) == {"jobs": []}
+    with urllib.request.urlopen(f"http://{address}:{agent.health_port}/healthy") as health:
+        assert health.status == 200, "the probes stay open to all"
