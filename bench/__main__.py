@@ -1,64 +1,163 @@
-"""`python -m bench SCENARIO [--smoke]`: run a benchmark and print its table."""
+"""`python3 -m bench SCENARIO [--smoke] [knobs]`: run benchmarks, print each table, then a
+summary of every figure beside its target; write the report (markdown and PNG plots).
+
+`all` runs every scenario; `resources` runs the two whose agents it measures (cache-hit and
+swarm). The report goes to bench/results/<date>.md for `all` and <date>-<scenario>.md for
+one scenario; `--smoke` (tiny sizes, only checks that the harness works) writes it under
+bench/work/results instead, so that it never replaces a real one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from bench import cache_hit, cold, nydus, storage, swarm
+from bench import cache_hit, cold, lazy, nydus, report, resources, storage, swarm
 
-WORK = Path(__file__).parent / "work"
+HERE = Path(__file__).parent
+WORK = HERE / "work"
 MIB = 1024 * 1024
 
+# What a scenario hands back: its section of the report, and what its agents cost.
+Ran = tuple[report.Section, list[resources.Resources]]
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument(
-        "scenario", choices=("cache-hit", "cold", "storage", "nydus", "swarm", "all")
+
+def _cache_hit(args: argparse.Namespace) -> Ran:
+    if args.smoke:
+        result = cache_hit.run(
+            WORK / "cache-hit", size=16 * MIB, seconds=1, connections=(4,), loops=("asyncio",)
+        )
+    else:
+        result = cache_hit.run(WORK / "cache-hit", seconds=args.seconds)
+    return cache_hit.section(result), result.resources
+
+
+def _cold(args: argparse.Namespace) -> Ran:
+    series = cold.run(WORK / "cold", samples=4 if args.smoke else args.samples)
+    return cold.section(series), []
+
+
+def _storage(args: argparse.Namespace) -> Ran:
+    results = {
+        "restart": storage.restart(WORK / "restart", pieces=2_000 if args.smoke else 100_000),
+        "stream": storage.stream_and_verify(
+            WORK / "stream", size=64 * MIB if args.smoke else 2048 * MIB
+        ),
+        "verify_reads": storage.verify_reads_cost(
+            WORK / "verify-reads", seconds=1 if args.smoke else args.seconds
+        ),
+    }
+    return storage.section(results), []
+
+
+def _nydus(args: argparse.Namespace) -> Ran:
+    summary = nydus.run(WORK / "nydus", bulk=2 if args.smoke else 48, rounds=1 if args.smoke else 3)
+    return nydus.section(summary), []
+
+
+def _swarm(args: argparse.Namespace) -> Ran:
+    fill = swarm.run(
+        WORK / "swarm",
+        nodes=args.nodes,
+        size=(16 if args.smoke else args.blob_mib) * MIB,
+        node_mbit=args.link_mbit,
     )
+    return swarm.section(fill), [fill.resources]
+
+
+def _lazy(args: argparse.Namespace) -> Ran:
+    result = lazy.run(
+        WORK / "lazy",
+        nodes=3 if args.smoke else args.nodes,
+        size=(32 if args.smoke else args.blob_mib) * MIB,
+        node_mbit=args.link_mbit,
+        coverage=0.2 if args.smoke else args.coverage,
+        readers=2 if args.smoke else args.readers,
+    )
+    return lazy.section(result), []
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
+    "cache-hit": _cache_hit,
+    "cold": _cold,
+    "storage": _storage,
+    "nydus": _nydus,
+    "swarm": _swarm,
+    "lazy": _lazy,
+}
+GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenario", choices=(*SCENARIOS, *GROUPS))
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny run that only checks the harness"
     )
-    parser.add_argument("--seconds", type=float, default=10, help="wrk duration per cell")
+    parser.add_argument(
+        "--seconds", type=float, default=10, help="wrk duration per cell (cache-hit, storage)"
+    )
+    parser.add_argument("--samples", type=int, default=64, help="cold reads per path (cold)")
+    parser.add_argument("--nodes", type=int, default=4, help="nodes (swarm, lazy)")
+    parser.add_argument("--blob-mib", type=int, default=512, help="blob size (swarm, lazy)")
+    parser.add_argument(
+        "--link-mbit", type=int, default=200, help="every link's cap, both ways (swarm, lazy)"
+    )
+    parser.add_argument(
+        "--coverage", type=float, default=0.15, help="share of the blob the trace reads (lazy)"
+    )
+    parser.add_argument("--readers", type=int, default=4, help="readers per node (lazy)")
+    parser.add_argument(
+        "--out", type=Path, help="where the report goes (default: bench/results, see above)"
+    )
     args = parser.parse_args()
-    if args.scenario in ("cache-hit", "all"):
-        if args.smoke:
-            rows = cache_hit.run(
-                WORK / "cache-hit", size=16 * MIB, seconds=1, connections=(4,), loops=("asyncio",)
-            )
-        else:
-            rows = cache_hit.run(WORK / "cache-hit", seconds=args.seconds)
-        print("## Cache hit: random ranges, dfagent against nginx\n")
-        print(cache_hit.report(rows), "\n")
-    if args.scenario in ("cold", "all"):
-        samples = 4 if args.smoke else 64
-        print(
-            "## Cold path: ranges never read before, through dfagent against straight to the registry\n"
-        )
-        print(cold.report(cold.run(WORK / "cold", samples=samples)), "\n")
-    if args.scenario in ("storage", "all"):
-        results = {
-            "restart": storage.restart(WORK / "restart", pieces=2_000 if args.smoke else 100_000),
-            "stream": storage.stream_and_verify(
-                WORK / "stream", size=64 * MIB if args.smoke else 2048 * MIB
-            ),
-            "verify_reads": storage.verify_reads_cost(
-                WORK / "verify-reads", seconds=1 if args.smoke else args.seconds
-            ),
-        }
-        print("## Storage: restart, streaming memory, verification\n")
-        print(storage.report(results), "\n")
-    if args.scenario in ("nydus", "all"):
-        summary = nydus.run(
-            WORK / "nydus", bulk=2 if args.smoke else 48, rounds=1 if args.smoke else 3
-        )
-        print("## nydusd: mount and cold read of a whole image, direct against through dfagent\n")
-        print(nydus.report(summary), "\n")
-    if args.scenario in ("swarm", "all"):
-        result = swarm.run(WORK / "swarm", size=(16 if args.smoke else 512) * MIB)
-        print("## Swarm fill: every node reads one blob at once, capped links\n")
-        print(swarm.report(result), "\n")
+    if args.nodes < 2:
+        parser.error("--nodes: a swarm needs at least 2")
+    return args
+
+
+def _show(section: report.Section) -> None:
+    print(f"## {section.title}\n\n{section.table}\n", flush=True)
+
+
+def main() -> int:
+    args = _arguments()
+    run = report.Run.begin(shlex.join(["python3", "-m", "bench", *sys.argv[1:]]))
+    sections: list[report.Section] = []
+    measured: list[resources.Resources] = []
+    failures = 0
+    for name in GROUPS.get(args.scenario, (args.scenario,)):
+        started = time.monotonic()
+        try:
+            section, usage = SCENARIOS[name](args)
+        except Exception as error:
+            traceback.print_exc()
+            failures += 1
+            section, usage = report.failed(name, error), []
+        sections.append(dataclasses.replace(section, seconds=time.monotonic() - started))
+        measured += usage
+        _show(section)
+    if measured:
+        sections.append(resources.section(measured))
+        _show(sections[-1])
+    directory = args.out or (WORK / "results" if args.smoke else HERE / "results")
+    stem = run.started.date().isoformat()
+    if args.scenario != "all":
+        stem += f"-{args.scenario}"
+    path = report.write(run, sections, directory, stem)
+    print(f"## Summary\n\n{report.summary(sections)}\n\nReport: {path}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

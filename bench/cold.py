@@ -8,12 +8,13 @@ import contextlib
 import http.client
 import os
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import harness
+from bench.harness import percentile as _pct
+from bench.report import Bars, Check, Section, at_most
 
 MIB = 1024 * 1024
 
@@ -93,14 +94,6 @@ def run(
     return [series for series, _, _ in readers]
 
 
-def _pct(values: list[float], q: float) -> float:
-    return (
-        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-        if len(values) > 1
-        else values[0]
-    )
-
-
 def report(series: list[Series]) -> str:
     base = series[0]
     lines = [
@@ -117,3 +110,49 @@ def report(series: list[Series]) -> str:
             f"{s.origin_bytes / s.asked_bytes:.2f} |"
         )
     return "\n".join(lines)
+
+
+def section(series: list[Series]) -> Section:
+    base = series[0]
+    checks: list[Check] = []
+    for s in series[1:]:
+        checks += [
+            at_most(
+                f"{s.name}: TTFB p50 vs direct",
+                _pct(s.ttfb_ms, 50) - _pct(base.ttfb_ms, 50),
+                2.0,
+                "{:+.2f} ms",
+            ),
+            at_most(
+                f"{s.name}: total p50 vs direct",
+                _pct(s.total_ms, 50) / _pct(base.total_ms, 50),
+                1.1,
+            ),
+        ]
+    groups = ("TTFB p50", "TTFB p99", "total p50", "total p99")
+    return Section(
+        scenario="cold",
+        title=(
+            f"Cold path: {len(base.total_ms)} random 1 MiB reads never made before, through "
+            "dfagent against straight to the registry"
+        ),
+        table=report(series),
+        checks=checks,
+        plots=(
+            Bars(
+                "cold",
+                "Cold path: 1 MiB reads of bytes nobody read before",
+                "ms",
+                groups,
+                {
+                    s.name: [
+                        _pct(s.ttfb_ms, 50),
+                        _pct(s.ttfb_ms, 99),
+                        _pct(s.total_ms, 50),
+                        _pct(s.total_ms, 99),
+                    ]
+                    for s in series
+                },
+            ),
+        ),
+    )

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -138,13 +139,29 @@ def wrk(
     return WrkResult(float(rate.group(1)), latency("50%"), latency("99%"), errors)
 
 
-def metric(metrics_url: str, name: str) -> float:
-    """One unlabelled sample from an agent's /metrics page (0 when absent)."""
+def metric(metrics_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` on an agent's /metrics page whose labels include
+    `labels` (0 when there are none)."""
     with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-    return 0.0
+        page = response.read().decode()
+    total = 0.0
+    for line in page.splitlines():
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, label_text = sample.partition("{")
+        if sample_name != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if all(found.get(key) == wanted for key, wanted in labels.items()):
+            total += float(value)
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+        if len(values) > 1
+        else values[0]
+    )
 
 
 def clean(path: Path) -> Path:

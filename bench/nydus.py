@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from bench import harness
+from bench.report import Section
 from tests.support.agent import AgentProcess
 from tests.support.nydus import Mount, build_image, compare_trees, make_tree, nydusd_config
 from tests.support.ports import free_port
@@ -93,3 +94,11 @@ def report(summary: dict[str, dict[str, float]]) -> str:
             f"{values['cold_read_s'] / base['cold_read_s']:.2f}x |"
         )
     return "\n".join(lines) + f"\n\nTree: {base['tree_mb']:.1f} MB of files."
+
+
+def section(summary: dict[str, dict[str, float]]) -> Section:
+    return Section(
+        scenario="nydus",
+        title="nydusd: mount and cold read of a whole image, direct against through dfagent",
+        table=report(summary),
+    )

@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from bench import harness
+from bench.report import Section
+from bench.resources import status_kib
 from tests.support.agent import AgentProcess
 from tests.support.cache import synthetic_cache
 
@@ -63,13 +65,6 @@ def restart(work: Path, pieces: int = 100_000) -> dict[str, float]:
     return {"pieces": pieces, "ready_empty_s": empty, "ready_full_s": full}
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
-
-
 def stream_and_verify(work: Path, size: int = 2 * 1024 * MIB) -> dict[str, float]:
     """Stream a blob cold through dfagent (peak RSS), then time `dfagent verify` over it."""
     harness.clean(work)
@@ -80,7 +75,7 @@ def stream_and_verify(work: Path, size: int = 2 * 1024 * MIB) -> dict[str, float
         del data
         agent = stack.enter_context(harness.agent(work, "agent", storage={"quota": "8GiB"}))
         assert agent.process is not None
-        rss_before = _vm_hwm_kib(agent.process.pid)
+        rss_before = status_kib(agent.process.pid, "VmHWM")
         connection = http.client.HTTPConnection("127.0.0.1", agent.proxy_port, timeout=600)
         started = time.monotonic()
         connection.request("GET", f"{registry.url}/v2/bench/big/blobs/{digest}")
@@ -90,7 +85,7 @@ def stream_and_verify(work: Path, size: int = 2 * 1024 * MIB) -> dict[str, float
             hasher.update(chunk)
         elapsed = time.monotonic() - started
         assert f"sha256:{hasher.hexdigest()}" == digest, "streamed bytes differ"
-        rss_peak = _vm_hwm_kib(agent.process.pid)
+        rss_peak = status_kib(agent.process.pid, "VmHWM")
         deadline = time.monotonic() + 120
         metrics = ""
         while (
@@ -148,3 +143,11 @@ def report(results: dict[str, dict[str, float]]) -> str:
         for key, value in values.items():
             lines.append(f"| {section}: {key} | {value:,.2f} |")
     return "\n".join(lines)
+
+
+def section(results: dict[str, dict[str, float]]) -> Section:
+    return Section(
+        scenario="storage",
+        title="Storage: restart, streaming memory, verification",
+        table=report(results),
+    )

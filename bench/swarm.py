@@ -7,81 +7,16 @@ the blob: the bound a perfect swarm approaches whatever N is. Needs root (ip net
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import harness
-from tests.support.agent import AgentProcess
-from tests.support.registry import Registry
+from bench import cluster, harness, resources
+from bench.report import Bars, Section, at_most
 
 MIB = 1024 * 1024
-NET = "10.77.0"
-BRIDGE = "dfb-br"
-PEER_PORT = 4000
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True)
-
-
-def _netns(name: str, *args: str) -> None:
-    subprocess.run(["ip", "netns", "exec", name, *args], check=True)
-
-
-@dataclass(frozen=True)
-class Host:
-    name: str
-    address: str
-
-    @property
-    def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
-
-
-@contextlib.contextmanager
-def topology(nodes: int, node_mbit: int, origin_mbit: int) -> Iterator[tuple[Host, list[Host]]]:
-    """A bridge with the origin and `nodes` hosts, each in its own namespace behind a veth
-    whose both directions are capped. The bench process (root namespace) sits on the bridge
-    uncapped, to set things up."""
-    hosts = [Host("dfb-o", f"{NET}.1")] + [
-        Host(f"dfb-n{i}", f"{NET}.{10 + i}") for i in range(nodes)
-    ]
-    with contextlib.suppress(subprocess.CalledProcessError):
-        _teardown(hosts)
-    try:
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{NET}.254/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
-        for host, mbit in zip(hosts, [origin_mbit] + [node_mbit] * nodes, strict=True):
-            outside, inside = f"{host.name}-v", f"{host.name}-p"
-            _ip("netns", "add", host.name)
-            _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
-            _ip("link", "set", inside, "netns", host.name)
-            _ip("link", "set", outside, "master", BRIDGE, "up")
-            _netns(host.name, "ip", "addr", "add", f"{host.address}/24", "dev", inside)
-            _netns(host.name, "ip", "link", "set", inside, "up")
-            _netns(host.name, "ip", "link", "set", "lo", "up")
-            cap = ["tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "100ms"]
-            _netns(host.name, "tc", "qdisc", "add", "dev", inside, "root", *cap)  # sending
-            subprocess.run(
-                ["tc", "qdisc", "add", "dev", outside, "root", *cap], check=True
-            )  # receiving
-        yield hosts[0], hosts[1:]
-    finally:
-        _teardown(hosts)
-
-
-def _teardown(hosts: list[Host]) -> None:
-    for host in hosts:
-        subprocess.run(["ip", "netns", "del", host.name], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-
 
 _READER = """
 import hashlib, http.client, sys, time
@@ -98,69 +33,54 @@ print(time.monotonic() - started)
 """
 
 
-def _read_all_at_once(readers: list[tuple[Host, str, int, str]], digest: str) -> list[float]:
-    processes = [
-        subprocess.Popen(
-            [*host.prefix, sys.executable, "-c", _READER, address, str(port), target, digest],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for host, address, port, target in readers
-    ]
-    times = []
-    for process in processes:
-        out, _ = process.communicate(timeout=1800)
-        assert process.returncode == 0, "a reader failed"
-        times.append(float(out.strip()))
-    return times
+def _read_all_at_once(
+    readers: list[tuple[cluster.Host, str, int, str]], digest: str
+) -> list[float]:
+    outputs = cluster.run_at_once(
+        [
+            (host, [sys.executable, "-c", _READER, address, str(port), target, digest])
+            for host, address, port, target in readers
+        ]
+    )
+    return [float(out.strip()) for out in outputs]
 
 
-def run(
-    work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class Fill:
+    figures: dict[str, float]
+    resources: resources.Resources
+
+
+def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200) -> Fill:
     harness.clean(work)
     data = os.urandom(size)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     bound = size / (node_mbit * 1e6 / 8)  # S / B, seconds
-    with contextlib.ExitStack() as stack:
-        origin, hosts = stack.enter_context(topology(nodes, node_mbit, node_mbit))
-        registry = Registry(
-            work / "registry", address=origin.address, port=5000, command_prefix=origin.prefix
-        )
-        registry.start()
-        stack.callback(registry.stop)
-        assert registry.push_blob("bench/swarm", data) == digest
+    with cluster.network(work, nodes, node_mbit) as net:
+        assert net.registry.push_blob("bench/swarm", data) == digest
         del data
         path = f"/v2/bench/swarm/blobs/{digest}"
 
-        direct = _read_all_at_once([(h, origin.address, 5000, path) for h in hosts], digest)
-
-        token = work / "token"
-        token.write_text("bench-swarm-token-0123456789abcdef")
-        members = [f"{h.address}:{PEER_PORT}" for h in hosts]
-        agents = []
-        for host, member in zip(hosts, members, strict=True):
-            agent = AgentProcess(
-                work / host.name,
-                {
-                    "log": {"level": "info"},
-                    "proxy": {"listen": "127.0.0.1:4001"},
-                    "health": {"listen": f"{host.address}:4003"},
-                    "metrics": {"listen": f"{host.address}:4002"},
-                    "storage": {"quota": "8GiB"},
-                    "peer": {"listen": member, "token_file": str(token)},
-                    "swarm": {"peers": members, "advertise": member},
-                },
-                command_prefix=host.prefix,
-            ).start()
-            stack.callback(agent.kill)
-            agents.append(agent)
-        target = f"http://{origin.address}:5000{path}"
-        through = _read_all_at_once([(h, "127.0.0.1", 4001, target) for h in hosts], digest)
-        origin_bytes = sum(
-            harness.metric(f"http://{h.address}:4002", "dfagent_origin_bytes_total") for h in hosts
+        direct = _read_all_at_once(
+            [(h, net.origin.address, cluster.REGISTRY_PORT, path) for h in net.hosts], digest
         )
-    return {
+
+        with cluster.agents(work, net.hosts) as agents:
+            meter = resources.Meter(
+                "swarm fill", [resources.watched(a.agent, a.metrics_url) for a in agents]
+            )
+            through = _read_all_at_once(
+                [
+                    (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
+                    for h in net.hosts
+                ],
+                digest,
+            )
+            usage = meter.read()
+            origin_bytes = sum(
+                harness.metric(a.metrics_url, "dfagent_origin_bytes_total") for a in agents
+            )
+    figures = {
         "nodes": nodes,
         "blob_mib": size / MIB,
         "link_mbit": node_mbit,
@@ -172,10 +92,41 @@ def run(
         "swarm_fill_vs_bound": max(through) / bound,
         "swarm_origin_bytes_vs_blob": origin_bytes / size,
     }
+    return Fill(figures, usage)
 
 
 def report(result: dict[str, float]) -> str:
     return "\n".join(
         ["| measure | value |", "|---|---|"]
         + [f"| {key} | {value:,.2f} |" for key, value in result.items()]
+    )
+
+
+def section(fill: Fill) -> Section:
+    f = fill.figures
+    return Section(
+        scenario="swarm",
+        title=(
+            f"Swarm fill: {f['nodes']:.0f} nodes in network namespaces, every link capped at "
+            f"{f['link_mbit']:.0f} Mbit/s both ways, one {f['blob_mib']:.0f} MiB blob read by "
+            "all nodes at once"
+        ),
+        table=report(f),
+        checks=[
+            at_most("origin bytes / S", f["swarm_origin_bytes_vs_blob"], 1.05, "{:.2f}"),
+            at_most("fill time / (S/B)", f["swarm_fill_vs_bound"], 1.3, "{:.2f}"),
+        ],
+        plots=(
+            Bars(
+                "swarm-fill",
+                "Swarm fill: time until every node has the blob",
+                "seconds",
+                ("fill time",),
+                {
+                    "bound S/B": [f["bound_s"]],
+                    "every node to the registry": [f["direct_fill_s"]],
+                    "through dfagent": [f["swarm_fill_s"]],
+                },
+            ),
+        ),
     )
