@@ -3,6 +3,7 @@ downloads from holders. Only the cluster token goes to peers, never a client's c
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -117,8 +118,16 @@ class PeerClient:
     async def report(self, home: str, body: dict[str, Any]) -> None:
         await self._json("POST", home, "/v1/report", body)
 
-    async def piece(self, peer: str, digest_hex: str, index: int, length: int) -> bytes:
-        """The whole piece from `peer` (exactly `length` bytes), or PeerError."""
+    async def piece(
+        self,
+        peer: str,
+        digest_hex: str,
+        index: int,
+        length: int,
+        sending: asyncio.Event | None = None,
+    ) -> bytes:
+        """The whole piece from `peer` (exactly `length` bytes), or PeerError. `sending` is
+        set once the peer has agreed to send it."""
         assert self._session is not None
         url = f"{self._scheme}://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
         try:
@@ -128,6 +137,8 @@ class PeerClient:
                     raise PeerError(f"{peer} is busy", busy=True)
                 if response.status != 200:
                     raise PeerError(f"{peer} answered {response.status} for piece {index}")
+                if sending is not None:
+                    sending.set()
                 data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):

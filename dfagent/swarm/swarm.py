@@ -146,24 +146,30 @@ class Swarm:
 
     async def fetch(self, blob: StoredBlob, index: int, answer: Answer) -> bytes | None:
         """The piece from one of its holders, checked against the recorded sha256; None when
-        no holder delivers good bytes. A holder slower than the hedge delay gets company: the
-        next holder is asked too and the first good answer wins. Raises PeerError(busy=True)
-        when every holder was only busy (worth asking again shortly, not the origin)."""
+        no holder delivers good bytes. A holder that has not started sending within the hedge
+        delay gets company: the next holder is asked too and the first good answer wins. Once
+        a holder sends, no more are asked (on a capped link a second copy would only halve
+        both). Raises PeerError(busy=True) when every holder was only busy (worth asking
+        again shortly, not the origin)."""
         if answer.sha256 is None:
             return None  # nothing to check peer bytes against: never trust them unchecked
         start, end = piece_bounds(index, blob.size, blob.piece_size)
         waiting = list(answer.holders)
         running: dict[asyncio.Task[bytes | None], str] = {}
         busy = 0
+        sending = asyncio.Event()  # some holder has begun to send the piece
         try:
             while waiting or running:
-                if waiting:
+                if waiting and not (running and sending.is_set()):
                     holder = waiting.pop(0)
-                    attempt = self._checked(blob, index, holder, end - start, answer.sha256)
+                    attempt = self._checked(
+                        blob, index, holder, end - start, answer.sha256, sending=sending
+                    )
                     running[self._tasks.spawn(attempt, name="peer-piece")] = holder
+                hedge = waiting and not sending.is_set()
                 done, _ = await asyncio.wait(
                     running,
-                    timeout=self._hedge_after if waiting else None,
+                    timeout=self._hedge_after if hedge else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 for task in done:
@@ -183,11 +189,18 @@ class Swarm:
         return None
 
     async def _checked(
-        self, blob: StoredBlob, index: int, holder: str, length: int, sha256: bytes
+        self,
+        blob: StoredBlob,
+        index: int,
+        holder: str,
+        length: int,
+        sha256: bytes,
+        *,
+        sending: asyncio.Event,
     ) -> bytes | None:
         """The piece from `holder` if it matches `sha256`; None (and the holder reported) if not."""
         try:
-            data = await self._client.piece(holder, blob.digest.hex, index, length)
+            data = await self._client.piece(holder, blob.digest.hex, index, length, sending)
         except PeerError as exc:
             log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
             raise

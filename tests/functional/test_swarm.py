@@ -8,6 +8,7 @@ import re
 import signal
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -147,6 +148,29 @@ def test_a_peer_killed_mid_transfer(swarm, origin, registry):
     reader.join(60)
     assert done == [data]
     assert send(third.proxy_port, url(origin, digest)).body == data
+
+
+def test_a_frozen_holder_is_passed_over_by_hedging(swarm, origin, registry):
+    """A holder that accepts connections but never answers (SIGSTOP) costs a reader the hedge
+    delay, not a read timeout per piece; and no piece goes to the origin again."""
+    agents = swarm(3)
+    data = os.urandom(16 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    home = home_of([f"127.0.0.1:{a.peer_port}" for a in agents], digest[7:])
+    frozen, reader = (a for a in agents if f"127.0.0.1:{a.peer_port}" != home)
+    holder = next(a for a in agents if a not in (frozen, reader))
+    for first_reader in (frozen, holder):  # pieces are stored, then announced
+        assert send(first_reader.proxy_port, url(origin, digest)).body == data
+        wait_for(lambda a=first_reader: metric(a, "dfagent_cache_pieces") == 16, "stored")
+        time.sleep(0.2)
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert send(reader.proxy_port, url(origin, digest)).body == data
+        assert time.monotonic() - started < 8, "a read timeout per piece would take 32 s"
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+    assert origin.blob_bytes(digest, len(data)) == len(data)
 
 
 def test_the_swarm_survives_a_home_restart(swarm, origin, registry):
