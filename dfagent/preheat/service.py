@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from yarl import URL
@@ -188,7 +188,7 @@ class PreheatService:
         async with at_once:
             progress.state = "fetching"
             try:
-                await self._complete_here(BlobSource(url, descriptor.digest), registry, descriptor)
+                await self._complete_here(url, registry, descriptor)
             except DfagentError as exc:
                 progress.state, progress.error = "failed", explain(exc)
                 return
@@ -199,9 +199,10 @@ class PreheatService:
                 group.create_task(self._spread(progress, peer, str(url)))
 
     async def _complete_here(
-        self, where: BlobSource, registry: RegistryClient, descriptor: Descriptor
+        self, url: URL, registry: RegistryClient, descriptor: Descriptor
     ) -> None:
-        source = replace(where, authorization=await registry.blob_authorization())
+        authorization = await registry.blob_authorization()
+        source = BlobSource(url, descriptor.digest, authorization)
         blob = await self._engine.blob(source)
         if blob.size != descriptor.size:
             raise IntegrityError(
