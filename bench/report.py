@@ -94,6 +94,13 @@ def failed(scenario: str, error: BaseException) -> Section:
     )
 
 
+def number(value: float) -> str:
+    """A measured value for a table or a bar: whole numbers without decimals."""
+    if float(value).is_integer() or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A markdown table padded into columns, readable as plain text too."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -226,7 +233,7 @@ def _bars(axes: Axes, plot: Bars) -> None:
     for i, (label, values) in enumerate(plot.series.items()):
         positions = [g + (i - (len(plot.series) - 1) / 2) * width for g in range(len(values))]
         bars = axes.bar(positions, values, width, label=label)
-        axes.bar_label(bars, fmt="{:,.3g}", fontsize=7)
+        axes.bar_label(bars, fmt=number, fontsize=7)
     axes.set_xticks(range(len(plot.groups)), plot.groups)
     axes.set_ylabel(plot.ylabel)
     if plot.log:

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import harness
-from bench.report import Section
+from bench.report import Section, number
 from bench.resources import status_kib
 from tests.support.agent import AgentProcess
 from tests.support.cache import synthetic_cache
@@ -141,7 +141,7 @@ def report(results: dict[str, dict[str, float]]) -> str:
     lines = ["| measure | value |", "|---|---|"]
     for section, values in results.items():
         for key, value in values.items():
-            lines.append(f"| {section}: {key} | {value:,.2f} |")
+            lines.append(f"| {section}: {key} | {number(value)} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import cluster, harness, resources
-from bench.report import Bars, Section, at_most
+from bench.report import Bars, Section, at_most, number
 
 MIB = 1024 * 1024
 
@@ -98,7 +98,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
 def report(result: dict[str, float]) -> str:
     return "\n".join(
         ["| measure | value |", "|---|---|"]
-        + [f"| {key} | {value:,.2f} |" for key, value in result.items()]
+        + [f"| {key} | {number(value)} |" for key, value in result.items()]
     )
 
 
