@@ -77,9 +77,12 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
                 digest,
             )
             usage = meter.read()
-            origin_bytes = sum(
+            from_origin = [
                 harness.metric(a.metrics_url, "dfagent_origin_bytes_total") for a in agents
-            )
+            ]
+            uploaded = [
+                harness.metric(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents
+            ]
     figures = {
         "nodes": nodes,
         "blob_mib": size / MIB,
@@ -90,7 +93,12 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         "direct_origin_bytes_vs_blob": float(nodes),
         "swarm_fill_s": max(through),
         "swarm_fill_vs_bound": max(through) / bound,
-        "swarm_origin_bytes_vs_blob": origin_bytes / size,
+        "swarm_first_node_done_s": min(through),
+        "swarm_origin_bytes_vs_blob": sum(from_origin) / size,
+        # Where the bytes went: the node with most origin fetches, and peer uploads.
+        "swarm_top_node_origin_share": max(from_origin) / max(sum(from_origin), 1),
+        "swarm_uploaded_bytes_vs_blob": sum(uploaded) / size,
+        "swarm_top_node_upload_share": max(uploaded) / max(sum(uploaded), 1),
     }
     return Fill(figures, usage)
 
