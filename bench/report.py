@@ -152,11 +152,12 @@ class Run:
     command: str
     started: datetime.datetime
     load: str  # /proc/loadavg at the start: the machine is shared
+    commit: str  # taken at the start, before this run rewrites its own report
 
     @classmethod
     def begin(cls, command: str) -> Run:
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        return cls(command, datetime.datetime.now(), load)
+        return cls(command, datetime.datetime.now(), load, _commit())
 
 
 def _duration(seconds: float) -> str:
@@ -174,7 +175,7 @@ def markdown(run: Run, sections: Sequence[Section], stem: str) -> str:
         f"- command: `{run.command}`\n"
         f"- machine: {_machine()}\n"
         f"- load average at the start: {run.load}\n"
-        f"- commit: {_commit()}\n"
+        f"- commit: {run.commit}\n"
         f"- started {run.started:%H:%M:%S}, took {_duration(took)}",
         "Absolute times vary with the machine's load; the ratios within one run are the "
         "figures to read.",
