@@ -1,5 +1,11 @@
 """The home's book of the blobs it is home for: each piece's sha256 (recorded when the piece
-first left the origin), who holds it, and who was told to fetch it from the origin.
+first left the origin), who holds it, who was told to fetch it from the origin, and who is
+downloading it from which holder right now.
+
+Uploads are spread: holders are offered least busy first, and when even the least busy one
+is already sending to someone and another requester is downloading the piece, a newcomer is
+told to wait for that requester and take the piece from it. Without this, the first holder
+of each new piece uploads it to every other node at once, over one link.
 
 Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
 new home after a membership change, fills up again from announcements. Pure: no I/O.
@@ -14,12 +20,16 @@ from dataclasses import dataclass, field
 
 __all__ = ["Answer", "Directory"]
 
+_DOWNLOAD_TTL = 5.0  # a download from a holder not announced by then is forgotten
+_SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
+
 
 @dataclass(slots=True)
 class _Piece:
     sha256: bytes | None = None
     holders: dict[str, float] = field(default_factory=dict)  # peer -> expiry
     lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
+    downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
 
 
 @dataclass(slots=True)
@@ -27,6 +37,7 @@ class _Blob:
     size: int
     piece_size: int
     pieces: dict[int, _Piece] = field(default_factory=dict)
+    sending: dict[str, int] = field(default_factory=dict)  # holder -> downloads from it now
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +47,7 @@ class Answer:
     sha256: bytes | None  # recorded digest of the piece, to check peer bytes against
     holders: tuple[str, ...]  # peers to fetch from, in the order to try them
     fetch: bool  # the requester itself is to fetch it from the origin (it holds the lease)
-    fetching: str | None  # another peer is fetching it from the origin right now
+    fetching: str | None  # another peer is fetching it (from the origin or a holder) now
 
 
 class Directory:
@@ -78,15 +89,30 @@ class Directory:
                 continue
             piece = blob.pieces.setdefault(index, _Piece())
             holders = [p for p, expiry in piece.holders.items() if expiry > now and p != requester]
-            self._shuffle(holders)
             if holders:
-                answers[index] = Answer(piece.sha256, tuple(holders), False, None)
+                answers[index] = self._from_holders(blob, piece, holders, requester, now)
             elif piece.lease is not None and piece.lease[1] > now and piece.lease[0] != requester:
                 answers[index] = Answer(piece.sha256, (), False, piece.lease[0])
             else:
                 piece.lease = (requester, now + self._lease_ttl)
                 answers[index] = Answer(piece.sha256, (), True, None)
         return answers
+
+    def _from_holders(
+        self, blob: _Blob, piece: _Piece, holders: list[str], requester: str, now: float
+    ) -> Answer:
+        _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
+        for who, (_, expiry) in list(piece.downloads.items()):
+            if expiry <= now:
+                _forget_download(blob, piece, who)
+        self._shuffle(holders)
+        holders.sort(key=lambda h: blob.sending.get(h, 0))  # stable: random among equals
+        relays = [who for who in piece.downloads if who not in holders]
+        if relays and blob.sending.get(holders[0], 0) >= _SENDS_PER_HOLDER:
+            return Answer(piece.sha256, (), False, relays[0])
+        piece.downloads[requester] = (holders[0], now + _DOWNLOAD_TTL)
+        blob.sending[holders[0]] = blob.sending.get(holders[0], 0) + 1
+        return Answer(piece.sha256, tuple(holders), False, None)
 
     def announce(
         self, digest: str, size: int, piece_size: int, holder: str, pieces: dict[int, bytes]
@@ -106,6 +132,7 @@ class Directory:
                 refused.append(index)
                 continue
             piece.holders[holder] = expiry
+            _forget_download(blob, piece, holder)
             if piece.lease is not None and piece.lease[0] == holder:
                 piece.lease = None
         return refused
@@ -126,7 +153,10 @@ class Directory:
                 piece.holders = {p: e for p, e in piece.holders.items() if e > now}
                 if piece.lease is not None and piece.lease[1] <= now:
                     piece.lease = None
-                if not piece.holders and piece.lease is None:
+                for who, (_, expiry) in list(piece.downloads.items()):
+                    if expiry <= now:
+                        _forget_download(blob, piece, who)
+                if not piece.holders and piece.lease is None and not piece.downloads:
                     del blob.pieces[index]
             if not blob.pieces:
                 del self._blobs[digest]
@@ -140,3 +170,14 @@ class Directory:
             piece = blob.pieces.get(index)
             if piece is not None and piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None
+
+
+def _forget_download(blob: _Blob, piece: _Piece, requester: str) -> None:
+    record = piece.downloads.pop(requester, None)
+    if record is None:
+        return
+    left = blob.sending.get(record[0], 0) - 1
+    if left > 0:
+        blob.sending[record[0]] = left
+    else:
+        blob.sending.pop(record[0], None)

@@ -90,3 +90,22 @@ async def test_membership_finds_its_own_address(family_host):
     host = membership.me.rsplit(":", 1)[0].strip("[]")
     assert socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     assert membership.me.endswith(":4123")
+
+
+def test_directory_spreads_uploads_over_requesters_that_have_the_piece_coming():
+    clock = Clock()
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
+    directory.announce("d", 100, 10, "a:1", {0: b"sha0", 1: b"sha1"})
+    assert directory.lookup("d", 100, 10, [0], "b:1")[0].holders == ("a:1",)
+    # a is sending piece 0 to b: c waits for b rather than share a's upload link...
+    waiting = directory.lookup("d", 100, 10, [0], "c:1")[0]
+    assert (waiting.holders, waiting.fetching, waiting.fetch) == ((), "b:1", False)
+    # ...but a piece nobody else is downloading still comes from a, busy or not.
+    assert directory.lookup("d", 100, 10, [1], "c:1")[1].holders == ("a:1",)
+    # Once b has it, b is offered first: a is still sending piece 1 to c.
+    directory.announce("d", 100, 10, "b:1", {0: b"sha0"})
+    assert directory.lookup("d", 100, 10, [0], "d:1")[0].holders == ("b:1", "a:1")
+    # Downloads never announced are forgotten: their holders are free again.
+    clock.now = 6
+    directory.prune()
+    assert directory.lookup("d", 100, 10, [0], "e:1")[0].holders == ("a:1", "b:1")
