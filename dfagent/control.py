@@ -40,6 +40,7 @@ class ControlServer:
     async def start(self) -> None:
         routes: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[dict[str, Any]]]] = {
             ("GET", "/status"): lambda _: self._maintenance.status(),
+            ("GET", "/agent"): lambda _: self._maintenance.agent(),
             ("POST", "/gc"): lambda _: self._maintenance.gc(),
             ("POST", "/verify"): lambda r: self._maintenance.verify(
                 repair=r.query.get("repair") == "1"

@@ -70,6 +70,10 @@ class Maintenance:
             "time": round(time.time(), 3),
         }
 
+    async def agent(self) -> dict[str, Any]:
+        """The running agent's pid and addresses (no cache walk: `dfagent get` asks often)."""
+        return {"agent": self._running() if self._running is not None else None}
+
     async def gc(self) -> dict[str, Any]:
         report = await self._gc.collect()
         return {

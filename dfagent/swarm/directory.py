@@ -102,9 +102,7 @@ class Directory:
         self, blob: _Blob, piece: _Piece, holders: list[str], requester: str, now: float
     ) -> Answer:
         _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
-        for who, (_, expiry) in list(piece.downloads.items()):
-            if expiry <= now:
-                _forget_download(blob, piece, who)
+        _expire_downloads(blob, piece, now)
         self._shuffle(holders)
         holders.sort(key=lambda h: blob.sending.get(h, 0))  # stable: random among equals
         relays = [who for who in piece.downloads if who not in holders]
@@ -153,9 +151,7 @@ class Directory:
                 piece.holders = {p: e for p, e in piece.holders.items() if e > now}
                 if piece.lease is not None and piece.lease[1] <= now:
                     piece.lease = None
-                for who, (_, expiry) in list(piece.downloads.items()):
-                    if expiry <= now:
-                        _forget_download(blob, piece, who)
+                _expire_downloads(blob, piece, now)
                 if not piece.holders and piece.lease is None and not piece.downloads:
                     del blob.pieces[index]
             if not blob.pieces:
@@ -170,6 +166,12 @@ class Directory:
             piece = blob.pieces.get(index)
             if piece is not None and piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None
+
+
+def _expire_downloads(blob: _Blob, piece: _Piece, now: float) -> None:
+    for who, (_, expiry) in list(piece.downloads.items()):
+        if expiry <= now:
+            _forget_download(blob, piece, who)
 
 
 def _forget_download(blob: _Blob, piece: _Piece, requester: str) -> None:

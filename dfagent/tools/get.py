@@ -124,9 +124,9 @@ async def download(
 
 async def _agent_proxy(config: Config, stack: AsyncExitStack) -> URL:
     """The proxy of the agent running on this storage directory, else of one started here."""
-    status = await call_agent(Path(config.storage.dir), "GET", "/status")
-    if status is not None and status["agent"] is not None:
-        listen = ListenAddress.parse(status["agent"]["proxy"])
+    running = await call_agent(Path(config.storage.dir), "GET", "/agent")
+    if running is not None and running["agent"] is not None:
+        listen = ListenAddress.parse(running["agent"]["proxy"])
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
         return URL(f"http://{ListenAddress(host, listen.port)}")
     local = replace(
