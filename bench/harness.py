@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tests.support.agent import AgentProcess, deep_merge
 from tests.support.ports import free_port
-from tests.support.registry import Registry, ensure_installed
+from tests.support.registry import Registry
+from tests.support.tools import require
 
 HERE = Path(__file__).parent
 
@@ -43,7 +44,7 @@ def agent(work: Path, name: str, *args: str, **overrides: object) -> Iterator[Ag
 @contextlib.contextmanager
 def nginx(work: Path, files: Path) -> Iterator[int]:
     """nginx serving `files` on a free loopback port: the practical limit for cache hits."""
-    binary = ensure_installed("nginx", "nginx-light")
+    binary = require("nginx")
     root = work / "nginx"
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -108,7 +109,7 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 def wrk(
     port: int, target: str, size: int, range_length: int, connections: int, seconds: float
 ) -> WrkResult:
-    binary = ensure_installed("wrk", "wrk")
+    binary = require("wrk")
     env = {
         **os.environ,
         "TARGET": target,

@@ -13,21 +13,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.tools import require
+
 pytestmark = pytest.mark.slow
 
 CHART = Path(__file__).parents[2] / "charts" / "dfagent"
-HELM_VERSION = "v3.16.3"
 KUBERNETES_VERSION = "1.30.0"
 CUSTOM_RESOURCES = {"ServiceMonitor", "PrometheusRule", "Certificate"}  # not core kinds
 
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    path = shutil.which("helm") or str(Path.home() / "go" / "bin" / "helm")
-    if not Path(path).exists():
-        subprocess.run(["go", "install", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], check=True)
-        path = str(Path.home() / "go" / "bin" / "helm")
-    return path
+    return require("helm")
 
 
 def render(helm: str, *values: str) -> dict[str, dict]:

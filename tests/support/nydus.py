@@ -6,27 +6,20 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NYDUS_VERSION = "2.2.0"
+from tests.support.tools import require
+
 CONFIG_DIR = Path(__file__).parents[2] / "config"
-_CARGO_BIN = Path.home() / ".cargo" / "bin"
 
 
 def ensure_nydus() -> tuple[str, str]:
-    """Paths of nydusd and nydus-image, compiling them (once) when they are missing."""
-    found = [shutil.which(n) or str(_CARGO_BIN / n) for n in ("nydusd", "nydus-image")]
-    if not all(Path(p).exists() for p in found):
-        subprocess.run(
-            ["cargo", "install", "nydus-rs", "--version", NYDUS_VERSION, "--locked"], check=True
-        )
-        found = [str(_CARGO_BIN / n) for n in ("nydusd", "nydus-image")]
-    return found[0], found[1]
+    """Paths of nydusd and nydus-image (installed by ./test.sh)."""
+    return require("nydusd"), require("nydus-image")
 
 
 def make_tree(root: Path, seed: int = 1, bulk: int = 0) -> Path:

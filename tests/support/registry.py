@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -19,25 +18,13 @@ import yaml
 
 from tests.support.ports import free_port
 from tests.support.tokens import TokenService
+from tests.support.tools import require
 
 REGISTRY_BINARY = "docker-registry"
 
 
-def ensure_installed(binary: str, package: str) -> str:
-    """The path of `binary`, installing its Debian package first when it is missing."""
-    path = shutil.which(binary)
-    if path is None:
-        install = ["apt-get", "install", "-y", "-q", package]
-        if subprocess.run(install, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], check=True)
-            subprocess.run(install, check=True)
-        path = shutil.which(binary)
-    assert path is not None, f"{binary} is not installed"
-    return path
-
-
 def make_htpasswd(user: str, password: str) -> str:
-    htpasswd = ensure_installed("htpasswd", "apache2-utils")
+    htpasswd = require("htpasswd")
     result = subprocess.run(
         [htpasswd, "-Bbn", user, password], check=True, capture_output=True, text=True
     )
@@ -75,7 +62,7 @@ class Registry:
         return f"{self.scheme}://{self.host}"
 
     def start(self) -> Registry:
-        binary = ensure_installed(REGISTRY_BINARY, "docker-registry")
+        binary = require(REGISTRY_BINARY)
         self.root.mkdir(parents=True, exist_ok=True)
         config: dict[str, object] = {
             "version": 0.1,
