@@ -19,26 +19,28 @@ FILE_MODE = 0o600
 _OTHERS = 0o077  # group and world bits
 
 
-def make_private(root: Path, shards: Path) -> list[Path]:
-    """Make `root`, everything directly in it, and the shard directories in `shards` (with
-    their files) owner-only; the paths that were looser. Symbolic links are left alone.
+def make_private(root: Path, shards: str) -> list[str]:
+    """Make `root`, everything directly in it, and the shard directories in `root/shards`
+    (with their files) owner-only; the paths that were looser, relative to `root`. `root`
+    may be a symbolic link (its target is made private); links inside it are left alone.
 
     A shard directory that is already owner-only was written by an agent that creates every
     file owner-only, so its files are looked at only when the directory itself was looser:
     start-up stays one `stat` per shard, not per blob. Files go before their directory, so an
     interrupted pass is finished by the next start.
     """
+    base = root.resolve()
     tightened: list[Path] = []
-    for path in (root, *_entries(root)):
+    for path in (base, *_entries(base)):
         _tighten(path, tightened)
-    for shard in _entries(shards):
+    for shard in _entries(base / shards):
         mode = _mode(shard)
         if mode is None or not stat.S_ISDIR(mode) or not mode & _OTHERS:
             continue
         for path in _entries(shard):
             _tighten(path, tightened)
         _tighten(shard, tightened)
-    return tightened
+    return [path.relative_to(base).as_posix() for path in tightened]
 
 
 def _entries(directory: Path) -> list[Path]:

@@ -183,9 +183,9 @@ class PieceStore:
             ) from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        tightened = make_private(self._root, self._root / "blobs")
+        tightened = make_private(self._root, "blobs")
         if tightened:
-            shown = ", ".join(str(p.relative_to(self._root)) for p in tightened[:5])
+            shown = ", ".join(tightened[:5])
             more = f" and {len(tightened) - 5} more" if len(tightened) > 5 else ""
             log.warning(
                 "the cache was readable by other users; made it owner-only",
