@@ -27,9 +27,18 @@ from tests.support.counting import CountingOrigin
 from tests.support.metrics import wait_for
 from tests.support.registry import Registry
 
+
+def _other_user() -> str | None:
+    try:
+        return pwd.getpwuid(65534).pw_name  # nobody
+    except KeyError:
+        return None
+
+
+OTHER_USER = _other_user()
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("runuser") is None,
-    reason="needs root and runuser to act as another user",
+    os.geteuid() != 0 or shutil.which("runuser") is None or OTHER_USER is None,
+    reason="needs root, runuser and the user nobody to act as another user",
 )
 
 _UMASK_0 = ["sh", "-c", 'umask 000 && exec "$0" "$@"']  # the agent under the loosest umask
@@ -47,7 +56,7 @@ def open_dir() -> Iterator[Path]:
 
 def as_nobody(*command: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        ["runuser", "-u", pwd.getpwuid(65534).pw_name, "--", *command],
+        ["runuser", "-u", str(OTHER_USER), "--", *command],
         capture_output=True,
         timeout=30,
     )
