@@ -122,7 +122,12 @@ class Agent:
                 ),
                 api=api.handle,
             )
-            await control.start()
+            try:
+                await control.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"storage.dir: cannot open the control socket {control.path}: {exc}"
+                ) from exc
             stack.push_async_callback(control.stop)
 
             self.proxy = ProxyServer(config.proxy, engine, prefetcher, origin, self.metrics)
