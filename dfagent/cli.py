@@ -29,8 +29,9 @@ from dfagent.storage.scrub import Scrubber
 from dfagent.storage.store import PieceStore
 from dfagent.tools import credentials as credential_flags
 from dfagent.tools.get import GetFailed, check_output, download, parse_target, part_of
+from dfagent.tools.locate import CONFIG_ENV, DEFAULT_CONFIG, ConfigChoice, choose_config
 from dfagent.tools.preheat import NoAgent, describe_job, follow, submit
-from dfagent.tools.text import describe_status
+from dfagent.tools.text import describe_gc, describe_status, describe_verify
 
 __all__ = ["main"]
 
@@ -141,7 +142,6 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="cache usage, blobs and pieces", epilog=_exit_codes("status")
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
     gc = commands.add_parser(
         "gc", help="run eviction now (age, then quota)", epilog=_exit_codes("gc")
     )
@@ -151,8 +151,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_exit_codes("verify"),
     )
     verify.add_argument("--repair", action="store_true", help="drop corrupt pieces")
-    for maintenance_cmd in (get, preheat_cmd, status, gc, verify):
-        maintenance_cmd.add_argument("--config", "-c", help="the agent's config file")
+    for maintenance_cmd in (status, gc, verify):
+        maintenance_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    for agent_cmd in (get, preheat_cmd, status, gc, verify):
+        agent_cmd.add_argument(
+            "--config",
+            "-c",
+            help=f"the agent's config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG} "
+            "when it exists, else the embedded default)",
+        )
 
     config_cmd = commands.add_parser("config", help="inspect configuration")
     config_sub = config_cmd.add_subparsers(dest="config_command", required=True)
@@ -174,6 +181,18 @@ def _load(path: str | None) -> Config:
             raise CommandFailed(exc.problems[0][1], EXIT_USAGE) from None
         lines = [f"invalid config {path}:"] + [f"  {f}: {reason}" for f, reason in exc.problems]
         raise CommandFailed("\n".join(lines), EXIT_USAGE) from None
+
+
+def _agent_config(args: argparse.Namespace) -> tuple[Config, ConfigChoice]:
+    """The config of the agent this command talks to, and how it was chosen."""
+    choice = choose_config(args.config)
+    return _load(choice.path), choice
+
+
+def _where(choice: ConfigChoice) -> str:
+    """Where a command looked for the agent, for the message that says none was found."""
+    looked = f"; looked at {', '.join(choice.looked)}" if choice.looked else ""
+    return f"storage.dir of {choice.named}{looked}"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -200,10 +219,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _maintain(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config, choice = _agent_config(args)
     directory = Path(config.storage.dir)
     if not directory.is_dir():
-        raise CommandFailed(f"no agent runs and no cache is at {directory} (storage.dir)")
+        hint = "" if choice.path else f": give the agent's config with -c FILE or ${CONFIG_ENV}"
+        raise CommandFailed(
+            f"no agent runs and no cache is at {directory} ({_where(choice)}){hint}"
+        )
     if args.command == "status":
         request, action = ("GET", "/status"), lambda m: m.status()
     elif args.command == "gc":
@@ -219,17 +241,18 @@ def _maintain(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or exc
         raise CommandFailed(f"cannot open the cache at {directory}: {reason}") from None
-    if args.command == "status" and not args.json:
-        print(describe_status(answer))
-    else:
+    if args.json:
         print(json.dumps(answer, indent=2))
+    else:
+        describe = {"status": describe_status, "gc": describe_gc, "verify": describe_verify}
+        print(describe[args.command](answer))
     if args.command == "verify" and answer["bad"]:
         return EXIT_CORRUPT
     return 0
 
 
 def _get(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config, _ = _agent_config(args)
     setup_logging("error")  # an agent started here speaks only of what breaks it
     try:
         target = parse_target(args.target, plain_http=args.plain_http)
@@ -254,7 +277,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _preheat(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config, choice = _agent_config(args)
     body: dict[str, Any] = {"image": args.image, "plain_http": args.plain_http}
     if args.all_platforms:
         body["all_platforms"] = True
@@ -273,7 +296,7 @@ def _preheat(args: argparse.Namespace) -> int:
     except AgentRefused as exc:
         raise CommandFailed(f"the agent refused: {exc}", EXIT_USAGE) from None
     except NoAgent as exc:
-        raise CommandFailed(str(exc)) from None
+        raise CommandFailed(f"{exc} ({_where(choice)})") from None
     try:
         if not args.no_wait:
             job = asyncio.run(follow(directory, job, progress=progress))
