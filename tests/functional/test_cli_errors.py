@@ -176,6 +176,34 @@ def test_ctrl_c_during_get_keeps_the_part_for_the_next_run(agent_factory, origin
     assert served() - before == len(data) - len(kept), "only the rest was asked for"
 
 
+def test_ctrl_c_during_get_with_an_agent_started_in_process(agent_factory, origin, blob, tmp_path):
+    """The agent the command started stops cleanly too: the cache is left unlocked and whole."""
+    digest, data = blob
+    agent = agent_factory(storage={"piece_size": "256KiB"})
+    agent.stop()
+    release = stall_after(origin, digest, 600_000)
+    target = f"{origin.url}/v2/test/cli-errors/blobs/{digest}"
+    output, part = tmp_path / "layer", tmp_path / "layer.part"
+    command = [sys.executable, "-m", "dfagent", "get", target, "-O", str(output)]
+    command += ["--config", str(agent.config_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: part.exists() and part.stat().st_size >= 512 * 1024, "bytes in the .part")
+        code, stderr = interrupt(process)
+    finally:
+        release.set()
+        process.kill()
+    result = subprocess.CompletedProcess(command, code, "", stderr)
+    one_line_error(result, INTERRUPTED, "dfagent get: interrupted", f"{part} is kept")
+    assert data.startswith(part.read_bytes())
+
+    again = agent.cli("get", target, "-O", str(output))
+    assert again.returncode == 0, again.stderr
+    assert output.read_bytes() == data
+    checked = agent.cli("verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 # preheat -----------------------------------------------------------------------------------
 
 
