@@ -53,12 +53,12 @@ EXITS = {
     "preheat": "0 every blob reached every agent, 1 failed (or no agent runs), 2 usage "
     "(reference, flags, config, or the agent refused the request), 130 interrupted (the job "
     "goes on in the agent)",
-    "status": "0 shown, 1 no agent runs and the cache cannot be read, 2 invalid config or no "
-    "config found, 130 interrupted",
-    "gc": "0 done, 1 no agent runs and the cache cannot be opened, 2 invalid config or no "
-    "config found, 130 interrupted",
+    "status": "0 shown, 1 no agent runs and the cache cannot be opened, 2 invalid or "
+    "unreadable config, 130 interrupted",
+    "gc": "0 done, 1 no agent runs and the cache cannot be opened, 2 invalid or unreadable "
+    "config, 130 interrupted",
     "verify": "0 every piece matches, 1 corrupt pieces found (or the cache cannot be opened), "
-    "2 invalid config or no config found, 130 interrupted",
+    "2 invalid or unreadable config, 130 interrupted",
     "config check": "0 valid (the effective config is printed), 2 invalid or unreadable",
 }
 

@@ -65,17 +65,17 @@ def _build_dataclass(cls: type[T], data: object, path: str) -> T:
             except _Problems as nested:
                 problems.extend(nested.problems)
                 unread.add(name)
-    required = {
+    required = [
         name
         for name, spec in fields.items()
         if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-    }
+    ]
     problems.extend(
         (_join(path, name), "missing (this key is required)")
         for name in required
         if name not in data
     )
-    if required - values.keys():
+    if not values.keys() >= set(required):
         raise _Problems(problems)  # no instance to check without its required fields
     instance = cls(**values)  # an unread field holds its default
     check = getattr(instance, "check", None)
