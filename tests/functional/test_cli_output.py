@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
+from dfagent.tools.locate import DEFAULT_CONFIG
 from tests.functional.test_storage import PIECE, SMALL_PIECES, blob_url, flip_bit, status
+from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.metrics import wait_for
 from tests.support.registry import Registry
@@ -37,6 +42,42 @@ def test_dfagent_config_names_the_agent_for_every_command(agent):
     checked = without_config("verify", config=agent.config_path)
     assert checked.returncode == 0, checked.stderr
     assert "every piece matches" in checked.stdout
+
+
+def as_a_user(*args: str, cache_home: Path) -> subprocess.CompletedProcess[str]:
+    """`dfagent ARGS` with no config anywhere, as a user whose default storage.dir is under
+    `cache_home` (not root's /var/cache/dfagent, which this machine may be using)."""
+    if shutil.which("unshare") is None or DEFAULT_CONFIG.exists():
+        pytest.skip(f"needs unshare, and no {DEFAULT_CONFIG} on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "DFAGENT_CONFIG"}
+    return subprocess.run(
+        ["unshare", "--user", sys.executable, "-m", "dfagent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env | {"XDG_CACHE_HOME": str(cache_home)},
+    )
+
+
+def test_without_any_config_the_default_storage_dir_is_asked(tmp_path):
+    default_dir = tmp_path / "dfagent"
+    nothing = as_a_user("status", cache_home=tmp_path)
+    assert nothing.returncode == 1
+    assert "Traceback" not in nothing.stderr
+    (line,) = nothing.stderr.strip().splitlines()
+    assert line == (
+        f"dfagent status: no agent runs and no cache is at {default_dir} (storage.dir of the "
+        f"embedded default config; looked at $DFAGENT_CONFIG (unset), {DEFAULT_CONFIG} "
+        "(absent)): give the agent's config with -c FILE or $DFAGENT_CONFIG"
+    )
+
+    agent = AgentProcess(tmp_path / "agent", {"storage": {"dir": str(default_dir)}}).start()
+    try:
+        found = as_a_user("status", cache_home=tmp_path)
+        assert found.returncode == 0, found.stderr
+        assert f"agent    running, pid {agent.process.pid}" in found.stdout
+    finally:
+        agent.stop()
 
 
 def test_no_agent_found_says_where_it_looked(tmp_path):
