@@ -380,6 +380,9 @@ def test_config_check_of_files_it_cannot_read(tmp_path):
     one_line_error(absent, 2, "dfagent config check: cannot read config", "No such file")
     directory = dfagent("config", "check", str(tmp_path))
     one_line_error(directory, 2, "Is a directory")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00 not text")
+    binary = dfagent("config", "check", str(tmp_path / "binary.yaml"))
+    one_line_error(binary, 2, "binary.yaml: not UTF-8 text")
     (tmp_path / "bad.yaml").write_text("proxy: [unclosed\n")
     invalid = dfagent("config", "check", str(tmp_path / "bad.yaml"))
     assert invalid.returncode == 2 and "Traceback" not in invalid.stderr
