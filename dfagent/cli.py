@@ -78,6 +78,8 @@ class CommandFailed(DfagentError):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     name = "dfagent config check" if args.command == "config" else f"dfagent {args.command}"
+    if args.command != "run":
+        setup_logging("error")  # a tool speaks in its own lines; an agent it starts, of faults
     try:
         return _COMMANDS[args.command](args)
     except CommandFailed as exc:
@@ -253,7 +255,6 @@ def _maintain(args: argparse.Namespace) -> int:
 
 def _get(args: argparse.Namespace) -> int:
     config, _ = _agent_config(args)
-    setup_logging("error")  # an agent started here speaks only of what breaks it
     try:
         target = parse_target(args.target, plain_http=args.plain_http)
         check_output(args.output)
