@@ -297,7 +297,10 @@ def _preheat(args: argparse.Namespace) -> int:
     except AgentRefused as exc:
         raise CommandFailed(f"the agent refused: {exc}", EXIT_USAGE) from None
     except NoAgent as exc:
-        raise CommandFailed(f"{exc} ({_where(choice)})") from None
+        raise CommandFailed(
+            f"{exc} ({_where(choice)}): preheat fills a running agent's cache; start it with "
+            "dfagent run"
+        ) from None
     try:
         if not args.no_wait:
             job = asyncio.run(follow(directory, job, progress=progress))

@@ -27,10 +27,7 @@ async def submit(directory: Path, request: PreheatRequest) -> dict[str, Any]:
     """Hand the job to the agent on `directory`; the job as it starts."""
     job = await call_agent(directory, "POST", "/api/v1/preheat", request.to_json())
     if job is None:
-        raise NoAgent(
-            f"no agent runs on {directory} (storage.dir): preheat fills a running agent's "
-            "cache; start it with dfagent run"
-        )
+        raise NoAgent(f"no agent runs on {directory}")
     return job
 
 
