@@ -97,7 +97,7 @@ def stream_and_verify(work: Path, size: int = 2 * 1024 * MIB) -> dict[str, float
         verify_seconds = float(metrics.split("dfagent_blob_verify_seconds_sum ")[1].split()[0])
         agent.stop()
         result = subprocess.run(
-            [sys.executable, "-m", "dfagent", "verify", "--config", str(agent.config_path)],
+            [sys.executable, "-m", "dfagent", "verify", "--json", "-c", str(agent.config_path)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         scrub = json.loads(result.stdout)

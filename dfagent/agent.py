@@ -46,6 +46,8 @@ def _read_token(path: str) -> str:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise StartupError(f"peer.token_file: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise StartupError(f"peer.token_file: {path} is not UTF-8 text") from exc
     if len(token) < 16:
         raise StartupError(f"peer.token_file: the token in {path} is shorter than 16 characters")
     return token
@@ -122,7 +124,12 @@ class Agent:
                 ),
                 api=api.handle,
             )
-            await control.start()
+            try:
+                await control.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"storage.dir: cannot open the control socket {control.path}: {exc}"
+                ) from exc
             stack.push_async_callback(control.stop)
 
             self.proxy = ProxyServer(config.proxy, engine, prefetcher, origin, self.metrics)

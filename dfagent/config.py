@@ -63,7 +63,10 @@ def load(path: str | Path | None) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([("<file>", f"cannot read {path}: {exc.strerror}")]) from None
+        raise ConfigError([("<file>", f"cannot read config {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        reason = f"cannot read config {path}: not UTF-8 text (byte {exc.start})"
+        raise ConfigError([("<file>", reason)]) from None
     return parse(text)
 
 

@@ -2,8 +2,12 @@
 
 The loader is strict: unknown keys are errors, every value is checked against the field's type,
 and every problem is reported with its dotted path (`proxy.rules[1].regex`) at once.
-A dataclass may define `check(self) -> list[tuple[str, str]]` for cross-field rules; it
-returns (field, reason) pairs.
+
+A dataclass may define `check(self) -> list[Problem]` for range and cross-field rules. A
+problem names one field, or a tuple of fields for a conflict between them (reported under the
+first). `check` runs even when some fields could not be read (they hold their defaults then):
+problems of those fields are dropped, and a conflict is reported only while none of its fields
+is wrong on its own, so each error is reported once, under the field that is wrong.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 from dfagent.configtypes import ByteSize, Duration, ListenAddress
 from dfagent.errors import ConfigError
 
-__all__ = ["build", "to_plain"]
+__all__ = ["Problem", "build", "to_plain"]
 
 T = TypeVar("T")
+Problem = tuple[str | tuple[str, ...], str]  # (field or conflicting fields, reason)
 _PARSED_TYPES: tuple[type, ...] = (ByteSize, Duration, ListenAddress)
 
 
@@ -52,28 +57,55 @@ def _build_dataclass(cls: type[T], data: object, path: str) -> T:
             known = ", ".join(sorted(fields))
             problems.append((_join(path, str(key)), f"unknown key (known: {known})"))
     values: dict[str, Any] = {}
+    unread: set[str] = set()  # fields whose value could not be read
     for name in fields:
         if name in data:
             try:
                 values[name] = _convert(hints[name], data[name], _join(path, name))
             except _Problems as nested:
                 problems.extend(nested.problems)
+                unread.add(name)
+    required = [
+        name
+        for name, spec in fields.items()
+        if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+    ]
     problems.extend(
         (_join(path, name), "missing (this key is required)")
-        for name, spec in fields.items()
+        for name in required
         if name not in data
-        and spec.default is dataclasses.MISSING
-        and spec.default_factory is dataclasses.MISSING
     )
-    if problems:
-        raise _Problems(problems)
-    instance = cls(**values)
+    if not values.keys() >= set(required):
+        raise _Problems(problems)  # no instance to check without its required fields
+    instance = cls(**values)  # an unread field holds its default
     check = getattr(instance, "check", None)
     if check is not None:
-        problems = [(_join(path, field), reason) for field, reason in check()]
-        if problems:
-            raise _Problems(problems)
+        problems.extend((_join(path, f), reason) for f, reason in _checked(check(), unread))
+    if problems:
+        raise _Problems(problems)
     return instance
+
+
+def _checked(found: list[Problem], unread: set[str]) -> list[tuple[str, str]]:
+    """A check's problems, each under one field: none for fields that could not be read, and
+    conflicts only between fields that are right on their own."""
+    wrong = set(unread)
+    single = []
+    for field, reason in found:
+        if isinstance(field, str) and _base(field) not in unread:
+            single.append((field, reason))
+            wrong.add(_base(field))
+    conflicts = [
+        (fields[0], reason)
+        for fields, reason in found
+        if isinstance(fields, tuple) and not wrong.intersection(map(_base, fields))
+    ]
+    return single + conflicts
+
+
+def _base(field: str) -> str:
+    """The dataclass field a problem path starts with: `intercept[1]` -> `intercept`."""
+    return field.split("[", 1)[0].split(".", 1)[0]
 
 
 def _convert(hint: Any, value: object, path: str) -> Any:

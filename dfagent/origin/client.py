@@ -32,6 +32,7 @@ from dfagent.errors import (
 )
 from dfagent.metrics import Metrics
 from dfagent.origin.config import OriginConfig
+from dfagent.origin.unreachable import unreachable
 
 __all__ = ["BlobSource", "OriginClient", "RangeBody"]
 
@@ -186,7 +187,7 @@ class OriginClient:
             except aiohttp.ClientError as exc:
                 self._metrics.origin_requests.labels("passthrough", "error").inc()
                 if attempt >= retries:
-                    raise OriginError(f"cannot reach origin {url.host}: {exc}") from exc
+                    raise OriginError(unreachable("origin", url, exc)) from exc
             else:
                 outcome = str(response.status // 100) + "xx"
                 self._metrics.origin_requests.labels("passthrough", outcome).inc()
@@ -267,7 +268,7 @@ class OriginClient:
                         raise
                     if isinstance(exc, TimeoutError):
                         raise OriginTimeout(f"origin timed out: {source.url.host}") from exc
-                    raise OriginError(f"cannot reach origin {source.url.host}: {exc}") from exc
+                    raise OriginError(unreachable("origin", source.url, exc)) from exc
                 attempt += 1
                 await self._backoff(attempt)
                 continue

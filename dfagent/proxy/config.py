@@ -79,8 +79,10 @@ class ProxyConfig:
             problems.append(("ca_cert", "intercept needs ca_cert and ca_key"))
         if self.rate_limit is not None and self.rate_limit <= 0:
             problems.append(("rate_limit", "must be positive (null: no limit)"))
-        if self.head_timeout <= 0 or self.idle_timeout <= 0:
-            problems.append(("head_timeout", "head_timeout and idle_timeout must be positive"))
+        if self.head_timeout <= 0:
+            problems.append(("head_timeout", "must be positive"))
+        if self.idle_timeout <= 0:
+            problems.append(("idle_timeout", "must be positive"))
         if self.shutdown_grace < 0:
             problems.append(("shutdown_grace", "cannot be negative"))
         return problems

@@ -11,6 +11,7 @@ from yarl import URL
 
 from dfagent.core.digest import Digest
 from dfagent.errors import OriginError, OriginHTTPError
+from dfagent.origin.unreachable import unreachable
 from dfagent.registry import manifests
 from dfagent.registry.auth import RegistryAuth
 from dfagent.registry.credentials import Credentials
@@ -115,7 +116,7 @@ class RegistryClient:
                     body = await response.content.read(_MAX_MANIFEST + 1)
                     status, answer_headers = response.status, response.headers
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise OriginError(f"cannot reach registry {url.host}: {exc}") from exc
+                raise OriginError(unreachable("registry", url, exc)) from exc
             if status == 401 and attempt == 0 and "WWW-Authenticate" in answer_headers:
                 self._challenge = answer_headers["WWW-Authenticate"]
                 await self._auth.answer(self._challenge, self._scope)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dfagent.configload import Problem
 from dfagent.configtypes import ByteSize, Duration
 
 __all__ = ["StorageConfig", "default_storage_dir"]
@@ -45,10 +46,20 @@ class StorageConfig:
     # Re-hash every piece read from the cache before sending it (slower: no sendfile).
     verify_reads: bool = False
 
-    def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 0 < self.low_watermark < self.high_watermark <= 1:
-            problems.append(("low_watermark", "need 0 < low_watermark < high_watermark <= 1"))
+    def check(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if not 0 < self.high_watermark <= 1:
+            problems.append(("high_watermark", f"must be > 0 and <= 1, got {self.high_watermark}"))
+        if not 0 < self.low_watermark < 1:
+            problems.append(("low_watermark", f"must be > 0 and < 1, got {self.low_watermark}"))
+        if self.low_watermark >= self.high_watermark:
+            problems.append(
+                (
+                    ("low_watermark", "high_watermark"),
+                    f"must be below high_watermark ({self.high_watermark}), "
+                    f"got {self.low_watermark}",
+                )
+            )
         if self.gc_interval <= 0:
             problems.append(("gc_interval", "must be positive"))
         if self.max_age is not None and self.max_age <= 0:
@@ -64,5 +75,7 @@ class StorageConfig:
         ):
             problems.append(("piece_size", "must be a power of two from 64KiB to 64MiB"))
         if self.quota < self.piece_size:
-            problems.append(("quota", f"must hold at least one piece ({self.piece_size})"))
+            problems.append(
+                (("quota", "piece_size"), f"must hold at least one piece ({self.piece_size})")
+            )
         return problems

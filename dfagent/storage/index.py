@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from dfagent.errors import StorageFull
+from dfagent.errors import StartupError, StorageFull
 from dfagent.storage.private import FILE_MODE
 
 __all__ = ["BlobRow", "BlobSummary", "Index", "PieceRow"]
@@ -111,20 +111,27 @@ class Index:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open)
+        try:
+            await loop.run_in_executor(self._executor, self._open)
+        except sqlite3.Error as exc:
+            raise StartupError(f"cannot open the index {self._path}: {exc}") from exc
 
     def _open(self) -> None:
         # Created owner-only before sqlite opens it: its -wal and -shm files take its mode.
         os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, FILE_MODE))
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        db.executescript(_SCHEMA)
-        if version < _SCHEMA_VERSION:
-            _migrate(db)
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            db.executescript(_SCHEMA)
+            if version < _SCHEMA_VERSION:
+                _migrate(db)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def close(self) -> None:

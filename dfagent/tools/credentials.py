@@ -45,4 +45,6 @@ def credentials_for(args: argparse.Namespace, registry: str) -> Credentials | No
         return Credentials(args.username, password)
     if args.password_stdin:
         raise ValueError("--password-stdin needs --username")
+    if args.docker_config is not None and not args.docker_config.exists():
+        raise ValueError(f"--docker-config {args.docker_config}: no such file")
     return from_docker_config(registry, args.docker_config)

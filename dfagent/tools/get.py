@@ -34,7 +34,7 @@ from dfagent.registry.auth import RegistryAuth
 from dfagent.registry.credentials import Credentials
 from dfagent.registry.reference import BadReference, blob_url, parse_image
 
-__all__ = ["BlobTarget", "GetFailed", "download", "parse_target"]
+__all__ = ["BlobTarget", "GetFailed", "check_output", "download", "parse_target", "part_of"]
 
 EXIT_FAILED = 1
 EXIT_DIGEST = 3
@@ -94,6 +94,22 @@ def parse_target(text: str, *, plain_http: bool) -> BlobTarget:
     return BlobTarget(URL(f"{scheme}://{image.api_host}"), image.repository, image.digest)
 
 
+def check_output(output: Path) -> None:
+    """ValueError (a usage error) unless `output` names a file in an existing directory."""
+    if output.is_dir():
+        raise ValueError(f"-O {output} is a directory: name the file to write in it")
+    directory = output.parent
+    if not directory.exists():
+        raise ValueError(f"-O {output}: the directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ValueError(f"-O {output}: {directory} is not a directory")
+
+
+def part_of(output: Path) -> Path:
+    """Where the download is written until its digest is checked."""
+    return output.with_name(output.name + ".part")
+
+
 async def download(
     config: Config,
     target: BlobTarget,
@@ -103,9 +119,26 @@ async def download(
     progress: bool,
 ) -> str:
     """Fetch the blob into `output`; a line saying what happened. Raises GetFailed."""
+    try:
+        return await _download(config, target, output, credentials, progress=progress)
+    except aiohttp.ClientError as exc:  # only the control socket: _fetch handles the proxy's
+        raise GetFailed(f"cannot ask the agent on {config.storage.dir}: {exc}") from exc
+    except OSError as exc:  # the output file or its .part
+        where = exc.filename or output
+        raise GetFailed(f"cannot write {where}: {exc.strerror or exc}") from exc
+
+
+async def _download(
+    config: Config,
+    target: BlobTarget,
+    output: Path,
+    credentials: Credentials | None,
+    *,
+    progress: bool,
+) -> str:
     if await asyncio.to_thread(_sha256_if_exists, output) == target.digest.hex:
         return f"{output} already holds {target.digest}"
-    part = output.with_name(output.name + ".part")
+    part = part_of(output)
     async with AsyncExitStack() as stack:
         proxy = await _agent_proxy(config, stack)
         for _ in range(2):  # a resumed .part that turns out wrong is fetched again, once

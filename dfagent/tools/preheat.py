@@ -14,7 +14,7 @@ from dfagent.errors import DfagentError
 from dfagent.preheat.request import PreheatRequest
 from dfagent.tools.text import human_size
 
-__all__ = ["describe_job", "preheat"]
+__all__ = ["NoAgent", "describe_job", "follow", "submit"]
 
 _POLL_SECONDS = 0.5
 
@@ -23,18 +23,16 @@ class NoAgent(DfagentError):
     pass
 
 
-async def preheat(
-    directory: Path, request: PreheatRequest, *, wait: bool, progress: bool
-) -> dict[str, Any]:
-    """Submit the job to the agent on `directory`; with `wait`, its final state."""
+async def submit(directory: Path, request: PreheatRequest) -> dict[str, Any]:
+    """Hand the job to the agent on `directory`; the job as it starts."""
     job = await call_agent(directory, "POST", "/api/v1/preheat", request.to_json())
     if job is None:
-        raise NoAgent(
-            f"no agent runs on {directory} (storage.dir): preheat fills a running agent's "
-            "cache; start it with dfagent run"
-        )
-    if not wait:
-        return job
+        raise NoAgent(f"no agent runs on {directory}")
+    return job
+
+
+async def follow(directory: Path, job: dict[str, Any], *, progress: bool) -> dict[str, Any]:
+    """Poll the job until it has succeeded or failed; its final state."""
     bar = tqdm(
         total=None, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
         file=sys.stderr, desc=job["id"],

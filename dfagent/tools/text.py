@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["describe_status", "human_size"]
+__all__ = ["describe_gc", "describe_status", "describe_verify", "human_size"]
 
 
 def human_size(count: float) -> str:
@@ -49,4 +49,32 @@ def describe_status(status: dict[str, Any]) -> str:
         lines.append(f"  {job['id']}  {job['state']:>10}  {done}  {job['image']}")
         if job["error"]:
             lines.append(f"    {job['error']}")
+    return "\n".join(lines)
+
+
+def describe_gc(report: dict[str, Any]) -> str:
+    evicted = report["evicted_for_age"] + report["evicted_for_quota"]
+    return (
+        f"evicted {evicted} blobs ({report['evicted_for_age']} unread for storage.max_age, "
+        f"{report['evicted_for_quota']} over the quota), freed {human_size(report['freed'])}; "
+        f"{human_size(report['stored'])} stored"
+    )
+
+
+def describe_verify(report: dict[str, Any]) -> str:
+    speed = f", {report['mb_per_second']} MB/s" if report["mb_per_second"] else ""
+    checked = (
+        f"checked {report['pieces']} pieces ({human_size(report['bytes'])}) "
+        f"in {report['seconds']:.1f} s{speed}"
+    )
+    bad = report["bad"]
+    if not bad:
+        return f"{checked}: every piece matches its sha256"
+    fate = (
+        "dropped: each is fetched again when next read"
+        if report["repaired"]
+        else "dfagent verify --repair drops them"
+    )
+    lines = [f"{checked}: {len(bad)} corrupt ({fate})"]
+    lines += [f"  {piece['digest'][:19]}…  piece {piece['piece']}" for piece in bad]
     return "\n".join(lines)

@@ -105,7 +105,7 @@ def test_scrub_finds_a_flipped_bit_and_repair_drops_it(agent_factory, origin, re
     assert agent.stop() == 0
 
     flip_bit(agent, digest, 2 * PIECE + 1234)
-    found = agent.cli("verify")  # no agent runs: the CLI opens the cache itself
+    found = agent.cli("verify", "--json")  # no agent runs: the CLI opens the cache itself
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
     assert report["bad"] == [{"digest": digest, "piece": 2}]
@@ -134,7 +134,7 @@ def test_verify_through_a_running_agent(agent_factory, origin, registry: Registr
     assert send(agent.proxy_port, url).body == data
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
     flip_bit(agent, digest, 5)
-    result = agent.cli("verify", "--repair")
+    result = agent.cli("verify", "--repair", "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["bad"] == [{"digest": digest, "piece": 0}]
     assert metric(agent, "dfagent_scrub_bad_pieces_total") == 1
@@ -192,7 +192,7 @@ def test_max_age_and_gc_command(agent_factory, origin, registry: Registry):
     assert send(agent.proxy_port, blob_url(origin, "test/age", digest)).body == data
     wait_for(lambda: len(stored_pieces(agent)) == 1, "the piece stored")
     time.sleep(1.2)
-    result = agent.cli("gc")
+    result = agent.cli("gc", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["evicted_for_age"] == 1
     assert stored_pieces(agent) == []

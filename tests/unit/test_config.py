@@ -71,6 +71,35 @@ def test_every_problem_is_reported_with_its_path():
     assert "0 to 10" in found["origin.retries"]
 
 
+def test_range_and_type_errors_of_one_section_are_all_reported():
+    found = problems(
+        "storage:\n  piece_size: 3MiB\n  high_watermark: 1.5\n  quota: lots\n"
+        "origin:\n  retries: -1\n"
+    )
+    assert "power of two" in found["storage.piece_size"]
+    assert found["storage.high_watermark"] == "must be > 0 and <= 1, got 1.5"
+    assert "size" in found["storage.quota"]
+    assert "0 to 10" in found["origin.retries"]
+    assert "storage.low_watermark" not in found, "0.7 is fine on its own"
+    assert len(found) == 4, found
+
+
+def test_a_cross_field_conflict_names_both_fields():
+    found = problems("storage: {low_watermark: 0.95, high_watermark: 0.9}")
+    assert found == {"storage.low_watermark": "must be below high_watermark (0.9), got 0.95"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "storage: {piece_size: lots, quota: 512KiB}",  # the piece size is unknown
+        "storage: {piece_size: 3MiB, quota: 2MiB}",  # the piece size is out of its own range
+    ],
+)
+def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
+    assert list(problems(text)) == ["storage.piece_size"]
+
+
 @pytest.mark.parametrize(
     ("text", "path", "reason"),
     [
@@ -84,6 +113,8 @@ def test_every_problem_is_reported_with_its_path():
         ("proxy: [1, 2]", "proxy", "mapping"),
         ("- a\n- b", "<top>", "mapping"),
         ("proxy: {rules: [{redirect: x}]}", "proxy.rules[0].regex", "missing"),
+        ("storage: {low_watermark: 0}", "storage.low_watermark", "> 0"),
+        ("proxy: {idle_timeout: 0s}", "proxy.idle_timeout", "positive"),
     ],
 )
 def test_single_problems(text, path, reason):
@@ -112,11 +143,17 @@ def test_config_check_prints_effective_config(tmp_path):
 
 def test_config_check_lists_errors_and_exits_2(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("storage: {quota: lots}\nproxy: {bogus: 1}\n")
+    path.write_text(
+        "storage: {piece_size: 3MiB, high_watermark: 1.5, quota: lots}\n"
+        "origin: {retries: -1}\nproxy: {bogus: 1}\n"
+    )
     result = run_cli("config", "check", str(path))
     assert result.returncode == 2
-    assert "storage.quota:" in result.stderr
+    for key in ("storage.piece_size", "storage.high_watermark", "storage.quota"):
+        assert f"  {key}: " in result.stderr
+    assert "origin.retries: must be from 0 to 10" in result.stderr
     assert "proxy.bogus: unknown key" in result.stderr
+    assert "low_watermark" not in result.stderr
     missing = run_cli("config", "check", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
