@@ -13,7 +13,8 @@ __all__ = [
     "parse_range_header",
 ]
 
-_SPEC = re.compile(r"bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*")
+# The range unit is case-insensitive (RFC 9110 §14.1); digits and letters are ASCII only.
+_SPEC = re.compile(r"bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*", re.IGNORECASE | re.ASCII)
 _MAX_DIGITS = 19  # fits a signed 64-bit offset; longer numbers are rejected, not parsed
 
 

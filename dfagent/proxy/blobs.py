@@ -48,6 +48,8 @@ async def serve_blob(
     blob = await engine.blob(source, first_byte)
 
     headers = _blob_headers(route.digest)
+    if blob.verified:  # every byte comes from this node's checked copy
+        headers[DOWNLOAD_FINISHED] = "true"
     if request.method == "HEAD":
         response = web.StreamResponse(status=200, headers=headers)
         response.content_length = blob.size
@@ -63,8 +65,6 @@ async def serve_blob(
         headers["Content-Range"] = byte_range.content_range()
         if prefetch or request.headers.get(PREFETCH, "").lower() == "true":
             prefetcher.start(blob, source)
-    if blob.verified:  # every byte comes from this node's checked copy
-        headers[DOWNLOAD_FINISHED] = "true"
 
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = last - first + 1

@@ -8,6 +8,7 @@ A row in `pieces` means the piece's bytes are on disk: rows are written only aft
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dfagent.errors import StorageFull
+from dfagent.storage.private import FILE_MODE
 
 __all__ = ["BlobRow", "BlobSummary", "Index", "PieceRow"]
 
@@ -112,6 +114,8 @@ class Index:
         await loop.run_in_executor(self._executor, self._open)
 
     def _open(self) -> None:
+        # Created owner-only before sqlite opens it: its -wal and -shm files take its mode.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, FILE_MODE))
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

@@ -32,6 +32,7 @@ from dfagent.integrity import sha256_of_file
 from dfagent.metrics import Metrics
 from dfagent.storage.config import StorageConfig
 from dfagent.storage.index import Index
+from dfagent.storage.private import DIR_MODE, FILE_MODE, make_private
 from dfagent.tasks import KeyedLocks, TaskOwner
 
 __all__ = ["BlobRemoved", "PieceStore", "StoredBlob"]
@@ -169,8 +170,8 @@ class PieceStore:
                 self._release_lock()
 
     def _prepare_dirs(self) -> None:
-        (self._root / "blobs").mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self._root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._root.mkdir(DIR_MODE, parents=True, exist_ok=True)
+        self._lock_fd = os.open(self._root / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -182,9 +183,18 @@ class PieceStore:
             ) from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        tightened = make_private(self._root, "blobs")
+        if tightened:
+            shown = ", ".join(tightened[:5])
+            more = f" and {len(tightened) - 5} more" if len(tightened) > 5 else ""
+            log.warning(
+                "the cache was readable by other users; made it owner-only",
+                extra={"dir": str(self._root), "count": len(tightened), "paths": shown + more},
+            )
+        (self._root / "blobs").mkdir(DIR_MODE, exist_ok=True)
         tmp = self._root / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(DIR_MODE)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -238,8 +248,8 @@ class PieceStore:
             path = self.blob_path(digest.hex)
 
             def make() -> IO[bytes]:
-                path.parent.mkdir(exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                path.parent.mkdir(DIR_MODE, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
                 os.ftruncate(fd, size)
                 return open(fd, "r+b", buffering=0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from dfagent.control import AgentRefused, call_agent
 from tests.conftest import PASSWORD, TOKEN, USER
 from tests.support.agent import AgentProcess
 from tests.support.client import send
@@ -163,29 +165,42 @@ def test_preheat_through_the_bearer_token_flow(agent, token_registry):
     read_locally(agent, token_registry, "test/bearer", blobs, {"Authorization": f"Bearer {token}"})
 
 
+def call(
+    method: str, target: str, body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict, dict[str, str]]:
+    """One request to the preheat API over HTTP: status, JSON answer, headers."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(target, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+def over_the_socket(agent: AgentProcess, path: str) -> dict | None:
+    return asyncio.run(call_agent(agent.storage_dir, "GET", path))
+
+
 def test_preheat_api_on_the_health_port(agent, origin, registry):
     config, layer = b'{"os":"linux"}', os.urandom(100_000)
     registry.push_manifest("test/api", "v2", config, [layer])
     url = f"{agent.health_url}/api/v1/preheat"
+    image = {"image": f"{origin.host}/test/api:v2", "plain_http": True, "platform": "linux/amd64"}
 
-    def call(method: str, target: str, body: object = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(target, data=data, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    status, job = call(
-        "POST",
-        url,
-        {"image": f"{origin.host}/test/api:v2", "plain_http": True, "platform": "linux/amd64"},
-    )
+    status, job, headers = call("POST", url, image)
     assert status == 202
-    wait_for(lambda: call("GET", f"{url}/{job['id']}")[1]["state"] == "succeeded", "the job")
-    assert call("GET", url)[1]["jobs"][0]["id"] == job["id"]
+    assert headers["Location"] == f"/api/v1/preheat/{job['id']}?key={job['key']}"
+    mine = f"{agent.health_url}{headers['Location']}"
+    wait_for(lambda: call("GET", mine)[1]["state"] == "succeeded", "the job")
+    assert {b["digest"] for b in call("GET", mine)[1]["blobs"]} == {
+        digest_of(config), digest_of(layer)
+    }  # fmt: skip
     read_locally(agent, origin, "test/api", {digest_of(config): config, digest_of(layer): layer})
+    listed = over_the_socket(agent, "/api/v1/preheat")
+    assert listed is not None
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    assert over_the_socket(agent, f"/api/v1/preheat/{job['id']}")["state"] == "succeeded"
     human = agent.cli("status")
     assert f"{job['id']}   succeeded" in human.stdout
 
@@ -197,11 +212,50 @@ def test_preheat_api_on_the_health_port(agent, origin, registry):
         ({"image": "r.example/a", "username": "only-me"}, "username"),
         ({"image": "r.example/a", "surprise": 1}, "surprise"),
     ):
-        status, answer = call("POST", url, body)
+        status, answer, _ = call("POST", url, body)
         assert status == 400, body
         assert field in answer["error"]
-    assert call("GET", f"{url}/no-such-job")[0] == 404
+    with pytest.raises(AgentRefused, match="no preheat job no-such-job"):
+        over_the_socket(agent, "/api/v1/preheat/no-such-job")
     assert call("DELETE", url)[0] == 405
+
+
+def test_a_loopback_client_sees_only_the_jobs_it_started(agent, origin, registry):
+    """Every local user reaches loopback: the list and others' jobs (digests of images that
+    may be private) need the cluster token or the control socket."""
+    config, layer = b'{"os":"linux"}', os.urandom(100_000)
+    registry.push_manifest("test/others", "v1", config, [layer])
+    url = f"{agent.health_url}/api/v1/preheat"
+    image = {"image": f"{origin.host}/test/others:v1", "plain_http": True}
+    status, theirs, _ = call("POST", url, image)
+    assert status == 202
+    job_path = f"/api/v1/preheat/{theirs['id']}"
+    wait_for(lambda: over_the_socket(agent, job_path)["blobs"], "the job to name its blobs")
+
+    def refused(target: str) -> tuple[int, str]:
+        status, answer, _ = call("GET", target)
+        flat = json.dumps(answer)
+        assert digest_of(layer) not in flat
+        assert "test/others" not in flat
+        return status, answer.get("error", "")
+
+    status, reason = refused(url)
+    assert status == 401
+    assert "cluster token or the control socket" in reason
+    status, reason = refused(f"{url}/{theirs['id']}")
+    assert status == 401
+    assert "needs its key" in reason
+    assert refused(f"{url}/no-such-job")[0] == 401
+
+    status, mine, where = call("POST", url, image)
+    assert status == 202
+    assert call("GET", f"{agent.health_url}{where['Location']}")[1]["id"] == mine["id"]
+    assert refused(f"{url}/{theirs['id']}?key={mine['key']}")[0] == 403
+    assert refused(f"{url}/{theirs['id']}?key=")[0] == 403
+    assert "job read with a wrong key" in agent.log()
+    assert call("GET", f"{url}/{theirs['id']}?key={theirs['key']}")[1]["blobs"]
+    listed = {j["id"] for j in over_the_socket(agent, "/api/v1/preheat")["jobs"]}
+    assert listed == {theirs["id"], mine["id"]}
 
 
 @pytest.mark.parametrize(
@@ -241,8 +295,14 @@ def test_preheat_api_over_the_network_needs_the_cluster_token(swarm):
         urllib.request.urlopen(url, timeout=10)
     assert refused.value.code == 401
     assert "cluster token" in json.loads(refused.value.read())["error"]
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert json.loads(answer.read()) == {"jobs": []}
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    assert call("GET", url, headers=token)[:2] == (200, {"jobs": []})
+    assert call("GET", f"{url}/no-such-job", headers=token)[:2] == (
+        404,
+        {"error": "no preheat job no-such-job"},
+    )
+    status, answer, _ = call("GET", f"{agent.health_url}/api/v1/preheat")
+    assert status == 401, "loopback alone does not list the jobs"
+    assert "cluster token" in answer["error"]
     with urllib.request.urlopen(f"http://{address}:{agent.health_port}/healthy") as health:
         assert health.status == 200, "the probes stay open to all"

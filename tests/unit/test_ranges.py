@@ -82,3 +82,15 @@ def test_resolved_range_lies_inside_the_blob(first, length, size):
         return
     assert 0 <= resolved.first <= resolved.last < size
     assert resolved == ByteRange(first, min(first + length, size - 1), size)
+
+
+@pytest.mark.parametrize("unit", ["BYTES", "Bytes", "bYtEs"])
+def test_the_range_unit_is_case_insensitive(unit):
+    resolved = parse_range_header(f"{unit}=0-4").resolve(10)
+    assert (resolved.first, resolved.last) == (0, 4)
+
+
+@pytest.mark.parametrize("header", ["byte\u017f=0-4", "bytes=\u0661-\u0664"])
+def test_only_ascii_letters_and_digits(header):
+    with pytest.raises(MalformedRange):
+        parse_range_header(header)
