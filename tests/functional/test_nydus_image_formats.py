@@ -5,6 +5,8 @@ one-byte flip does not."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import random
 import re
 import shutil
 import subprocess
@@ -282,3 +284,41 @@ def test_inline_meta_blob_carries_a_bootstrap_that_maps_its_chunks(tree, tmp_pat
         chunk_map
     )
     assert (tail.digests == digests) if toc else tail.digests is None
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_damaged_real_metadata_is_a_format_error_or_a_consistent_map(tree, tmp_path, version):
+    """Truncated and bit-flipped real bootstraps and blob tails: the parsers either refuse
+    them with a NydusFormatError or return maps whose every chunk lies inside the blob."""
+    extra = ("--features", "blob-toc") if version == 6 else ()
+    result = build(tree, tmp_path, "--fs-version", str(version), *extra)
+    rng = random.Random(version)
+    original = result.bootstrap
+    damaged = [original[:cut] for cut in range(0, len(original), max(1, len(original) // 200))]
+    for _ in range(300):
+        flipped = bytearray(original)
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        damaged.append(bytes(flipped))
+    for image in damaged:
+        try:
+            boot = parse_bootstrap(image)
+        except NydusFormatError:
+            continue
+        for chunk_map in boot.chunk_maps.values():
+            for before, after in itertools.pairwise(chunk_map.chunks):
+                assert before.compressed_end <= after.compressed_offset
+    if version == 5:
+        return
+    (data,) = (p.read_bytes() for p in result.blob_files.values())
+    tail_start = len(data) - 8192
+    for _ in range(300):
+        flipped = bytearray(data)
+        flipped[tail_start + rng.randrange(8192)] ^= 1 << rng.randrange(8)
+        reader = BlobTailReader(len(flipped))
+        try:
+            while ranges := reader.wanted():
+                reader.feed({r: bytes(flipped[r.start : r.end]) for r in ranges})
+            tail = reader.result()
+        except NydusFormatError:
+            continue
+        assert all(c.compressed_offset + c.compressed_size <= len(data) for c in tail.chunks)

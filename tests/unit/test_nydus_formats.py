@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import struct
 
 import pytest
@@ -352,3 +353,31 @@ def test_inline_bootstrap_is_found_at_the_blob_end():
     huge = layout.tar_header("image.boot", 1 << 30)
     with pytest.raises(NydusFormatError, match="do not fit"):
         inline_bootstrap_range(huge, 4096)
+
+
+def test_random_damage_is_a_format_error_or_a_consistent_result():
+    rng = random.Random(14)
+    blob = layout.build_blob(CONTENTS, v2=True, toc=True)
+    image = layout.v6_bootstrap("g" * 64, blob)
+    for _ in range(400):
+        damaged = bytearray(image)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(1024, len(damaged))] ^= 1 << rng.randrange(8)
+        cut = rng.choice([len(damaged), rng.randrange(len(damaged))])
+        try:
+            boot = parse_bootstrap(bytes(damaged[:cut]))
+        except NydusFormatError:
+            continue
+        for chunk_map in boot.chunk_maps.values():
+            assert all(c.compressed_end <= boot.blobs[0].compressed_size for c in chunk_map.chunks)
+    tail_start = len(blob.data) - 8192
+    for _ in range(400):
+        damaged = bytearray(blob.data)
+        damaged[rng.randrange(tail_start, len(damaged))] ^= 1 << rng.randrange(8)
+        try:
+            read_tail(bytes(damaged), reader := BlobTailReader(len(damaged)))
+        except NydusFormatError:
+            continue
+        assert all(
+            c.compressed_offset + c.compressed_size <= len(damaged) for c in reader.result().chunks
+        )
