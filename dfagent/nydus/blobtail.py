@@ -40,7 +40,9 @@ __all__ = [
 
 CI_HEADER_SIZE = 4096
 TAR_HEADER_SIZE = 512
-DEFAULT_MAX_CHUNKS = 1 << 24  # the most chunks RAFS allows in one blob
+# The most chunk entries a tail read without the bootstrap may claim: 4 Mi (a 96 MiB v2 array).
+# RAFS allows 16 Mi; with the bootstrap's blob entry its own chunk count is the bound.
+DEFAULT_MAX_CHUNKS = 1 << 22
 _CI_MAGIC = 0xB10BB10B
 _CI_HEADER = struct.Struct("<IIIIQQQ")
 _CI_V1 = struct.Struct("<QQ")
@@ -130,6 +132,10 @@ def parse_ci_header(buf: bytes | memoryview, max_chunks: int = DEFAULT_MAX_CHUNK
     header = CiHeader(features, COMPRESSION_BY_CODE[code], entries, offset, c_size, u_size)
     if not 0 < entries <= max_chunks:
         raise NydusFormatError(f"CI header: {entries} chunk entries, allowed 1..{max_chunks}")
+    if entries > offset and not features & BlobFeature.SEPARATE:
+        raise NydusFormatError(
+            f"CI header: {entries} chunks cannot fit the {offset} bytes before the array"
+        )
     if u_size != entries * header.entry_size:
         raise NydusFormatError(
             f"CI header: array of {u_size} bytes for {entries} entries of {header.entry_size}"

@@ -360,6 +360,7 @@ def _v5_chunk_records(data: memoryview, inode_table: memoryview) -> Iterator[tup
     """The chunk records after every regular file's inode (each inode visited once: hard
     links share one)."""
     seen: set[int] = set()
+    budget = len(data) // _CHUNK_RECORD.size  # inodes cannot share chunk records
     for (slot,) in struct.iter_unpack("<I", inode_table):
         offset = slot * _V5_ALIGN
         if slot == 0 or offset in seen:
@@ -384,5 +385,8 @@ def _v5_chunk_records(data: memoryview, inode_table: memoryview) -> Iterator[tup
         if inode_flags & _V5_INODE_XATTR:
             xattr_size = u64(data, position, f"{what}: xattr size")
             position += 8 + align_up(xattr_size, _V5_ALIGN)
+        budget -= child_count
+        if budget < 0:
+            raise NydusFormatError(f"{what}: inodes claim more chunks than the bootstrap holds")
         size = child_count * _CHUNK_RECORD.size
         yield from _chunk_records(_table(data, position, size, _CHUNK_RECORD.size, what))

@@ -255,3 +255,90 @@ def chunk_record(chunk: SyntheticChunk, digest_value: bytes, blob_index: int) ->
         chunk.index,
         0,
     )
+
+
+def v5_inode(mode: int, name: bytes, child_count: int, flags: int = 0) -> bytes:
+    head = struct.pack(
+        "<32sQQIIIIQQQIIIHHIIQ8x",
+        bytes(32),
+        1,
+        1,
+        0,
+        0,
+        0,
+        mode,
+        0,
+        0,
+        flags,
+        1,
+        0,
+        child_count,
+        len(name),
+        0,
+        0,
+        0,
+        0,
+    )
+    return head + name.ljust((len(name) + 7) // 8 * 8, b"\0")
+
+
+def v5_bootstrap(
+    blob_id: str,
+    blob: SyntheticBlob,
+    compression="zstd",
+    algorithm="blake3",
+    chunk_size=0x100000,
+    inode_slots=None,
+    child_count=None,
+) -> bytes:
+    """A RAFS v5 bootstrap: super block, inode table, blob table, extended blob table, a root
+    directory and one regular file holding every chunk of `blob`."""
+    flags = {"none": 0x1, "lz4_block": 0x2, "zstd": 0x80}[compression]
+    flags |= 0x4 if algorithm == "blake3" else 0x8
+    inode_table = 8192
+    blob_table = inode_table + 8
+    frame = struct.pack("<II", 0, 0) + blob_id.encode()
+    frame = frame.ljust((len(frame) + 7) // 8 * 8, b"\0")
+    ext_table = blob_table + len(frame)
+    root = ext_table + 64
+    root_inode = v5_inode(0o040755, b"/", 1)
+    file_offset = root + len(root_inode)
+    records = b"".join(
+        chunk_record(c, d, 0) for c, d in zip(blob.chunks, blob.digests, strict=True)
+    )
+    count = len(blob.chunks) if child_count is None else child_count
+    file_inode = v5_inode(0o100644, b"file", count)
+    super_block = struct.pack(
+        "<IIIIQQQQQIIIIQ",
+        0x52414653,
+        0x500,
+        8192,
+        chunk_size,
+        flags,
+        2,
+        inode_table,
+        0,
+        blob_table,
+        2,
+        0,
+        len(frame),
+        1,
+        ext_table,
+    ).ljust(8192, b"\0")
+    slots = inode_slots if inode_slots is not None else [root >> 3, file_offset >> 3]
+    ext = struct.pack(
+        "<IIQQ40x",
+        len(blob.chunks),
+        blob.features,
+        sum(len(c.content) for c in blob.chunks),
+        len(blob.data),
+    )
+    return (
+        super_block
+        + struct.pack("<2I", *slots[:2])
+        + frame
+        + ext
+        + root_inode
+        + file_inode
+        + records
+    )

@@ -95,17 +95,18 @@ def test_chunk_info_sizes_use_all_24_bits():
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        (layout.ci_header(1, 0, 1, 0, 16, 16)[:-1], "4095 bytes"),
-        (layout.ci_header(1, 0, 1, 0, 16, 16, magic=0x12345678), "magic"),
-        (layout.ci_header(1, 9, 1, 0, 16, 16), "compressor"),
-        (layout.ci_header(1, 2, 1, 0, 16, 16), "compressor"),  # gzip
-        (layout.ci_header(1, 0, 0, 0, 16, 16), "entries"),
-        (layout.ci_header(1, 0, 0xFFFF_FFFF, 0, 16, (0xFFFF_FFFF * 16)), "entries"),
-        (layout.ci_header(1, 0, 2, 0, 16, 16), "array of 16 bytes for 2"),
-        (layout.ci_header(5, 0, 1, 0, 16, 16), "array of 16 bytes for 1 entries of 24"),
-        (layout.ci_header(1, 3, 1, 0, 1 << 40, 16), "implausible"),
-        (layout.ci_header(1, 0, 1, 0, 0, 16), "inconsistent"),
-        (layout.ci_header(9, 0, 1, 0, 16, 16), "ZRan"),
+        (layout.ci_header(1, 0, 1, 4096, 16, 16)[:-1], "4095 bytes"),
+        (layout.ci_header(1, 0, 1, 4096, 16, 16, magic=0x12345678), "magic"),
+        (layout.ci_header(1, 9, 1, 4096, 16, 16), "compressor"),
+        (layout.ci_header(1, 2, 1, 4096, 16, 16), "compressor"),  # gzip
+        (layout.ci_header(1, 0, 0, 4096, 16, 16), "entries"),
+        (layout.ci_header(1, 0, 0xFFFF_FFFF, 4096, 16, (0xFFFF_FFFF * 16)), "entries"),
+        (layout.ci_header(1, 0, 2, 4096, 16, 16), "array of 16 bytes for 2"),
+        (layout.ci_header(5, 0, 1, 4096, 16, 16), "array of 16 bytes for 1 entries of 24"),
+        (layout.ci_header(1, 3, 1, 4096, 1 << 40, 16), "implausible"),
+        (layout.ci_header(1, 0, 1, 4096, 0, 16), "inconsistent"),
+        (layout.ci_header(9, 0, 1, 4096, 16, 16), "ZRan"),
+        (layout.ci_header(1, 0, 8, 7, 128, 128), "8 chunks cannot fit the 7 bytes"),
     ],
 )
 def test_bad_ci_headers_are_named(header, message):
@@ -381,3 +382,29 @@ def test_random_damage_is_a_format_error_or_a_consistent_result():
         assert all(
             c.compressed_offset + c.compressed_size <= len(damaged) for c in reader.result().chunks
         )
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4_block", "none"])
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_v5_bootstrap_gives_the_chunk_map(compression, algorithm):
+    blob = layout.build_blob(CONTENTS, compression, algorithm)
+    boot = parse_bootstrap(layout.v5_bootstrap("h" * 64, blob, compression, algorithm))
+    assert boot.version == 5
+    (entry,) = boot.blobs
+    assert (entry.blob_id, entry.chunk_count) == ("h" * 64, len(CONTENTS))
+    check_map(boot.chunk_maps["h" * 64], blob, Compression(compression), DigestAlgorithm(algorithm))
+
+
+def test_v5_inodes_cannot_claim_more_chunks_than_the_bootstrap_holds():
+    blob = layout.build_blob(CONTENTS)
+    image = layout.v5_bootstrap("h" * 64, blob)
+    file_slot = struct.unpack_from("<I", image, 8192 + 4)[0]
+    # every inode-table slot names the file inode: still one inode, read once
+    same = layout.v5_bootstrap("h" * 64, blob, inode_slots=[file_slot, file_slot])
+    assert len(parse_bootstrap(same).chunk_maps["h" * 64].chunks) == len(CONTENTS)
+    hostile = layout.v5_bootstrap("h" * 64, blob, child_count=0xFFFF_FFFF)
+    with pytest.raises(NydusFormatError, match="claim more chunks"):
+        parse_bootstrap(hostile)
+    inside = layout.v5_bootstrap("h" * 64, blob, inode_slots=[1, file_slot])
+    with pytest.raises(NydusFormatError, match="inside the super block"):
+        parse_bootstrap(inside)
