@@ -322,3 +322,44 @@ def test_damaged_real_metadata_is_a_format_error_or_a_consistent_map(tree, tmp_p
         except NydusFormatError:
             continue
         assert all(c.compressed_offset + c.compressed_size <= len(data) for c in tail.chunks)
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_layered_image_maps_the_chunks_of_every_blob(tree, tmp_path, version):
+    """A second layer built on the first (--parent-bootstrap) names both blobs."""
+    lower = build(tree, tmp_path / "lower", "--fs-version", str(version))
+    upper_tree = tmp_path / "upper-tree"
+    (upper_tree / "new").mkdir(parents=True)
+    (upper_tree / "new" / "data").write_bytes(random.Random(2).randbytes(3_000_000))
+    shutil.copytree(tree / "etc", upper_tree / "etc")
+    upper = build(
+        upper_tree,
+        tmp_path / "upper",
+        "--fs-version",
+        str(version),
+        "--parent-bootstrap",
+        str(tmp_path / "lower" / "bootstrap"),
+    )
+    boot = parse_bootstrap(upper.bootstrap)
+    assert len(boot.blobs) == 2
+    assert [(b.blob_id, b.chunk_count) for b in boot.blobs] == printed_blobs(upper.check_output)
+    parsed = {
+        (
+            blob.index,
+            c.index,
+            c.digest.hex(),
+            c.compressed_offset,
+            c.compressed_size,
+            c.uncompressed_offset,
+            c.uncompressed_size,
+        )
+        for blob in boot.blobs
+        for c in boot.chunk_maps[blob.blob_id].chunks
+    }
+    assert printed_chunks(upper.check_output) <= parsed  # check prints the chunks files use
+    files = {**lower.blob_files, **upper.blob_files}
+    for blob in boot.blobs:
+        assert len(boot.chunk_maps[blob.blob_id].chunks) == blob.chunk_count
+        data = files[blob.blob_id].read_bytes()
+        for chunk in boot.chunk_maps[blob.blob_id].chunks:
+            verify_chunk(chunk, data[chunk.compressed_offset : chunk.compressed_end])
