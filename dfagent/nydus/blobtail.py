@@ -350,11 +350,24 @@ class BlobTailReader:
             if not entry.ci_compressed_size:
                 raise NydusFormatError(f"blob {entry.blob_id}: no chunk-info array recorded")
             header_start = entry.ci_offset + entry.ci_compressed_size
-            self._array = self._inside(entry.ci_offset, header_start)
+            self._array = self._bounded(self._inside(entry.ci_offset, header_start), "array")
             self._header = self._inside(header_start, header_start + CI_HEADER_SIZE)
             self._wanted = (ByteRange(self._array.start, self._header.end),)
         else:
             self._wanted = (ByteRange(max(0, blob_size - _TOC_WINDOW), blob_size),)
+
+    def _bounded(self, wanted: ByteRange, what: str) -> ByteRange:
+        """`wanted` unless it is larger than `max_chunks` entries can make it."""
+        most = {
+            "array": self._max_chunks * _CI_V2.size * 3 // 2 + 1024,
+            "header": CI_HEADER_SIZE,
+            "digests": self._max_chunks * _DIGEST_SIZE,
+        }[what]
+        if wanted.size > most:
+            raise NydusFormatError(
+                f"blob tail: a chunk-info {what} of {wanted.size} bytes, at most {most} expected"
+            )
+        return wanted
 
     def wanted(self) -> tuple[ByteRange, ...]:
         """The byte ranges to read next; empty once `result()` is ready."""
@@ -362,6 +375,8 @@ class BlobTailReader:
 
     def feed(self, parts: Mapping[ByteRange, bytes]) -> None:
         """The bytes of every range `wanted()` returned."""
+        if self._result is not None:
+            raise RuntimeError("blob tail: already read")
         for wanted in self._wanted:
             got = parts.get(wanted)
             if got is None or len(got) != wanted.size:
@@ -405,7 +420,7 @@ class BlobTailReader:
                 raise NydusFormatError(f"blob {self._entry.blob_id}: no TOC at the blob's end")
             header = parse_ci_header(view[-CI_HEADER_SIZE:], self._max_chunks)
             self._header = ByteRange(self._size - CI_HEADER_SIZE, self._size)
-            self._array = self._inside(header.offset, self._header.start)
+            self._array = self._bounded(self._inside(header.offset, self._header.start), "array")
             return
         if inline_bootstrap_range(view, self._size) is not None:
             raise NydusFormatError(
@@ -421,13 +436,17 @@ class BlobTailReader:
         meta_header = by_name.get("blob.meta.header")
         if meta is None or meta_header is None:
             raise NydusFormatError("TOC: no blob.meta / blob.meta.header entry")
-        self._array = self._inside(meta.compressed_offset, meta.range.end)
-        self._header = self._inside(meta_header.compressed_offset, meta_header.range.end)
+        self._array = self._bounded(self._inside(meta.compressed_offset, meta.range.end), "array")
+        self._header = self._bounded(
+            self._inside(meta_header.compressed_offset, meta_header.range.end), "header"
+        )
         digests = by_name.get("blob.digest")
         if digests is not None:
             if digests.compression is not Compression.NONE:
                 raise NydusFormatError("TOC: blob.digest is compressed (unsupported)")
-            self._digests = self._inside(digests.compressed_offset, digests.range.end)
+            self._digests = self._bounded(
+                self._inside(digests.compressed_offset, digests.range.end), "digests"
+            )
 
     def _after_metadata(self) -> None:
         assert self._array is not None and self._header is not None

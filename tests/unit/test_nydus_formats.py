@@ -408,3 +408,41 @@ def test_v5_inodes_cannot_claim_more_chunks_than_the_bootstrap_holds():
     inside = layout.v5_bootstrap("h" * 64, blob, inode_slots=[1, file_slot])
     with pytest.raises(NydusFormatError, match="inside the super block"):
         parse_bootstrap(inside)
+
+
+def test_tail_reader_never_asks_for_more_than_the_chunk_count_allows():
+    """A TOC (or CI header) naming a huge array within a huge blob must not make the caller
+    fetch it: the wanted ranges are bounded by `max_chunks`."""
+    size = 1 << 40
+    entries = b"".join(
+        layout.toc_entry(name, "none", bytes(32), offset, length, length)
+        for name, offset, length in (
+            ("blob.meta", 1 << 20, 1 << 38),
+            ("blob.meta.header", (1 << 20) + (1 << 38), 4096),
+        )
+    )
+    window = (entries + layout.tar_header("rafs.blob.toc", len(entries))).rjust(4096, b"\0")
+    reader = BlobTailReader(size)
+    (wanted,) = reader.wanted()
+    with pytest.raises(NydusFormatError, match="at most"):
+        reader.feed({wanted: window})
+    header = layout.ci_header(1, 3, 1 << 22, 1 << 20, (1 << 40) - 4096 - (1 << 20), 64 << 20)
+    reader = BlobTailReader(size)
+    (wanted,) = reader.wanted()
+    with pytest.raises(NydusFormatError):
+        reader.feed({wanted: header})
+    blob = layout.build_blob(CONTENTS)
+    reader = BlobTailReader(len(blob.data), max_chunks=2)
+    with pytest.raises(NydusFormatError, match=r"allowed 1\.\.2"):
+        read_tail(blob.data, reader)
+
+
+def test_tail_reader_is_done_once_read():
+    blob = layout.build_blob(CONTENTS)
+    reader = BlobTailReader(len(blob.data))
+    read_tail(blob.data, reader)
+    assert reader.wanted() == ()
+    with pytest.raises(RuntimeError):
+        reader.feed({})
+    with pytest.raises(RuntimeError):
+        BlobTailReader(len(blob.data)).result()
