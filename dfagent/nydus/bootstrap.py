@@ -85,9 +85,13 @@ _CHUNK_RECORD = struct.Struct("<32sIIIIQQQII")
 def parse_bootstrap(data: bytes | memoryview) -> Bootstrap:
     """The blob table and chunk maps of a RAFS v5 or v6 bootstrap (uncompressed)."""
     data = memoryview(data)
-    if len(data) >= 8 and u32(data, 0, "v5 magic") == _V5_MAGIC and u32(data, 4, "") == 0x500:
+    if (
+        len(data) >= 8
+        and u32(data, 0, "v5 magic") == _V5_MAGIC
+        and u32(data, 4, "v5 version") == 0x500
+    ):
         return _parse_v5(data)
-    if len(data) >= _V6_SUPER_OFFSET + 4 and u32(data, _V6_SUPER_OFFSET, "") == _V6_MAGIC:
+    if len(data) >= _V6_SUPER_OFFSET + 4 and u32(data, _V6_SUPER_OFFSET, "v6 magic") == _V6_MAGIC:
         return _parse_v6(data)
     raise NydusFormatError("bootstrap: neither a RAFS v5 nor a RAFS v6 super block")
 
@@ -115,15 +119,13 @@ def _table(data: memoryview, offset: int, size: int, entry: int, what: str) -> m
     return data[offset : offset + size]
 
 
-def _chunk_records(table: memoryview) -> Iterator[tuple]:
-    return _CHUNK_RECORD.iter_unpack(table)
-
-
 def _chunk_maps(
     blobs: tuple[BlobEntry, ...], records: Iterator[tuple], what: str
 ) -> dict[str, ChunkMap]:
     """Chunk records grouped per blob; a chunk recorded more than once (files sharing it)
     must be recorded the same way each time."""
+    if len({blob.blob_id for blob in blobs}) != len(blobs):
+        raise NydusFormatError(f"{what}: the blob table names a blob twice")
     found: list[dict[int, Chunk]] = [{} for _ in blobs]
     for record in records:
         digest, blob_index, flags, c_size, u_size, c_offset, u_offset, _, index, _ = record
@@ -193,7 +195,7 @@ def _parse_v6(data: memoryview) -> Bootstrap:
         chunk_table = _table(
             data, chunk_offset, chunk_table_size, _CHUNK_RECORD.size, "v6 chunk table"
         )
-        records = _chunk_records(chunk_table)
+        records = _CHUNK_RECORD.iter_unpack(chunk_table)
     return Bootstrap(6, chunk_size, blobs, _chunk_maps(blobs, records, "v6 chunk table"))
 
 
@@ -389,4 +391,4 @@ def _v5_chunk_records(data: memoryview, inode_table: memoryview) -> Iterator[tup
         if budget < 0:
             raise NydusFormatError(f"{what}: inodes claim more chunks than the bootstrap holds")
         size = child_count * _CHUNK_RECORD.size
-        yield from _chunk_records(_table(data, position, size, _CHUNK_RECORD.size, what))
+        yield from _CHUNK_RECORD.iter_unpack(_table(data, position, size, _CHUNK_RECORD.size, what))

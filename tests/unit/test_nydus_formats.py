@@ -327,6 +327,16 @@ def test_bad_bootstraps_are_named(image, message):
         parse_bootstrap(image)
 
 
+def test_a_blob_named_twice_is_refused():
+    blob = layout.build_blob(CONTENTS)
+    image = bytearray(layout.v6_bootstrap("i" * 64, blob))
+    struct.pack_into("<I", image, 1168, 512)  # two blob entries ...
+    image[4096 + 256 : 4096 + 512] = image[4096 : 4096 + 256]  # ... the same blob
+    struct.pack_into("<I", image, 4096 + 256 + 64, 1)  # at its own index
+    with pytest.raises(NydusFormatError, match="names a blob twice"):
+        parse_bootstrap(bytes(image))
+
+
 def test_v5_super_block_damage_is_named():
     head = struct.pack("<IIIIQ", 0x52414653, 0x500, 8192, 0x100000, 0x80 | 0x4)
     with pytest.raises(NydusFormatError, match="v5 super block"):
