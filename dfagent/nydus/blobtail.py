@@ -262,7 +262,8 @@ def parse_toc(
 def inline_bootstrap_range(window: bytes | memoryview, blob_size: int) -> ByteRange | None:
     """Where a blob built with inlined RAFS metadata (and no TOC) keeps its bootstrap, from
     the blob's last bytes `window`: the `image.boot` tar entry ends the blob, its data
-    (uncompressed) just before the tar header. None when the blob does not end that way."""
+    (uncompressed) just before the tar header. None when the blob does not end that way.
+    Such a bootstrap names the blob holding it by a placeholder id ("x" * 64)."""
     if len(window) < TAR_HEADER_SIZE or not _looks_like_tar(memoryview(window)[-TAR_HEADER_SIZE:]):
         return None
     name, size = _tar_entry(memoryview(window)[-TAR_HEADER_SIZE:], "tar header")
