@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cache_hit, cold, lazy, nydus, report, resources, storage, swarm
+from bench import cache_hit, chunks, cold, lazy, nydus, report, resources, storage, swarm
 
 HERE = Path(__file__).parent
 WORK = HERE / "work"
@@ -83,6 +83,11 @@ def _lazy(args: argparse.Namespace) -> Ran:
     return lazy.section(result), []
 
 
+def _chunks(args: argparse.Namespace) -> Ran:
+    rates = chunks.run(chunks=4 if args.smoke else 64, rounds=1 if args.smoke else 3)
+    return chunks.section(rates), []
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "cache-hit": _cache_hit,
     "cold": _cold,
@@ -90,6 +95,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "nydus": _nydus,
     "swarm": _swarm,
     "lazy": _lazy,
+    "chunks": _chunks,
 }
 GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
 

@@ -33,6 +33,24 @@ FORBIDDEN = {
         "dfagent.preheat",
         "dfagent.agent",
     ),
+    # the nydus formats are pure values: nothing but the error types
+    "dfagent.nydus": tuple(
+        f"dfagent.{name}"
+        for name in (
+            "core",
+            "storage",
+            "origin",
+            "engine",
+            "swarm",
+            "proxy",
+            "registry",
+            "preheat",
+            "agent",
+            "admin",
+            "tools",
+            "config",
+        )
+    ),
     "dfagent.preheat": ("dfagent.proxy", "dfagent.agent", "dfagent.admin", "dfagent.tools"),
 }
 
