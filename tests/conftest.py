@@ -110,7 +110,14 @@ def swarm(tmp_path: Path) -> Iterator[Callable[..., list[AgentProcess]]]:
         for i, port in enumerate(ports):
             config = {
                 "storage": {"piece_size": "256KiB"},
-                "peer": {"listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+                "peer": {
+                    "listen": f"127.0.0.1:{port}",
+                    "token_file": str(token_file),
+                    # A live peer on a loaded 2-core test machine (asyncio debug mode, many
+                    # agents) may take longer than the production 100 ms to accept: the tests
+                    # check who fetches what, not how fast a busy peer is given up on.
+                    "connect_timeout": "2s",
+                },
                 "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
                 **overrides,
             }
