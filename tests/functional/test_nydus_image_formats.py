@@ -17,6 +17,7 @@ import pytest
 
 from dfagent.nydus import (
     BlobTailReader,
+    Bootstrap,
     ChunkMismatch,
     Compression,
     DigestAlgorithm,
@@ -98,6 +99,23 @@ def printed_chunks(output: str) -> set[tuple]:
     }
 
 
+def parsed_chunks(boot: Bootstrap) -> set[tuple[int, int, str, int, int, int, int]]:
+    """Every chunk of every blob in `boot`, in the shape printed_chunks reads from check -v."""
+    return {
+        (
+            blob.index,
+            c.index,
+            c.digest.hex(),
+            c.compressed_offset,
+            c.compressed_size,
+            c.uncompressed_offset,
+            c.uncompressed_size,
+        )
+        for blob in boot.blobs
+        for c in boot.chunk_maps[blob.blob_id].chunks
+    }
+
+
 def printed_blobs(output: str) -> list[tuple[str, int]]:
     return [(m["id"], int(m["count"], 16)) for m in map(_BLOB_LINE.match, output.splitlines()) if m]
 
@@ -142,19 +160,7 @@ def test_chunk_maps_equal_nydus_image_check_and_every_chunk_proves_out(
     assert [(b.blob_id, b.chunk_count) for b in boot.blobs] == blobs
     expected = printed_chunks(result.check_output)
     assert expected, result.check_output[:2000]
-    parsed = {
-        (
-            blob.index,
-            c.index,
-            c.digest.hex(),
-            c.compressed_offset,
-            c.compressed_size,
-            c.uncompressed_offset,
-            c.uncompressed_size,
-        )
-        for blob in boot.blobs
-        for c in boot.chunk_maps[blob.blob_id].chunks
-    }
+    parsed = parsed_chunks(boot)
     assert parsed == expected
 
     for blob in boot.blobs:
@@ -343,19 +349,7 @@ def test_layered_image_maps_the_chunks_of_every_blob(tree, tmp_path, version):
     boot = parse_bootstrap(upper.bootstrap)
     assert len(boot.blobs) == 2
     assert [(b.blob_id, b.chunk_count) for b in boot.blobs] == printed_blobs(upper.check_output)
-    parsed = {
-        (
-            blob.index,
-            c.index,
-            c.digest.hex(),
-            c.compressed_offset,
-            c.compressed_size,
-            c.uncompressed_offset,
-            c.uncompressed_size,
-        )
-        for blob in boot.blobs
-        for c in boot.chunk_maps[blob.blob_id].chunks
-    }
+    parsed = parsed_chunks(boot)
     assert printed_chunks(upper.check_output) <= parsed  # check prints the chunks files use
     files = {**lower.blob_files, **upper.blob_files}
     for blob in boot.blobs:
