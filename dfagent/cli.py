@@ -17,7 +17,7 @@ from typing import Any
 from dfagent import __version__
 from dfagent.agent import Agent
 from dfagent.config import Config, dump, load
-from dfagent.control import AgentRefused, call_agent
+from dfagent.control import AgentNotPermitted, AgentRefused, call_agent
 from dfagent.errors import BadRequest, ConfigError, DfagentError, StartupError
 from dfagent.logs import setup_logging
 from dfagent.maintenance import Maintenance
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except AgentNotPermitted as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -26,6 +26,10 @@ class AgentRefused(DfagentError):
     """The running agent answered with an error (the message is its reason)."""
 
 
+class AgentNotPermitted(DfagentError):
+    """This user may not reach the agent: its cache directory and socket are owner-only."""
+
+
 SOCKET_NAME = "dfagent.sock"
 
 
@@ -77,8 +81,13 @@ async def call_agent(
     """Ask the agent running on `directory`; None when no agent answers there. Raises
     AgentRefused with the agent's reason when it answers with an error."""
     socket = directory / SOCKET_NAME
-    if not socket.exists():
-        return None
+    try:
+        if not socket.exists():
+            return None
+    except PermissionError:
+        raise AgentNotPermitted(
+            f"{directory} is owner-only: run this as the agent's user (or root)"
+        ) from None
     connector = aiohttp.UnixConnector(path=str(socket))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
     try:
