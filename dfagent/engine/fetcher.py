@@ -575,6 +575,8 @@ class Engine:
             if self._swarm is not None:
                 self._swarm.announce(blob, piece.index, sha256)
         except (DfagentError, OSError) as exc:
+            if self._swarm is not None:  # never announced: whoever waits for it must not wait
+                self._swarm.release(blob, [piece.index])
             now = time.monotonic()
             if now - self._storage_warned_at > _STORAGE_WARNING_INTERVAL:  # not once per piece
                 self._storage_warned_at = now
