@@ -168,3 +168,14 @@ def test_directory_spreads_uploads_over_requesters_that_have_the_piece_coming():
         "a:1",
         "b:1",
     )
+
+
+def test_a_released_lease_goes_to_the_next_requester_at_once():
+    directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="a:1")[0].fetch
+    waiting = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0]
+    assert (waiting.fetch, waiting.fetching) == (False, "a:1")
+    directory.release("d", LIAR, [0], "a:1")  # another origin's book: nothing to give back
+    assert not directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
+    directory.release("d", REGISTRY, [0], "a:1")
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
