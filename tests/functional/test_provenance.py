@@ -167,3 +167,24 @@ def test_a_lease_holder_whose_origin_fails_lets_the_others_go_at_once(swarm, ori
     assert failed[0].status == 403
     assert reply.body == data
     assert took < 5, f"waited {took:.1f}s for a lease its holder had given up (lease: 15s)"
+
+
+def test_a_registry_that_merely_says_yes_gets_no_peers_copy(swarm, origin, liar, registry):
+    """A node holds a verified private blob (read with credentials). On another node a client
+    names a server of its own that answers every request for the digest (zeros): the swarm
+    offers that node no peer's copy, because the server never proved it holds the blob, so
+    the client gets only what its own server sent."""
+    agents = swarm(3)
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob(REPO, data)
+    liar.faults.append(lie_about(digest, len(data)))
+    _, owner, stranger = roles(agents, digest)
+    assert (
+        send(owner.proxy_port, url(origin, digest), {"Authorization": "Bearer owner"}).body == data
+    )
+    wait_for(lambda: metric(owner, "dfagent_blob_verify_seconds_count") == 1, "verification")
+    time.sleep(0.3)  # announced as verified
+    reply = send(stranger.proxy_port, url(liar, digest), {"Authorization": "Bearer stranger"})
+    assert reply.body == b"\0" * len(data)
+    assert metric(stranger, 'dfagent_served_bytes_total{source="peer"}') == 0
+    assert metric(owner, "dfagent_uploaded_bytes_total") == 0
