@@ -133,9 +133,11 @@ class Engine:
 
         Raises NotShareable when the blob came from another registry and is not verified yet:
         until its bytes are checked against the digest, they are only that registry's word.
-        With `for_client` (a client will read the bytes) the client's credentials must also
-        be good for the blob at its origin (AccessGate); a completion a peer asks for serves
-        nobody and skips that check.
+        With `for_client` (a client will read the bytes) the client's access must also be
+        proven (AccessGate: the registry it names accepts its credentials and holds the
+        blob); a completion a peer asks for serves nobody and skips that check. A handle
+        evicted while the check ran is looked up again; the caller pins the handle it gets
+        before its next await.
         """
         while True:
             blob = await self._store.open_blob(source.digest)
@@ -153,9 +155,8 @@ class Engine:
                 raise NotShareable(f"{source.digest} is cached from another registry, unverified")
             if not for_client:
                 return blob
-            with blob.pinned():  # not evicted while the client's access is checked
-                await self._access.ensure(source, blob)
-            if not blob.removed:  # (the caller pins it before its next await)
+            await self._access.ensure(source, blob)  # (a check that waits pins the blob)
+            if not blob.removed:  # the caller pins it before its next await
                 return blob
 
     @staticmethod
