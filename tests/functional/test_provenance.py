@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from dfagent.swarm.hashing import home_of
+from tests.conftest import TOKEN
 from tests.support.agent import AgentProcess
 from tests.support.client import Reply, send
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import metric, wait_for
+from tests.support.ports import free_port
 from tests.support.registry import Registry
 
 PIECE = 256 * 1024
@@ -188,3 +192,63 @@ def test_a_registry_that_merely_says_yes_gets_no_peers_copy(swarm, origin, liar,
     assert reply.body == b"\0" * len(data)
     assert metric(stranger, 'dfagent_served_bytes_total{source="peer"}') == 0
     assert metric(owner, "dfagent_uploaded_bytes_total") == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)])
+    if result.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_lease_holder_whose_disk_is_full_lets_the_others_go_at_once(
+    tmp_path, tiny_disk, origin, registry
+):
+    """The node sent to the origin serves its client but cannot store a piece (its disk is
+    full), so it never announces them: it gives the lease back at once instead."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    members = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    agents = [
+        AgentProcess(
+            tmp_path / f"agent{i}",
+            {
+                "storage": {"piece_size": "256KiB", **({"dir": str(tiny_disk)} if i == 0 else {})},
+                "peer": {"listen": members[i], "token_file": str(token)},
+                "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
+            },
+        ).start()
+        for i in range(3)
+    ]
+    try:
+        data = os.urandom(4 * PIECE)
+        digest = registry.push_blob(REPO, data)
+        full = agents[0]
+        home = home_of(members, digest[7:])
+        waiting = next(a for a, m in zip(agents[1:], members[1:], strict=True) if m != home)
+        free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+        (tiny_disk / "filler").write_bytes(b"\0" * max(0, free - 96 * 1024))
+
+        async def slow(request: web.BaseRequest) -> web.StreamResponse | None:
+            if request.method == "GET" and digest in request.path:
+                await asyncio.sleep(0.5)
+            return None
+
+        origin.faults.append(slow)
+        filling, filled = in_thread(lambda: send(full.proxy_port, url(origin, digest)))
+        time.sleep(0.3)  # the full node holds the leases now
+        started = time.monotonic()
+        reply = send(waiting.proxy_port, url(origin, digest))
+        took = time.monotonic() - started
+        filling.join(30)
+        assert filled[0].body == data  # served without caching
+        assert metric(full, "dfagent_storage_full_total") > 0
+        assert reply.body == data
+        assert took < 5, f"waited {took:.1f}s for a lease its holder could not keep (lease: 15s)"
+    finally:
+        for agent in agents:
+            agent.kill()
