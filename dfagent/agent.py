@@ -92,7 +92,10 @@ class Agent:
                     origin,
                     self.metrics,
                     access=AccessGate(
-                        origin, enabled=config.auth.check_clients, ttl=config.auth.cache_ttl
+                        origin,
+                        store,
+                        enabled=config.auth.check_clients,
+                        ttl=config.auth.cache_ttl,
                     ),
                     verify_reads=config.storage.verify_reads,
                     swarm=swarm,
@@ -215,6 +218,7 @@ class Agent:
             hedge_after=config.peer.hedge_after,
         )
         stack.push_async_callback(swarm.aclose)
+        store.on_trusted = swarm.announce_blob
         self._tasks.spawn(swarm.run(), name="swarm")
         self._tasks.spawn(membership.run(), name="membership")
         return swarm

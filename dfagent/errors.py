@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DfagentError",
     "IntegrityError",
+    "NotProven",
     "OriginError",
     "OriginHTTPError",
     "OriginTimeout",
@@ -79,6 +80,11 @@ class OriginHTTPError(OriginError):
         self.body = body
 
 
+class NotProven(DfagentError):
+    """The registry a client named is not an origin of a cached private blob and did not
+    prove that it holds it: the client gets 403."""
+
+
 class IntegrityError(DfagentError):
     """Bytes did not match their recorded digest or declared length."""
 
@@ -98,6 +104,8 @@ def http_status(error: DfagentError) -> int:
             return 429
         case OriginHTTPError(status=status):
             return status
+        case NotProven():
+            return 403
         case OriginTimeout():
             return 504
         case OriginError() | IntegrityError():

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.support.agent import AgentProcess
+from tests.support.agent import AgentProcess, deep_merge
 from tests.support.counting import CountingOrigin
 from tests.support.ports import free_port
 from tests.support.registry import Registry, basic_auth, make_htpasswd
@@ -98,7 +98,8 @@ def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
 
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Callable[..., list[AgentProcess]]]:
-    """`swarm(count, **config)` starts that many agents on loopback, each knowing the others."""
+    """`swarm(count, **config)` starts that many agents on loopback, each knowing the others
+    (`config` is merged into each agent's own settings)."""
     started: list[AgentProcess] = []
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -108,19 +109,22 @@ def swarm(tmp_path: Path) -> Iterator[Callable[..., list[AgentProcess]]]:
         members = [f"127.0.0.1:{port}" for port in ports]
         agents = []
         for i, port in enumerate(ports):
-            config = {
-                "storage": {"piece_size": "256KiB"},
-                "peer": {
-                    "listen": f"127.0.0.1:{port}",
-                    "token_file": str(token_file),
-                    # A live peer on a loaded 2-core test machine (asyncio debug mode, many
-                    # agents) may take longer than the production 100 ms to accept: the tests
-                    # check who fetches what, not how fast a busy peer is given up on.
-                    "connect_timeout": "2s",
+            config = deep_merge(
+                {
+                    "storage": {"piece_size": "256KiB"},
+                    "peer": {
+                        "listen": f"127.0.0.1:{port}",
+                        "token_file": str(token_file),
+                        # A live peer on a loaded 2-core test machine (asyncio debug mode,
+                        # many agents) may take longer than the production 100 ms to accept:
+                        # the tests check who fetches what, not how fast a busy peer is given
+                        # up on.
+                        "connect_timeout": "2s",
+                    },
+                    "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
                 },
-                "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
-                **overrides,
-            }
+                overrides,
+            )
             agents.append(AgentProcess(tmp_path / f"agent{i}", config).start())
         started.extend(agents)
         return agents

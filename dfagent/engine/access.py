@@ -1,44 +1,69 @@
-"""Who may read a cached blob: only a client whose credentials the origin accepts for it.
+"""Who may read a cached blob: a client whose registry holds the blob and accepts the client.
 
-Bytes in the cache (or at peers) were fetched with somebody's credentials. Before they go to
-a client, that client's own `Authorization` is confirmed at the origin with a HEAD on the blob
-URL, and the answer is remembered per (credentials, registry, blob URL path) for
-`auth.cache_ttl`. A successful origin fetch made with the client's credentials vouches for
-them just the same. Blobs the origin serves to anyone are remembered as public. A refusal (401
-with `WWW-Authenticate`, 403, 404) goes back to the client as the origin gave it.
+Bytes in the cache (or at peers) were fetched with somebody's credentials. A blob that one of
+its origins served to an anonymous caller is public and goes to anyone. Any other blob goes to
+a client only when the registry the client names
+
+- accepts the client's own `Authorization` for it, and
+- is one of the blob's recorded origins (`StoredBlob.origins`: the registry it came from, and
+  any that proved it since), or proves now that it holds the blob: it serves, with the
+  client's credentials, a small random range of the blob that matches this node's verified
+  copy. A server that merely answers 200 cannot pass; one that passes is recorded as an
+  origin.
+
+For a recorded origin the check is a HEAD on the blob URL with the client's credentials (a
+redirect target remembered earlier never answers it). A granted check is remembered per
+(credentials, registry, blob URL path) for `auth.cache_ttl`; a successful origin fetch made with
+the client's credentials vouches for them just the same. A refusal (401 with
+`WWW-Authenticate`, 403, 404) goes back to the client as the origin gave it.
+
+A check runs as a task of its own, shared by every request that needs the same answer: a
+client that hangs up does not fail the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import secrets
 import time
 from collections.abc import Callable
 
+from dfagent.errors import NotProven
 from dfagent.origin.client import BlobSource, OriginClient
+from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.tasks import TaskOwner
 
 __all__ = ["AccessGate"]
 
 _MAX_REMEMBERED = 65536
+_PROOF_BYTES = 64  # the random range a registry must serve to prove it holds a blob
 
-_Key = tuple[str, str]  # (credentials hash or "" for public, registry + path)
+_Key = tuple[str, str]  # (credentials hash or "" for anonymous, registry + path)
 
 
 class AccessGate:
     def __init__(
         self,
         origin: OriginClient,
+        store: PieceStore,
         *,
         enabled: bool,
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._origin = origin
+        self._store = store
         self._enabled = enabled
         self._ttl = ttl
         self._clock = clock
         self._granted: dict[_Key, float] = {}  # -> expiry
-        self._checking: dict[_Key, asyncio.Future[None]] = {}
+        self._checking: dict[_Key, asyncio.Task[None]] = {}
+        self._tasks = TaskOwner("access")
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
 
     @staticmethod
     def _where(source: BlobSource) -> str:
@@ -54,29 +79,48 @@ class AccessGate:
         """The origin just served this blob to these credentials."""
         self._remember((self._who(source), self._where(source)))
 
-    async def ensure(self, source: BlobSource) -> None:
-        """Return when these credentials may read this blob; raise the origin's refusal."""
-        if not self._enabled:
+    async def ensure(self, source: BlobSource, blob: StoredBlob) -> None:
+        """Return when the client behind `source` may read `blob`; raise the registry's
+        refusal, or NotProven."""
+        if not self._enabled or blob.public:
             return
-        where = self._where(source)
-        if self._valid(("", where)) or self._valid(key := (self._who(source), where)):
+        key = (self._who(source), self._where(source))
+        if source.origin in blob.origins and self._valid(key):
             return
-        pending = self._checking.get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._checking[key] = pending
-            try:
+        check = self._checking.get(key)
+        if check is None:
+            check = self._tasks.spawn(self._check(source, blob, key), name="access-check")
+            self._checking[key] = check
+            check.add_done_callback(lambda _: self._checking.pop(key, None))
+        await asyncio.shield(check)
+
+    async def _check(self, source: BlobSource, blob: StoredBlob, key: _Key) -> None:
+        registry = source.origin
+        with blob.pinned():
+            if registry in blob.origins:
                 await self._origin.blob_size(source)  # a HEAD with the client's credentials
-                self._remember(key)
-                pending.set_result(None)
-            except BaseException as exc:
-                pending.set_exception(exc)
-                pending.exception()  # this caller re-raises it; waiters get it too
-                raise
-            finally:
-                del self._checking[key]
+            else:
+                await self._prove(source, blob)
+            await self._store.add_origin(blob, registry, public=source.authorization is None)
+        self._remember(key)
+
+    async def _prove(self, source: BlobSource, blob: StoredBlob) -> None:
+        """The registry serves, with the client's credentials, a random range of the blob
+        that matches this node's verified copy."""
+        if not blob.verified:
+            raise NotProven(f"{source.origin} is not an origin of {blob.digest}")
+        if blob.size == 0:  # nothing to prove: the empty blob is no secret
+            await self._origin.blob_size(source)
             return
-        await asyncio.shield(pending)
+        length = min(_PROOF_BYTES, blob.size)
+        first = secrets.randbelow(blob.size - length + 1)
+        ours = await asyncio.to_thread(os.pread, blob.file.fileno(), length, first)
+        theirs = bytearray()
+        async with self._origin.open_range(source, first, first + length - 1) as body:
+            async for chunk in body.chunks():
+                theirs += chunk
+        if theirs != ours:
+            raise NotProven(f"{source.origin} does not hold {blob.digest}")
 
     def _valid(self, key: _Key) -> bool:
         expiry = self._granted.get(key)

@@ -8,6 +8,11 @@ pieces ahead of a reader are requested before it gets there (read-ahead). Every 
 is hashed while it arrives, written to its blob's sparse file, then recorded with its sha256.
 Fetches belong to the engine, not to a request: a client that goes away never cancels a fetch
 that others share.
+
+Provenance: a blob's bytes are the word of the registry that created it (`StoredBlob.origin`)
+until its sha256 has been checked whole. Until then only that registry's bytes (from it, or
+from peers that got them from it) fill the blob: every claim, fill and persist checks it. A
+request naming another registry is served straight through, uncached (NotShareable).
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class Engine:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self._access.aclose()
         await self._tasks.aclose()  # fetches stop; pieces already whole are still written
         await self._writes.drain(_WRITE_DRAIN_SECONDS)
 
@@ -127,25 +133,36 @@ class Engine:
 
         Raises NotShareable when the blob came from another registry and is not verified yet:
         until its bytes are checked against the digest, they are only that registry's word.
-        With `for_client` (a client will read the bytes) the client's credentials must also
-        be good for the blob at its origin (AccessGate); a completion a peer asks for serves
-        nobody and skips that check.
+        With `for_client` (a client will read the bytes) the client's access must also be
+        proven (AccessGate: the registry it names accepts its credentials and holds the
+        blob); a completion a peer asks for serves nobody and skips that check. A handle
+        evicted while the check ran is looked up again; the caller pins the handle it gets
+        before its next await.
         """
-        blob = await self._store.open_blob(source.digest)
-        if blob is None:
-            key = (source.digest.hex, source.authorization, source.origin)
-            found = self._discovering.get(key)
-            if found is None:
-                found = asyncio.get_running_loop().create_future()
-                found.add_done_callback(_mark_retrieved)
-                self._discovering[key] = found
-                self._tasks.spawn(self._discover(source, first_byte, key, found), name="discover")
-            blob = await asyncio.shield(found)
-        if not blob.verified and blob.origin != source.origin:
-            raise NotShareable(f"{source.digest} is cached from another registry, unverified")
-        if for_client:
-            await self._access.ensure(source)
-        return blob
+        while True:
+            blob = await self._store.open_blob(source.digest)
+            if blob is None:
+                key = (source.digest.hex, source.authorization, source.origin)
+                found = self._discovering.get(key)
+                if found is None:
+                    found = asyncio.get_running_loop().create_future()
+                    found.add_done_callback(_mark_retrieved)
+                    self._discovering[key] = found
+                    discover = self._discover(source, first_byte, key, found)
+                    self._tasks.spawn(discover, name="discover")
+                blob = await asyncio.shield(found)
+            if not self._shareable(blob, source):
+                raise NotShareable(f"{source.digest} is cached from another registry, unverified")
+            if not for_client:
+                return blob
+            await self._access.ensure(source, blob)  # (a check that waits pins the blob)
+            if not blob.removed:  # the caller pins it before its next await
+                return blob
+
+    @staticmethod
+    def _shareable(blob: StoredBlob, source: BlobSource) -> bool:
+        """Whether bytes for `source` may be read from, and written into, `blob`."""
+        return blob.verified or blob.origin == source.origin
 
     async def _discover(
         self,
@@ -158,25 +175,25 @@ class Engine:
             if self._swarm is not None:
                 # Peers may have it: learn the size from the swarm, or from a HEAD (no bytes:
                 # which pieces go to the origin is the blob's home's call).
-                known = await self._swarm.describe(source.digest.hex)
+                known = await self._swarm.describe(source.digest.hex, source.origin)
                 if known is not None and known[1] == self._store.piece_size:
-                    size = known[0]
+                    size, asked = known[0], False
                 else:
-                    size = await self._origin.blob_size(source)
+                    size, asked = await self._origin.blob_size(source), True
                     self._access.vouch(source)
-                found.set_result(await self._store.create_blob(source.digest, size, source.origin))
+                found.set_result(await self._create(source, size, answered=asked))
                 return
             if first_byte is None:
                 size = await self._origin.blob_size(source)
                 self._access.vouch(source)
-                found.set_result(await self._store.create_blob(source.digest, size, source.origin))
+                found.set_result(await self._create(source, size, answered=True))
                 return
             piece_size = self._store.piece_size
             piece_last = (first_byte // piece_size + 1) * piece_size - 1
             try:
                 async with self._origin.open_range(source, first_byte, piece_last) as body:
                     self._access.vouch(source)
-                    blob = await self._store.create_blob(source.digest, body.total, source.origin)
+                    blob = await self._create(source, body.total, answered=True)
                     found.set_result(blob)
                     self._discovering.pop(key, None)
                     # Keep this response: it already carries the bytes the reader wants first.
@@ -185,9 +202,7 @@ class Engine:
                         await self._fill(run, body)
             except RangeNotSatisfiable as exc:
                 self._access.vouch(source)  # the origin told these credentials the size
-                found.set_result(
-                    await self._store.create_blob(source.digest, exc.size, source.origin)
-                )
+                found.set_result(await self._create(source, exc.size, answered=True))
         except BaseException as exc:
             if not found.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -198,6 +213,12 @@ class Engine:
                 raise
         finally:
             self._discovering.pop(key, None)
+
+    async def _create(self, source: BlobSource, size: int, *, answered: bool) -> StoredBlob:
+        """The blob's handle, created for `source` if new. `answered`: the origin itself just
+        answered `source` for it (an anonymous answer makes the blob public)."""
+        public = answered and source.authorization is None
+        return await self._store.create_blob(source.digest, size, source.origin, public=public)
 
     # reads -----------------------------------------------------------------------------------
 
@@ -286,7 +307,9 @@ class Engine:
             piece = self._inflight.get((blob.digest.hex, index))
             if piece is None:
                 self._start(blob, source, [index], start)
-                piece = self._inflight[(blob.digest.hex, index)]
+                piece = self._inflight.get((blob.digest.hex, index))
+                if piece is None:  # dropped from a verified blob; not this registry's to fill
+                    raise NotShareable(f"{source.origin} may not fill {blob.digest}")
             try:
                 async for view in piece.read(start - piece.start, end - piece.start):
                     self._metrics.served_bytes.labels(piece.source).inc(len(view))
@@ -303,10 +326,10 @@ class Engine:
     def _claim(self, blob: StoredBlob, index: int, source: BlobSource) -> InflightPiece | None:
         """Register piece `index` as in flight, or None when it is present or already coming."""
         key = (blob.digest.hex, index)
-        if blob.has(index) or key in self._inflight:
+        if blob.has(index) or key in self._inflight or not self._shareable(blob, source):
             return None
         start, end = piece_bounds(index, blob.size, blob.piece_size)
-        piece = InflightPiece(index, start, end - start, source.authorization)
+        piece = InflightPiece(index, start, end - start, source.authorization, source.origin)
         self._inflight[key] = piece
         return piece
 
@@ -492,6 +515,9 @@ class Engine:
     async def _fill(self, run: _Run, body: RangeBody | None = None) -> None:
         """Fetch `run.position..run.last` from the origin into its pieces, resuming after a
         body that breaks off. `body`, when given, is an already open response for the run."""
+        if not self._shareable(run.blob, run.source):
+            self._abandon(run, NotShareable(f"{run.source.origin} may not fill {run.blob.digest}"))
+            return
         with run.blob.pinned():
             resumes = 0
             try:
@@ -540,12 +566,18 @@ class Engine:
 
     async def _persist(self, blob: StoredBlob, piece: InflightPiece) -> None:
         try:
+            if not blob.verified and piece.origin != blob.origin:
+                return  # another registry's word: served to its reader, never stored here
             with blob.pinned():
                 sha256 = await asyncio.to_thread(sha256_of, piece.buffer)
                 await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
+            if piece.source == "origin" and piece.authorization is None:
+                await self._store.add_origin(blob, piece.origin, public=True)
             if self._swarm is not None:
                 self._swarm.announce(blob, piece.index, sha256)
         except (DfagentError, OSError) as exc:
+            if self._swarm is not None:  # never announced: whoever waits for it must not wait
+                self._swarm.release(blob, [piece.index])
             now = time.monotonic()
             if now - self._storage_warned_at > _STORAGE_WARNING_INTERVAL:  # not once per piece
                 self._storage_warned_at = now
@@ -558,11 +590,17 @@ class Engine:
             self._inflight.pop((blob.digest.hex, piece.index), None)
 
     def _abandon(self, run: _Run, error: BaseException) -> None:
+        given_up = []
         for piece in run.pieces.values():
             if not piece.whole:
                 piece.fail(error)
+                given_up.append(piece.index)
                 if self._inflight.get((run.blob.digest.hex, piece.index)) is piece:
                     del self._inflight[(run.blob.digest.hex, piece.index)]
+        if given_up and self._swarm is not None:
+            # Peers waiting for these pieces go to the origin themselves now, not when the
+            # lease expires.
+            self._swarm.release(run.blob, given_up)
 
 
 @dataclass(slots=True)

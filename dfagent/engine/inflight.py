@@ -26,17 +26,21 @@ class InflightPiece:
         "error",
         "index",
         "length",
+        "origin",
         "received",
         "source",
         "start",
         "started_at",
     )
 
-    def __init__(self, index: int, start: int, length: int, authorization: str | None) -> None:
+    def __init__(
+        self, index: int, start: int, length: int, authorization: str | None, origin: str
+    ) -> None:
         self.index = index
         self.start = start
         self.length = length
         self.authorization = authorization
+        self.origin = origin  # the registry whose word these bytes are (provenance)
         self.buffer = bytearray(length)
         self.received = 0
         self.source = "origin"  # or "peer": where the bytes came from, for metrics

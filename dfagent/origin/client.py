@@ -3,13 +3,18 @@
 One pooled aiohttp session. Nothing the origin says is trusted blindly: a ranged read must
 come back 206 with exactly the asked-for `Content-Range` (or 200 from offset 0), with no
 content encoding. Blob reads follow redirects here (never sending the client's
-`Authorization` to another host) and remember the target per digest, so later pieces skip the
-registry round trip. Connection errors and 5xx are retried with jittered backoff.
+`Authorization` to another host) and remember the target, so later pieces skip the registry
+round trip. A target (often a signed storage URL that serves anyone) is remembered per
+registry, blob path and credentials: it is reused only for the same credentials at the same
+registry and repository, whose own request to the registry produced it; and never for a HEAD,
+which is how a client's access is checked. Connection errors and 5xx are retried with
+jittered backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import re
@@ -104,7 +109,7 @@ class OriginClient:
         self._config = config
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
-        self._redirects: dict[str, _Redirect] = {}
+        self._redirects: dict[tuple[str, str], _Redirect] = {}
 
     async def __aenter__(self) -> OriginClient:
         self._session = aiohttp.ClientSession(
@@ -251,17 +256,19 @@ class OriginClient:
         self, source: BlobSource, method: str, headers: Mapping[str, str] | None, *, purpose: str
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         attempt = 0
+        remembered = _redirect_key(source)
         while True:
-            redirect = self._redirects.get(source.digest.hex)
+            # An access check (HEAD) always asks the registry itself.
+            redirect = self._redirects.get(remembered) if method != "HEAD" else None
             if redirect is not None and redirect.expires < time.monotonic():
-                self._redirects.pop(source.digest.hex, None)
+                self._redirects.pop(remembered, None)
                 redirect = None
             try:
                 response = await self._follow(source, method, headers, redirect)
             except (aiohttp.ClientError, TimeoutError, OriginError) as exc:
                 self._metrics.origin_requests.labels(purpose, "error").inc()
                 if redirect is not None:  # the remembered target failed: ask the registry again
-                    self._redirects.pop(source.digest.hex, None)
+                    self._redirects.pop(remembered, None)
                     continue
                 if attempt >= self._config.retries:
                     if isinstance(exc, OriginError):
@@ -286,7 +293,7 @@ class OriginClient:
             body = await self._error_body(response)
             self._metrics.origin_requests.labels(purpose, str(status // 100) + "xx").inc()
             if redirect is not None:  # e.g. 403 from an expired signed URL
-                self._redirects.pop(source.digest.hex, None)
+                self._redirects.pop(remembered, None)
                 continue
             if status >= 500 and attempt < self._config.retries:
                 attempt += 1
@@ -312,13 +319,13 @@ class OriginClient:
                 return response
             response.release()
             url = url.join(URL(location))
-            self._remember(source.digest.hex, url)
+            self._remember(_redirect_key(source), url)
             log.debug("blob redirected", extra={"digest": str(source.digest), "host": url.host})
         raise OriginError(f"more than {_MAX_REDIRECTS} redirects for {source.digest}")
 
-    def _remember(self, digest_hex: str, url: URL) -> None:
-        self._redirects.pop(digest_hex, None)  # re-insert: the dict stays oldest first
-        self._redirects[digest_hex] = _Redirect(url, time.monotonic() + self._config.redirect_ttl)
+    def _remember(self, key: tuple[str, str], url: URL) -> None:
+        self._redirects.pop(key, None)  # re-insert: the dict stays oldest first
+        self._redirects[key] = _Redirect(url, time.monotonic() + self._config.redirect_ttl)
         while len(self._redirects) > _MAX_REMEMBERED_REDIRECTS:
             del self._redirects[next(iter(self._redirects))]
 
@@ -341,6 +348,12 @@ class OriginClient:
     async def _backoff(self, attempt: int) -> None:
         delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
         await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+
+
+def _redirect_key(source: BlobSource) -> tuple[str, str]:
+    """(registry + blob path, credentials hash): whose request a redirect target answered."""
+    who = source.authorization or ""
+    return f"{source.origin}{source.url.path}", hashlib.sha256(who.encode()).hexdigest()
 
 
 _PASSED_ERROR_HEADERS = ("WWW-Authenticate", "Content-Type", "Docker-Distribution-API-Version")

@@ -13,7 +13,12 @@ from contextlib import aclosing
 from aiohttp import web
 
 from dfagent.core.digest import Digest
-from dfagent.core.ranges import MalformedRange, UnsatisfiableRange, parse_range_header
+from dfagent.core.ranges import (
+    MalformedRange,
+    RangeRequest,
+    UnsatisfiableRange,
+    parse_range_header,
+)
 from dfagent.engine.fetcher import Engine, FileSegment
 from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import BadRequest, DfagentError, RangeNotSatisfiable
@@ -21,6 +26,7 @@ from dfagent.origin.client import BlobSource
 from dfagent.proxy.headers import DOWNLOAD_FINISHED, PREFETCH, TASK_ID
 from dfagent.proxy.routing import Route
 from dfagent.sendfile import send_segment
+from dfagent.storage.store import StoredBlob
 
 __all__ = ["serve_blob"]
 
@@ -46,8 +52,30 @@ async def serve_blob(
     wanted_first = 0 if wanted is None else wanted.first
     first_byte = None if request.method == "HEAD" else wanted_first
     blob = await engine.blob(source, first_byte)
+    with blob.pinned():  # from lookup to the last byte sent: eviction waits
+        return await _answer(
+            request,
+            blob,
+            source,
+            wanted,
+            engine=engine,
+            prefetcher=prefetcher,
+            prefetch=prefetch,
+        )
 
-    headers = _blob_headers(route.digest)
+
+async def _answer(
+    request: web.BaseRequest,
+    blob: StoredBlob,
+    source: BlobSource,
+    wanted: RangeRequest | None,
+    *,
+    engine: Engine,
+    prefetcher: Prefetcher,
+    prefetch: bool,
+) -> web.StreamResponse:
+    digest = blob.digest
+    headers = _blob_headers(digest)
     if blob.verified:  # every byte comes from this node's checked copy
         headers[DOWNLOAD_FINISHED] = "true"
     if request.method == "HEAD":
@@ -79,7 +107,7 @@ async def serve_blob(
         except (DfagentError, OSError) as exc:
             log.warning(
                 "blob response cut after headers",
-                extra={"digest": str(route.digest), "error": str(exc) or type(exc).__name__},
+                extra={"digest": str(digest), "error": str(exc) or type(exc).__name__},
             )
             if request.transport is not None:
                 request.transport.close()

@@ -1,5 +1,9 @@
 """The piece index: which blobs and pieces are stored, with each piece's sha256.
 
+Each blob also records its provenance (`origin`: the registry whose word its bytes are until
+the blob is verified), the other registries that proved they hold it (`origins`), and whether
+one of them served it to an anonymous caller (`public`).
+
 sqlite3 in WAL mode on one dedicated thread; every call is `await index.<method>(...)`.
 A row in `pieces` means the piece's bytes are on disk: rows are written only after the bytes
 (write first, then publish), so a crash can lose a piece but never mark wrong bytes present.
@@ -11,7 +15,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,9 @@ CREATE TABLE IF NOT EXISTS blobs (
     created REAL NOT NULL,
     last_access REAL NOT NULL,
     verified INTEGER NOT NULL DEFAULT 0,
-    origin TEXT NOT NULL DEFAULT ''
+    origin TEXT NOT NULL DEFAULT '',
+    origins TEXT NOT NULL DEFAULT '',
+    public INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS pieces (
     digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
@@ -46,7 +52,7 @@ CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs(last_access);
 """
 
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -56,6 +62,9 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE blobs ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
     if "origin" not in columns:  # before version 2
         db.execute("ALTER TABLE blobs ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+    if "origins" not in columns:  # before version 3
+        db.execute("ALTER TABLE blobs ADD COLUMN origins TEXT NOT NULL DEFAULT ''")
+        db.execute("ALTER TABLE blobs ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,8 @@ class BlobRow:
     last_access: float
     verified: bool
     origin: str
+    origins: frozenset[str]  # registries that proved they hold the blob, `origin` among them
+    public: bool
     pieces: dict[int, bytes]  # piece index -> sha256 of its bytes
 
 
@@ -87,6 +98,9 @@ class PieceRow:
     sha256: bytes
     piece_size: int
     blob_size: int
+    verified: bool
+    origin: str
+    origins: str  # space-separated, as stored
 
 
 class Index:
@@ -152,23 +166,29 @@ class Index:
     async def get_blob(self, digest: str) -> BlobRow | None:
         def query(db: sqlite3.Connection) -> BlobRow | None:
             row = db.execute(
-                "SELECT size, piece_size, last_access, verified, origin FROM blobs "
-                "WHERE digest = ?",
+                "SELECT size, piece_size, last_access, verified, origin, origins, public "
+                "FROM blobs WHERE digest = ?",
                 (digest,),
             ).fetchone()
             if row is None:
                 return None
             pieces = dict(db.execute("SELECT idx, sha256 FROM pieces WHERE digest = ?", (digest,)))
-            return BlobRow(digest, row[0], row[1], row[2], bool(row[3]), row[4], pieces)
+            origins = frozenset({row[4], *row[5].split()})
+            return BlobRow(
+                digest, row[0], row[1], row[2], bool(row[3]), row[4], origins, bool(row[6]), pieces
+            )
 
         return await self.run(query)
 
-    async def put_blob(self, digest: str, size: int, piece_size: int, origin: str) -> None:
+    async def put_blob(
+        self, digest: str, size: int, piece_size: int, origin: str, public: bool = False
+    ) -> None:
         now = time.time()
         await self.run(
             lambda db: db.execute(
-                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (digest, size, piece_size, now, now, origin),
+                "INSERT OR IGNORE INTO blobs (digest, size, piece_size, created, last_access, "
+                "origin, public) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (digest, size, piece_size, now, now, origin, int(public)),
             )
         )
 
@@ -200,6 +220,17 @@ class Index:
             )
         )
 
+    async def set_origins(self, digest: str, origins: Iterable[str], public: bool) -> None:
+        """Record the registries besides the provenance that hold the blob, and whether it is
+        public."""
+        joined = " ".join(sorted(origins))
+        await self.run(
+            lambda db: db.execute(
+                "UPDATE blobs SET origins = ?, public = ? WHERE digest = ?",
+                (joined, int(public), digest),
+            )
+        )
+
     async def delete_piece(self, digest: str, index: int) -> bool:
         """True when the piece was there to delete."""
         cursor = await self.run(
@@ -213,13 +244,14 @@ class Index:
         """Up to `limit` stored pieces after (digest, index) in key order: a resumable walk."""
         rows = await self.run(
             lambda db: db.execute(
-                "SELECT p.digest, p.idx, p.length, p.sha256, b.piece_size, b.size FROM pieces p "
+                "SELECT p.digest, p.idx, p.length, p.sha256, b.piece_size, b.size, b.verified, "
+                "b.origin, b.origins FROM pieces p "
                 "JOIN blobs b ON b.digest = p.digest WHERE (p.digest, p.idx) > (?, ?) "
                 "ORDER BY p.digest, p.idx LIMIT ?",
                 (digest, index, limit),
             ).fetchall()
         )
-        return [PieceRow(*row) for row in rows]
+        return [PieceRow(*row[:6], bool(row[6]), *row[7:]) for row in rows]
 
     async def blobs(self) -> list[BlobSummary]:
         """Every blob with what is stored of it."""

@@ -21,7 +21,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -53,10 +53,12 @@ class StoredBlob:
         "_file",
         "digest",
         "origin",
+        "origins",
         "path",
         "piece_sha256",
         "piece_size",
         "pins",
+        "public",
         "removed",
         "size",
         "verified",
@@ -72,11 +74,16 @@ class StoredBlob:
         *,
         origin: str,
         verified: bool = False,
+        origins: frozenset[str] = frozenset(),
+        public: bool = False,
     ) -> None:
         self.digest = digest
-        self.origin = (
-            origin  # the registry the bytes came from, trusted only by itself until verified
-        )
+        # Provenance, fixed when the blob is created: the registry whose word the bytes are
+        # until the blob is verified. Only that registry's bytes ever fill it.
+        self.origin = origin
+        # Registries known to hold the blob: the provenance, and any that proved it since.
+        self.origins = {origin, *origins}
+        self.public = public  # one of `origins` served it to an anonymous caller
         self.size = size
         self.piece_size = piece_size
         self.path = path
@@ -141,6 +148,9 @@ class PieceStore:
         self._locks = KeyedLocks()  # open, create and delete of one blob never interleave
         self._lock_fd: int | None = None
         self._verifying: set[str] = set()
+        # Called when a blob becomes verified, or a verified blob gains an origin: its pieces
+        # are then good for every client of those origins (the swarm announces them so).
+        self.on_trusted: Callable[[StoredBlob], None] | None = None
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -235,9 +245,12 @@ class PieceStore:
         async with self._locks.hold(digest.hex):
             return await self._load(digest)
 
-    async def create_blob(self, digest: Digest, size: int, origin: str) -> StoredBlob:
-        """Register a blob of `size` bytes (first sight, from `origin`) with a sparse data file
-        of that size."""
+    async def create_blob(
+        self, digest: Digest, size: int, origin: str, *, public: bool = False
+    ) -> StoredBlob:
+        """Register a blob of `size` bytes (first sight, from `origin`; `public` when the origin
+        answered an anonymous caller) with a sparse data file of that size. A blob already
+        known keeps its provenance."""
         blob = self._blobs.get(digest.hex)
         if blob is not None:
             return blob
@@ -254,11 +267,12 @@ class PieceStore:
                 return open(fd, "r+b", buffering=0)
 
             file = await asyncio.to_thread(make)
-            await self.index.put_blob(digest.hex, size, self.piece_size, origin)
+            await self.index.put_blob(digest.hex, size, self.piece_size, origin, public)
             self._stored_blobs += 1
             self._publish_usage()
             return self._adopt(
-                StoredBlob(digest, size, self.piece_size, path, {}, origin=origin), file
+                StoredBlob(digest, size, self.piece_size, path, {}, origin=origin, public=public),
+                file,
             )
 
     async def _load(self, digest: Digest) -> StoredBlob | None:
@@ -287,6 +301,8 @@ class PieceStore:
                 row.pieces,
                 origin=row.origin,
                 verified=row.verified,
+                origins=row.origins,
+                public=row.public,
             ),
             file,
         )
@@ -365,7 +381,21 @@ class PieceStore:
             return False
         await self.index.set_verified(blob.digest.hex, True)
         blob.verified = True
+        if self.on_trusted is not None:
+            self.on_trusted(blob)
         return True
+
+    async def add_origin(self, blob: StoredBlob, origin: str, *, public: bool) -> None:
+        """Record that `origin` holds the blob (it sent its bytes, or proved it holds them),
+        and, with `public`, that it served them to an anonymous caller."""
+        if origin in blob.origins and (blob.public or not public):
+            return
+        added = origin not in blob.origins
+        blob.origins.add(origin)
+        blob.public = blob.public or public
+        await self.index.set_origins(blob.digest.hex, blob.origins - {blob.origin}, blob.public)
+        if added and blob.verified and self.on_trusted is not None:
+            self.on_trusted(blob)
 
     async def purge(self, blob: StoredBlob, reason: str) -> None:
         """Remove a blob whose bytes cannot be trusted, here (and, later, in the swarm)."""

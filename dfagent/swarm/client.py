@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -85,13 +86,13 @@ class PeerClient:
             raise PeerError(f"{peer}: {exc or type(exc).__name__}", unreachable=gone) from exc
 
     async def describe(
-        self, home: str, digest_hex: str, *, patient: bool = False
+        self, home: str, digest_hex: str, origin: str = "", *, patient: bool = False
     ) -> dict[str, int] | None:
-        """What `home` knows of a blob. `patient` waits longer than the fail-fast connect
-        timeout: a busy peer on a loaded host may take a while to answer, and only a peer that
-        truly does not answer counts as dead."""
+        """What `home` knows of a blob as `origin` gave it. `patient` waits longer than the
+        fail-fast connect timeout: a busy peer on a loaded host may take a while to answer, and
+        only a peer that truly does not answer counts as dead."""
         timeout = _PATIENT if patient else None
-        path = f"/v1/blobs/sha256:{digest_hex}"
+        path = f"/v1/blobs/sha256:{digest_hex}?{urlencode({'origin': origin})}"
         return await self._json("GET", home, path, limits=timeout)  # type: ignore[no-any-return]
 
     async def lookup(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +100,9 @@ class PeerClient:
         if answer is None:
             raise PeerError(f"{home} has no directory")
         return answer  # type: ignore[no-any-return]
+
+    async def release(self, home: str, body: dict[str, Any]) -> None:
+        await self._json("POST", home, "/v1/release", body)
 
     async def announce(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", home, "/v1/announce", body)  # type: ignore[no-any-return]

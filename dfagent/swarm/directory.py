@@ -2,6 +2,12 @@
 first left the origin), who holds it, who was told to fetch it from the origin, and who is
 downloading it from which holder right now.
 
+The book is kept per blob *and origin* (`scheme://host:port` of a registry): a piece fetched
+from origin O is that registry's word until the blob has been checked whole, so it is
+recorded, offered and described only under O, and the first sha256 announced under O binds
+nobody else. A holder whose blob is verified announces it as verified under every registry
+known to hold it; a verified record replaces an unverified one that disagrees.
+
 Uploads are spread: holders are offered least busy first, and when even the least busy one
 is already sending to someone and another requester is downloading the piece, a newcomer is
 told to wait for that requester and take the piece from it. Without this, the first holder
@@ -27,6 +33,7 @@ _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts a
 @dataclass(slots=True)
 class _Piece:
     sha256: bytes | None = None
+    verified: bool = False  # `sha256` came from a holder that checked the whole blob
     holders: dict[str, float] = field(default_factory=dict)  # peer -> expiry
     lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
     downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
@@ -63,25 +70,37 @@ class Directory:
         self._lease_ttl = lease_ttl
         self._clock = clock
         self._shuffle = shuffle
-        self._blobs: dict[str, _Blob] = {}
+        self._blobs: dict[str, dict[str, _Blob]] = {}  # digest -> origin -> book
 
-    def describe(self, digest: str) -> tuple[int, int] | None:
-        blob = self._blobs.get(digest)
+    def describe(self, digest: str, origin: str) -> tuple[int, int] | None:
+        """(size, piece_size) of the blob as `origin` gave it, if any holder got it from there."""
+        blob = self._blobs.get(digest, {}).get(origin)
         return None if blob is None else (blob.size, blob.piece_size)
 
-    def _blob(self, digest: str, size: int, piece_size: int) -> _Blob | None:
-        blob = self._blobs.get(digest)
+    def _blob(self, digest: str, origin: str, size: int, piece_size: int) -> _Blob | None:
+        books = self._blobs.setdefault(digest, {})
+        blob = books.get(origin)
         if blob is None:
-            blob = self._blobs[digest] = _Blob(size, piece_size)
+            blob = books[origin] = _Blob(size, piece_size)
         if (blob.size, blob.piece_size) != (size, piece_size):
             return None  # a different piece size (or a lying size): no sharing between them
         return blob
 
     def lookup(
-        self, digest: str, size: int, piece_size: int, indices: Iterable[int], requester: str
+        self,
+        digest: str,
+        origin: str,
+        size: int,
+        piece_size: int,
+        *,
+        indices: Iterable[int],
+        requester: str,
     ) -> dict[int, Answer]:
+        """Per piece, for a requester filling the blob with `origin`'s bytes: holders of
+        `origin`'s copy (or of a verified copy `origin` is known to hold), else the lease to
+        fetch it from `origin`, else who is fetching it now."""
         now = self._clock()
-        blob = self._blob(digest, size, piece_size)
+        blob = self._blob(digest, origin, size, piece_size)
         answers = {}
         for index in indices:
             if blob is None:
@@ -113,11 +132,20 @@ class Directory:
         return Answer(piece.sha256, tuple(holders), False, None)
 
     def announce(
-        self, digest: str, size: int, piece_size: int, holder: str, pieces: dict[int, bytes]
+        self,
+        digest: str,
+        origin: str,
+        size: int,
+        piece_size: int,
+        *,
+        holder: str,
+        pieces: dict[int, bytes],
+        verified: bool,
     ) -> list[int]:
-        """Record `holder` for `pieces`; returns the indices refused because their sha256
-        differs from the one recorded first."""
-        blob = self._blob(digest, size, piece_size)
+        """Record `holder` for `pieces` of `origin`'s copy (`verified`: the holder checked the
+        whole blob); returns the indices refused because their sha256 differs from a verified
+        one, or from the one `origin`'s copy was first recorded with."""
+        blob = self._blob(digest, origin, size, piece_size)
         if blob is None:
             return list(pieces)
         expiry = self._clock() + self._holder_ttl
@@ -125,10 +153,16 @@ class Directory:
         for index, sha256 in pieces.items():
             piece = blob.pieces.setdefault(index, _Piece())
             if piece.sha256 is None:
-                piece.sha256 = sha256
+                piece.sha256, piece.verified = sha256, verified
             elif piece.sha256 != sha256:
-                refused.append(index)
-                continue
+                if piece.verified or not verified:
+                    refused.append(index)
+                    continue
+                # Proven bytes replace the registry's earlier word, and its holders with it.
+                piece.sha256, piece.verified = sha256, True
+                piece.holders.clear()
+            elif verified:
+                piece.verified = True
             piece.holders[holder] = expiry
             _forget_download(blob, piece, holder)
             if piece.lease is not None and piece.lease[0] == holder:
@@ -137,29 +171,37 @@ class Directory:
 
     def drop_holder(self, digest: str, index: int, holder: str) -> None:
         """A requester found bad bytes at `holder`: stop sending others there."""
-        blob = self._blobs.get(digest)
-        if blob is not None and index in blob.pieces:
-            blob.pieces[index].holders.pop(holder, None)
+        for blob in self._blobs.get(digest, {}).values():
+            if index in blob.pieces:
+                blob.pieces[index].holders.pop(holder, None)
 
     def prune(self) -> None:
         """Forget pieces nobody holds or fetches any more, and blobs left empty."""
         now = self._clock()
         for digest in list(self._blobs):
-            blob = self._blobs[digest]
-            for index in list(blob.pieces):
-                piece = blob.pieces[index]
-                piece.holders = {p: e for p, e in piece.holders.items() if e > now}
-                if piece.lease is not None and piece.lease[1] <= now:
-                    piece.lease = None
-                _expire_downloads(blob, piece, now)
-                if not piece.holders and piece.lease is None and not piece.downloads:
-                    del blob.pieces[index]
-            if not blob.pieces:
+            books = self._blobs[digest]
+            for origin in list(books):
+                self._prune_book(books, origin, now)
+            if not books:
                 del self._blobs[digest]
 
-    def release(self, digest: str, indices: Iterable[int], requester: str) -> None:
+    @staticmethod
+    def _prune_book(books: dict[str, _Blob], origin: str, now: float) -> None:
+        blob = books[origin]
+        for index in list(blob.pieces):
+            piece = blob.pieces[index]
+            piece.holders = {p: e for p, e in piece.holders.items() if e > now}
+            if piece.lease is not None and piece.lease[1] <= now:
+                piece.lease = None
+            _expire_downloads(blob, piece, now)
+            if not piece.holders and piece.lease is None and not piece.downloads:
+                del blob.pieces[index]
+        if not blob.pieces:
+            del books[origin]
+
+    def release(self, digest: str, origin: str, indices: Iterable[int], requester: str) -> None:
         """The requester gave up its origin fetches: let someone else take them."""
-        blob = self._blobs.get(digest)
+        blob = self._blobs.get(digest, {}).get(origin)
         if blob is None:
             return
         for index in indices:

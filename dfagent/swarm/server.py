@@ -108,7 +108,7 @@ class PeerServer:
                 case "GET", ["v1", "pieces", digest, index]:
                     return await self._piece(request, Digest.parse(digest), int(index))
                 case "GET", ["v1", "blobs", digest]:
-                    return self._describe(Digest.parse(digest))
+                    return self._describe(Digest.parse(digest), request.query.get("origin", ""))
                 case "POST", ["v1", "lookup"]:
                     return web.json_response(self._lookup(await request.json()))
                 case "POST", ["v1", "announce"]:
@@ -117,6 +117,15 @@ class PeerServer:
                     return await self._complete(await request.json())
                 case "GET", ["v1", "complete", digest]:
                     return await self._completion(Digest.parse(digest))
+                case "POST", ["v1", "release"]:
+                    body = await request.json()
+                    self._directory.release(
+                        Digest.parse("sha256:" + body["digest"]).hex,
+                        str(body["origin"]),
+                        [int(i) for i in body["pieces"]],
+                        str(body["requester"]),
+                    )
+                    return web.json_response({})
                 case "POST", ["v1", "report"]:
                     body = await request.json()
                     self._directory.drop_holder(body["digest"], int(body["index"]), body["holder"])
@@ -171,8 +180,8 @@ class PeerServer:
         state, error = await self.completions.state(digest)
         return web.json_response({"state": state, "error": error})
 
-    def _describe(self, digest: Digest) -> web.StreamResponse:
-        known = self._directory.describe(digest.hex)
+    def _describe(self, digest: Digest, origin: str) -> web.StreamResponse:
+        known = self._directory.describe(digest.hex, origin)
         if known is None:
             return web.json_response({}, status=404)
         return web.json_response({"size": known[0], "piece_size": known[1]})
@@ -181,10 +190,11 @@ class PeerServer:
         self._metrics.peer_requests.labels("lookup").inc()
         answers = self._directory.lookup(
             Digest.parse("sha256:" + body["digest"]).hex,
+            str(body["origin"]),
             int(body["size"]),
             int(body["piece_size"]),
-            [int(i) for i in body["pieces"]],
-            str(body["requester"]),
+            indices=[int(i) for i in body["pieces"]],
+            requester=str(body["requester"]),
         )
         return {
             "pieces": {
@@ -205,7 +215,13 @@ class PeerServer:
             digest = Digest.parse("sha256:" + entry["digest"]).hex
             pieces = {int(i): bytes.fromhex(sha) for i, sha in entry["pieces"].items()}
             bad = self._directory.announce(
-                digest, int(entry["size"]), int(entry["piece_size"]), str(body["holder"]), pieces
+                digest,
+                str(entry["origin"]),
+                int(entry["size"]),
+                int(entry["piece_size"]),
+                holder=str(body["holder"]),
+                pieces=pieces,
+                verified=bool(entry["verified"]),
             )
             if bad:
                 refused[digest] = bad

@@ -1,5 +1,9 @@
 """The swarm as the engine sees it: where a piece can come from, getting it from a peer
-(checked against the sha256 its home recorded), and telling homes what this agent holds."""
+(checked against the sha256 its home recorded), and telling homes what this agent holds.
+
+Everything is said per blob and origin (provenance): an unverified blob's pieces are announced
+under the registry they came from, a verified blob's under every registry known to hold it
+(marked verified), and a requester asks only under its own blob's provenance."""
 
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ class _Held:
     piece_size: int
 
 
+_Scope = tuple[str, str, bool]  # (digest, origin, verified): one announcement's subject
+
+
 class Swarm:
     def __init__(
         self,
@@ -54,7 +61,7 @@ class Swarm:
         self._metrics = metrics
         self._refresh = refresh
         self._tasks = TaskOwner("swarm")
-        self._pending: dict[str, dict[int, bytes]] = defaultdict(dict)
+        self._pending: dict[_Scope, dict[int, bytes]] = defaultdict(dict)
         self._pending_meta: dict[str, _Held] = {}
         self._flushing = False
 
@@ -84,13 +91,14 @@ class Swarm:
 
     # asking --------------------------------------------------------------------------------
 
-    async def describe(self, digest_hex: str) -> tuple[int, int] | None:
-        """(size, piece_size) of a blob the swarm already knows, without asking the origin."""
+    async def describe(self, digest_hex: str, origin: str) -> tuple[int, int] | None:
+        """(size, piece_size) of a blob as `origin` gave it to some peer, without asking the
+        origin."""
         home = self.home(digest_hex)
         if home == self.me:
-            return self._directory.describe(digest_hex)
+            return self._directory.describe(digest_hex, origin)
         try:
-            known = await self._client.describe(home, digest_hex)
+            known = await self._client.describe(home, digest_hex, origin)
         except PeerError as exc:
             log.info("home unreachable", extra={"home": home, "error": str(exc)})
             return None
@@ -103,10 +111,13 @@ class Swarm:
         home = self.home(digest)
         started = time.monotonic()
         if home == self.me:
-            answers = self._directory.lookup(digest, blob.size, blob.piece_size, indices, self.me)
+            answers = self._directory.lookup(
+                digest, blob.origin, blob.size, blob.piece_size, indices=indices, requester=self.me
+            )
         else:
             body = {
                 "digest": digest,
+                "origin": blob.origin,
                 "size": blob.size,
                 "piece_size": blob.piece_size,
                 "pieces": indices,
@@ -224,11 +235,39 @@ class Swarm:
                 home, {"digest": digest_hex, "index": index, "holder": holder}
             )
 
+    def release(self, blob: StoredBlob, indices: list[int]) -> None:
+        """This agent gave up fetching `indices` from the origin: whoever waits for them may
+        go to the origin now."""
+        self._tasks.spawn(self._release(blob, indices), name="release")
+
+    async def _release(self, blob: StoredBlob, indices: list[int]) -> None:
+        digest = blob.digest.hex
+        home = self.home(digest)
+        if home == self.me:
+            self._directory.release(digest, blob.origin, indices, self.me)
+            return
+        body = {"digest": digest, "origin": blob.origin, "pieces": indices, "requester": self.me}
+        try:
+            await self._client.release(home, body)
+        except PeerError as exc:  # the lease expires on its own
+            log.info("lease release lost", extra={"home": home, "error": str(exc)})
+
     # telling -------------------------------------------------------------------------------
 
     def announce(self, blob: StoredBlob, index: int, sha256: bytes) -> None:
         """Note that this agent now holds a piece; homes hear of it in batches."""
-        self._pending[blob.digest.hex][index] = sha256
+        for scope in _scopes(blob.digest.hex, blob.verified, blob.origin, blob.origins):
+            self._pending[scope][index] = sha256
+        self._queue(blob)
+
+    def announce_blob(self, blob: StoredBlob) -> None:
+        """Announce every piece of a blob again: it was just verified, or a registry proved it
+        holds it (the pieces now serve that registry's clients too)."""
+        for scope in _scopes(blob.digest.hex, blob.verified, blob.origin, blob.origins):
+            self._pending[scope].update(blob.piece_sha256)
+        self._queue(blob)
+
+    def _queue(self, blob: StoredBlob) -> None:
         self._pending_meta[blob.digest.hex] = _Held(blob.size, blob.piece_size)
         if not self._flushing:
             self._flushing = True
@@ -241,17 +280,27 @@ class Swarm:
         meta, self._pending_meta = self._pending_meta, {}
         await self._send(pending, meta)
 
-    async def _send(self, pending: dict[str, dict[int, bytes]], meta: dict[str, _Held]) -> None:
+    async def _send(self, pending: dict[_Scope, dict[int, bytes]], meta: dict[str, _Held]) -> None:
         by_home: dict[str, list[dict[str, object]]] = defaultdict(list)
-        for digest, pieces in pending.items():
+        for (digest, origin, verified), pieces in pending.items():
             held = meta[digest]
             home = self.home(digest)
             if home == self.me:
-                self._directory.announce(digest, held.size, held.piece_size, self.me, pieces)
+                self._directory.announce(
+                    digest,
+                    origin,
+                    held.size,
+                    held.piece_size,
+                    holder=self.me,
+                    pieces=pieces,
+                    verified=verified,
+                )
                 continue
             by_home[home].append(
                 {
                     "digest": digest,
+                    "origin": origin,
+                    "verified": verified,
                     "size": held.size,
                     "piece_size": held.piece_size,
                     "pieces": {str(i): sha.hex() for i, sha in pieces.items()},
@@ -270,10 +319,12 @@ class Swarm:
         after = ("", -1)
         while rows := await self._store.index.pieces_after(*after, _REANNOUNCE_BATCH):
             after = (rows[-1].digest, rows[-1].index)
-            pending: dict[str, dict[int, bytes]] = defaultdict(dict)
+            pending: dict[_Scope, dict[int, bytes]] = defaultdict(dict)
             meta: dict[str, _Held] = {}
             for row in rows:
-                pending[row.digest][row.index] = row.sha256
+                origins = {row.origin, *row.origins.split()}
+                for scope in _scopes(row.digest, row.verified, row.origin, origins):
+                    pending[scope][row.index] = row.sha256
                 meta[row.digest] = _Held(row.blob_size, row.piece_size)
             await self._send(pending, meta)
 
@@ -294,3 +345,11 @@ class Swarm:
                 self._metrics.peers_healthy.set(len(set(others) - self._client.unreachable))
             except Exception:
                 log.exception("swarm refresh failed; trying again next interval")
+
+
+def _scopes(digest: str, verified: bool, origin: str, origins: set[str]) -> list[_Scope]:
+    """Under which origins a blob's pieces are announced: an unverified blob's under its
+    provenance only; a verified blob's under every registry known to hold it."""
+    if not verified:
+        return [(digest, origin, False)]
+    return [(digest, known, True) for known in sorted(origins)]

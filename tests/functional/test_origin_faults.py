@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
+import threading
+import time
 
 import pytest
 from aiohttp import web
@@ -183,3 +186,31 @@ def test_relative_redirect_location_is_resolved(agent, origin, blob):
     reply = send(agent.proxy_port, url(origin, digest), {"Range": "bytes=100-200"})
     assert reply.status == 206
     assert reply.body == data[100:201]
+
+
+def test_a_client_that_hangs_up_does_not_fail_others_waiting_on_its_fetch(agent, origin, blob):
+    """The first reader's request starts the (slow) origin fetch, a second waits on it, the
+    first hangs up: the fetch goes on and the second gets exact bytes."""
+    digest, data = blob
+
+    async def slow(request: web.BaseRequest) -> web.StreamResponse | None:
+        if request.method == "GET" and digest in request.path:
+            await asyncio.sleep(0.6)
+        return None
+
+    origin.faults.append(slow)
+    target = url(origin, digest)
+    leaving = socket.create_connection(("127.0.0.1", agent.proxy_port))
+    leaving.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-999\r\n\r\n".encode())
+    time.sleep(0.2)  # its fetch is under way
+    replies = []
+    staying = threading.Thread(
+        target=lambda: replies.append(send(agent.proxy_port, target, {"Range": "bytes=0-999"}))
+    )
+    staying.start()
+    time.sleep(0.1)
+    leaving.close()
+    staying.join(30)
+    assert replies[0].status == 206
+    assert replies[0].body == data[:1000]
+    assert len(origin.blob_gets(digest)) == 1, "one fetch, shared"

@@ -361,24 +361,49 @@ def test_unverified_bytes_from_one_registry_never_reach_another(
         liar.stop()
 
 
-def test_a_verified_blob_serves_every_registry(agent_factory, origin, registry: Registry):
+def test_a_verified_blob_serves_registries_that_prove_they_hold_it(
+    agent_factory, origin, registry: Registry
+):
+    """A verified private blob (first read with credentials) serves a client naming another
+    registry only once that registry, asked with the client's credentials, serves a random
+    range of the blob matching the cached copy; one that merely says 200 gets nothing."""
     agent = agent_factory(**SMALL_PIECES)
     data = os.urandom(2 * PIECE)
     digest = registry.push_blob("test/shared", data)
-    assert send(agent.proxy_port, blob_url(origin, "test/shared", digest)).body == data
+    url = blob_url(origin, "test/shared", digest)
+    assert send(agent.proxy_port, url, {"Authorization": "Bearer owner"}).body == data
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")
     mirror = CountingOrigin(registry.url).start()
-    try:
-        reply = send(
-            agent.proxy_port, blob_url(mirror, "test/shared", digest), {"Range": "bytes=5-9"}
+    yes_man = CountingOrigin(registry.url).start()
+
+    async def say_yes(request: web.BaseRequest):
+        if request.method == "HEAD":
+            response = web.Response(status=200)
+            response.headers["Content-Length"] = str(len(data))
+            return response
+        first, last = (int(x) for x in request.headers["Range"].removeprefix("bytes=").split("-"))
+        return web.Response(
+            status=206,
+            body=os.urandom(last - first + 1),
+            headers={"Content-Range": f"bytes {first}-{last}/{len(data)}"},
         )
+
+    yes_man.faults.append(say_yes)
+    try:
+        client = {"Authorization": "Bearer client", "Range": "bytes=5-9"}
+        reply = send(agent.proxy_port, blob_url(mirror, "test/shared", digest), client)
         assert reply.body == data[5:10]
-        # A verified blob is the same bytes whoever names it: the other registry is only asked
-        # (HEAD) whether this client may read it.
-        assert mirror.blob_gets(digest) == []
-        assert [seen.method for seen in mirror.requests] == ["HEAD"]
+        # The mirror was asked for a few random bytes with the client's credentials (its
+        # proof), not for the bytes served: those came from the cache.
+        (proof,) = mirror.blob_gets(digest)
+        first, last = (int(x) for x in proof.range.removeprefix("bytes=").split("-"))
+        assert (last - first + 1, proof.authorization) == (64, "Bearer client")
+        refused = send(agent.proxy_port, blob_url(yes_man, "test/shared", digest), client)
+        assert refused.status == 403
+        assert data[5:10] not in refused.body
     finally:
         mirror.stop()
+        yes_man.stop()
 
 
 def test_prefetch_fills_the_gaps_between_earlier_reads(agent_factory, origin, registry: Registry):

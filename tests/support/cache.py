@@ -33,7 +33,8 @@ def synthetic_cache(
             digests.append(digest)
             size = per_blob * piece_size
             db.execute(
-                "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, 0, 'https://r:443')",
+                "INSERT INTO blobs (digest, size, piece_size, created, last_access, origin) "
+                "VALUES (?, ?, ?, ?, ?, 'https://r:443')",
                 (digest, size, piece_size, now, now - blob),
             )
             db.executemany(

@@ -25,6 +25,10 @@ async def test_an_index_from_the_first_release_is_migrated(tmp_path):
         row = await index.get_blob("ab")
         assert row is not None
         assert (row.size, row.verified, row.origin, row.pieces) == (10, False, "", {0: b"\0"})
+        assert (row.origins, row.public) == (frozenset({""}), False)
+        await index.set_origins("ab", ["https://b:443"], True)
+        row = await index.get_blob("ab")
+        assert (row.origins, row.public) == (frozenset({"", "https://b:443"}), True)
         await index.set_verified("ab", True)
         assert (await index.get_blob("ab")).verified
         assert await index.delete_blob("ab") == (4, 1)
@@ -32,4 +36,4 @@ async def test_an_index_from_the_first_release_is_migrated(tmp_path):
     finally:
         await index.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)

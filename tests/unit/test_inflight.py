@@ -14,7 +14,7 @@ async def collect(piece: InflightPiece, start: int, end: int) -> bytes:
 
 async def test_readers_follow_the_fill_and_see_exact_bytes():
     data = bytes(range(256)) * 40
-    piece = InflightPiece(0, 0, len(data), None)
+    piece = InflightPiece(0, 0, len(data), None, "http://r:80")
     spans = [(0, len(data)), (100, 101), (5000, 10240)]
     readers = [asyncio.create_task(collect(piece, s, e)) for s, e in spans]
     completed = []
@@ -29,7 +29,7 @@ async def test_readers_follow_the_fill_and_see_exact_bytes():
 async def test_two_fillers_out_of_order():
     """The reader's part arrives first, the head of the piece afterwards."""
     data = bytes(range(200))
-    piece = InflightPiece(3, 600, len(data), None)
+    piece = InflightPiece(3, 600, len(data), None, "http://r:80")
     tail_reader = asyncio.create_task(collect(piece, 120, 200))
     whole_reader = asyncio.create_task(collect(piece, 0, 200))
     assert piece.write(120, data[120:160]) is False
@@ -43,7 +43,7 @@ async def test_two_fillers_out_of_order():
 
 
 async def test_reader_gets_bytes_before_the_piece_is_whole():
-    piece = InflightPiece(0, 0, 10, None)
+    piece = InflightPiece(0, 0, 10, None, "http://r:80")
     piece.write(0, b"abc")
     reader = piece.read(0, 10)
     assert bytes(await anext(reader)) == b"abc"
@@ -52,7 +52,7 @@ async def test_reader_gets_bytes_before_the_piece_is_whole():
 
 
 async def test_failure_reaches_waiting_readers_but_not_finished_parts():
-    piece = InflightPiece(0, 0, 10, None)
+    piece = InflightPiece(0, 0, 10, None, "http://r:80")
     piece.write(0, b"abc")
     waiting = asyncio.create_task(collect(piece, 0, 10))
     await asyncio.sleep(0)
@@ -63,6 +63,6 @@ async def test_failure_reaches_waiting_readers_but_not_finished_parts():
 
 
 def test_write_outside_the_piece_is_a_bug():
-    piece = InflightPiece(0, 0, 2, None)
+    piece = InflightPiece(0, 0, 2, None, "http://r:80")
     with pytest.raises(AssertionError):
         piece.write(1, b"ab")

@@ -30,32 +30,79 @@ def test_rendezvous_moves_only_the_leavers_share():
     assert ranked(members, keys[0])[0] == before[keys[0]]
 
 
+REGISTRY = "https://registry:443"
+LIAR = "https://liar:443"
+
+
+def test_directory_keeps_each_origins_word_apart_until_verified():
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    # A liar's copy, announced first, binds nobody else: not its sha256, not its size.
+    assert (
+        directory.announce("d", LIAR, 200, 10, holder="a:1", pieces={0: b"evil"}, verified=False)
+        == []
+    )
+    assert directory.describe("d", REGISTRY) is None
+    assert directory.describe("d", LIAR) == (200, 10)
+    honest = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0]
+    assert (honest.holders, honest.fetch, honest.sha256) == ((), True, None)
+    assert (
+        directory.announce(
+            "d", REGISTRY, 100, 10, holder="b:1", pieces={0: b"sha0"}, verified=False
+        )
+        == []
+    )
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0].holders == (
+        "b:1",
+    )
+    # Within one origin, a verified copy overrules that origin's earlier, different word.
+    assert (
+        directory.announce("d", LIAR, 200, 10, holder="c:1", pieces={0: b"good"}, verified=True)
+        == []
+    )
+    liar = directory.lookup("d", LIAR, 200, 10, indices=[0], requester="e:1")[0]
+    assert (liar.holders, liar.sha256) == (("c:1",), b"good")
+    assert directory.announce(
+        "d", LIAR, 200, 10, holder="a:1", pieces={0: b"evil"}, verified=False
+    ) == [0]
+
+
 def test_directory_leases_one_origin_fetch_then_points_at_the_holder():
     clock = Clock()
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
-    first = directory.lookup("d", 100, 10, [0, 1], "a:1")
+    first = directory.lookup("d", REGISTRY, 100, 10, indices=[0, 1], requester="a:1")
     assert first[0].fetch and first[1].fetch
-    second = directory.lookup("d", 100, 10, [0], "b:1")
+    second = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")
     assert not second[0].fetch and second[0].fetching == "a:1"
-    assert directory.announce("d", 100, 10, "a:1", {0: b"sha0"}) == []
-    third = directory.lookup("d", 100, 10, [0], "b:1")
+    assert (
+        directory.announce(
+            "d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0"}, verified=False
+        )
+        == []
+    )
+    third = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")
     assert third[0].holders == ("a:1",) and third[0].sha256 == b"sha0"
     # A second holder must agree with the recorded sha256.
-    assert directory.announce("d", 100, 10, "c:1", {0: b"evil"}) == [0]
-    assert directory.lookup("d", 100, 10, [0], "b:1")[0].holders == ("a:1",)
+    assert directory.announce(
+        "d", REGISTRY, 100, 10, holder="c:1", pieces={0: b"evil"}, verified=False
+    ) == [0]
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders == (
+        "a:1",
+    )
     # Soft state: holders expire unless re-announced; leases too.
     clock.now = 31
-    assert directory.lookup("d", 100, 10, [0], "b:1")[0].fetch
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
     clock.now = 50
     directory.prune()
-    assert directory.describe("d") is None
+    assert directory.describe("d", REGISTRY) is None
 
 
 def test_directory_keeps_blobs_of_another_piece_size_apart():
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock())
-    directory.announce("d", 100, 10, "a:1", {0: b"x"})
-    assert directory.lookup("d", 100, 20, [0], "b:1")[0].fetch
-    assert directory.announce("d", 100, 20, "b:1", {0: b"y"}) == [0]
+    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"x"}, verified=False)
+    assert directory.lookup("d", REGISTRY, 100, 20, indices=[0], requester="b:1")[0].fetch
+    assert directory.announce(
+        "d", REGISTRY, 100, 20, holder="b:1", pieces={0: b"y"}, verified=False
+    ) == [0]
 
 
 async def test_membership_from_dns_formats_ipv4_and_ipv6_and_survives_failures():
@@ -95,17 +142,40 @@ async def test_membership_finds_its_own_address(family_host):
 def test_directory_spreads_uploads_over_requesters_that_have_the_piece_coming():
     clock = Clock()
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
-    directory.announce("d", 100, 10, "a:1", {0: b"sha0", 1: b"sha1"})
-    assert directory.lookup("d", 100, 10, [0], "b:1")[0].holders == ("a:1",)
+    directory.announce(
+        "d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0", 1: b"sha1"}, verified=False
+    )
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders == (
+        "a:1",
+    )
     # a is sending piece 0 to b: c waits for b rather than share a's upload link...
-    waiting = directory.lookup("d", 100, 10, [0], "c:1")[0]
+    waiting = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0]
     assert (waiting.holders, waiting.fetching, waiting.fetch) == ((), "b:1", False)
     # ...but a piece nobody else is downloading still comes from a, busy or not.
-    assert directory.lookup("d", 100, 10, [1], "c:1")[1].holders == ("a:1",)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[1], requester="c:1")[1].holders == (
+        "a:1",
+    )
     # Once b has it, b is offered first: a is still sending piece 1 to c.
-    directory.announce("d", 100, 10, "b:1", {0: b"sha0"})
-    assert directory.lookup("d", 100, 10, [0], "d:1")[0].holders == ("b:1", "a:1")
+    directory.announce("d", REGISTRY, 100, 10, holder="b:1", pieces={0: b"sha0"}, verified=False)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="d:1")[0].holders == (
+        "b:1",
+        "a:1",
+    )
     # Downloads never announced are forgotten: their holders are free again.
     clock.now = 6
     directory.prune()
-    assert directory.lookup("d", 100, 10, [0], "e:1")[0].holders == ("a:1", "b:1")
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="e:1")[0].holders == (
+        "a:1",
+        "b:1",
+    )
+
+
+def test_a_released_lease_goes_to_the_next_requester_at_once():
+    directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="a:1")[0].fetch
+    waiting = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0]
+    assert (waiting.fetch, waiting.fetching) == (False, "a:1")
+    directory.release("d", LIAR, [0], "a:1")  # another origin's book: nothing to give back
+    assert not directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
+    directory.release("d", REGISTRY, [0], "a:1")
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
