@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ REPO = "stack/busybox"
 @dataclass
 class StackImage:
     nydus: NydusImage
-    files: dict[str, bytes]  # path inside the container -> the bytes it must hold
+    files: dict[str, bytes] = field(repr=False)  # path in the container -> its bytes
 
 
 @pytest.fixture(scope="session")
