@@ -20,6 +20,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,8 +97,6 @@ class NydusImage:
 
 def nydus_blob(registry: Registry, repo: str, tag: str) -> tuple[str, int]:
     """The digest and size of the nydus data blob in `repo:tag`'s manifest."""
-    import urllib.request
-
     request = urllib.request.Request(
         f"{registry.url}/v2/{repo}/manifests/{tag}",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
@@ -141,8 +141,8 @@ def nydusd_base_config() -> dict[str, Any]:
 
 
 def mirrors_dir(root: Path, registry_host: str, mirror_url: str, ping_url: str) -> Path:
-    """A hosts.toml tree (containerd's layout) naming `mirror_url` as the mirror of
-    `registry_host`, for the snapshotter's `[remote.mirrors_config]`."""
+    """A hosts.toml tree naming `mirror_url` as the mirror of `registry_host` (`host:port`,
+    whose directory the snapshotter calls `host_port_`), for its `[remote.mirrors_config]`."""
     directory = root / (registry_host.replace(":", "_") + "_")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "hosts.toml").write_text(
@@ -156,7 +156,8 @@ def mirrors_dir(root: Path, registry_host: str, mirror_url: str, ping_url: str) 
 
 @dataclass
 class Node:
-    """containerd + nydus-snapshotter under `root`; `start()`, `run(...)`, `stop()`."""
+    """containerd + nydus-snapshotter under `root`: `start()`, `nerdctl(...)`,
+    `copy_out(...)`, and `stop()`, which leaves nothing running or mounted."""
 
     root: Path  # configs and logs
     nydusd_config: dict[str, Any] = field(default_factory=nydusd_base_config)
@@ -296,12 +297,6 @@ state = "{self.state / "containerd-state"}"
             )
         return result
 
-    def run(self, image: str, *command: str, snapshotter: str = "nydus") -> bytes:
-        """`nerdctl run --rm` the image with `command`; its standard output."""
-        return self.nerdctl(
-            "--snapshotter", snapshotter, "run", "--rm", "--net", "none", image, *command
-        ).stdout
-
     def copy_out(self, image: str, path: str) -> bytes:
         """The bytes of file `path` as a container of `image` reads them. Copied through a
         bind mount: nerdctl 1.7 can lose the tail of a container's standard output when the
@@ -365,7 +360,9 @@ def _mounts_under(root: Path) -> list[str]:
     return mounts
 
 
-def _wait_for(condition, what: str, processes: list[subprocess.Popen[bytes]]) -> None:
+def _wait_for(
+    condition: Callable[[], bool], what: str, processes: list[subprocess.Popen[bytes]]
+) -> None:
     deadline = time.monotonic() + 30
     while not condition():
         for process in processes:
