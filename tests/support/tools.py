@@ -99,13 +99,24 @@ def _done(started: float) -> None:
 
 
 def _run(
-    command: list[str], scratch: Path | None = None, env: dict[str, str] | None = None
+    command: list[str],
+    scratch: Path | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    quiet: bool = False,
 ) -> None:
-    """Run `command` to the end; on SIGINT/SIGTERM stop it and let the caller clean up."""
+    """Run `command` to the end; on SIGINT/SIGTERM stop it and let the caller clean up.
+    `quiet` keeps its output (in `scratch`) and shows the end of it only if it fails."""
     environment = {**os.environ, **(env or {})}
     if scratch is not None:
         environment["TMPDIR"] = str(scratch)  # compilers' temporary files go there too
-    process = subprocess.Popen(command, env=environment)
+    output = None
+    if quiet:
+        assert scratch is not None
+        output = (scratch / "output.log").open("w+b")
+    process = subprocess.Popen(
+        command, env=environment, stdout=output, stderr=subprocess.STDOUT if quiet else None
+    )
     try:
         code = process.wait()
     except BaseException:
@@ -117,7 +128,14 @@ def _run(
             process.wait()
         raise
     if code:
-        raise SetupError(f"`{' '.join(command)}` failed (exit {code})")
+        tail = ""
+        if output is not None:
+            output.seek(0)
+            tail = ":\n" + "\n".join(output.read().decode(errors="replace").splitlines()[-20:])
+            output.close()
+        raise SetupError(f"`{' '.join(command)}` failed (exit {code}){tail}")
+    if output is not None:
+        output.close()
 
 
 def _version(command: list[str]) -> tuple[int, ...] | None:
@@ -188,7 +206,9 @@ def install_helm() -> None:
     helm = find("helm")
     if helm is not None:
         out = subprocess.run([helm, "version", "--short"], capture_output=True, text=True)
-        if out.stdout.startswith(HELM_VERSION):
+        # built by `go install` (no release ldflags) it names only its minor version: v3.16
+        minor = HELM_VERSION.rsplit(".", 1)[0]
+        if out.stdout.startswith(HELM_VERSION) or out.stdout.strip() == minor:
             return
     go = _require_go(_GO_MINIMUM, f"helm {HELM_VERSION}")
     started = _step(
@@ -275,7 +295,7 @@ def install_go_programs() -> None:
                 [go, "env", "GOMODCACHE"], capture_output=True, text=True, check=True
             ).stdout.strip()
             reference = f"{program.module}@{program.version}"
-            _run([go, "mod", "download", reference], scratch=Path(scratch), env=env)
+            _run([go, "mod", "download", reference], scratch=Path(scratch), env=env, quiet=True)
             source = Path(scratch) / program.binary
             shutil.copytree(Path(modules) / reference, source)
             source.chmod(0o755)
@@ -286,7 +306,7 @@ def install_go_programs() -> None:
                 [go, "-C", str(source), "build", "-o", str(built),
                  "-ldflags", f"-s -w -X {program.version_variable}={program.version}",
                  f"./cmd/{program.binary}"],
-                scratch=Path(scratch), env=env,
+                scratch=Path(scratch), env=env, quiet=True,
             )  # fmt: skip
             shutil.move(built, _GO_BIN / program.binary)
     _done(started)
