@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cache_hit, chunks, cold, lazy, nydus, report, resources, storage, swarm
+from bench import cache_hit, chunks, cold, lazy, nydus, report, resources, stack, storage, swarm
 
 HERE = Path(__file__).parent
 WORK = HERE / "work"
@@ -88,6 +88,18 @@ def _chunks(args: argparse.Namespace) -> Ran:
     return chunks.section(rates), []
 
 
+def _stack(args: argparse.Namespace) -> Ran:
+    image_mib = 4 if args.smoke else args.image_mib
+    profiles = stack.run(
+        WORK / "stack",
+        image_mib=image_mib,
+        rounds=1 if args.smoke else args.rounds,
+        mbit=args.registry_mbit,
+        rtt_ms=args.rtt_ms,
+    )
+    return stack.section(profiles, image_mib), []
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "cache-hit": _cache_hit,
     "cold": _cold,
@@ -96,6 +108,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "swarm": _swarm,
     "lazy": _lazy,
     "chunks": _chunks,
+    "stack": _stack,
 }
 GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
 
@@ -123,6 +136,14 @@ def _arguments() -> argparse.Namespace:
         "--coverage", type=float, default=0.15, help="share of the blob the trace reads (lazy)"
     )
     parser.add_argument("--readers", type=int, default=4, help="readers per node (lazy)")
+    parser.add_argument("--image-mib", type=int, default=64, help="image size (stack)")
+    parser.add_argument("--rounds", type=int, default=3, help="starts per row (stack)")
+    parser.add_argument(
+        "--registry-mbit", type=float, default=100, help="the registry link's cap (stack)"
+    )
+    parser.add_argument(
+        "--rtt-ms", type=float, default=40, help="the registry link's round trip (stack)"
+    )
     parser.add_argument(
         "--out", type=Path, help="where the report goes (default: bench/results, see above)"
     )

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dfagent.configtypes import ListenAddress
 from dfagent.metrics import Metrics
-from dfagent.serving import bind
+from dfagent.serving import bind, drain
 
 __all__ = ["AdminServer", "ReadinessCheck"]
 
@@ -75,10 +75,9 @@ class AdminServer:
         self._servers.append(await bind(name, address, http))
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for http in self._http:
-            await http.shutdown(1.0)
+        # a listener that failed to bind left its web.Server without connections behind it
+        servers = zip(self._servers, self._http, strict=False)
+        await asyncio.gather(*(drain(server, http, 1.0) for server, http in servers))
 
     async def _healthy(self, _: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text="ok\n")

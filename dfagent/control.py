@@ -16,6 +16,7 @@ from aiohttp import web
 
 from dfagent.errors import DfagentError
 from dfagent.maintenance import Maintenance
+from dfagent.serving import drain
 
 __all__ = ["SOCKET_NAME", "AgentRefused", "ControlServer", "call_agent"]
 
@@ -68,10 +69,7 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        if self._http is not None:
-            await self._http.shutdown(1.0)
+        await drain(self._server, self._http, 1.0)
         self.path.unlink(missing_ok=True)
 
 

@@ -1,4 +1,5 @@
-"""Binding listeners with errors that say what to do, shared by every server of the agent."""
+"""Binding listeners with errors that say what to do, and draining them on the way out:
+shared by every server of the agent."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import logging
 from collections.abc import Callable
 from ssl import SSLContext
 
+from aiohttp import web
+
 from dfagent.configtypes import ListenAddress
 from dfagent.errors import StartupError
 
-__all__ = ["bind", "bound_address"]
+__all__ = ["bind", "bound_address", "drain"]
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +44,16 @@ async def bind(
 def bound_address(server: asyncio.Server) -> str:
     host, port = server.sockets[0].getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def drain(server: asyncio.Server | None, http: web.Server | None, grace: float) -> None:
+    """Stop accepting; close idle keep-alive connections at once (clients such as nydusd keep
+    them open between requests) and give responses in flight up to `grace` seconds to finish
+    before they are cut. Each connection closes as soon as its response is done."""
+    if server is not None:
+        server.close()
+    if http is None:
+        return
+    for connection in http.connections:
+        connection.close()  # idle: now; serving a request: once its response is sent
+    await http.shutdown(grace)

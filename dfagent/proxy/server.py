@@ -30,7 +30,7 @@ from dfagent.proxy.headers import ERROR_TYPE
 from dfagent.proxy.passthrough import pass_through
 from dfagent.proxy.routing import route
 from dfagent.proxy.tunnel import FrontProtocol, Interceptor, TunnelRegistry
-from dfagent.serving import bind
+from dfagent.serving import bind, drain
 
 __all__ = ["ProxyServer"]
 
@@ -87,11 +87,9 @@ class ProxyServer:
         )
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight responses finish within the grace period, cut the rest."""
-        if self._server is not None:
-            self._server.close()
-        if self._http is not None:
-            await self._http.shutdown(self._config.shutdown_grace)
+        """Stop accepting, close idle connections, let in-flight responses finish within the
+        grace period, cut the rest."""
+        await drain(self._server, self._http, self._config.shutdown_grace)
         await self._tunnels.aclose()
         if self._certificates is not None:
             self._certificates.close()

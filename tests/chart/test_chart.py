@@ -146,22 +146,44 @@ def test_schema_refuses_bad_values(helm):
     assert "cache.type" in result.stderr or "cache/type" in result.stderr
 
 
-def test_notes_print_the_nydusd_proxy_config(helm, tmp_path):
+def render_notes(helm: str, tmp_path: Path, *values: str) -> str:
     # Helm renders NOTES.txt only on install, which needs a cluster: render a copy instead.
     chart = shutil.copytree(CHART, tmp_path / "dfagent")
     notes = (chart / "templates" / "NOTES.txt").read_text()
     indented = "".join(f"    {line}\n" for line in notes.splitlines())
     preview = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
     (chart / "templates" / "notes-preview.yaml").write_text(preview + indented)
+    settings = [arg for value in values for arg in ("--set", value)]
     result = subprocess.run(
         [helm, "template", "dfagent", str(chart), "--namespace", "infra",
-         "--show-only", "templates/notes-preview.yaml"],
+         "--show-only", "templates/notes-preview.yaml", *settings],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rendered = yaml.safe_load(result.stdout)["data"]["notes"]
+    return yaml.safe_load(result.stdout)["data"]["notes"]
+
+
+def test_notes_print_the_nydusd_proxy_config(helm, tmp_path):
+    rendered = render_notes(helm, tmp_path)
     assert '"url": "http://127.0.0.1:4001"' in rendered
     assert '"ping_url": "http://127.0.0.1:4003/healthy"' in rendered
+    assert "hosts.toml" not in rendered
+
+
+def test_notes_print_the_snapshotter_hosts_toml_in_mirror_mode(helm, tmp_path):
+    rendered = render_notes(
+        helm,
+        tmp_path,
+        "snapshotter.mode=mirror",
+        "config.proxy.registry_mirror=https://registry.example.com:5000",
+        "config.proxy.listen=127.0.0.1:4101",
+    )
+    assert "/etc/nydus/certs.d/registry.example.com_5000_/hosts.toml" in rendered
+    assert 'server = "https://registry.example.com:5000"' in rendered
+    assert '[host."http://127.0.0.1:4101"]' in rendered
+    assert 'ping_url = "http://127.0.0.1:4003/healthy"' in rendered
+    assert "that one registry only" in rendered
+    assert '"proxy": {' not in rendered
 
 
 def test_mtls_material_from_cert_manager_or_an_existing_secret(helm, tmp_path):

@@ -1,9 +1,10 @@
-"""Process lifecycle: clean shutdown with requests in flight, restart with a warm cache,
-and a clear failure when a port is taken."""
+"""Process lifecycle: clean shutdown with requests in flight (and none held by idle
+connections), restart with a warm cache, and a clear failure when a port is taken."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import socket
@@ -54,6 +55,76 @@ def test_sigterm_lets_an_inflight_response_finish(agent_factory, origin, registr
     assert "Traceback" not in log
     # The index was closed: sqlite folds the write-ahead log back in on the last close.
     assert not (agent.storage_dir / "index.sqlite-wal").exists()
+
+
+def _idle_keepalive_connection(agent: AgentProcess, url: str, data: bytes):
+    """A connection that has had its response and stays open, as nydusd leaves them."""
+    connection = http.client.HTTPConnection("127.0.0.1", agent.proxy_port, timeout=30)
+    connection.request("GET", url)
+    response = connection.getresponse()
+    assert response.read() == data
+    assert not response.will_close, "the agent keeps the connection alive"
+    return connection
+
+
+def test_sigterm_is_not_held_by_an_idle_keepalive_connection(agent_factory, origin, registry):
+    data = os.urandom(300_000)
+    digest = registry.push_blob("test/idle", data)
+    agent = agent_factory(proxy={"shutdown_grace": "10s"})
+    idle = _idle_keepalive_connection(agent, f"{origin.url}/v2/test/idle/blobs/{digest}", data)
+    try:
+        started = time.monotonic()
+        assert agent.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 1.0, "nothing was in flight: no grace to wait"
+    finally:
+        idle.close()
+    assert "msg=stopped" in agent.log()
+
+
+def test_sigterm_gives_only_the_inflight_response_its_grace(agent_factory, origin, registry):
+    """An idle connection and a response in flight: the response completes, byte for byte,
+    and the agent exits as soon as it has, long before the grace runs out."""
+    data = os.urandom(1_000_000)
+    digest = registry.push_blob("test/mixed", data)
+    small = os.urandom(1000)
+    small_digest = registry.push_blob("test/mixed", small)
+    agent = agent_factory(proxy={"shutdown_grace": "10s"})
+
+    async def slow(request: web.BaseRequest):
+        if request.method != "GET" or not request.path.endswith(digest):
+            return None
+        upstream = await origin.forward(request)
+        body = bytes(upstream.body)
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        await asyncio.sleep(1.5)
+        await response.write(body[len(body) // 2 :])
+        return response
+
+    origin.faults.append(slow)
+    idle = _idle_keepalive_connection(
+        agent, f"{origin.url}/v2/test/mixed/blobs/{small_digest}", small
+    )
+    replies: list[Reply] = []
+    reader = threading.Thread(
+        target=lambda: replies.append(
+            send(agent.proxy_port, f"{origin.url}/v2/test/mixed/blobs/{digest}")
+        )
+    )
+    try:
+        reader.start()
+        time.sleep(0.7)  # the response is under way
+        started = time.monotonic()
+        assert agent.stop(signal.SIGTERM) == 0
+        stopped_after = time.monotonic() - started
+        reader.join(10)
+    finally:
+        idle.close()
+    assert replies and replies[0].status == 200
+    assert replies[0].body == data
+    assert stopped_after < 3.0, f"exited {stopped_after:.1f} s after SIGTERM, grace is 10 s"
 
 
 def test_restart_serves_from_the_cache(agent_factory, origin, registry):

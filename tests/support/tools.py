@@ -1,9 +1,10 @@
 """The programs the tests and benchmarks run, and the one place that installs them.
 
 `python3 -m tests.support.tools install [--quick]` (what `./test.sh` runs before any test)
-installs every missing program: Debian packages with apt, nydusd and nydus-image with cargo,
-helm with go, and the project itself into `.venv`. Each long step prints one line saying what
-it does and about how long it takes; what is already installed is reused. An interrupted build
+installs every missing program: Debian packages with apt (the registry, the benchmark tools,
+containerd and runc), nydusd and nydus-image with cargo, helm, nerdctl and containerd-nydus-grpc
+with go, and the project itself into `.venv`. Each long step prints one line saying what it
+does and about how long it takes; what is already installed is reused. An interrupted build
 leaves nothing behind: its scratch space is a temporary directory removed on the way out.
 
 The tests and benchmarks call `require(name)`: the path of an installed program, or an
@@ -59,6 +60,10 @@ APT = [
     Apt("nginx", "nginx-light"),
     Apt("ip", "iproute2"),
     Apt("tc", "iproute2"),
+    # the container stack: containerd (with ctr), runc, and a static busybox for a root fs
+    Apt("containerd", "containerd"),
+    Apt("runc", "runc"),
+    Apt("busybox", "busybox-static"),
 ]
 QUICK_APT = {"docker-registry", "htpasswd"}  # all the quick suite (-m "not slow") starts
 
@@ -94,13 +99,24 @@ def _done(started: float) -> None:
 
 
 def _run(
-    command: list[str], scratch: Path | None = None, env: dict[str, str] | None = None
+    command: list[str],
+    scratch: Path | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    quiet: bool = False,
 ) -> None:
-    """Run `command` to the end; on SIGINT/SIGTERM stop it and let the caller clean up."""
+    """Run `command` to the end; on SIGINT/SIGTERM stop it and let the caller clean up.
+    `quiet` keeps its output (in `scratch`) and shows the end of it only if it fails."""
     environment = {**os.environ, **(env or {})}
     if scratch is not None:
         environment["TMPDIR"] = str(scratch)  # compilers' temporary files go there too
-    process = subprocess.Popen(command, env=environment)
+    output = None
+    if quiet:
+        assert scratch is not None
+        output = (scratch / "output.log").open("w+b")
+    process = subprocess.Popen(
+        command, env=environment, stdout=output, stderr=subprocess.STDOUT if quiet else None
+    )
     try:
         code = process.wait()
     except BaseException:
@@ -112,7 +128,14 @@ def _run(
             process.wait()
         raise
     if code:
-        raise SetupError(f"`{' '.join(command)}` failed (exit {code})")
+        tail = ""
+        if output is not None:
+            output.seek(0)
+            tail = ":\n" + "\n".join(output.read().decode(errors="replace").splitlines()[-20:])
+            output.close()
+        raise SetupError(f"`{' '.join(command)}` failed (exit {code}){tail}")
+    if output is not None:
+        output.close()
 
 
 def _version(command: list[str]) -> tuple[int, ...] | None:
@@ -144,7 +167,12 @@ def _has_nydus() -> bool:
     if find("nydusd") is None or image is None:
         return False
     out = subprocess.run([image, "--version"], capture_output=True, text=True, check=False)
-    return NYDUS_VERSION in out.stdout
+    if NYDUS_VERSION in out.stdout:
+        return True
+    # Built by `cargo install` from crates.io there is no git to stamp a version from
+    # ("Version: unknown"); cargo's own record of what it installed says which.
+    record = _CARGO_BIN.parent / ".crates.toml"
+    return record.exists() and f'"nydus-rs {NYDUS_VERSION} ' in record.read_text()
 
 
 def install_nydus() -> None:
@@ -178,17 +206,11 @@ def install_helm() -> None:
     helm = find("helm")
     if helm is not None:
         out = subprocess.run([helm, "version", "--short"], capture_output=True, text=True)
-        if out.stdout.startswith(HELM_VERSION):
+        # built by `go install` (no release ldflags) it names only its minor version: v3.16
+        minor = HELM_VERSION.rsplit(".", 1)[0]
+        if out.stdout.startswith(HELM_VERSION) or out.stdout.strip() == minor:
             return
-    go = find("go")
-    version = _version([go, "version"]) if go else None
-    if go is None or version is None or version < _GO_MINIMUM:
-        have = "no Go" if version is None else f"Go {'.'.join(map(str, version))}"
-        raise SetupError(
-            f"building helm {HELM_VERSION} needs Go >= {'.'.join(map(str, _GO_MINIMUM))} and "
-            f"this machine has {have} (Debian bookworm's is 1.19): install a newer Go "
-            "(for example from the golang-1.22 package of bookworm-backports), then rerun"
-        )
+    go = _require_go(_GO_MINIMUM, f"helm {HELM_VERSION}")
     started = _step(
         f"building helm: go install helm.sh/helm/v3/cmd/helm@{HELM_VERSION}",
         "about 3 min on 2 cores (once; reused after)",
@@ -199,6 +221,94 @@ def install_helm() -> None:
             scratch=Path(scratch),
             env={"GOTMPDIR": scratch},
         )
+    _done(started)
+
+
+@dataclass(frozen=True)
+class GoProgram:
+    """A program built from a Go module's source: `go install module/cmd@version` is refused
+    for these modules (a version list not served, `exclude` directives in go.mod), so the
+    module is downloaded, copied out of the read-only module cache and built in place."""
+
+    binary: str
+    module: str
+    version: str
+    version_variable: str  # package.Variable the release build stamps the version into
+    go_minimum: tuple[int, int]
+
+    def installed(self) -> bool:
+        path = find(self.binary)
+        if path is None:
+            return False
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+        return self.version.lstrip("v") in out.stdout
+
+
+GO_PROGRAMS = [
+    GoProgram(
+        "nerdctl",
+        "github.com/containerd/nerdctl",
+        "v1.7.7",  # v2 needs containerd >= 1.7; Debian bookworm has 1.6
+        "github.com/containerd/nerdctl/pkg/version.Version",
+        (1, 21),
+    ),
+    GoProgram(
+        "containerd-nydus-grpc",
+        "github.com/containerd/nydus-snapshotter",
+        "v0.16.1",
+        "github.com/containerd/nydus-snapshotter/version.Version",
+        (1, 25),
+    ),
+]
+
+
+def _require_go(minimum: tuple[int, int], building: str) -> str:
+    go = find("go")
+    version = _version([go, "version"]) if go else None
+    if go is None or version is None or version < minimum:
+        have = "no Go" if version is None else f"Go {'.'.join(map(str, version))}"
+        raise SetupError(
+            f"building {building} needs Go >= {'.'.join(map(str, minimum))} and "
+            f"this machine has {have} (Debian bookworm's is 1.19): install a newer Go "
+            "(from https://go.dev/dl/), then rerun"
+        )
+    return go
+
+
+def install_go_programs() -> None:
+    missing = [program for program in GO_PROGRAMS if not program.installed()]
+    if not missing:
+        return
+    go = _require_go(
+        max(program.go_minimum for program in missing),
+        " and ".join(f"{p.binary} {p.version}" for p in missing),
+    )
+    started = _step(
+        f"building {', '.join(p.binary for p in missing)} from their Go modules",
+        f"about {2 * len(missing)} min on 2 cores (once; reused after)",
+    )
+    _GO_BIN.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dfagent-go-build-") as scratch:
+        env = {"GOTMPDIR": scratch, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"}
+        for program in missing:
+            modules = subprocess.run(
+                [go, "env", "GOMODCACHE"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            reference = f"{program.module}@{program.version}"
+            _run([go, "mod", "download", reference], scratch=Path(scratch), env=env, quiet=True)
+            source = Path(scratch) / program.binary
+            shutil.copytree(Path(modules) / reference, source)
+            source.chmod(0o755)
+            for path in source.rglob("*"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            built = Path(scratch) / "out" / program.binary
+            _run(
+                [go, "-C", str(source), "build", "-o", str(built),
+                 "-ldflags", f"-s -w -X {program.version_variable}={program.version}",
+                 f"./cmd/{program.binary}"],
+                scratch=Path(scratch), env=env, quiet=True,
+            )  # fmt: skip
+            shutil.move(built, _GO_BIN / program.binary)
     _done(started)
 
 
@@ -230,6 +340,7 @@ def install(quick: bool) -> None:
     if not quick:
         install_helm()
         install_nydus()
+        install_go_programs()
         if not Path("/dev/fuse").exists():
             print("setup: warning: no /dev/fuse: the nydusd tests will fail", flush=True)
 

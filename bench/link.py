@@ -1,0 +1,96 @@
+"""A registry behind a link like a real one, on loopback: a TCP relay that delays every chunk
+by half the round trip in each direction and paces what comes back from the registry to a
+bandwidth cap shared by all connections (one link). It counts the bytes it carried back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from tests.support.ports import free_port
+
+
+class _Pacer:
+    """A shared cap: each chunk may leave once the link has sent the chunks before it."""
+
+    def __init__(self, mbit: float) -> None:
+        self._seconds_per_byte = 8 / (mbit * 1e6)
+        self._free_at = 0.0
+
+    async def take(self, size: int) -> None:
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), self._free_at)
+        self._free_at = start + size * self._seconds_per_byte
+        await asyncio.sleep(self._free_at - loop.time())
+
+
+class ShapedLink:
+    """`127.0.0.1:port` relays to `127.0.0.1:target_port` with `rtt_ms` of round trip and,
+    towards the client, at most `mbit`."""
+
+    def __init__(self, target_port: int, mbit: float, rtt_ms: float) -> None:
+        self.port = free_port()
+        self.carried = 0  # bytes from the target back to clients
+        self._target = target_port
+        self._half_rtt = rtt_ms / 2000
+        self._mbit = mbit
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ShapedLink:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return self
+
+    async def _serve(self) -> None:
+        self._pacer = _Pacer(self._mbit)
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2 * self._half_rtt)  # the TCP handshake's round trip
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            self._copy(reader, up_writer, paced=False),
+            self._copy(up_reader, writer, paced=True),
+            return_exceptions=True,
+        )
+
+    async def _copy(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, paced: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    sink.close()
+                    return
+                if paced:
+                    await self._pacer.take(len(data))
+                    self.carried += len(data)
+                sink.write(data)
+                await sink.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            while data := await source.read(65536):
+                queue.put_nowait((loop.time() + self._half_rtt, data))
+        finally:
+            queue.put_nowait((loop.time() + self._half_rtt, b""))
+            await delivering
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
