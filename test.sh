@@ -22,7 +22,7 @@ if [[ ${1:-} == --quick ]]; then
 fi
 
 "$python" -m tests.support.tools install "${quick[@]}"
-export PATH="$PWD/.venv/bin:$HOME/.cargo/bin:${GOBIN:-${GOPATH:-$HOME/go}/bin}:$PATH"
+export PATH="$PWD/.venv/bin:${CARGO_HOME:-$HOME/.cargo}/bin:${GOBIN:-${GOPATH:-$HOME/go}/bin}:$PATH"
 
 ruff check .
 ruff format --check .

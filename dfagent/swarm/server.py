@@ -22,7 +22,7 @@ from dfagent.engine.fetcher import FileSegment
 from dfagent.errors import DfagentError
 from dfagent.metrics import Metrics
 from dfagent.sendfile import send_segment
-from dfagent.serving import bind
+from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.directory import Directory
 
@@ -92,10 +92,7 @@ class PeerServer:
         self._server = await bind("peer", self._listen, self._http, ssl=self._tls)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        if self._http is not None:
-            await self._http.shutdown(2.0)
+        await drain(self._server, self._http, 2.0)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").encode()

@@ -15,6 +15,7 @@ import time
 
 from aiohttp import web
 
+from tests.conftest import TOKEN
 from tests.support.agent import AgentProcess
 from tests.support.client import Reply, send
 
@@ -179,3 +180,22 @@ def test_runs_on_uvloop_too(tmp_path, origin, registry):
     finally:
         assert agent.stop() == 0
     assert "Traceback" not in agent.log()
+
+
+def test_sigterm_is_not_held_by_an_idle_peer_connection(swarm):
+    """Agents keep connections to each other's peer servers open between requests: those
+    close at once on SIGTERM too."""
+    agent, _ = swarm(2)
+    connection = http.client.HTTPConnection("127.0.0.1", agent.peer_port, timeout=30)
+    connection.request(
+        "GET", f"/v1/blobs/sha256:{'0' * 64}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 404 and not response.will_close
+    try:
+        started = time.monotonic()
+        assert agent.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 1.0, "nothing was in flight: no grace to wait"
+    finally:
+        connection.close()
