@@ -25,20 +25,7 @@ def test_sigterm_lets_an_inflight_response_finish(agent_factory, origin, registr
     digest = registry.push_blob("test/life", data)
     agent = agent_factory()
 
-    async def slow(request: web.BaseRequest):
-        if request.method != "GET" or "/blobs/" not in request.path:
-            return None
-        upstream = await origin.forward(request)
-        body = bytes(upstream.body)
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body[: len(body) // 2])
-        await asyncio.sleep(1.5)
-        await response.write(body[len(body) // 2 :])
-        return response
-
-    origin.faults.append(slow)
+    origin.faults.append(_pausing_halfway(origin, "/blobs/"))
     replies: list[Reply] = []
     reader = threading.Thread(
         target=lambda: replies.append(
@@ -91,20 +78,7 @@ def test_sigterm_gives_only_the_inflight_response_its_grace(agent_factory, origi
     small_digest = registry.push_blob("test/mixed", small)
     agent = agent_factory(proxy={"shutdown_grace": "10s"})
 
-    async def slow(request: web.BaseRequest):
-        if request.method != "GET" or not request.path.endswith(digest):
-            return None
-        upstream = await origin.forward(request)
-        body = bytes(upstream.body)
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body[: len(body) // 2])
-        await asyncio.sleep(1.5)
-        await response.write(body[len(body) // 2 :])
-        return response
-
-    origin.faults.append(slow)
+    origin.faults.append(_pausing_halfway(origin, digest))
     idle = _idle_keepalive_connection(
         agent, f"{origin.url}/v2/test/mixed/blobs/{small_digest}", small
     )
@@ -199,3 +173,23 @@ def test_sigterm_is_not_held_by_an_idle_peer_connection(swarm):
         assert time.monotonic() - started < 1.0, "nothing was in flight: no grace to wait"
     finally:
         connection.close()
+
+
+def _pausing_halfway(origin, path_part: str):
+    """An origin fault: blob GETs whose path holds `path_part` send half their body, pause
+    1.5 s, then send the rest."""
+
+    async def slow(request: web.BaseRequest):
+        if request.method != "GET" or path_part not in request.path:
+            return None
+        upstream = await origin.forward(request)
+        body = bytes(upstream.body)
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        await asyncio.sleep(1.5)
+        await response.write(body[len(body) // 2 :])
+        return response
+
+    return slow
