@@ -189,7 +189,7 @@ def install_nydus() -> None:
         )
     started = _step(
         f"building nydusd and nydus-image: cargo install nydus-rs {NYDUS_VERSION}",
-        "about 20 min on 2 cores (once; reused after)",
+        "about 4 min on 2 cores, 15 on a busy machine (once; reused after)",
     )
     with tempfile.TemporaryDirectory(prefix="dfagent-nydus-build-") as scratch:
         _run(
@@ -212,7 +212,7 @@ def install_helm() -> None:
     go = _require_go(_GO_MINIMUM, f"helm {HELM_VERSION}")
     started = _step(
         f"building helm: go install helm.sh/helm/v3/cmd/helm@{HELM_VERSION}",
-        "about 3 min on 2 cores (once; reused after)",
+        "about 2 min on 2 cores (once; reused after)",
     )
     # The version stamp a release build carries, so that the check above knows this build.
     stamp = f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
