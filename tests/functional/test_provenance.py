@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -194,19 +192,8 @@ def test_a_registry_that_merely_says_yes_gets_no_peers_copy(swarm, origin, liar,
     assert metric(owner, "dfagent_uploaded_bytes_total") == 0
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)])
-    if result.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_a_lease_holder_whose_disk_is_full_lets_the_others_go_at_once(
-    tmp_path, tiny_disk, origin, registry
+    tmp_path, small_disk, origin, registry
 ):
     """The node sent to the origin serves its client but cannot store a piece (its disk is
     full), so it never announces them: it gives the lease back at once instead."""
@@ -217,7 +204,7 @@ def test_a_lease_holder_whose_disk_is_full_lets_the_others_go_at_once(
         AgentProcess(
             tmp_path / f"agent{i}",
             {
-                "storage": {"piece_size": "256KiB", **({"dir": str(tiny_disk)} if i == 0 else {})},
+                "storage": {"piece_size": "256KiB", **({"dir": str(small_disk)} if i == 0 else {})},
                 "peer": {"listen": members[i], "token_file": str(token)},
                 "swarm": {"peers": members, "advertise": members[i], "refresh": "1s"},
             },
@@ -230,8 +217,8 @@ def test_a_lease_holder_whose_disk_is_full_lets_the_others_go_at_once(
         full = agents[0]
         home = home_of(members, digest[7:])
         waiting = next(a for a, m in zip(agents[1:], members[1:], strict=True) if m != home)
-        free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
-        (tiny_disk / "filler").write_bytes(b"\0" * max(0, free - 96 * 1024))
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        (small_disk / "filler").write_bytes(b"\0" * max(0, free - 96 * 1024))
 
         async def slow(request: web.BaseRequest) -> web.StreamResponse | None:
             if request.method == "GET" and digest in request.path:

@@ -15,9 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from tests.support.agent import AgentProcess
@@ -229,17 +227,6 @@ def test_second_agent_on_the_same_directory_is_refused(agent_factory, tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "in use by another dfagent" in result.stderr
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)])
-    if result.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_full_disk_still_serves_and_damages_nothing(agent_factory, origin, registry, small_disk):
