@@ -7,8 +7,8 @@ a client only when the registry the client names
 - accepts the client's own `Authorization` for it, and
 - is one of the blob's recorded origins (`StoredBlob.origins`: the registry it came from, and
   any that proved it since), or proves now that it holds the blob: it serves, with the
-  client's credentials, a small random range of the blob that matches this node's verified
-  copy. A server that merely answers 200 cannot pass; one that passes is recorded as an
+  client's credentials, four random 64-byte ranges of the blob that match this node's
+  verified copy. A server that merely answers 200 cannot pass; one that passes is recorded as an
   origin.
 
 For a recorded origin the check is a HEAD on the blob URL with the client's credentials (a
@@ -38,7 +38,10 @@ from dfagent.tasks import TaskOwner
 __all__ = ["AccessGate"]
 
 _MAX_REMEMBERED = 65536
-_PROOF_BYTES = 64  # the random range a registry must serve to prove it holds a blob
+# A registry proves it holds a blob by serving this many random ranges of it, this long: one
+# that knows a share f of the blob's bytes passes with probability about f ** _PROOF_SAMPLES.
+_PROOF_SAMPLES = 4
+_PROOF_BYTES = 64
 
 _Key = tuple[str, str]  # (credentials hash or "" for anonymous, registry + path)
 
@@ -113,14 +116,19 @@ class AccessGate:
             await self._origin.blob_size(source)
             return
         length = min(_PROOF_BYTES, blob.size)
-        first = secrets.randbelow(blob.size - length + 1)
+        firsts = [secrets.randbelow(blob.size - length + 1) for _ in range(_PROOF_SAMPLES)]
+        held = await asyncio.gather(*(self._serves(source, blob, f, length) for f in firsts))
+        if not all(held):
+            raise NotProven(f"{source.origin} does not hold {blob.digest}")
+
+    async def _serves(self, source: BlobSource, blob: StoredBlob, first: int, length: int) -> bool:
+        """Whether the registry's bytes `first..first+length-1` of the blob equal ours."""
         ours = await asyncio.to_thread(os.pread, blob.file.fileno(), length, first)
         theirs = bytearray()
         async with self._origin.open_range(source, first, first + length - 1) as body:
             async for chunk in body.chunks():
                 theirs += chunk
-        if theirs != ours:
-            raise NotProven(f"{source.origin} does not hold {blob.digest}")
+        return theirs == ours
 
     def _valid(self, key: _Key) -> bool:
         expiry = self._granted.get(key)
