@@ -141,15 +141,12 @@ def interrupt(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, stderr
 
 
-def test_ctrl_c_during_get_keeps_the_part_for_the_next_run(agent_factory, origin, blob, tmp_path):
-    digest, data = blob
-    agent = agent_factory(storage={"piece_size": "256KiB"})
-    release = stall_after(origin, digest, 600_000)
-    output = tmp_path / "layer"
-    part = tmp_path / "layer.part"
-    command = [sys.executable, "-m", "dfagent", "get", f"{origin.url}/v2/test/cli-errors/blobs/"]
-    command[-1] += digest
-    command += ["-O", str(output), "--config", str(agent.config_path)]
+def interrupted_get(agent, target: str, output: Path, release) -> None:
+    """`dfagent get TARGET -O OUTPUT` interrupted (SIGINT) once its .part holds 512 KiB; it
+    says so in one line, keeps the .part, and the stalled origin is released."""
+    part = output.with_name(output.name + ".part")
+    command = [sys.executable, "-m", "dfagent", "get", target, "-O", str(output)]
+    command += ["--config", str(agent.config_path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: part.exists() and part.stat().st_size >= 512 * 1024, "bytes in the .part")
@@ -159,6 +156,15 @@ def test_ctrl_c_during_get_keeps_the_part_for_the_next_run(agent_factory, origin
         process.kill()
     result = subprocess.CompletedProcess(command, code, "", stderr)
     one_line_error(result, INTERRUPTED, "dfagent get: interrupted", f"{part} is kept")
+
+
+def test_ctrl_c_during_get_keeps_the_part_for_the_next_run(agent_factory, origin, blob, tmp_path):
+    digest, data = blob
+    agent = agent_factory(storage={"piece_size": "256KiB"})
+    release = stall_after(origin, digest, 600_000)
+    target = f"{origin.url}/v2/test/cli-errors/blobs/{digest}"
+    output, part = tmp_path / "layer", tmp_path / "layer.part"
+    interrupted_get(agent, target, output, release)
     kept = part.read_bytes()
     assert len(kept) >= 512 * 1024 and data.startswith(kept)
     assert not output.exists()
@@ -170,7 +176,7 @@ def test_ctrl_c_during_get_keeps_the_part_for_the_next_run(agent_factory, origin
         )
 
     before = served()
-    again = agent.cli("get", f"{origin.url}/v2/test/cli-errors/blobs/{digest}", "-O", str(output))
+    again = agent.cli("get", target, "-O", str(output))
     assert again.returncode == 0, again.stderr
     assert output.read_bytes() == data
     assert served() - before == len(data) - len(kept), "only the rest was asked for"
@@ -184,17 +190,7 @@ def test_ctrl_c_during_get_with_an_agent_started_in_process(agent_factory, origi
     release = stall_after(origin, digest, 600_000)
     target = f"{origin.url}/v2/test/cli-errors/blobs/{digest}"
     output, part = tmp_path / "layer", tmp_path / "layer.part"
-    command = [sys.executable, "-m", "dfagent", "get", target, "-O", str(output)]
-    command += ["--config", str(agent.config_path)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: part.exists() and part.stat().st_size >= 512 * 1024, "bytes in the .part")
-        code, stderr = interrupt(process)
-    finally:
-        release.set()
-        process.kill()
-    result = subprocess.CompletedProcess(command, code, "", stderr)
-    one_line_error(result, INTERRUPTED, "dfagent get: interrupted", f"{part} is kept")
+    interrupted_get(agent, target, output, release)
     assert data.startswith(part.read_bytes())
 
     again = agent.cli("get", target, "-O", str(output))

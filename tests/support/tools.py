@@ -178,15 +178,10 @@ def _has_nydus() -> bool:
 def install_nydus() -> None:
     if _has_nydus():
         return
-    cargo = find("cargo")
-    rustc = find("rustc")
-    version = _version([rustc, "--version"]) if rustc else None
-    if cargo is None or version is None or version < _RUST_MINIMUM:
-        have = "no Rust" if version is None else f"Rust {'.'.join(map(str, version))}"
-        raise SetupError(
-            f"building nydusd needs Rust >= {'.'.join(map(str, _RUST_MINIMUM))} and this machine "
-            f"has {have} (Debian bookworm's is 1.63): install it with `{_RUSTUP}`, then rerun"
-        )
+    cargo = _require_toolchain(
+        "Rust", "cargo", ["rustc", "--version"], _RUST_MINIMUM, "nydusd", "1.63",
+        f"install it with `{_RUSTUP}`",
+    )  # fmt: skip
     started = _step(
         f"building nydusd and nydus-image: cargo install nydus-rs {NYDUS_VERSION}",
         "about 4 min on 2 cores, 15 on a busy machine (once; reused after)",
@@ -265,16 +260,37 @@ GO_PROGRAMS = [
 
 
 def _require_go(minimum: tuple[int, int], building: str) -> str:
-    go = find("go")
-    version = _version([go, "version"]) if go else None
-    if go is None or version is None or version < minimum:
-        have = "no Go" if version is None else f"Go {'.'.join(map(str, version))}"
+    return _require_toolchain(
+        "Go", "go", ["go", "version"], minimum, building, "1.19",
+        "install a newer Go (from https://go.dev/dl/)",
+    )  # fmt: skip
+
+
+def _require_toolchain(
+    language: str,
+    binary: str,
+    version_command: list[str],
+    minimum: tuple[int, int],
+    building: str,
+    debian_has: str,
+    how: str,
+) -> str:
+    """The path of `binary` when the toolchain's version is at least `minimum`; else
+    SetupError saying what is needed, what is here, and `how` to get it."""
+    path = find(binary)
+    tool = find(version_command[0])
+    version = _version([tool, *version_command[1:]]) if tool else None
+    if path is None or version is None or version < minimum:
+        have = f"no {language}" if version is None else f"{language} {_dotted(version)}"
         raise SetupError(
-            f"building {building} needs Go >= {'.'.join(map(str, minimum))} and "
-            f"this machine has {have} (Debian bookworm's is 1.19): install a newer Go "
-            "(from https://go.dev/dl/), then rerun"
+            f"building {building} needs {language} >= {_dotted(minimum)} and this machine has "
+            f"{have} (Debian bookworm's is {debian_has}): {how}, then rerun"
         )
-    return go
+    return path
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
 
 
 def install_go_programs() -> None:
