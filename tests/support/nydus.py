@@ -50,13 +50,23 @@ class Image:
     blobs: list[Path]
 
 
-def build_image(source: Path, out: Path, fs_version: int = 6) -> Image:
+def build_image(
+    source: Path,
+    out: Path,
+    fs_version: int = 6,
+    *,
+    compressor: str = "zstd",
+    digester: str = "blake3",
+) -> Image:
+    """`nydus-image create` of `source` into `out` (bootstrap file and blob directory);
+    `compressor` is zstd, lz4_block or none, `digester` blake3 or sha256."""
     _, nydus_image = ensure_nydus()
     blob_dir = out / "blobs"
     blob_dir.mkdir(parents=True)
     subprocess.run(
-        [nydus_image, "create", "--fs-version", str(fs_version), "--compressor", "zstd",
-         "--bootstrap", str(out / "bootstrap"), "--blob-dir", str(blob_dir), str(source)],
+        [nydus_image, "create", "--fs-version", str(fs_version), "--compressor", compressor,
+         "--digester", digester, "--bootstrap", str(out / "bootstrap"),
+         "--blob-dir", str(blob_dir), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     return Image(out / "bootstrap", sorted(blob_dir.iterdir()))
