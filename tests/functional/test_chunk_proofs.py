@@ -1,0 +1,375 @@
+"""Nydus chunk proofs through real agents: a bootstrap layer passing through the proxy (or a
+preheat) teaches an agent the data blob's chunk map; from then on reads of that blob fetch from
+the origin only the chunks they cover, and every chunk is proven against the image's own digest
+before a byte of it is served, whether it came from the origin, a peer or the agent's disk."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import io
+import json
+import os
+import random
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.support.agent import AgentProcess
+from tests.support.client import send
+from tests.support.counting import CountingOrigin, Fault
+from tests.support.metrics import metric, metrics, wait_for
+from tests.support.nydus import make_tree
+from tests.support.nydus_registry import (
+    NydusImage,
+    digest_of,
+    maps_learned,
+    pull_bootstrap,
+    push_nydus_image,
+)
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+LARGE = 1024 * 1024  # a chunk this big is a piece of its own for any piece budget up to 1 MiB
+RATIO = 1.10  # origin bytes per byte asked, for runs of whole chunks
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("proofs") / "src", seed=14, bulk=8)
+
+
+@pytest.fixture(scope="module")
+def image(registry: Registry, tree: Path, tmp_path_factory: pytest.TempPathFactory) -> NydusImage:
+    return push_nydus_image(registry, "proofs/app", tree, tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="module")
+def second_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    other = Registry(tmp_path_factory.mktemp("second-registry")).start()
+    yield other
+    other.stop()
+
+
+def sparse_runs(image: NydusImage) -> list[tuple[int, int]]:
+    """Runs of whole chunks as nydusd asks for them, far apart and in no order: every third
+    large chunk, alternately alone and together with the chunks up to the next large one.
+    Each run starts and ends on a large chunk, so it is exactly a run of whole pieces."""
+    large = [i for i, chunk in enumerate(image.chunks) if chunk.compressed_size >= LARGE]
+    assert len(large) >= 9, "the test tree makes enough large chunks"
+    runs = []
+    for n, k in enumerate(range(0, len(large), 3)):
+        last = large[k + 1] if n % 2 and k + 1 < len(large) else large[k]
+        runs.append(image.span(large[k], last))
+    random.Random(3).shuffle(runs)
+    return runs
+
+
+def chunks_in(image: NydusImage, start: int, end: int) -> int:
+    return sum(start <= c.compressed_offset and c.compressed_end <= end for c in image.chunks)
+
+
+def asked(start: int, end: int) -> dict[str, str]:
+    return {"Range": f"bytes={start}-{end - 1}"}
+
+
+@dataclass
+class Outcome:
+    """What a client got: `status` None when no response head came, `whole` False when the
+    body broke off before its Content-Length."""
+
+    status: int | None
+    body: bytes
+    whole: bool
+
+
+def fetch(agent: AgentProcess, url: str, headers: dict[str, str]) -> Outcome:
+    """One request through the proxy that may fail at any point; keeps what arrived."""
+    connection = http.client.HTTPConnection("127.0.0.1", agent.proxy_port, timeout=60)
+    body = bytearray()
+    try:
+        connection.request("GET", url, headers=headers)
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        return Outcome(None, b"", False)
+    try:
+        while block := response.read(64 * 1024):
+            body += block
+    except http.client.IncompleteRead as cut:
+        return Outcome(response.status, bytes(body + cut.partial), False)
+    except (OSError, http.client.HTTPException):
+        return Outcome(response.status, bytes(body), False)
+    finally:
+        connection.close()
+    length = response.getheader("Content-Length")
+    whole = length is None or int(length) == len(body)
+    return Outcome(response.status, bytes(body), whole)
+
+
+def read_exact(agent: AgentProcess, image: NydusImage, url: str, start: int, end: int) -> None:
+    reply = send(agent.proxy_port, url, asked(start, end))
+    assert reply.status == 206, (reply.status, reply.body[:300])
+    assert reply.body == image.blob[start:end], f"bytes {start}..{end} differ"
+
+
+def verified(agent: AgentProcess, algorithm: str) -> float:
+    return metric(agent, f'dfagent_chunks_verified_total{{algorithm="{algorithm}"}}')
+
+
+def failures(agent: AgentProcess, source: str) -> float:
+    return metric(agent, f'dfagent_chunk_verify_failures_total{{source="{source}"}}')
+
+
+def get_ranges(origin: CountingOrigin, image: NydusImage) -> list[tuple[int, int]]:
+    """Blob bytes `start .. end - 1` of every GET of the data blob the origin received."""
+    ranges = []
+    for seen in origin.blob_gets(image.blob_digest):
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", seen.range or "")
+        if match is None:
+            ranges.append((0, len(image.blob)))
+        else:
+            last = int(match.group(2)) if match.group(2) else len(image.blob) - 1
+            ranges.append((int(match.group(1)), min(last, len(image.blob) - 1) + 1))
+    return ranges
+
+
+def gets_covering(origin: CountingOrigin, image: NydusImage, offset: int) -> int:
+    return sum(start <= offset < end for start, end in get_ranges(origin, image))
+
+
+def flipping(origin: CountingOrigin, image: NydusImage, offset: int, times: int | None) -> Fault:
+    """A fault: GETs of the data blob whose body holds blob byte `offset` get it with one bit
+    flipped, the first `times` of them (every one for None)."""
+    flipped = 0
+
+    async def flip(request: web.BaseRequest) -> web.StreamResponse | None:
+        nonlocal flipped
+        if request.method != "GET" or not request.path.endswith(image.blob_digest):
+            return None
+        if times is not None and flipped >= times:
+            return None
+        upstream = await origin.forward(request)
+        assert isinstance(upstream, web.Response) and upstream.body is not None
+        body = bytearray(upstream.body)
+        content_range = upstream.headers.get("Content-Range", "bytes 0-")
+        start = int(re.match(r"bytes (\d+)-", content_range).group(1))
+        if upstream.status in (200, 206) and start <= offset < start + len(body):
+            body[offset - start] ^= 0x01
+            flipped += 1
+        return web.Response(status=upstream.status, body=bytes(body), headers=upstream.headers)
+
+    return flip
+
+
+def flip_stored_byte(agent: AgentProcess, digest: str, offset: int) -> None:
+    hexd = digest.removeprefix("sha256:")
+    with (agent.storage_dir / "blobs" / hexd[:2] / hexd).open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0x01]))
+
+
+def stored_bytes(agent: AgentProcess, digest: str, start: int, end: int) -> bytes:
+    hexd = digest.removeprefix("sha256:")
+    with (agent.storage_dir / "blobs" / hexd[:2] / hexd).open("rb") as file:
+        file.seek(start)
+        return file.read(end - start)
+
+
+def learn_map(agent: AgentProcess, origin: CountingOrigin, image: NydusImage) -> None:
+    pull_bootstrap(agent, origin.url, image)
+    wait_for(lambda: maps_learned(agent) >= 1, "the chunk map learned from the bootstrap")
+
+
+def flip_target(image: NydusImage) -> tuple[tuple[int, int], int]:
+    """A run of the sparse series and a blob byte inside a large chunk of it."""
+    start, end = sparse_runs(image)[0]
+    chunk = next(c for c in image.chunks if c.compressed_offset == start)
+    return (start, end), chunk.compressed_offset + chunk.compressed_size // 2
+
+
+FORMATS = [
+    pytest.param(6, "zstd", "blake3", id="v6-zstd-blake3"),
+    pytest.param(6, "lz4_block", "sha256", id="v6-lz4-sha256"),
+    pytest.param(5, "zstd", "sha256", id="v5-zstd-sha256"),
+    pytest.param(5, "none", "blake3", id="v5-none-blake3"),
+]
+
+
+@pytest.mark.parametrize(("fs_version", "compressor", "digester"), FORMATS)
+def test_a_bootstrap_through_the_proxy_makes_sparse_reads_cost_what_they_ask(
+    agent, origin, registry, tree, tmp_path, fs_version, compressor, digester
+):
+    image = push_nydus_image(
+        registry,
+        f"proofs/v{fs_version}-{compressor}-{digester}",
+        tree,
+        tmp_path / "image",
+        fs_version=fs_version,
+        compressor=compressor,
+        digester=digester,
+    )
+    learn_map(agent, origin, image)
+    assert maps_learned(agent) == 1, "one data blob, one map"
+    url = image.blob_url(origin.url)
+    runs = sparse_runs(image)
+    for start, end in runs:
+        read_exact(agent, image, url, start, end)
+    asked_bytes = sum(end - start for start, end in runs)
+    fetched = origin.blob_bytes(image.blob_digest, len(image.blob))
+    assert fetched / asked_bytes <= RATIO, (
+        f"the origin sent {fetched} bytes for {asked_bytes} asked: {get_ranges(origin, image)}"
+    )
+    read = sum(chunks_in(image, start, end) for start, end in runs)
+    assert verified(agent, digester) >= read, f"{read} chunks read, each proven"
+    assert all(failures(agent, source) == 0 for source in ("origin", "peer", "disk"))
+
+
+def test_preheat_of_the_manifest_teaches_the_chunk_map(agent, origin, image):
+    done = agent.cli("preheat", f"{origin.host}/{image.repo}:{image.tag}", "--plain-http", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    assert {b["digest"] for b in job["blobs"]} >= {image.blob_digest, image.bootstrap_digest}
+    wait_for(lambda: maps_learned(agent) >= 1, "the chunk map learned from the preheated image")
+    assert maps_learned(agent) == 1
+    gets = len(origin.blob_gets(image.blob_digest))
+    for start, end in sparse_runs(image):
+        read_exact(agent, image, image.blob_url(origin.url), start, end)
+    assert len(origin.blob_gets(image.blob_digest)) == gets, "served from the preheated cache"
+
+
+def test_a_chunk_the_origin_always_flips_never_reaches_the_client(agent, origin, image):
+    (start, end), offset = flip_target(image)
+    learn_map(agent, origin, image)
+    origin.faults.append(flipping(origin, image, offset, times=None))
+    got = fetch(agent, image.blob_url(origin.url), asked(start, end))
+    expected = image.blob[start:end]
+    if got.status is not None and 200 <= got.status < 300:
+        # The origin never sends that chunk right: a 2xx answer can only be cut short, and
+        # what did arrive must be exact.
+        assert expected.startswith(got.body), "a wrong byte reached the client"
+        assert not got.whole, "a 2xx body that looks whole"
+    assert gets_covering(origin, image, offset) >= 1
+    assert failures(agent, "origin") >= 1
+    # The agent still serves every other chunk of the blob exactly.
+    other_start, other_end = next(run for run in sparse_runs(image) if run != (start, end))
+    read_exact(agent, image, image.blob_url(origin.url), other_start, other_end)
+
+
+def test_a_chunk_the_origin_flips_once_is_fetched_again_and_served_exact(agent, origin, image):
+    (start, end), offset = flip_target(image)
+    learn_map(agent, origin, image)
+    origin.faults.append(flipping(origin, image, offset, times=1))
+    got = fetch(agent, image.blob_url(origin.url), asked(start, end))
+    assert (got.status, got.whole) == (206, True), got.body[:300]
+    assert got.body == image.blob[start:end]
+    assert gets_covering(origin, image, offset) >= 2, "the bad chunk was fetched again"
+    assert failures(agent, "origin") >= 1
+
+
+def test_a_chunk_flipped_on_disk_is_caught_after_a_restart(agent, origin, image):
+    (start, end), offset = flip_target(image)
+    learn_map(agent, origin, image)
+    url = image.blob_url(origin.url)
+    read_exact(agent, image, url, start, end)
+    assert agent.stop() == 0  # everything fetched is written and recorded
+    assert stored_bytes(agent, image.blob_digest, start, end) == image.blob[start:end]
+    flip_stored_byte(agent, image.blob_digest, offset)
+    agent.start()
+    before = gets_covering(origin, image, offset)
+    got = fetch(agent, url, asked(start, end))
+    assert (got.status, got.whole) == (206, True), got.body[:300]
+    assert got.body == image.blob[start:end], "the flipped byte was served"
+    assert failures(agent, "disk") >= 1
+    assert gets_covering(origin, image, offset) == before + 1, "the chunk came again, once"
+
+
+def test_a_peer_serving_a_flipped_chunk_is_caught(swarm, origin, image):
+    holder, reader = swarm(2)
+    for agent in (holder, reader):  # each node's client pulls the bootstrap, as in production
+        learn_map(agent, origin, image)
+    url = image.blob_url(origin.url)
+    assert send(holder.proxy_port, url).body == image.blob
+    wait_for(lambda: metric(holder, "dfagent_blob_verify_seconds_count") == 2, "verified")
+    time.sleep(0.3)  # and announced
+    _, offset = flip_target(image)
+    flip_stored_byte(holder, image.blob_digest, offset)  # the holder's disk goes bad under it
+    gets = gets_covering(origin, image, offset)
+    got = fetch(reader, url, {})
+    assert (got.status, got.whole) == (200, True), got.body[:300]
+    assert got.body == image.blob, "the peer's flipped chunk was served"
+    bad = metric(reader, "dfagent_peer_bad_pieces_total") + failures(reader, "peer")
+    assert bad >= 1, "the reader counts the bad peer piece"
+    assert gets_covering(origin, image, offset) == gets + 1, "that chunk came from the origin"
+    assert metric(reader, 'dfagent_served_bytes_total{source="peer"}') > 0
+
+
+@pytest.mark.parametrize("other", ["another-name", "another-registry"])
+def test_chunk_proven_bytes_serve_a_client_of_another_registry(
+    agent, origin, registry, second_registry, image, other
+):
+    """The same image under registry A and registry B (the same registry under another
+    name, or a second registry holding a copy): chunks A's client read are served to B's
+    client from the cache once B's bootstrap went through the proxy too."""
+    upstream = registry
+    if other == "another-registry":
+        image.push_to(second_registry)
+        upstream = second_registry
+    b = CountingOrigin(upstream.url).start()
+    try:
+        learn_map(agent, origin, image)
+        runs = sparse_runs(image)
+        for start, end in runs:
+            read_exact(agent, image, image.blob_url(origin.url), start, end)
+        pull_bootstrap(agent, b.url, image)
+        for start, end in runs:
+            read_exact(agent, image, image.blob_url(b.url), start, end)
+        from_b = [end - start for start, end in get_ranges(b, image)]
+        assert all(size <= 64 for size in from_b), f"B sent blob bytes A had delivered: {from_b}"
+    finally:
+        b.stop()
+
+
+def gzip_layer(seed: int) -> bytes:
+    """An ordinary image layer: a gzip tar of a few random files."""
+    rng = random.Random(seed)
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        for i in range(4):
+            data = rng.randbytes(rng.randrange(50_000, 400_000))
+            member = tarfile.TarInfo(f"usr/lib/file-{i}")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return gzip.compress(packed.getvalue(), mtime=0)
+
+
+def test_blobs_that_are_not_nydus_keep_pieces_and_the_whole_blob_check(
+    agent_factory, origin, registry
+):
+    piece = 256 * 1024
+    agent = agent_factory(storage={"piece_size": "256KiB"})
+    plain = os.urandom(3 * piece + 500)
+    layer = gzip_layer(seed=5)
+    blobs = {registry.push_blob("proofs/plain", data): data for data in (plain, layer)}
+    plain_digest = digest_of(plain)
+    plain_url = f"{origin.url}/v2/proofs/plain/blobs/{plain_digest}"
+    reply = send(agent.proxy_port, plain_url, {"Range": "bytes=1000-1999"})
+    assert reply.body == plain[1000:2000]
+    assert origin.blob_bytes(plain_digest, len(plain)) == piece, "the whole first piece"
+    for digest, data in blobs.items():
+        assert send(agent.proxy_port, f"{origin.url}/v2/proofs/plain/blobs/{digest}").body == data
+    wait_for(lambda: metric(agent, "dfagent_blob_verify_seconds_count") == 2, "whole checks")
+    status = json.loads(agent.cli("status", "--json").stdout)
+    assert status["verified_blobs"] == 2
+    assert maps_learned(agent) == 0, "a gzip layer is no bootstrap"
+    proven = {k: v for k, v in metrics(agent).items() if k.startswith("dfagent_chunks_verif")}
+    assert not any(proven.values()), proven
