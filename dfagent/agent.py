@@ -16,6 +16,7 @@ from dfagent.control import ControlServer
 from dfagent.engine.access import AccessGate
 from dfagent.engine.fetcher import Engine
 from dfagent.engine.prefetch import Prefetcher
+from dfagent.engine.proofs import ChunkProofs
 from dfagent.errors import StartupError
 from dfagent.maintenance import Maintenance
 from dfagent.metrics import Metrics
@@ -86,6 +87,8 @@ class Agent:
             if config.swarm.enabled and config.peer.token_file is not None:
                 token = _read_token(config.peer.token_file)
             swarm = await self._start_swarm(stack, store, token) if config.swarm.enabled else None
+            proofs = ChunkProofs(store, self.metrics)
+            store.trust_listeners.append(proofs.trusted)
             engine = await stack.enter_async_context(
                 Engine(
                     store,
@@ -97,6 +100,7 @@ class Agent:
                         enabled=config.auth.check_clients,
                         ttl=config.auth.cache_ttl,
                     ),
+                    proofs=proofs,
                     verify_reads=config.storage.verify_reads,
                     swarm=swarm,
                 )
@@ -218,7 +222,7 @@ class Agent:
             hedge_after=config.peer.hedge_after,
         )
         stack.push_async_callback(swarm.aclose)
-        store.on_trusted = swarm.announce_blob
+        store.trust_listeners.append(swarm.announce_blob)
         self._tasks.spawn(swarm.run(), name="swarm")
         self._tasks.spawn(membership.run(), name="membership")
         return swarm

@@ -161,6 +161,26 @@ class Metrics:
         self.scrub_passes = Counter(
             "dfagent_scrub_passes", "Completed scrub passes over the whole cache.", registry=r
         )
+        self.chunk_maps = Counter(
+            "dfagent_chunk_maps",
+            "Nydus chunk maps learned, by how (bootstrap: a verified bootstrap layer).",
+            ["how"],
+            registry=r,
+        )
+        self.chunks_verified = Counter(
+            "dfagent_chunks_verified",
+            "Nydus chunks whose digest matched the image's before they were served, by digest"
+            " algorithm.",
+            ["algorithm"],
+            registry=r,
+        )
+        self.chunk_verify_failures = Counter(
+            "dfagent_chunk_verify_failures",
+            "Pieces holding a nydus chunk that did not match the image's digest (never served;"
+            " fetched again), by where the bytes came from (origin, peer, disk).",
+            ["source"],
+            registry=r,
+        )
         self.preheat_jobs = Counter(
             "dfagent_preheat_jobs",
             "Finished preheat jobs taken by this agent, by outcome (succeeded, failed).",

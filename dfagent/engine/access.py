@@ -86,6 +86,7 @@ class AccessGate:
         """Return when the client behind `source` may read `blob`; raise the registry's
         refusal, or NotProven."""
         if not self._enabled or blob.public:
+            self.learn_origin(source, blob)
             return
         key = (self._who(source), self._where(source))
         if source.origin in blob.origins and self._valid(key):
@@ -96,6 +97,27 @@ class AccessGate:
             self._checking[key] = check
             check.add_done_callback(lambda _: self._checking.pop(key, None))
         await asyncio.shield(check)
+
+    def learn_origin(self, source: BlobSource, blob: StoredBlob) -> None:
+        """A public, verified blob was read naming a registry not known to hold it: find out in
+        the background whether it does (a nydus bootstrap it holds makes it vouch for chunk
+        maps; a verified blob's pieces are announced under every registry holding it)."""
+        if not self._enabled or not blob.verified or source.origin in blob.origins:
+            return
+        key = (self._who(source), self._where(source))
+        if key not in self._checking:
+            check = self._tasks.spawn(self._quietly(source, blob, key), name="learn-origin")
+            self._checking[key] = check
+            check.add_done_callback(lambda _: self._checking.pop(key, None))
+
+    async def _quietly(self, source: BlobSource, blob: StoredBlob, key: _Key) -> None:
+        try:
+            await self._check(source, blob, key)
+        except DfagentError as exc:
+            log.debug(
+                "registry not shown to hold a blob",
+                extra={"origin": source.origin, "digest": str(blob.digest), "error": str(exc)},
+            )
 
     async def _check(self, source: BlobSource, blob: StoredBlob, key: _Key) -> None:
         registry = source.origin

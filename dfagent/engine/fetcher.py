@@ -13,6 +13,14 @@ Provenance: a blob's bytes are the word of the registry that created it (`Stored
 until its sha256 has been checked whole. Until then only that registry's bytes (from it, or
 from peers that got them from it) fill the blob: every claim, fill and persist checks it. A
 request naming another registry is served straight through, uncached (NotShareable).
+
+Chunk proofs: a nydus data blob whose chunk map is known (ChunkProofs) is cut along its chunks
+(core.layout). Each piece made of chunks is proven against the image's chunk digests before
+any reader gets a byte of it, whatever its source: the origin, a peer, or this node's disk
+after a restart. A piece that fails is never served: it is fetched once more (the swarm may
+name another holder), and a second failure reaches the reader as an error. Proven pieces also
+serve, and may be filled by, every registry that vouched for the map (its bootstrap gave the
+same map): chunk digests, not provenance, prove them.
 """
 
 from __future__ import annotations
@@ -21,16 +29,23 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from dfagent.core.pieces import piece_bounds, pieces_for
 from dfagent.engine.access import AccessGate
 from dfagent.engine.inflight import InflightPiece
-from dfagent.errors import DfagentError, OriginError, OriginHTTPError, RangeNotSatisfiable
+from dfagent.engine.proofs import ChunkProofs, KnownMap
+from dfagent.errors import (
+    DfagentError,
+    IntegrityError,
+    OriginError,
+    OriginHTTPError,
+    RangeNotSatisfiable,
+)
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient, RangeBody
+from dfagent.storage.layout import PieceSpan
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerError
 from dfagent.swarm.directory import Answer
@@ -92,10 +107,12 @@ class Engine:
         metrics: Metrics,
         *,
         access: AccessGate,
+        proofs: ChunkProofs,
         verify_reads: bool = False,
         swarm: Swarm | None = None,
     ) -> None:
         self._access = access
+        self._proofs = proofs
         self._swarm = swarm
         self._store = store
         self._origin = origin
@@ -116,6 +133,7 @@ class Engine:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._access.aclose()
+        await self._proofs.aclose()
         await self._tasks.aclose()  # fetches stop; pieces already whole are still written
         await self._writes.drain(_WRITE_DRAIN_SECONDS)
 
@@ -161,8 +179,16 @@ class Engine:
 
     @staticmethod
     def _shareable(blob: StoredBlob, source: BlobSource) -> bool:
-        """Whether bytes for `source` may be read from, and written into, `blob`."""
-        return blob.verified or blob.origin == source.origin
+        """Whether some bytes for `source` may be read from, and written into, `blob`: all of
+        them (verified, or its provenance), or the pieces made of chunks (a voucher)."""
+        return blob.verified or source.origin in (blob.origin, *blob.vouchers)
+
+    @staticmethod
+    def _piece_shareable(blob: StoredBlob, origin: str, index: int) -> bool:
+        """Whether piece `index` of `blob` may serve, and be filled for, clients of `origin`."""
+        if blob.verified or origin == blob.origin:
+            return True
+        return origin in blob.vouchers and bool(blob.layout.chunks(index))
 
     async def _discover(
         self,
@@ -172,37 +198,42 @@ class Engine:
         found: asyncio.Future[StoredBlob],
     ) -> None:
         try:
+            chunks = await self._proofs.known(source.digest.hex)
+            # The blob's size is not known yet: a layout as large as can be tells where the
+            # piece holding `first_byte` ends, and the key peers must share.
+            unsized = self._store.layout(1 << 62, None if chunks is None else chunks.chunk_map)
             if self._swarm is not None:
                 # Peers may have it: learn the size from the swarm, or from a HEAD (no bytes:
                 # which pieces go to the origin is the blob's home's call).
                 known = await self._swarm.describe(source.digest.hex, source.origin)
-                if known is not None and known[1] == self._store.piece_size:
+                if known is not None and known[1] == unsized.key:
                     size, asked = known[0], False
                 else:
                     size, asked = await self._origin.blob_size(source), True
                     self._access.vouch(source)
-                found.set_result(await self._create(source, size, answered=asked))
+                found.set_result(await self._create(source, size, chunks, answered=asked))
                 return
             if first_byte is None:
                 size = await self._origin.blob_size(source)
                 self._access.vouch(source)
-                found.set_result(await self._create(source, size, answered=True))
+                found.set_result(await self._create(source, size, chunks, answered=True))
                 return
-            piece_size = self._store.piece_size
-            piece_last = (first_byte // piece_size + 1) * piece_size - 1
+            piece_last = unsized.bounds(unsized.index_of(first_byte))[1] - 1
             try:
                 async with self._origin.open_range(source, first_byte, piece_last) as body:
                     self._access.vouch(source)
-                    blob = await self._create(source, body.total, answered=True)
+                    blob = await self._create(source, body.total, chunks, answered=True)
                     found.set_result(blob)
                     self._discovering.pop(key, None)
                     # Keep this response: it already carries the bytes the reader wants first.
-                    run = self._plan(blob, source, [first_byte // piece_size], first_byte)
-                    if run is not None:
-                        await self._fill(run, body)
+                    if first_byte < blob.size:
+                        group = [blob.layout.index_of(first_byte)]
+                        run = self._plan(blob, source, group, first_byte)
+                        if run is not None:
+                            await self._fill(run, body)
             except RangeNotSatisfiable as exc:
                 self._access.vouch(source)  # the origin told these credentials the size
-                found.set_result(await self._create(source, exc.size, answered=True))
+                found.set_result(await self._create(source, exc.size, chunks, answered=True))
         except BaseException as exc:
             if not found.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -214,11 +245,21 @@ class Engine:
         finally:
             self._discovering.pop(key, None)
 
-    async def _create(self, source: BlobSource, size: int, *, answered: bool) -> StoredBlob:
-        """The blob's handle, created for `source` if new. `answered`: the origin itself just
-        answered `source` for it (an anonymous answer makes the blob public)."""
+    async def _create(
+        self, source: BlobSource, size: int, chunks: KnownMap | None, *, answered: bool
+    ) -> StoredBlob:
+        """The blob's handle, created for `source` if new (cut along `chunks` when known).
+        `answered`: the origin itself just answered `source` for it (an anonymous answer makes
+        the blob public)."""
         public = answered and source.authorization is None
-        return await self._store.create_blob(source.digest, size, source.origin, public=public)
+        return await self._store.create_blob(
+            source.digest,
+            size,
+            source.origin,
+            public=public,
+            chunk_map=None if chunks is None else chunks.chunk_map,
+            vouchers=frozenset() if chunks is None else chunks.vouchers,
+        )
 
     # reads -----------------------------------------------------------------------------------
 
@@ -237,16 +278,26 @@ class Engine:
     ) -> AsyncIterator[FileSegment | memoryview]:
         with blob.pinned():
             self._store.touch(blob)
-            spans = pieces_for(first, last, blob.piece_size)
-            window = max(1, _RUN_BYTES // blob.piece_size)
-            requested_until = 0
+            spans = blob.layout.spans(first, last)
+            for span in spans:
+                if not self._piece_shareable(blob, source.origin, span.index):
+                    raise NotShareable(
+                        f"{source.origin} may not read bytes {span.start}..{span.end} of "
+                        f"{blob.digest}: not proven for its clients"
+                    )
+            requested_until = 0  # spans[:requested_until] are present or on their way
             pending: FileSegment | None = None
             for position, span in enumerate(spans):
-                if position + window > requested_until:  # keep the pieces ahead coming
-                    ahead = spans[position : position + 2 * window]
+                if position >= requested_until or (
+                    spans[requested_until - 1].end - span.start < _RUN_BYTES
+                ):
+                    # keep the pieces ahead coming, about two runs' worth at a time
+                    ahead = _ahead(spans, position, 2 * _RUN_BYTES)
                     requested_until = position + len(ahead)
                     self._start(blob, source, [s.index for s in ahead], span.start)
-                if blob.has(span.index) and self._verify_reads:
+                if blob.has(span.index) and (
+                    self._verify_reads or self._unproven(blob, span.index)
+                ):
                     if pending is not None:
                         yield pending
                         pending = None
@@ -273,33 +324,49 @@ class Engine:
             if pending is not None:
                 yield pending
 
+    @staticmethod
+    def _unproven(blob: StoredBlob, index: int) -> bool:
+        """A stored piece made of chunks not yet proven by this process (it was stored before
+        a restart): its bytes are checked before they are served."""
+        return index not in blob.proven and bool(blob.layout.chunks(index))
+
     async def _checked_local(
         self, blob: StoredBlob, source: BlobSource, index: int, start: int, end: int
     ) -> AsyncIterator[FileSegment | memoryview]:
-        """storage.verify_reads: read the whole stored piece, check it against its recorded
-        sha256, then send the part wanted; a piece that fails is dropped and fetched again."""
-        piece_start, piece_end = piece_bounds(index, blob.size, blob.piece_size)
-        expected = blob.piece_sha256.get(index)
+        """Read the whole stored piece and prove it (its chunks' digests, or with
+        storage.verify_reads its recorded sha256), then send the part wanted; a piece that
+        fails is dropped and fetched again."""
+        piece_start, piece_end = blob.layout.bounds(index)
         data = await asyncio.to_thread(
             os.pread, blob.file.fileno(), piece_end - piece_start, piece_start
         )
-        if expected is not None and await asyncio.to_thread(sha256_of, data) == expected:
+        if await self._stored_piece_good(blob, index, data):
             yield memoryview(data)[start - piece_start : end - piece_start]
             return
+        await self._store.drop_piece(blob.digest.hex, index, piece_end - piece_start)
+        async for part in self._piece_bytes(blob, source, index, start, end):
+            yield part
+
+    async def _stored_piece_good(self, blob: StoredBlob, index: int, data: bytes) -> bool:
+        if blob.layout.chunks(index):
+            return index in blob.proven or await self._proofs.prove(blob, index, data, "disk")
+        expected = blob.piece_sha256.get(index)
+        if expected is not None and await asyncio.to_thread(sha256_of, data) == expected:
+            return True
         self._metrics.scrub_bad_pieces.inc()
         log.error(
             "stored piece does not match its recorded sha256; fetching it again",
             extra={"digest": str(blob.digest), "piece": index},
         )
-        await self._store.drop_piece(blob.digest.hex, index, piece_end - piece_start)
-        async for part in self._piece_bytes(blob, source, index, start, end):
-            yield part
+        return False
 
     async def _piece_bytes(
         self, blob: StoredBlob, source: BlobSource, index: int, start: int, end: int
     ) -> AsyncIterator[FileSegment | memoryview]:
-        """Bytes `[start, end)` (blob offsets) of one piece, fetching it if nobody is."""
+        """Bytes `[start, end)` (blob offsets) of one piece, fetching it if nobody is. A piece
+        whose proof failed is fetched once more (perhaps from another source)."""
         retried = False
+        refetched = False
         while True:
             if blob.has(index):
                 yield FileSegment(blob, start, end - start)
@@ -320,16 +387,27 @@ class Engine:
                 if retried or piece.authorization == source.authorization or piece.received:
                     raise
                 retried = True
+            except IntegrityError:
+                if refetched:
+                    raise
+                refetched = True
 
     # fetching ----------------------------------------------------------------------------------
 
     def _claim(self, blob: StoredBlob, index: int, source: BlobSource) -> InflightPiece | None:
         """Register piece `index` as in flight, or None when it is present or already coming."""
         key = (blob.digest.hex, index)
-        if blob.has(index) or key in self._inflight or not self._shareable(blob, source):
+        if (
+            blob.has(index)
+            or key in self._inflight
+            or not self._piece_shareable(blob, source.origin, index)
+        ):
             return None
-        start, end = piece_bounds(index, blob.size, blob.piece_size)
-        piece = InflightPiece(index, start, end - start, source.authorization, source.origin)
+        start, end = blob.layout.bounds(index)
+        gated = bool(blob.layout.chunks(index))
+        piece = InflightPiece(
+            index, start, end - start, source.authorization, source.origin, gated=gated
+        )
         self._inflight[key] = piece
         return piece
 
@@ -414,7 +492,9 @@ class Engine:
         while True:
             if answer.holders:
                 try:
-                    data = await self._swarm.fetch(blob, piece.index, answer)
+                    data = await self._swarm.fetch(
+                        blob, piece.index, answer, check=self._peer_check(blob, piece)
+                    )
                 except PeerError:  # all busy: ask again shortly (maybe more holders by then)
                     if time.monotonic() > waited_until:
                         why = "every holder stayed busy"
@@ -426,6 +506,8 @@ class Engine:
                 if data is not None:
                     piece.source = "peer"
                     piece.write(0, data)
+                    if piece.gated:  # proven by the check the swarm ran
+                        piece.release()
                     self._metrics.origin_fetches_avoided.inc()
                     await self._write_backlog.take(piece.length)
                     self._finished(blob, piece)
@@ -449,6 +531,19 @@ class Engine:
         run = _Run(blob, source, {piece.index: piece}, piece.start, piece.start + piece.length - 1)
         await self._fill(run)
 
+    def _peer_check(
+        self, blob: StoredBlob, piece: InflightPiece
+    ) -> Callable[[bytes], Awaitable[bool]] | None:
+        """The proof a peer's copy of a piece made of chunks must pass (beyond the sha256 its
+        home recorded, which only says what the peer announced)."""
+        if not piece.gated:
+            return None
+
+        async def check(data: bytes) -> bool:
+            return await self._proofs.prove(blob, piece.index, data, "peer")
+
+        return check
+
     async def until_quiet(self) -> None:
         """Return once no fetch that a reader waits for is running."""
         await self._quiet.wait()
@@ -461,7 +556,7 @@ class Engine:
         for group in self._groups(blob, indices):
             pieces = self._claim_group(blob, source, group)
             fetched += sum(piece.length for piece in pieces.values())
-            acquire = self._acquire(blob, source, pieces, group[0] * blob.piece_size)
+            acquire = self._acquire(blob, source, pieces, blob.layout.bounds(group[0])[0])
             tasks.append(self._tasks.spawn(acquire, name="prefetch-fill"))
         if tasks:
             await asyncio.wait(tasks)
@@ -515,7 +610,9 @@ class Engine:
     async def _fill(self, run: _Run, body: RangeBody | None = None) -> None:
         """Fetch `run.position..run.last` from the origin into its pieces, resuming after a
         body that breaks off. `body`, when given, is an already open response for the run."""
-        if not self._shareable(run.blob, run.source):
+        if not all(
+            self._piece_shareable(run.blob, run.source.origin, index) for index in run.pieces
+        ):
             self._abandon(run, NotShareable(f"{run.source.origin} may not fill {run.blob.digest}"))
             return
         with run.blob.pinned():
@@ -543,13 +640,14 @@ class Engine:
                 raise
 
     async def _drain(self, body: RangeBody, run: _Run) -> None:
-        """Feed `body` (which starts at `run.position`) into the run's pieces."""
-        piece_size = run.blob.piece_size
+        """Feed `body` (which starts at `run.position`) into the run's pieces; bytes past
+        `run.last` (a response opened for more than this run) are left unread."""
+        layout = run.blob.layout
         async for chunk in body.chunks():
             self._metrics.origin_bytes.inc(len(chunk))
-            view = memoryview(chunk)
+            view = memoryview(chunk)[: run.last + 1 - run.position]
             while view:
-                piece = run.pieces[run.position // piece_size]
+                piece = run.pieces[layout.index_of(run.position)]
                 offset = run.position - piece.start
                 take = min(len(view), piece.length - offset)
                 if piece.write(offset, view[:take]) and piece.error is None:
@@ -557,6 +655,8 @@ class Engine:
                     self._finished(run.blob, piece)
                 view = view[take:]
                 run.position += take
+            if run.position > run.last:
+                return
 
     def _finished(self, blob: StoredBlob, piece: InflightPiece) -> None:
         self._metrics.piece_fetch_seconds.labels(piece.source).observe(
@@ -566,7 +666,15 @@ class Engine:
 
     async def _persist(self, blob: StoredBlob, piece: InflightPiece) -> None:
         try:
-            if not blob.verified and piece.origin != blob.origin:
+            if piece.gated and not piece.released:
+                if not await self._proofs.prove(blob, piece.index, piece.buffer, piece.source):
+                    failed = f"piece {piece.index} of {blob.digest} failed its chunk proof"
+                    piece.fail(IntegrityError(failed))
+                    if self._swarm is not None:
+                        self._swarm.release(blob, [piece.index])
+                    return
+                piece.release()
+            if not self._piece_shareable(blob, piece.origin, piece.index):
                 return  # another registry's word: served to its reader, never stored here
             with blob.pinned():
                 sha256 = await asyncio.to_thread(sha256_of, piece.buffer)
@@ -622,3 +730,13 @@ def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:
     """A discovery whose requester went away may fail unobserved; that is not worth a warning."""
     if not future.cancelled():
         future.exception()
+
+
+def _ahead(spans: list[PieceSpan], position: int, budget: int) -> list[PieceSpan]:
+    """The spans from `position` on that fit in `budget` bytes (at least one)."""
+    taken = 0
+    end = position
+    while end < len(spans) and (end == position or taken < budget):
+        taken += spans[end].end - spans[end].start
+        end += 1
+    return spans[position:end]

@@ -16,6 +16,9 @@ class InflightPiece:
     first byte while another fetch fills the head of the piece). Readers iterate `read(...)` and
     get each part of their range as soon as it is in, without waiting for the whole piece. The
     buffer is allocated once and never resized, so the memoryviews handed out stay valid.
+
+    A `gated` piece (one made of nydus chunks) is read only once it is whole and `release`d:
+    its bytes are proven together, before anyone is served.
     """
 
     __slots__ = (
@@ -24,17 +27,26 @@ class InflightPiece:
         "authorization",
         "buffer",
         "error",
+        "gated",
         "index",
         "length",
         "origin",
         "received",
+        "released",
         "source",
         "start",
         "started_at",
     )
 
     def __init__(
-        self, index: int, start: int, length: int, authorization: str | None, origin: str
+        self,
+        index: int,
+        start: int,
+        length: int,
+        authorization: str | None,
+        origin: str,
+        *,
+        gated: bool = False,
     ) -> None:
         self.index = index
         self.start = start
@@ -43,6 +55,8 @@ class InflightPiece:
         self.origin = origin  # the registry whose word these bytes are (provenance)
         self.buffer = bytearray(length)
         self.received = 0
+        self.gated = gated
+        self.released = False
         self.source = "origin"  # or "peer": where the bytes came from, for metrics
         self.error: BaseException | None = None
         self.started_at = time.monotonic()
@@ -80,8 +94,15 @@ class InflightPiece:
                 return end
         return position
 
+    def release(self) -> None:
+        """A whole gated piece was proven: its readers may have it."""
+        assert self.whole
+        self.released = True
+        self._wake()
+
     def fail(self, error: BaseException) -> None:
-        if self.error is None and not self.whole:
+        """Readers still waiting get `error` (a gated piece fails until it is released)."""
+        if self.error is None and not (self.released if self.gated else self.whole):
             self.error = error
             self._wake()
 
@@ -93,6 +114,10 @@ class InflightPiece:
         """Bytes `[start, end)` of the piece (piece-relative offsets), as they arrive."""
         position = start
         view = memoryview(self.buffer)
+        while self.gated and not self.released:
+            if self.error is not None:
+                raise self.error
+            await self._changed.wait()
         while position < end:
             while (stop := self.available_until(position)) <= position:
                 if self.error is not None:

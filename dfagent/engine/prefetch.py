@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from dfagent.engine.fetcher import Engine
 from dfagent.errors import DfagentError
@@ -93,15 +93,10 @@ class Prefetcher:
         with blob.pinned():
             # Runs small enough that pacing between them keeps close to the budget.
             run_bytes = min(_RUN_BYTES, bandwidth // 4) if bandwidth else _RUN_BYTES
-            window = max(1, run_bytes // blob.piece_size)
-            for first in range(0, blob.piece_count, window):
+            for first, stop in _runs(blob, run_bytes):
                 if blob.removed:
                     break
-                missing = [
-                    i
-                    for i in range(first, min(first + window, blob.piece_count))
-                    if not blob.has(i)
-                ]
+                missing = [i for i in range(first, stop) if not blob.has(i)]
                 if not missing:
                     continue
                 await self._engine.until_quiet()  # readers first
@@ -113,3 +108,13 @@ class Prefetcher:
         if blob.removed:
             raise DfagentError(f"{blob.digest} was dropped (evicted, or failed its digest check)")
         return fetched
+
+
+def _runs(blob: StoredBlob, run_bytes: int) -> Iterator[tuple[int, int]]:
+    """The blob's pieces in runs `[first, stop)` of about `run_bytes` (at least one piece)."""
+    layout = blob.layout
+    first = 0
+    while first < layout.count:
+        stop = layout.index_of(min(layout.bounds(first)[0] + run_bytes, blob.size) - 1) + 1
+        yield first, max(stop, first + 1)
+        first = max(stop, first + 1)

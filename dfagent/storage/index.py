@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     verified INTEGER NOT NULL DEFAULT 0,
     origin TEXT NOT NULL DEFAULT '',
     origins TEXT NOT NULL DEFAULT '',
-    public INTEGER NOT NULL DEFAULT 0
+    public INTEGER NOT NULL DEFAULT 0,
+    layout TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pieces (
     digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
@@ -52,7 +53,7 @@ CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs(last_access);
 """
 
 
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -65,6 +66,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     if "origins" not in columns:  # before version 3
         db.execute("ALTER TABLE blobs ADD COLUMN origins TEXT NOT NULL DEFAULT ''")
         db.execute("ALTER TABLE blobs ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
+    if "layout" not in columns:  # before version 4
+        db.execute("ALTER TABLE blobs ADD COLUMN layout TEXT NOT NULL DEFAULT ''")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class BlobRow:
     origins: frozenset[str]  # registries that proved they hold the blob, `origin` among them
     public: bool
     pieces: dict[int, bytes]  # piece index -> sha256 of its bytes
+    layout: str  # the key of how the blob is cut into pieces ("" when written before keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class PieceRow:
     verified: bool
     origin: str
     origins: str  # space-separated, as stored
+    layout: str  # as BlobRow.layout, never ""
 
 
 class Index:
@@ -166,8 +171,8 @@ class Index:
     async def get_blob(self, digest: str) -> BlobRow | None:
         def query(db: sqlite3.Connection) -> BlobRow | None:
             row = db.execute(
-                "SELECT size, piece_size, last_access, verified, origin, origins, public "
-                "FROM blobs WHERE digest = ?",
+                "SELECT size, piece_size, last_access, verified, origin, origins, public, "
+                "layout FROM blobs WHERE digest = ?",
                 (digest,),
             ).fetchone()
             if row is None:
@@ -175,20 +180,36 @@ class Index:
             pieces = dict(db.execute("SELECT idx, sha256 FROM pieces WHERE digest = ?", (digest,)))
             origins = frozenset({row[4], *row[5].split()})
             return BlobRow(
-                digest, row[0], row[1], row[2], bool(row[3]), row[4], origins, bool(row[6]), pieces
+                digest,
+                row[0],
+                row[1],
+                row[2],
+                bool(row[3]),
+                row[4],
+                origins,
+                bool(row[6]),
+                pieces,
+                row[7],
             )
 
         return await self.run(query)
 
     async def put_blob(
-        self, digest: str, size: int, piece_size: int, origin: str, public: bool = False
+        self,
+        digest: str,
+        size: int,
+        piece_size: int,
+        origin: str,
+        public: bool = False,
+        *,
+        layout: str,
     ) -> None:
         now = time.time()
         await self.run(
             lambda db: db.execute(
                 "INSERT OR IGNORE INTO blobs (digest, size, piece_size, created, last_access, "
-                "origin, public) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (digest, size, piece_size, now, now, origin, int(public)),
+                "origin, public, layout) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (digest, size, piece_size, now, now, origin, int(public), layout),
             )
         )
 
@@ -245,13 +266,16 @@ class Index:
         rows = await self.run(
             lambda db: db.execute(
                 "SELECT p.digest, p.idx, p.length, p.sha256, b.piece_size, b.size, b.verified, "
-                "b.origin, b.origins FROM pieces p "
+                "b.origin, b.origins, b.layout FROM pieces p "
                 "JOIN blobs b ON b.digest = p.digest WHERE (p.digest, p.idx) > (?, ?) "
                 "ORDER BY p.digest, p.idx LIMIT ?",
                 (digest, index, limit),
             ).fetchall()
         )
-        return [PieceRow(*row[:6], bool(row[6]), *row[7:]) for row in rows]
+        return [
+            PieceRow(*row[:6], bool(row[6]), row[7], row[8], row[9] or f"fixed:{row[4]}")
+            for row in rows
+        ]
 
     async def blobs(self) -> list[BlobSummary]:
         """Every blob with what is stored of it."""

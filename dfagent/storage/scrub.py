@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from dfagent.core.digest import Digest
 from dfagent.integrity import sha256_of_file
 from dfagent.metrics import Metrics
 from dfagent.storage.config import StorageConfig
@@ -100,7 +101,10 @@ class Scrubber:
             return report
 
     async def _check(self, row: PieceRow) -> bool:
-        offset = row.index * row.piece_size
+        blob = await self._store.open_blob(Digest.parse(f"sha256:{row.digest}"))
+        if blob is None:  # gone since the rows were read
+            return True
+        offset = blob.layout.bounds(row.index)[0]
         return await asyncio.to_thread(
             _piece_matches, str(self._store.blob_path(row.digest)), offset, row.length, row.sha256
         )

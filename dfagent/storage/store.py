@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import IO
 
 from dfagent.core.digest import Digest
-from dfagent.core.pieces import piece_bounds, piece_count
 from dfagent.errors import DfagentError, StartupError, StorageFull
 from dfagent.integrity import sha256_of_file
 from dfagent.metrics import Metrics
+from dfagent.nydus import ChunkMap, NydusFormatError
 from dfagent.storage.config import StorageConfig
 from dfagent.storage.index import Index
+from dfagent.storage.layout import ChunkLayout, FixedLayout, PieceLayout
 from dfagent.storage.private import DIR_MODE, FILE_MODE, make_private
 from dfagent.tasks import KeyedLocks, TaskOwner
 
@@ -52,23 +53,24 @@ class StoredBlob:
     __slots__ = (
         "_file",
         "digest",
+        "layout",
         "origin",
         "origins",
         "path",
         "piece_sha256",
-        "piece_size",
         "pins",
+        "proven",
         "public",
         "removed",
         "size",
         "verified",
+        "vouchers",
     )
 
     def __init__(
         self,
         digest: Digest,
-        size: int,
-        piece_size: int,
+        layout: PieceLayout,
         path: Path,
         pieces: dict[int, bytes],
         *,
@@ -76,6 +78,7 @@ class StoredBlob:
         verified: bool = False,
         origins: frozenset[str] = frozenset(),
         public: bool = False,
+        vouchers: frozenset[str] = frozenset(),
     ) -> None:
         self.digest = digest
         # Provenance, fixed when the blob is created: the registry whose word the bytes are
@@ -84,8 +87,14 @@ class StoredBlob:
         # Registries known to hold the blob: the provenance, and any that proved it since.
         self.origins = {origin, *origins}
         self.public = public  # one of `origins` served it to an anonymous caller
-        self.size = size
-        self.piece_size = piece_size
+        self.size = layout.size
+        self.layout = layout
+        # Registries whose own image metadata gave the chunk map `layout` follows: pieces made
+        # of chunks that match it serve their clients too (see Engine).
+        self.vouchers = set(vouchers)
+        # Pieces made of chunks whose digests matched since this process opened the blob
+        # (what is on disk is checked again after a restart, before it is served).
+        self.proven: set[int] = set()
         self.path = path
         self.piece_sha256 = pieces
         self.verified = verified  # every byte was checked against the digest as a whole
@@ -95,7 +104,7 @@ class StoredBlob:
 
     @property
     def piece_count(self) -> int:
-        return piece_count(self.size, self.piece_size)
+        return self.layout.count
 
     def has(self, index: int) -> bool:
         return index in self.piece_sha256
@@ -149,8 +158,9 @@ class PieceStore:
         self._lock_fd: int | None = None
         self._verifying: set[str] = set()
         # Called when a blob becomes verified, or a verified blob gains an origin: its pieces
-        # are then good for every client of those origins (the swarm announces them so).
-        self.on_trusted: Callable[[StoredBlob], None] | None = None
+        # are then good for every client of those origins (the swarm announces them so), and
+        # its bytes are proven (a nydus bootstrap among them gives chunk maps).
+        self.trust_listeners: list[Callable[[StoredBlob], None]] = []
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -246,11 +256,19 @@ class PieceStore:
             return await self._load(digest)
 
     async def create_blob(
-        self, digest: Digest, size: int, origin: str, *, public: bool = False
+        self,
+        digest: Digest,
+        size: int,
+        origin: str,
+        *,
+        public: bool = False,
+        chunk_map: ChunkMap | None = None,
+        vouchers: frozenset[str] = frozenset(),
     ) -> StoredBlob:
         """Register a blob of `size` bytes (first sight, from `origin`; `public` when the origin
-        answered an anonymous caller) with a sparse data file of that size. A blob already
-        known keeps its provenance."""
+        answered an anonymous caller) with a sparse data file of that size, cut along the
+        chunks of `chunk_map` (vouched for by `vouchers`) when one is known. A blob already
+        known keeps its provenance and layout."""
         blob = self._blobs.get(digest.hex)
         if blob is not None:
             return blob
@@ -266,14 +284,31 @@ class PieceStore:
                 os.ftruncate(fd, size)
                 return open(fd, "r+b", buffering=0)
 
+            layout = self.layout(size, chunk_map)
             file = await asyncio.to_thread(make)
-            await self.index.put_blob(digest.hex, size, self.piece_size, origin, public)
+            await self.index.put_blob(
+                digest.hex, size, self.piece_size, origin, public, layout=layout.key
+            )
             self._stored_blobs += 1
             self._publish_usage()
-            return self._adopt(
-                StoredBlob(digest, size, self.piece_size, path, {}, origin=origin, public=public),
-                file,
+            if not isinstance(layout, ChunkLayout):
+                vouchers = frozenset()
+            blob = StoredBlob(
+                digest, layout, path, {}, origin=origin, public=public, vouchers=vouchers
             )
+            return self._adopt(blob, file)
+
+    def layout(self, size: int, chunk_map: ChunkMap | None) -> PieceLayout:
+        """How a blob of `size` bytes is cut: along the chunks of `chunk_map` when it fits."""
+        if chunk_map is not None:
+            try:
+                return ChunkLayout(size, self.piece_size, chunk_map)
+            except NydusFormatError as exc:
+                log.warning(
+                    "chunk map does not fit the blob; cutting it into fixed pieces",
+                    extra={"digest": f"sha256:{chunk_map.blob_id}", "error": str(exc)},
+                )
+        return FixedLayout(size, self.piece_size)
 
     async def _load(self, digest: Digest) -> StoredBlob | None:
         """open_blob's slow path, with the blob's lock held."""
@@ -283,6 +318,20 @@ class PieceStore:
         row = await self.index.get_blob(digest.hex)
         if row is None:
             return None
+        layout: PieceLayout = FixedLayout(row.size, row.piece_size)
+        vouchers: frozenset[str] = frozenset()
+        if row.layout not in ("", layout.key):  # "": written before layouts were recorded
+            known = await self.index.get_chunk_map(digest.hex)
+            if known is not None:
+                chunk_map = ChunkMap.from_bytes(known[0])
+                layout, vouchers = self.layout(row.size, chunk_map), known[1]
+            if layout.key != row.layout:
+                log.warning(
+                    "the chunk map an indexed blob was cut by is gone; forgetting the blob",
+                    extra={"digest": str(digest)},
+                )
+                await self._drop(digest.hex)
+                return None
         path = self.blob_path(digest.hex)
         try:
             file = await asyncio.to_thread(open, path, "r+b", buffering=0)
@@ -295,14 +344,14 @@ class PieceStore:
         return self._adopt(
             StoredBlob(
                 digest,
-                row.size,
-                row.piece_size,
+                layout,
                 path,
                 row.pieces,
                 origin=row.origin,
                 verified=row.verified,
                 origins=row.origins,
                 public=row.public,
+                vouchers=vouchers,
             ),
             file,
         )
@@ -337,7 +386,7 @@ class PieceStore:
 
         Raises StorageFull when the disk is full; the piece then stays absent.
         """
-        start, end = piece_bounds(index, blob.size, blob.piece_size)
+        start, end = blob.layout.bounds(index)
         if len(data) != end - start:
             raise ValueError(f"piece {index} has {len(data)} bytes, expected {end - start}")
         try:
@@ -381,8 +430,8 @@ class PieceStore:
             return False
         await self.index.set_verified(blob.digest.hex, True)
         blob.verified = True
-        if self.on_trusted is not None:
-            self.on_trusted(blob)
+        for listener in self.trust_listeners:
+            listener(blob)
         return True
 
     async def add_origin(self, blob: StoredBlob, origin: str, *, public: bool) -> None:
@@ -394,8 +443,9 @@ class PieceStore:
         blob.origins.add(origin)
         blob.public = blob.public or public
         await self.index.set_origins(blob.digest.hex, blob.origins - {blob.origin}, blob.public)
-        if added and blob.verified and self.on_trusted is not None:
-            self.on_trusted(blob)
+        if added and blob.verified:
+            for listener in self.trust_listeners:
+                listener(blob)
 
     async def purge(self, blob: StoredBlob, reason: str) -> None:
         """Remove a blob whose bytes cannot be trusted, here (and, later, in the swarm)."""
@@ -411,6 +461,7 @@ class PieceStore:
             blob = self._blobs.get(digest_hex)
             if blob is not None:
                 blob.piece_sha256.pop(index, None)
+                blob.proven.discard(index)
                 blob.verified = False
             self._stored_bytes -= length
             self._stored_pieces -= 1
@@ -434,6 +485,15 @@ class PieceStore:
                 return False
             await self._drop(digest_hex)
             return True
+
+    async def recut(self, digest_hex: str) -> bool:
+        """Forget an unverified blob cut into fixed pieces, unless someone is using it: a chunk
+        map for it was just learned, and cut along its chunks on its next read its pieces can
+        be proven one by one. True when it went."""
+        row = await self.index.get_blob(digest_hex)
+        if row is None or row.verified or row.layout.startswith("chunks:"):
+            return False
+        return await self.evict(digest_hex)
 
     async def forget(self, digest_hex: str) -> None:
         """Delete a blob's index rows and data file."""

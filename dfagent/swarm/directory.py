@@ -42,7 +42,7 @@ class _Piece:
 @dataclass(slots=True)
 class _Blob:
     size: int
-    piece_size: int
+    layout: str
     pieces: dict[int, _Piece] = field(default_factory=dict)
     sending: dict[str, int] = field(default_factory=dict)  # holder -> downloads from it now
 
@@ -72,18 +72,18 @@ class Directory:
         self._shuffle = shuffle
         self._blobs: dict[str, dict[str, _Blob]] = {}  # digest -> origin -> book
 
-    def describe(self, digest: str, origin: str) -> tuple[int, int] | None:
-        """(size, piece_size) of the blob as `origin` gave it, if any holder got it from there."""
+    def describe(self, digest: str, origin: str) -> tuple[int, str] | None:
+        """(size, layout key) of the blob as `origin` gave it, if any holder got it from there."""
         blob = self._blobs.get(digest, {}).get(origin)
-        return None if blob is None else (blob.size, blob.piece_size)
+        return None if blob is None else (blob.size, blob.layout)
 
-    def _blob(self, digest: str, origin: str, size: int, piece_size: int) -> _Blob | None:
+    def _blob(self, digest: str, origin: str, size: int, layout: str) -> _Blob | None:
         books = self._blobs.setdefault(digest, {})
         blob = books.get(origin)
         if blob is None:
-            blob = books[origin] = _Blob(size, piece_size)
-        if (blob.size, blob.piece_size) != (size, piece_size):
-            return None  # a different piece size (or a lying size): no sharing between them
+            blob = books[origin] = _Blob(size, layout)
+        if (blob.size, blob.layout) != (size, layout):
+            return None  # cut differently (or a lying size): no sharing between them
         return blob
 
     def lookup(
@@ -91,7 +91,7 @@ class Directory:
         digest: str,
         origin: str,
         size: int,
-        piece_size: int,
+        layout: str,
         *,
         indices: Iterable[int],
         requester: str,
@@ -100,7 +100,7 @@ class Directory:
         `origin`'s copy (or of a verified copy `origin` is known to hold), else the lease to
         fetch it from `origin`, else who is fetching it now."""
         now = self._clock()
-        blob = self._blob(digest, origin, size, piece_size)
+        blob = self._blob(digest, origin, size, layout)
         answers = {}
         for index in indices:
             if blob is None:
@@ -136,7 +136,7 @@ class Directory:
         digest: str,
         origin: str,
         size: int,
-        piece_size: int,
+        layout: str,
         *,
         holder: str,
         pieces: dict[int, bytes],
@@ -145,7 +145,7 @@ class Directory:
         """Record `holder` for `pieces` of `origin`'s copy (`verified`: the holder checked the
         whole blob); returns the indices refused because their sha256 differs from a verified
         one, or from the one `origin`'s copy was first recorded with."""
-        blob = self._blob(digest, origin, size, piece_size)
+        blob = self._blob(digest, origin, size, layout)
         if blob is None:
             return list(pieces)
         expiry = self._clock() + self._holder_ttl

@@ -17,7 +17,6 @@ from yarl import URL
 
 from dfagent.configtypes import ListenAddress
 from dfagent.core.digest import Digest, InvalidDigest
-from dfagent.core.pieces import piece_bounds
 from dfagent.engine.fetcher import FileSegment
 from dfagent.errors import DfagentError
 from dfagent.metrics import Metrics
@@ -143,7 +142,7 @@ class PeerServer:
         self._uploads += 1
         try:
             with blob.pinned():
-                start, end = piece_bounds(index, blob.size, blob.piece_size)
+                start, end = blob.layout.bounds(index)
                 await self._pacer.take(end - start)
                 response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
                 response.content_length = end - start
@@ -181,7 +180,7 @@ class PeerServer:
         known = self._directory.describe(digest.hex, origin)
         if known is None:
             return web.json_response({}, status=404)
-        return web.json_response({"size": known[0], "piece_size": known[1]})
+        return web.json_response({"size": known[0], "layout": known[1]})
 
     def _lookup(self, body: dict[str, Any]) -> dict[str, Any]:
         self._metrics.peer_requests.labels("lookup").inc()
@@ -189,7 +188,7 @@ class PeerServer:
             Digest.parse("sha256:" + body["digest"]).hex,
             str(body["origin"]),
             int(body["size"]),
-            int(body["piece_size"]),
+            str(body["layout"]),
             indices=[int(i) for i in body["pieces"]],
             requester=str(body["requester"]),
         )
@@ -215,7 +214,7 @@ class PeerServer:
                 digest,
                 str(entry["origin"]),
                 int(entry["size"]),
-                int(entry["piece_size"]),
+                str(entry["layout"]),
                 holder=str(body["holder"]),
                 pieces=pieces,
                 verified=bool(entry["verified"]),

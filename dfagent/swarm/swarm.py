@@ -12,9 +12,9 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from dfagent.core.pieces import piece_bounds
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.storage.store import PieceStore, StoredBlob
@@ -35,7 +35,7 @@ _REANNOUNCE_BATCH = 512
 @dataclass(frozen=True, slots=True)
 class _Held:
     size: int
-    piece_size: int
+    layout: str  # the key of how the blob is cut into pieces
 
 
 _Scope = tuple[str, str, bool]  # (digest, origin, verified): one announcement's subject
@@ -91,8 +91,8 @@ class Swarm:
 
     # asking --------------------------------------------------------------------------------
 
-    async def describe(self, digest_hex: str, origin: str) -> tuple[int, int] | None:
-        """(size, piece_size) of a blob as `origin` gave it to some peer, without asking the
+    async def describe(self, digest_hex: str, origin: str) -> tuple[int, str] | None:
+        """(size, layout key) of a blob as `origin` gave it to some peer, without asking the
         origin."""
         home = self.home(digest_hex)
         if home == self.me:
@@ -102,7 +102,7 @@ class Swarm:
         except PeerError as exc:
             log.info("home unreachable", extra={"home": home, "error": str(exc)})
             return None
-        return None if known is None else (int(known["size"]), int(known["piece_size"]))
+        return None if known is None else (int(known["size"]), str(known["layout"]))
 
     async def lookup(self, blob: StoredBlob, indices: list[int]) -> dict[int, Answer]:
         """Per piece: holders to fetch from, or leave to fetch from the origin. With the home
@@ -112,14 +112,14 @@ class Swarm:
         started = time.monotonic()
         if home == self.me:
             answers = self._directory.lookup(
-                digest, blob.origin, blob.size, blob.piece_size, indices=indices, requester=self.me
+                digest, blob.origin, blob.size, blob.layout.key, indices=indices, requester=self.me
             )
         else:
             body = {
                 "digest": digest,
                 "origin": blob.origin,
                 "size": blob.size,
-                "piece_size": blob.piece_size,
+                "layout": blob.layout.key,
                 "pieces": indices,
                 "requester": self.me,
             }
@@ -155,16 +155,25 @@ class Swarm:
             return not exc.unreachable  # an answer, even an error, is life
         return True
 
-    async def fetch(self, blob: StoredBlob, index: int, answer: Answer) -> bytes | None:
-        """The piece from one of its holders, checked against the recorded sha256; None when
-        no holder delivers good bytes. A holder that has not started sending within the hedge
-        delay gets company: the next holder is asked too and the first good answer wins. Once
+    async def fetch(
+        self,
+        blob: StoredBlob,
+        index: int,
+        answer: Answer,
+        *,
+        check: Callable[[bytes], Awaitable[bool]] | None = None,
+    ) -> bytes | None:
+        """The piece from one of its holders, checked against the recorded sha256 (and by
+        `check`, the proof of a piece made of nydus chunks); None when no holder delivers good
+        bytes. A holder whose bytes fail either is reported to the home. A holder that has not
+        started sending within the hedge delay gets company: the next holder is asked too and
+        the first good answer wins. Once
         a holder sends, no more are asked (on a capped link a second copy would only halve
         both). Raises PeerError(busy=True) when every holder was only busy (worth asking
         again shortly, not the origin)."""
         if answer.sha256 is None:
             return None  # nothing to check peer bytes against: never trust them unchecked
-        start, end = piece_bounds(index, blob.size, blob.piece_size)
+        start, end = blob.layout.bounds(index)
         waiting = list(answer.holders)
         running: dict[asyncio.Task[bytes | None], str] = {}
         busy = 0
@@ -174,7 +183,13 @@ class Swarm:
                 if waiting and not (running and sending.is_set()):
                     holder = waiting.pop(0)
                     attempt = self._checked(
-                        blob, index, holder, end - start, answer.sha256, sending=sending
+                        blob,
+                        index,
+                        holder,
+                        end - start,
+                        answer.sha256,
+                        sending=sending,
+                        check=check,
                     )
                     running[self._tasks.spawn(attempt, name="peer-piece")] = holder
                 hedge = waiting and not sending.is_set()
@@ -208,18 +223,24 @@ class Swarm:
         sha256: bytes,
         *,
         sending: asyncio.Event,
+        check: Callable[[bytes], Awaitable[bool]] | None,
     ) -> bytes | None:
-        """The piece from `holder` if it matches `sha256`; None (and the holder reported) if not."""
+        """The piece from `holder` if it matches `sha256` and passes `check`; None (and the
+        holder reported) if not."""
         try:
             data = await self._client.piece(holder, blob.digest.hex, index, length, sending)
         except PeerError as exc:
             log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
             raise
-        if await asyncio.to_thread(sha256_of, data) == sha256:
+        if await asyncio.to_thread(sha256_of, data) != sha256:
+            why = "its recorded sha256"
+        elif check is not None and not await check(data):
+            why = "its chunk proof"
+        else:
             return data
         self._metrics.peer_bad_pieces.inc()
         log.warning(
-            "peer sent a piece that fails its recorded sha256; not used",
+            f"peer sent a piece that fails {why}; not used",
             extra={"peer": holder, "digest": str(blob.digest), "piece": index},
         )
         self._tasks.spawn(self._report(blob.digest.hex, index, holder), name="report")
@@ -268,7 +289,7 @@ class Swarm:
         self._queue(blob)
 
     def _queue(self, blob: StoredBlob) -> None:
-        self._pending_meta[blob.digest.hex] = _Held(blob.size, blob.piece_size)
+        self._pending_meta[blob.digest.hex] = _Held(blob.size, blob.layout.key)
         if not self._flushing:
             self._flushing = True
             self._tasks.spawn(self._flush_soon(), name="announce")
@@ -290,7 +311,7 @@ class Swarm:
                     digest,
                     origin,
                     held.size,
-                    held.piece_size,
+                    held.layout,
                     holder=self.me,
                     pieces=pieces,
                     verified=verified,
@@ -302,7 +323,7 @@ class Swarm:
                     "origin": origin,
                     "verified": verified,
                     "size": held.size,
-                    "piece_size": held.piece_size,
+                    "layout": held.layout,
                     "pieces": {str(i): sha.hex() for i, sha in pieces.items()},
                 }
             )
@@ -325,7 +346,7 @@ class Swarm:
                 origins = {row.origin, *row.origins.split()}
                 for scope in _scopes(row.digest, row.verified, row.origin, origins):
                     pending[scope][row.index] = row.sha256
-                meta[row.digest] = _Held(row.blob_size, row.piece_size)
+                meta[row.digest] = _Held(row.blob_size, row.layout)
             await self._send(pending, meta)
 
     async def run(self) -> None:

@@ -25,7 +25,7 @@ async def test_an_index_from_the_first_release_is_migrated(tmp_path):
         row = await index.get_blob("ab")
         assert row is not None
         assert (row.size, row.verified, row.origin, row.pieces) == (10, False, "", {0: b"\0"})
-        assert (row.origins, row.public) == (frozenset({""}), False)
+        assert (row.origins, row.public, row.layout) == (frozenset({""}), False, "")
         await index.set_origins("ab", ["https://b:443"], True)
         row = await index.get_blob("ab")
         assert (row.origins, row.public) == (frozenset({"", "https://b:443"}), True)
@@ -36,4 +36,4 @@ async def test_an_index_from_the_first_release_is_migrated(tmp_path):
     finally:
         await index.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)

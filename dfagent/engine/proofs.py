@@ -1,0 +1,156 @@
+"""Chunk proofs: the chunk maps this agent learned from nydus bootstraps, and the check that a
+piece made of chunks holds exactly what the image describes.
+
+A map comes from a bootstrap layer whose own sha256 was checked whole (it passed through the
+proxy, or a preheat fetched it). It is the word of the registries that served that layer (its
+`vouchers`): bytes matching it are what those registries' image says the data blob holds, so
+they may serve those registries' clients whoever delivered them. Maps never change once known:
+a bootstrap that describes a blob differently is logged and its registry vouches for nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from dfagent.metrics import Metrics
+from dfagent.nydus import (
+    Chunk,
+    ChunkMap,
+    ChunkMismatch,
+    NydusFormatError,
+    chunk_maps_of_layer,
+    verify_chunk,
+)
+from dfagent.storage.layout import ChunkLayout
+from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.tasks import TaskOwner
+
+__all__ = ["ChunkProofs", "KnownMap"]
+
+log = logging.getLogger(__name__)
+
+# Maps kept for blobs this node does not hold (yet): beyond this many the oldest go.
+_MAPS_KEPT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KnownMap:
+    chunk_map: ChunkMap
+    vouchers: frozenset[str]  # registries whose image metadata gave this map
+
+
+class ChunkProofs:
+    def __init__(self, store: PieceStore, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._tasks = TaskOwner("chunk-proofs")
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
+
+    async def known(self, digest_hex: str) -> KnownMap | None:
+        """The chunk map of a data blob, if a bootstrap naming it was seen."""
+        row = await self._store.index.get_chunk_map(digest_hex)
+        if row is None:
+            return None
+        try:
+            return KnownMap(ChunkMap.from_bytes(row[0]), row[1])
+        except NydusFormatError as exc:
+            log.warning(
+                "stored chunk map unreadable", extra={"digest": digest_hex, "error": str(exc)}
+            )
+            return None
+
+    # learning ------------------------------------------------------------------------------
+
+    def trusted(self, blob: StoredBlob) -> None:
+        """A blob was verified whole, or a registry proved it holds a verified blob: if it is a
+        nydus bootstrap layer, learn the maps of the data blobs it names (in the background)."""
+        self._tasks.spawn(self._learn(blob), name="learn-chunk-maps")
+
+    async def _learn(self, blob: StoredBlob) -> None:
+        try:
+            with blob.pinned():
+                maps = await asyncio.to_thread(_read_layer, blob)
+        except NydusFormatError as exc:
+            log.warning(
+                "bootstrap layer unreadable; no chunk maps from it",
+                extra={"digest": str(blob.digest), "error": str(exc)},
+            )
+            return
+        except OSError as exc:
+            log.warning(
+                "could not read a verified blob",
+                extra={"digest": str(blob.digest), "error": str(exc)},
+            )
+            return
+        vouchers = frozenset(blob.origins)
+        for digest_hex, chunk_map in maps.items():
+            await self._record(digest_hex, chunk_map, vouchers, bootstrap=str(blob.digest))
+        if maps:
+            await self._store.index.prune_chunk_maps(_MAPS_KEPT)
+
+    async def _record(
+        self, digest_hex: str, chunk_map: ChunkMap, vouchers: frozenset[str], *, bootstrap: str
+    ) -> None:
+        known = await self._store.index.get_chunk_map(digest_hex)
+        if not await self._store.index.put_chunk_map(digest_hex, chunk_map.to_bytes(), vouchers):
+            log.warning(
+                "a bootstrap describes a data blob differently from an earlier one; its registries"
+                " vouch for nothing of that blob",
+                extra={"digest": f"sha256:{digest_hex}", "bootstrap": bootstrap},
+            )
+            return
+        if known is None:
+            self._metrics.chunk_maps.labels("bootstrap").inc()
+            await self._store.recut(digest_hex)
+        blob = self._store.loaded(digest_hex)
+        if (
+            blob is not None
+            and isinstance(blob.layout, ChunkLayout)
+            and (blob.layout.chunk_map == chunk_map)
+        ):
+            blob.vouchers |= vouchers
+
+    # proving -------------------------------------------------------------------------------
+
+    async def prove(
+        self, blob: StoredBlob, index: int, data: bytes | bytearray, source: str
+    ) -> bool:
+        """Whether piece `index` of `blob`, bytes `data` from `source` (origin, peer, disk),
+        holds exactly the chunks the map describes. A failure is counted and logged once."""
+        chunks = blob.layout.chunks(index)
+        start = blob.layout.bounds(index)[0]
+        try:
+            await asyncio.to_thread(_verify_all, chunks, data, start)
+        except ChunkMismatch as exc:
+            self._metrics.chunk_verify_failures.labels(source).inc()
+            log.error(
+                "nydus chunk does not match the image's digest; not served",
+                extra={
+                    "digest": str(blob.digest),
+                    "piece": index,
+                    "chunk": exc.chunk_index,
+                    "source": source,
+                    "reason": exc.reason,
+                },
+            )
+            return False
+        for chunk in chunks:
+            self._metrics.chunks_verified.labels(chunk.digest_algorithm.value).inc()
+        blob.proven.add(index)
+        return True
+
+
+def _read_layer(blob: StoredBlob) -> dict[str, ChunkMap]:
+    with open(blob.path, "rb") as file:
+        return chunk_maps_of_layer(file, blob.size)
+
+
+def _verify_all(chunks: tuple[Chunk, ...], data: bytes | bytearray, start: int) -> None:
+    view = memoryview(data)
+    for chunk in chunks:
+        offset = chunk.compressed_offset - start
+        verify_chunk(chunk, view[offset : offset + chunk.compressed_size])

@@ -1,0 +1,166 @@
+"""How a blob is cut into pieces: the unit of storage, of origin fetches and of the swarm.
+
+A blob without a chunk map is cut into fixed-size pieces. A nydus data blob whose chunk map is
+known is cut along its chunks: runs of whole, touching chunks of at most `CHUNK_RUN_BYTES` (a
+larger chunk is a piece of its own), so that a read of whole chunks fetches exactly those
+chunks, and each piece can be proven by the digests of the chunks it holds. Bytes outside every
+chunk (the blob's metadata tail, any bytes between chunks) are cut into fixed-size pieces.
+
+Two agents trade a blob's pieces only when their layouts have the same `key`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass
+
+from dfagent.nydus.chunks import Chunk, ChunkMap
+from dfagent.nydus.errors import NydusFormatError
+
+__all__ = ["CHUNK_RUN_BYTES", "ChunkLayout", "FixedLayout", "PieceLayout", "PieceSpan"]
+
+# Neighbouring small chunks share a piece up to this size: nydus starts every file on a chunk
+# of its own, so an image of small files has many chunks of a few hundred bytes. A read of
+# whole chunks then costs the origin at most one such run more than it asked for at each end.
+CHUNK_RUN_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PieceSpan:
+    """The part `[start, end)` (blob offsets) of piece `index` that a read needs."""
+
+    index: int
+    start: int
+    end: int
+
+
+class PieceLayout:
+    """The pieces of a blob of `size` bytes: piece `i` is blob bytes `bounds(i)`."""
+
+    __slots__ = ()
+    size: int
+    key: str
+
+    @property
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        """Blob offsets `[start, end)` of piece `index`."""
+        raise NotImplementedError
+
+    def index_of(self, offset: int) -> int:
+        """The piece holding blob byte `offset`."""
+        raise NotImplementedError
+
+    def chunks(self, index: int) -> tuple[Chunk, ...]:
+        """The nydus chunks piece `index` consists of; empty when it is not made of chunks
+        (then nothing but the blob's whole digest proves it)."""
+        return ()
+
+    def spans(self, first: int, last: int) -> list[PieceSpan]:
+        """The pieces the inclusive byte range `first..last` touches, with the part of each."""
+        spans = []
+        position = first
+        end = last + 1
+        index = self.index_of(first)
+        while position < end:
+            piece_end = min(self.bounds(index)[1], end)
+            spans.append(PieceSpan(index, position, piece_end))
+            position = piece_end
+            index += 1
+        return spans
+
+
+class FixedLayout(PieceLayout):
+    """Pieces of `piece_size` bytes; the last holds the remainder."""
+
+    __slots__ = ("key", "piece_size", "size")
+
+    def __init__(self, size: int, piece_size: int) -> None:
+        self.size = size
+        self.piece_size = piece_size
+        self.key = f"fixed:{piece_size}"
+
+    @property
+    def count(self) -> int:
+        return (self.size + self.piece_size - 1) // self.piece_size
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.piece_size
+        return start, min(start + self.piece_size, self.size)
+
+    def index_of(self, offset: int) -> int:
+        return offset // self.piece_size
+
+
+class ChunkLayout(PieceLayout):
+    """Pieces along the chunks of `chunk_map`; bytes outside chunks in pieces of at most
+    `piece_size`. Raises NydusFormatError when the map does not fit a blob of `size` bytes."""
+
+    __slots__ = ("_chunk_pieces", "_starts", "chunk_map", "key", "piece_size", "size", "tail")
+
+    def __init__(self, size: int, piece_size: int, chunk_map: ChunkMap) -> None:
+        if chunk_map.data_end > size:
+            raise NydusFormatError(
+                f"blob {chunk_map.blob_id}: chunks reach byte {chunk_map.data_end}, "
+                f"the blob has {size}"
+            )
+        self.size = size
+        self.piece_size = piece_size
+        self.chunk_map = chunk_map
+        packed = hashlib.sha256(chunk_map.to_bytes()).hexdigest()[:24]
+        self.key = f"chunks:{piece_size}:{CHUNK_RUN_BYTES}:{packed}"
+        starts: list[int] = []
+        chunk_pieces: list[tuple[Chunk, ...]] = []
+        position = 0
+        for run in _contiguous_runs(chunk_map.chunks, CHUNK_RUN_BYTES):
+            start = run[0].compressed_offset
+            for offset in range(position, start, piece_size):  # bytes between chunks
+                starts.append(offset)
+                chunk_pieces.append(())
+            starts.append(start)
+            chunk_pieces.append(run)
+            position = run[-1].compressed_end
+        self.tail = position  # bytes from here on are cut into fixed-size pieces
+        self._starts = starts
+        self._chunk_pieces = chunk_pieces
+
+    @property
+    def count(self) -> int:
+        beyond = max(0, self.size - self.tail)
+        return len(self._starts) + (beyond + self.piece_size - 1) // self.piece_size
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        mapped = len(self._starts)
+        if index < mapped:
+            end = self._starts[index + 1] if index + 1 < mapped else self.tail
+            return self._starts[index], end
+        start = self.tail + (index - mapped) * self.piece_size
+        return start, min(start + self.piece_size, self.size)
+
+    def index_of(self, offset: int) -> int:
+        if offset >= self.tail:
+            return len(self._starts) + (offset - self.tail) // self.piece_size
+        return bisect.bisect_right(self._starts, offset) - 1
+
+    def chunks(self, index: int) -> tuple[Chunk, ...]:
+        return self._chunk_pieces[index] if index < len(self._chunk_pieces) else ()
+
+
+def _contiguous_runs(chunks: tuple[Chunk, ...], budget: int) -> list[tuple[Chunk, ...]]:
+    """`chunks` (in blob order) cut into runs of neighbours with no byte between them, each
+    spanning at most `budget` bytes unless it is a single larger chunk. A piece made of chunks
+    then holds no byte that their digests do not prove."""
+    runs: list[tuple[Chunk, ...]] = []
+    first = 0
+    for index in range(1, len(chunks) + 1):
+        if index < len(chunks):
+            chunk = chunks[index]
+            touching = chunk.compressed_offset == chunks[index - 1].compressed_end
+            if touching and chunk.compressed_end - chunks[first].compressed_offset <= budget:
+                continue
+        runs.append(chunks[first:index])
+        first = index
+    return runs
