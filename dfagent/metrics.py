@@ -167,6 +167,12 @@ class Metrics:
             ["how"],
             registry=r,
         )
+        self.chunk_map_vouchers = Counter(
+            "dfagent_chunk_map_vouchers",
+            "Registries that came to vouch for a chunk map (a bootstrap layer they hold gave it);"
+            " chunk-proven pieces serve their clients.",
+            registry=r,
+        )
         self.chunks_verified = Counter(
             "dfagent_chunks_verified",
             "Nydus chunks whose digest matched the image's before they were served, by digest"

@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
 
-from dfagent.errors import NotProven
+from dfagent.errors import DfagentError, NotProven
 from dfagent.origin.client import BlobSource, OriginClient
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.tasks import TaskOwner
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AccessGate"]
 

@@ -106,6 +106,7 @@ class ChunkProofs:
         if known is None:
             self._metrics.chunk_maps.labels("bootstrap").inc()
             await self._store.recut(digest_hex)
+        self._metrics.chunk_map_vouchers.inc(len(vouchers - (known[1] if known else set())))
         blob = self._store.loaded(digest_hex)
         if (
             blob is not None

@@ -12,7 +12,14 @@ from dfagent.nydus.binary import align_up, require_range, u16, u32, u64, unpack
 from dfagent.nydus.chunks import Chunk, ChunkMap, Compression, DigestAlgorithm
 from dfagent.nydus.errors import NydusFormatError
 
-__all__ = ["BlobEntry", "BlobFeature", "Bootstrap", "parse_bootstrap"]
+__all__ = [
+    "BOOTSTRAP_HEAD_SIZE",
+    "BlobEntry",
+    "BlobFeature",
+    "Bootstrap",
+    "looks_like_bootstrap",
+    "parse_bootstrap",
+]
 
 
 class BlobFeature:
@@ -85,15 +92,33 @@ _CHUNK_RECORD = struct.Struct("<32sIIIIQQQII")
 def parse_bootstrap(data: bytes | memoryview) -> Bootstrap:
     """The blob table and chunk maps of a RAFS v5 or v6 bootstrap (uncompressed)."""
     data = memoryview(data)
+    match _rafs_version(data):
+        case 5:
+            return _parse_v5(data)
+        case 6:
+            return _parse_v6(data)
+    raise NydusFormatError("bootstrap: neither a RAFS v5 nor a RAFS v6 super block")
+
+
+BOOTSTRAP_HEAD_SIZE = 1028  # enough of a bootstrap's start to tell v5 and v6 apart
+
+
+def looks_like_bootstrap(head: bytes | memoryview) -> bool:
+    """True when `head`, the first BOOTSTRAP_HEAD_SIZE bytes of a file (or all of a shorter
+    one), carries a RAFS v5 or v6 super-block magic."""
+    return _rafs_version(memoryview(head)) is not None
+
+
+def _rafs_version(data: memoryview) -> int | None:
     if (
         len(data) >= 8
         and u32(data, 0, "v5 magic") == _V5_MAGIC
         and u32(data, 4, "v5 version") == 0x500
     ):
-        return _parse_v5(data)
+        return 5
     if len(data) >= _V6_SUPER_OFFSET + 4 and u32(data, _V6_SUPER_OFFSET, "v6 magic") == _V6_MAGIC:
-        return _parse_v6(data)
-    raise NydusFormatError("bootstrap: neither a RAFS v5 nor a RAFS v6 super block")
+        return 6
+    return None
 
 
 def _super_algorithms(flags: int, what: str) -> tuple[Compression, DigestAlgorithm]:

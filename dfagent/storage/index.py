@@ -4,6 +4,10 @@ Each blob also records its provenance (`origin`: the registry whose word its byt
 the blob is verified), the other registries that proved they hold it (`origins`), and whether
 one of them served it to an anonymous caller (`public`).
 
+`chunk_maps` holds the packed chunk map (ChunkMap.to_bytes) of nydus data blobs, learned from
+verified bootstrap layers, with the registries whose layers vouch for it (`vouchers`). A map
+outlives its blob's pieces: it is pruned by age, never while its blob is stored.
+
 sqlite3 in WAL mode on one dedicated thread; every call is `await index.<method>(...)`.
 A row in `pieces` means the piece's bytes are on disk: rows are written only after the bytes
 (write first, then publish), so a crash can lose a piece but never mark wrong bytes present.
@@ -50,6 +54,13 @@ CREATE TABLE IF NOT EXISTS pieces (
     PRIMARY KEY (digest, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blobs_by_access ON blobs(last_access);
+CREATE TABLE IF NOT EXISTS chunk_maps (
+    digest TEXT PRIMARY KEY,
+    packed BLOB NOT NULL,
+    vouchers TEXT NOT NULL DEFAULT '',
+    learned REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunk_maps_by_learned ON chunk_maps(learned);
 """
 
 
@@ -68,6 +79,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE blobs ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
     if "layout" not in columns:  # before version 4
         db.execute("ALTER TABLE blobs ADD COLUMN layout TEXT NOT NULL DEFAULT ''")
+    # Version 4 also added the chunk_maps table: _SCHEMA creates it in an older index.
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,3 +347,60 @@ class Index:
                 (limit,),
             ).fetchall()
         )
+
+    async def put_chunk_map(self, digest: str, packed: bytes, vouchers: frozenset[str]) -> bool:
+        """Record blob `digest`'s packed chunk map and the registries vouching for it. When the
+        same map is already recorded, its vouchers are joined and it counts as learned now;
+        when a different one is, that one stays and the answer is False."""
+        for voucher in vouchers:
+            if not voucher or any(character.isspace() for character in voucher):
+                raise ValueError(f"voucher {voucher!r} is empty or holds white space")
+        now = time.time()
+
+        def put(db: sqlite3.Connection) -> bool:
+            with db:
+                row = db.execute(
+                    "SELECT packed, vouchers FROM chunk_maps WHERE digest = ?", (digest,)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO chunk_maps (digest, packed, vouchers, learned) "
+                        "VALUES (?, ?, ?, ?)",
+                        (digest, packed, " ".join(sorted(vouchers)), now),
+                    )
+                    return True
+                if row[0] != packed:
+                    return False
+                joined = " ".join(sorted(vouchers | set(row[1].split())))
+                db.execute(
+                    "UPDATE chunk_maps SET vouchers = ?, learned = ? WHERE digest = ?",
+                    (joined, now, digest),
+                )
+                return True
+
+        return await self.run(put)
+
+    async def get_chunk_map(self, digest: str) -> tuple[bytes, frozenset[str]] | None:
+        """(packed map, vouchers) of blob `digest`, or None."""
+        row = await self.run(
+            lambda db: db.execute(
+                "SELECT packed, vouchers FROM chunk_maps WHERE digest = ?", (digest,)
+            ).fetchone()
+        )
+        return None if row is None else (row[0], frozenset(row[1].split()))
+
+    async def prune_chunk_maps(self, keep: int) -> int:
+        """Delete the maps beyond the `keep` most recently learned, except those whose blob is
+        stored; returns how many were deleted."""
+        if keep < 0:
+            raise ValueError(f"keep must not be negative, got {keep}")
+        cursor = await self.run(
+            lambda db: db.execute(
+                "DELETE FROM chunk_maps WHERE digest IN ("
+                "SELECT digest FROM chunk_maps ORDER BY learned DESC, digest "
+                "LIMIT -1 OFFSET ?) "
+                "AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = chunk_maps.digest)",
+                (keep,),
+            )
+        )
+        return cursor.rowcount

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.slow
 
 LARGE = 1024 * 1024  # a chunk this big is a piece of its own for any piece budget up to 1 MiB
 RATIO = 1.10  # origin bytes per byte asked, for runs of whole chunks
+VOUCHERS = "dfagent_chunk_map_vouchers_total"
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +331,10 @@ def test_chunk_proven_bytes_serve_a_client_of_another_registry(
         runs = sparse_runs(image)
         for start, end in runs:
             read_exact(agent, image, image.blob_url(origin.url), start, end)
+        vouched = metric(agent, VOUCHERS)
         pull_bootstrap(agent, b.url, image)
+        # B proves in the background that it holds the bootstrap, then vouches for its map.
+        wait_for(lambda: metric(agent, VOUCHERS) > vouched, "registry B to vouch for the map")
         for start, end in runs:
             read_exact(agent, image, image.blob_url(b.url), start, end)
         from_b = [end - start for start, end in get_ranges(b, image)]

@@ -4,13 +4,18 @@ and FUSE mounts through a proxy or mirror config taken from config/."""
 from __future__ import annotations
 
 import copy
+import gzip
+import io
 import json
 import os
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from tests.support.tools import require
 
@@ -70,6 +75,28 @@ def build_image(
         check=True, capture_output=True,
     )  # fmt: skip
     return Image(out / "bootstrap", sorted(blob_dir.iterdir()))
+
+
+def bootstrap_layer(bootstrap: Path, compression: str = "gzip") -> bytes:
+    """The image layer a nydus converter makes of `bootstrap`: a tar holding the directory
+    `image/` and the file `image/image.boot`, compressed with "gzip", "zstd" or "none"."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        directory = tarfile.TarInfo("image")
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(directory)
+        data = bootstrap.read_bytes()
+        member = tarfile.TarInfo("image/image.boot")
+        member.size, member.mode = len(data), 0o444
+        tar.addfile(member, io.BytesIO(data))
+    match compression:
+        case "gzip":
+            return gzip.compress(out.getvalue(), mtime=0)
+        case "zstd":
+            return zstandard.ZstdCompressor().compress(out.getvalue())
+        case "none":
+            return out.getvalue()
+    raise ValueError(f"unknown compression {compression!r}")
 
 
 def nydusd_config(kind: str, **changes: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -73,7 +74,7 @@ def test_spans_and_index_of_agree_with_bounds():
         last = rng.randrange(first, min(layout.size, first + 3_000_000))
         got = layout.spans(first, last)
         assert got[0].start == first and got[-1].end == last + 1
-        assert all(a.end == b.start and a.index + 1 == b.index for a, b in zip(got, got[1:]))
+        assert all(a.end == b.start and a.index + 1 == b.index for a, b in itertools.pairwise(got))
 
 
 def test_key_names_the_map_and_a_map_larger_than_the_blob_is_refused():
