@@ -18,7 +18,19 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cache_hit, chunks, cold, lazy, nydus, report, resources, stack, storage, swarm
+from bench import (
+    cache_hit,
+    chunks,
+    cold,
+    lazy,
+    nydus,
+    nydus_trace,
+    report,
+    resources,
+    stack,
+    storage,
+    swarm,
+)
 
 HERE = Path(__file__).parent
 WORK = HERE / "work"
@@ -59,6 +71,11 @@ def _storage(args: argparse.Namespace) -> Ran:
 def _nydus(args: argparse.Namespace) -> Ran:
     summary = nydus.run(WORK / "nydus", bulk=2 if args.smoke else 48, rounds=1 if args.smoke else 3)
     return nydus.section(summary), []
+
+
+def _nydus_trace(args: argparse.Namespace) -> Ran:
+    replays = nydus_trace.run(WORK / "nydus-trace", bulk=2 if args.smoke else 48)
+    return nydus_trace.section(replays), []
 
 
 def _swarm(args: argparse.Namespace) -> Ran:
@@ -105,6 +122,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "cold": _cold,
     "storage": _storage,
     "nydus": _nydus,
+    "nydus-trace": _nydus_trace,
     "swarm": _swarm,
     "lazy": _lazy,
     "chunks": _chunks,

@@ -28,7 +28,7 @@ class Series:
     asked_bytes: int = 0
 
 
-class _Reader:
+class Reader:
     """One keep-alive connection, as nydusd keeps one per backend."""
 
     def __init__(self, port: int, target: str) -> None:
@@ -64,8 +64,8 @@ def run(
         registry = stack.enter_context(harness.registry(work))
         digest = registry.push_blob("bench/cold", data)
         path = f"/v2/bench/cold/blobs/{digest}"
-        readers: list[tuple[Series, _Reader, str | None]] = [
-            (Series("registry direct"), _Reader(registry.port, path), None)
+        readers: list[tuple[Series, Reader, str | None]] = [
+            (Series("registry direct"), Reader(registry.port, path), None)
         ]
         for piece_size in piece_sizes:
             process = stack.enter_context(
@@ -75,7 +75,7 @@ def run(
             )
             series = Series(f"dfagent, {piece_size // MIB} MiB pieces")
             readers.append(
-                (series, _Reader(process.proxy_port, registry.url + path), process.metrics_url)
+                (series, Reader(process.proxy_port, registry.url + path), process.metrics_url)
             )
         for turn, first in enumerate(offsets):
             rotation = readers[turn % len(readers) :] + readers[: turn % len(readers)]

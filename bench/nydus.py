@@ -4,6 +4,7 @@ registry against through dfagent, and on a second node whose agent gets the blob
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from pathlib import Path
@@ -11,13 +12,16 @@ from pathlib import Path
 from bench import harness
 from bench.report import Section
 from tests.support.agent import AgentProcess
-from tests.support.nydus import Mount, build_image, compare_trees, make_tree, nydusd_config
+from tests.support.metrics import metric, wait_for
+from tests.support.nydus import Mount, compare_trees, make_tree, nydusd_config
+from tests.support.nydus_registry import maps_learned, pull_bootstrap, push_nydus_image
 from tests.support.ports import free_port
 
 REPO = "bench/nydus"
 
 
 def _read(root: Path, bootstrap: Path, config: dict, tree: Path) -> tuple[float, float]:
+    """(mount seconds, seconds to read and compare the whole tree) through a fresh nydusd."""
     mount = Mount(root, bootstrap, config)
     try:
         started = time.monotonic()
@@ -30,18 +34,18 @@ def _read(root: Path, bootstrap: Path, config: dict, tree: Path) -> tuple[float,
 def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, float]]:
     harness.clean(work)
     tree = make_tree(work / "src", bulk=bulk)
-    results: dict[str, list[tuple[float, float]]] = {"direct": [], "dfagent": [], "node 2": []}
+    paths = ("direct", "dfagent, no chunk map", "dfagent", "node 2")
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in paths}
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(harness.registry(work))
-        image = build_image(tree, work / "image")
-        for blob in image.blobs:
-            registry.push_blob(REPO, blob.read_bytes())
+        image = push_nydus_image(registry, REPO, tree, work / "image")
         for round_ in range(rounds):
             base = work / f"round{round_}"
             direct = nydusd_config(
                 "proxy", host=registry.host, repo=REPO, proxy={"url": "", "ping_url": ""}
             )
-            results["direct"].append(_read(base / "direct", image.bootstrap, direct, tree))
+            mount, read = _read(base / "direct", image.bootstrap, direct, tree)
+            results["direct"].append((mount, read, float("nan")))
             token = base / "token"
             base.mkdir(exist_ok=True)
             token.write_text("bench-cluster-token-0123456789")
@@ -54,21 +58,29 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, floa
                 }))
                 for i in range(2)
             ]  # fmt: skip
-            for name, agent in (("dfagent", agents[0]), ("node 2", agents[1])):
+            alone = stack.enter_context(_agent(base / "alone", {"log": {"level": "info"}}))
+            for agent in agents:  # containerd pulls the bootstrap layer through each node
+                pull_bootstrap(agent, registry.url, image)
+                wait_for(lambda a=agent: maps_learned(a) >= 1, "the chunk map")
+            runs = (("dfagent, no chunk map", alone), ("dfagent", agents[0]), ("node 2", agents[1]))
+            for name, agent in runs:
                 config = nydusd_config(
                     "proxy", host=registry.host, repo=REPO,
                     proxy={"url": agent.proxy_url, "ping_url": f"{agent.health_url}/healthy"},
                 )  # fmt: skip
-                results[name].append(
-                    _read(base / name.replace(" ", ""), image.bootstrap, config, tree)
-                )
+                before = metric(agent, "dfagent_origin_bytes_total")
+                mount, read = _read(base / name.replace(" ", ""), image.bootstrap, config, tree)
+                origin = metric(agent, "dfagent_origin_bytes_total") - before
+                results[name].append((mount, read, origin))
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
     summary = {}
     for name, samples in results.items():
         summary[name] = {
             "mount_s": statistics.median(s[0] for s in samples),
             "cold_read_s": statistics.median(s[1] for s in samples),
+            "origin_mb": statistics.median(s[2] for s in samples) / 1e6,
             "tree_mb": size / 1e6,
+            "blob_mb": len(image.blob) / 1e6,
         }
     return summary
 
@@ -85,15 +97,20 @@ def _agent(root: Path, overrides: dict):
 def report(summary: dict[str, dict[str, float]]) -> str:
     base = summary["direct"]
     lines = [
-        "| path | mount s | cold read of the tree s | read vs direct |",
-        "|---|---|---|---|",
+        "| path | mount s | cold read of the tree s | read vs direct | origin MB |",
+        "|---|---|---|---|---|",
     ]
     for name, values in summary.items():
+        origin = "-" if math.isnan(values["origin_mb"]) else f"{values['origin_mb']:.1f}"
         lines.append(
             f"| {name} | {values['mount_s']:.3f} | {values['cold_read_s']:.3f} | "
-            f"{values['cold_read_s'] / base['cold_read_s']:.2f}x |"
+            f"{values['cold_read_s'] / base['cold_read_s']:.2f}x | {origin} |"
         )
-    return "\n".join(lines) + f"\n\nTree: {base['tree_mb']:.1f} MB of files."
+    return "\n".join(lines) + (
+        f"\n\nTree: {base['tree_mb']:.1f} MB of files, data blob {base['blob_mb']:.1f} MB. "
+        '"dfagent" saw the image\'s bootstrap layer first (as containerd pulls it through the '
+        'node\'s agent) and cut the blob along its chunks; "no chunk map" did not.'
+    )
 
 
 def section(summary: dict[str, dict[str, float]]) -> Section:

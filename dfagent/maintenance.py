@@ -11,7 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dfagent.nydus import ChunkMap
 from dfagent.storage.gc import GarbageCollector
+from dfagent.storage.index import BlobSummary
+from dfagent.storage.layout import ChunkLayout
 from dfagent.storage.scrub import Scrubber
 from dfagent.storage.store import PieceStore
 
@@ -41,7 +44,7 @@ class Maintenance:
         blobs = await self._store.index.blobs()
         verified = [b for b in blobs if b.verified]
 
-        def entry(blob: Any) -> dict[str, Any]:
+        async def entry(blob: BlobSummary) -> dict[str, Any]:
             return {
                 "digest": f"sha256:{blob.digest}",
                 "size": blob.size,
@@ -49,6 +52,7 @@ class Maintenance:
                 "pieces": blob.pieces,
                 "verified": blob.verified,
                 "last_access": round(blob.last_access, 3),
+                **await self._chunks(blob),
             }
 
         return {
@@ -61,14 +65,29 @@ class Maintenance:
             "blobs": len(blobs),
             "verified_blobs": len(verified),
             "partial_blobs": len(blobs) - len(verified),
-            "largest": [entry(b) for b in sorted(blobs, key=lambda b: -b.stored)[:_TOP]],
-            "recent": [entry(b) for b in sorted(blobs, key=lambda b: -b.last_access)[:_TOP]],
+            "largest": [await entry(b) for b in sorted(blobs, key=lambda b: -b.stored)[:_TOP]],
+            "recent": [await entry(b) for b in sorted(blobs, key=lambda b: -b.last_access)[:_TOP]],
             "preheat": [
                 {k: job[k] for k in ("id", "image", "state", "bytes", "cached_bytes", "error")}
                 for job in self._preheat_jobs()[-_TOP:]
             ],
             "time": round(time.time(), 3),
         }
+
+    async def _chunks(self, blob: BlobSummary) -> dict[str, Any]:
+        """Whether the blob is cut along nydus chunks; if so its chunk count, and how many
+        of them this agent proved against their digests since it started."""
+        if not blob.chunk_mapped:
+            return {"chunk_mapped": False}
+        loaded = self._store.loaded(blob.digest)
+        proven = 0
+        if loaded is not None and isinstance(loaded.layout, ChunkLayout):
+            count = len(loaded.layout.chunk_map.chunks)
+            proven = sum(len(loaded.layout.chunks(index)) for index in loaded.proven)
+        else:
+            known = await self._store.index.get_chunk_map(blob.digest)
+            count = len(ChunkMap.from_bytes(known[0]).chunks) if known is not None else 0
+        return {"chunk_mapped": True, "chunks": count, "chunks_verified": proven}
 
     async def agent(self) -> dict[str, Any]:
         """The running agent's pid and addresses (no cache walk: `dfagent get` asks often)."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from dfagent.engine.access import AccessGate
 from dfagent.engine.inflight import InflightPiece
 from dfagent.engine.proofs import ChunkProofs, KnownMap
+from dfagent.engine.readahead import SequentialReads
 from dfagent.errors import (
     DfagentError,
     IntegrityError,
@@ -57,6 +58,12 @@ __all__ = ["Engine", "FileSegment", "NotShareable"]
 log = logging.getLogger(__name__)
 
 _RUN_BYTES = 4 * 1024 * 1024  # read-ahead window, and the usual size of one origin request
+# Read-ahead on sequential patterns (see SequentialReads): a read within this many bytes of
+# where a pattern's last read ended continues it; a pattern that read the trigger's worth is
+# read ahead of by as much again, up to _RUN_BYTES.
+_SEQUENTIAL_SLACK = 64 * 1024
+_SEQUENTIAL_TRIGGER = 1024 * 1024
+_SEQUENTIAL_BLOBS = 1024  # blobs whose reads are followed
 _WRITE_DRAIN_SECONDS = 10.0
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
@@ -127,6 +134,12 @@ class Engine:
         self._write_backlog = _ByteBudget(_WRITE_BACKLOG_BYTES)
         self._inflight: dict[tuple[str, int], InflightPiece] = {}
         self._discovering: dict[tuple[str, str | None, str], asyncio.Future[StoredBlob]] = {}
+        self._sequential = SequentialReads(
+            slack=_SEQUENTIAL_SLACK,
+            trigger=_SEQUENTIAL_TRIGGER,
+            window=_RUN_BYTES,
+            blobs=_SEQUENTIAL_BLOBS,
+        )
 
     async def __aenter__(self) -> Engine:
         return self
@@ -295,6 +308,8 @@ class Engine:
                     ahead = _ahead(spans, position, 2 * _RUN_BYTES)
                     requested_until = position + len(ahead)
                     self._start(blob, source, [s.index for s in ahead], span.start)
+                    if not position:  # the reader's own first pieces are on their way
+                        self._read_ahead(blob, source, first, last)
                 if blob.has(span.index) and (
                     self._verify_reads or self._unproven(blob, span.index)
                 ):
@@ -323,6 +338,17 @@ class Engine:
                     yield part
             if pending is not None:
                 yield pending
+
+    def _read_ahead(self, blob: StoredBlob, source: BlobSource, first: int, last: int) -> None:
+        """On a sequential pattern, start fetching the bytes after `last`."""
+        window = self._sequential.read(blob.digest.hex, first, last)
+        if not window or last + 1 >= blob.size:
+            return
+        ahead = blob.layout.spans(last + 1, min(blob.size, last + 1 + window) - 1)
+        shareable = [
+            span.index for span in ahead if self._piece_shareable(blob, source.origin, span.index)
+        ]
+        self._start(blob, source, shareable, last + 1)
 
     @staticmethod
     def _unproven(blob: StoredBlob, index: int) -> bool:
@@ -543,6 +569,10 @@ class Engine:
             return await self._proofs.prove(blob, piece.index, data, "peer")
 
         return check
+
+    async def chunk_maps_learned(self) -> None:
+        """Return once the chunk maps of every bootstrap verified so far are known."""
+        await self._proofs.settled()
 
     async def until_quiet(self) -> None:
         """Return once no fetch that a reader waits for is running."""

@@ -46,6 +46,7 @@ class ChunkProofs:
         self._store = store
         self._metrics = metrics
         self._tasks = TaskOwner("chunk-proofs")
+        self._learning: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
@@ -68,7 +69,14 @@ class ChunkProofs:
     def trusted(self, blob: StoredBlob) -> None:
         """A blob was verified whole, or a registry proved it holds a verified blob: if it is a
         nydus bootstrap layer, learn the maps of the data blobs it names (in the background)."""
-        self._tasks.spawn(self._learn(blob), name="learn-chunk-maps")
+        learning = self._tasks.spawn(self._learn(blob), name="learn-chunk-maps")
+        self._learning.add(learning)
+        learning.add_done_callback(self._learning.discard)
+
+    async def settled(self) -> None:
+        """Return once every blob trusted so far was looked at for chunk maps."""
+        if self._learning:
+            await asyncio.wait(list(self._learning))
 
     async def _learn(self, blob: StoredBlob) -> None:
         try:

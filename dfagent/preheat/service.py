@@ -156,8 +156,15 @@ class PreheatService:
             job.state = "fetching"
             at_once = asyncio.Semaphore(_BLOBS_AT_ONCE)
             async with asyncio.TaskGroup() as group:  # also waits for the peers' completions
+                # Nydus bootstraps first: the data blobs they map are then cut along chunks.
+                bootstraps = [b for b in job.blobs if b.descriptor.nydus_bootstrap]
+                await asyncio.gather(
+                    *(self._blob(registry, plan, b, at_once, group) for b in bootstraps)
+                )
+                await self._engine.chunk_maps_learned()
                 for progress in job.blobs:
-                    group.create_task(self._blob(registry, plan, progress, at_once, group))
+                    if progress not in bootstraps:
+                        group.create_task(self._blob(registry, plan, progress, at_once, group))
             failed = [b for b in job.blobs if b.error is not None or _peer_failed(b)]
             job.state = "failed" if failed else "succeeded"
             if failed:

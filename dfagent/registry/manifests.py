@@ -63,6 +63,9 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
+_NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
+
+
 @dataclass(frozen=True, slots=True)
 class Descriptor:
     """A reference to content: a manifest in an index, or a config or layer blob."""
@@ -71,6 +74,7 @@ class Descriptor:
     size: int
     media_type: str
     platform: str | None = None  # os/arch[/variant] of a manifest chosen from an index
+    nydus_bootstrap: bool = False  # a nydus image's bootstrap layer (it maps the data blobs)
 
     @classmethod
     def of(cls, entry: object, where: str) -> Descriptor:
@@ -88,7 +92,9 @@ class Descriptor:
         if isinstance(described, dict):
             parts = (described.get("os"), described.get("architecture"), described.get("variant"))
             shown = "/".join(str(p) for p in parts if p)
-        return cls(digest, size, str(entry.get("mediaType", "")), shown)
+        annotations = entry.get("annotations")
+        bootstrap = isinstance(annotations, dict) and annotations.get(_NYDUS_BOOTSTRAP) == "true"
+        return cls(digest, size, str(entry.get("mediaType", "")), shown, bootstrap)
 
 
 def parse(body: bytes, media_type: str) -> dict[str, Any]:

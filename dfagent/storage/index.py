@@ -104,6 +104,7 @@ class BlobSummary:
     pieces: int
     last_access: float
     verified: bool
+    chunk_mapped: bool  # cut along the chunks of a nydus chunk map
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,11 +295,11 @@ class Index:
         rows = await self.run(
             lambda db: db.execute(
                 "SELECT b.digest, b.size, COALESCE(SUM(p.length), 0), COUNT(p.idx), "
-                "b.last_access, b.verified FROM blobs b "
+                "b.last_access, b.verified, b.layout LIKE 'chunks:%' FROM blobs b "
                 "LEFT JOIN pieces p ON p.digest = b.digest GROUP BY b.digest"
             ).fetchall()
         )
-        return [BlobSummary(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+        return [BlobSummary(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6])) for r in rows]
 
     async def accessed_before(self, cutoff: float, limit: int) -> list[str]:
         return [

@@ -39,8 +39,14 @@ def describe_status(status: dict[str, Any]) -> str:
                 else f"{blob['stored'] * 100 // max(blob['size'], 1)}%"
             )
             stored, size = human_size(blob["stored"]), human_size(blob["size"])
+            chunks = (
+                f"  chunks {blob['chunks_verified']}/{blob['chunks']} proven"
+                if blob.get("chunk_mapped")
+                else ""
+            )
             lines.append(
                 f"  {blob['digest'][:19]}…  {stored:>10} of {size:>10}  {state:>8}  read {when}"
+                + chunks
             )
     if status["preheat"]:
         lines.append("preheat jobs:")

@@ -233,6 +233,11 @@ def test_a_bootstrap_through_the_proxy_makes_sparse_reads_cost_what_they_ask(
     read = sum(chunks_in(image, start, end) for start, end in runs)
     assert verified(agent, digester) >= read, f"{read} chunks read, each proven"
     assert all(failures(agent, source) == 0 for source in ("origin", "peer", "disk"))
+    status = json.loads(agent.cli("status", "--json").stdout)
+    (entry,) = [b for b in status["recent"] if b["digest"] == image.blob_digest]
+    assert entry["chunk_mapped"] and entry["chunks"] == len(image.chunks)
+    assert read <= entry["chunks_verified"] < entry["chunks"], entry
+    assert "proven" in agent.cli("status").stdout
 
 
 def test_preheat_of_the_manifest_teaches_the_chunk_map(agent, origin, image):

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from dfagent.nydus import Chunk, parse_bootstrap
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.metrics import metric
-from tests.support.nydus import build_image
+from tests.support.nydus import bootstrap_layer, build_image
 from tests.support.registry import Registry
 
 BLOB_ANNOTATIONS = {"containerd.io/snapshot/nydus-blob": "true"}
@@ -82,23 +80,6 @@ class NydusImage:
         )
 
 
-def _bootstrap_layer(bootstrap: Path) -> bytes:
-    """The bootstrap as a converter packs it: a gzip tar with `image/` and
-    `image/image.boot`, reproducible byte for byte."""
-    packed = io.BytesIO()
-    with tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        directory = tarfile.TarInfo("image")
-        directory.type = tarfile.DIRTYPE
-        directory.mode = 0o755
-        tar.addfile(directory)
-        data = bootstrap.read_bytes()
-        member = tarfile.TarInfo("image/image.boot")
-        member.size = len(data)
-        member.mode = 0o644
-        tar.addfile(member, io.BytesIO(data))
-    return gzip.compress(packed.getvalue(), mtime=0)
-
-
 def push_nydus_image(
     registry: Registry,
     repo: str,
@@ -123,7 +104,7 @@ def push_nydus_image(
         repo=repo,
         tag=tag,
         bootstrap=built.bootstrap,
-        bootstrap_layer=_bootstrap_layer(built.bootstrap),
+        bootstrap_layer=bootstrap_layer(built.bootstrap),
         blob=blob,
         chunks=boot.chunk_maps[entry.blob_id].chunks,
     )

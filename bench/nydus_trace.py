@@ -1,0 +1,130 @@
+"""Cold reads in nydusd's own pattern: the ranges a real nydusd asked a registry for while it
+read a working set of a real nydus image (every third file), replayed on one keep-alive
+connection straight to the registry, and through fresh agents that did and did not see the
+image's bootstrap layer. Reports the trace's total time, per-read latency and origin bytes per
+byte asked."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import harness
+from bench.cold import Reader
+from bench.harness import percentile
+from bench.report import Section, at_most
+from tests.support.counting import CountingOrigin
+from tests.support.metrics import wait_for
+from tests.support.nydus import Mount, make_tree, nydusd_config
+from tests.support.nydus_registry import (
+    NydusImage,
+    maps_learned,
+    pull_bootstrap,
+    push_nydus_image,
+)
+
+REPO = "bench/trace"
+
+
+@dataclass
+class Replay:
+    name: str
+    seconds: float = 0.0
+    read_ms: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    origin_bytes: float = 0.0
+    asked_bytes: int = 0
+
+
+def record(work: Path, registry_url: str, image: NydusImage) -> list[tuple[int, int]]:
+    """The blob ranges (first, last) a real nydusd asks for while reading every third file."""
+    origin = CountingOrigin(registry_url).start()
+    try:
+        config = nydusd_config(
+            "proxy", host=origin.host, repo=REPO, proxy={"url": "", "ping_url": ""}
+        )
+        mount = Mount(work / "record", image.bootstrap, config)
+        try:
+            files = sorted(p for p in mount.mountpoint.rglob("*") if p.is_file())
+            for path in files[::3]:
+                path.read_bytes()
+        finally:
+            mount.close()
+        trace = []
+        for seen in origin.blob_gets(image.blob_digest):
+            match = re.fullmatch(r"bytes=(\d+)-(\d+)", seen.range or "")
+            assert match, f"nydusd asked without a closed range: {seen.range}"
+            trace.append((int(match.group(1)), int(match.group(2))))
+        return trace
+    finally:
+        origin.stop()
+
+
+def run(work: Path, bulk: int = 48) -> list[Replay]:
+    harness.clean(work)
+    tree = make_tree(work / "src", bulk=bulk)
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(harness.registry(work))
+        image = push_nydus_image(registry, REPO, tree, work / "image")
+        trace = record(work, registry.url, image)
+        path = f"/v2/{REPO}/blobs/{image.blob_digest}"
+        replays = [(Replay("registry direct"), Reader(registry.port, path), None)]
+        for name, learns in (("dfagent, bootstrap seen", True), ("dfagent, no chunk map", False)):
+            agent = stack.enter_context(harness.agent(work, name.split(",")[1].strip()))
+            if learns:
+                pull_bootstrap(agent, registry.url, image)
+                wait_for(lambda a=agent: maps_learned(a) >= 1, "the chunk map")
+            reader = Reader(agent.proxy_port, registry.url + path)
+            replays.append((Replay(name), reader, agent.metrics_url))
+        for replay, reader, metrics_url in replays:
+            before = harness.metric(metrics_url, "dfagent_origin_bytes_total") if metrics_url else 0
+            started = time.perf_counter()
+            for first, last in trace:
+                _, total, body = reader.read(first, last - first + 1)
+                assert body == image.blob[first : last + 1], f"{replay.name}: bytes differ"
+                replay.read_ms.append(total)
+                replay.asked_bytes += last - first + 1
+                replay.sizes.append(last - first + 1)
+            replay.seconds = time.perf_counter() - started
+            replay.origin_bytes = (
+                harness.metric(metrics_url, "dfagent_origin_bytes_total") - before
+                if metrics_url
+                else float(replay.asked_bytes)
+            )
+    return [replay for replay, _, _ in replays]
+
+
+def report(replays: list[Replay]) -> str:
+    base = replays[0]
+    lines = [
+        "| path | trace s | vs direct | read p50 ms | read p99 ms | origin bytes / asked |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in replays:
+        lines.append(
+            f"| {r.name} | {r.seconds:.3f} | {r.seconds / base.seconds:.2f}x | "
+            f"{percentile(r.read_ms, 50):.2f} | {percentile(r.read_ms, 99):.2f} | "
+            f"{r.origin_bytes / r.asked_bytes:.3f} |"
+        )
+    sizes = sorted(base.sizes)
+    return "\n".join(lines) + (
+        f"\n\nTrace: {len(base.read_ms)} reads, {base.asked_bytes / 1e6:.1f} MB, "
+        f"read sizes {sizes[0]}..{sizes[-1]} bytes (median {sizes[len(sizes) // 2]})."
+    )
+
+
+def section(replays: list[Replay]) -> Section:
+    base, seen = replays[0], replays[1]
+    return Section(
+        scenario="nydus-trace",
+        title="Cold reads in nydusd's own pattern (a recorded trace), through dfagent against "
+        "straight to the registry",
+        table=report(replays),
+        checks=[
+            at_most("bootstrap seen: origin / asked", seen.origin_bytes / seen.asked_bytes, 1.05),
+            at_most("bootstrap seen: trace time vs direct", seen.seconds / base.seconds, 1.1),
+        ],
+    )
