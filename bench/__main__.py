@@ -74,8 +74,8 @@ def _nydus(args: argparse.Namespace) -> Ran:
 
 
 def _nydus_trace(args: argparse.Namespace) -> Ran:
-    replays = nydus_trace.run(WORK / "nydus-trace", bulk=2 if args.smoke else 48)
-    return nydus_trace.section(replays), []
+    results = nydus_trace.run(WORK / "nydus-trace", bulk=2 if args.smoke else 48)
+    return nydus_trace.section(results), []
 
 
 def _swarm(args: argparse.Namespace) -> Ran:

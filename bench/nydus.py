@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench import harness
 from bench.report import Section
+from bench.resources import cpu_seconds
 from tests.support.agent import AgentProcess
 from tests.support.metrics import metric, wait_for
 from tests.support.nydus import Mount, compare_trees, make_tree, nydusd_config
@@ -35,7 +36,8 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, floa
     harness.clean(work)
     tree = make_tree(work / "src", bulk=bulk)
     paths = ("direct", "dfagent, no chunk map", "dfagent", "node 2")
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in paths}
+    # per path and round: (mount s, read s, origin bytes, agent CPU s)
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(harness.registry(work))
         image = push_nydus_image(registry, REPO, tree, work / "image")
@@ -45,7 +47,7 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, floa
                 "proxy", host=registry.host, repo=REPO, proxy={"url": "", "ping_url": ""}
             )
             mount, read = _read(base / "direct", image.bootstrap, direct, tree)
-            results["direct"].append((mount, read, float("nan")))
+            results["direct"].append((mount, read, math.nan, math.nan))
             token = base / "token"
             base.mkdir(exist_ok=True)
             token.write_text("bench-cluster-token-0123456789")
@@ -69,9 +71,11 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, floa
                     proxy={"url": agent.proxy_url, "ping_url": f"{agent.health_url}/healthy"},
                 )  # fmt: skip
                 before = metric(agent, "dfagent_origin_bytes_total")
+                cpu = cpu_seconds(agent.process.pid)
                 mount, read = _read(base / name.replace(" ", ""), image.bootstrap, config, tree)
+                cpu = cpu_seconds(agent.process.pid) - cpu
                 origin = metric(agent, "dfagent_origin_bytes_total") - before
-                results[name].append((mount, read, origin))
+                results[name].append((mount, read, origin, cpu))
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
     summary = {}
     for name, samples in results.items():
@@ -79,6 +83,7 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, floa
             "mount_s": statistics.median(s[0] for s in samples),
             "cold_read_s": statistics.median(s[1] for s in samples),
             "origin_mb": statistics.median(s[2] for s in samples) / 1e6,
+            "cpu_s": statistics.median(s[3] for s in samples),
             "tree_mb": size / 1e6,
             "blob_mb": len(image.blob) / 1e6,
         }
@@ -97,14 +102,20 @@ def _agent(root: Path, overrides: dict):
 def report(summary: dict[str, dict[str, float]]) -> str:
     base = summary["direct"]
     lines = [
-        "| path | mount s | cold read of the tree s | read vs direct | origin MB |",
-        "|---|---|---|---|---|",
+        "| path | mount s | cold read of the tree s | read vs direct | origin MB "
+        "| agent CPU s per GB read |",
+        "|---|---|---|---|---|---|",
     ]
     for name, values in summary.items():
         origin = "-" if math.isnan(values["origin_mb"]) else f"{values['origin_mb']:.1f}"
+        cpu = (
+            "-"
+            if math.isnan(values["cpu_s"])
+            else f"{values['cpu_s'] / values['blob_mb'] * 1e3:.1f}"
+        )
         lines.append(
             f"| {name} | {values['mount_s']:.3f} | {values['cold_read_s']:.3f} | "
-            f"{values['cold_read_s'] / base['cold_read_s']:.2f}x | {origin} |"
+            f"{values['cold_read_s'] / base['cold_read_s']:.2f}x | {origin} | {cpu} |"
         )
     return "\n".join(lines) + (
         f"\n\nTree: {base['tree_mb']:.1f} MB of files, data blob {base['blob_mb']:.1f} MB. "

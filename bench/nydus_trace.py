@@ -15,6 +15,7 @@ from pathlib import Path
 from bench import harness
 from bench.cold import Reader
 from bench.harness import percentile
+from bench.link import ShapedLink
 from bench.report import Section, at_most
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import wait_for
@@ -63,52 +64,79 @@ def record(work: Path, registry_url: str, image: NydusImage) -> list[tuple[int, 
         origin.stop()
 
 
-def run(work: Path, bulk: int = 48) -> list[Replay]:
+LINKS = {  # profile -> (Mbit/s, RTT ms) of the registry's link
+    "loopback": None,
+    "registry link 200 Mbit/s, 10 ms RTT": (200.0, 10.0),
+}
+
+
+def run(work: Path, bulk: int = 48) -> dict[str, list[Replay]]:
     harness.clean(work)
     tree = make_tree(work / "src", bulk=bulk)
+    results = {}
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(harness.registry(work))
         image = push_nydus_image(registry, REPO, tree, work / "image")
         trace = record(work, registry.url, image)
-        path = f"/v2/{REPO}/blobs/{image.blob_digest}"
-        replays = [(Replay("registry direct"), Reader(registry.port, path), None)]
-        for name, learns in (("dfagent, bootstrap seen", True), ("dfagent, no chunk map", False)):
-            agent = stack.enter_context(harness.agent(work, name.split(",")[1].strip()))
-            if learns:
-                pull_bootstrap(agent, registry.url, image)
-                wait_for(lambda a=agent: maps_learned(a) >= 1, "the chunk map")
-            reader = Reader(agent.proxy_port, registry.url + path)
-            replays.append((Replay(name), reader, agent.metrics_url))
-        for replay, reader, metrics_url in replays:
-            before = harness.metric(metrics_url, "dfagent_origin_bytes_total") if metrics_url else 0
-            started = time.perf_counter()
-            for first, last in trace:
-                _, total, body = reader.read(first, last - first + 1)
-                assert body == image.blob[first : last + 1], f"{replay.name}: bytes differ"
-                replay.read_ms.append(total)
-                replay.asked_bytes += last - first + 1
-                replay.sizes.append(last - first + 1)
-            replay.seconds = time.perf_counter() - started
-            replay.origin_bytes = (
-                harness.metric(metrics_url, "dfagent_origin_bytes_total") - before
-                if metrics_url
-                else float(replay.asked_bytes)
-            )
+        for number, (profile, shape) in enumerate(LINKS.items()):
+            port = registry.port
+            if shape is not None:
+                link = ShapedLink(registry.port, *shape).start()
+                stack.callback(link.stop)
+                port = link.port
+            results[profile] = _replay(stack, work / f"link{number}", port, image, trace)
+    return results
+
+
+def _replay(
+    stack: contextlib.ExitStack,
+    work: Path,
+    port: int,
+    image: NydusImage,
+    trace: list[tuple[int, int]],
+) -> list[Replay]:
+    """`trace` straight to the registry at `port` and through two fresh agents."""
+    upstream = f"http://127.0.0.1:{port}"
+    path = f"/v2/{REPO}/blobs/{image.blob_digest}"
+    replays = [(Replay("registry direct"), Reader(port, path), None)]
+    for name, learns in (("dfagent, bootstrap seen", True), ("dfagent, no chunk map", False)):
+        agent = stack.enter_context(harness.agent(work, name.split(",")[1].strip()))
+        if learns:
+            pull_bootstrap(agent, upstream, image)
+            wait_for(lambda a=agent: maps_learned(a) >= 1, "the chunk map")
+        replays.append((Replay(name), Reader(agent.proxy_port, upstream + path), agent.metrics_url))
+    for replay, reader, metrics_url in replays:
+        before = harness.metric(metrics_url, "dfagent_origin_bytes_total") if metrics_url else 0
+        started = time.perf_counter()
+        for first, last in trace:
+            _, total, body = reader.read(first, last - first + 1)
+            assert body == image.blob[first : last + 1], f"{replay.name}: bytes differ"
+            replay.read_ms.append(total)
+            replay.asked_bytes += last - first + 1
+            replay.sizes.append(last - first + 1)
+        replay.seconds = time.perf_counter() - started
+        replay.origin_bytes = (
+            harness.metric(metrics_url, "dfagent_origin_bytes_total") - before
+            if metrics_url
+            else float(replay.asked_bytes)
+        )
     return [replay for replay, _, _ in replays]
 
 
-def report(replays: list[Replay]) -> str:
-    base = replays[0]
+def report(results: dict[str, list[Replay]]) -> str:
     lines = [
-        "| path | trace s | vs direct | read p50 ms | read p99 ms | origin bytes / asked |",
-        "|---|---|---|---|---|---|",
+        "| registry | path | trace s | vs direct | read p50 ms | read p99 ms | origin bytes / asked |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in replays:
-        lines.append(
-            f"| {r.name} | {r.seconds:.3f} | {r.seconds / base.seconds:.2f}x | "
-            f"{percentile(r.read_ms, 50):.2f} | {percentile(r.read_ms, 99):.2f} | "
-            f"{r.origin_bytes / r.asked_bytes:.3f} |"
-        )
+    for profile, replays in results.items():
+        base = replays[0]
+        for r in replays:
+            lines.append(
+                f"| {profile} | {r.name} | {r.seconds:.3f} | {r.seconds / base.seconds:.2f}x | "
+                f"{percentile(r.read_ms, 50):.2f} | {percentile(r.read_ms, 99):.2f} | "
+                f"{r.origin_bytes / r.asked_bytes:.3f} |"
+            )
+    base = next(iter(results.values()))[0]
     sizes = sorted(base.sizes)
     return "\n".join(lines) + (
         f"\n\nTrace: {len(base.read_ms)} reads, {base.asked_bytes / 1e6:.1f} MB, "
@@ -116,15 +144,17 @@ def report(replays: list[Replay]) -> str:
     )
 
 
-def section(replays: list[Replay]) -> Section:
-    base, seen = replays[0], replays[1]
+def section(results: dict[str, list[Replay]]) -> Section:
+    checks = []
+    for profile, (base, seen, _) in results.items():
+        checks += [
+            at_most(f"{profile}: origin / asked", seen.origin_bytes / seen.asked_bytes, 1.05),
+            at_most(f"{profile}: trace time vs direct", seen.seconds / base.seconds, 1.1),
+        ]
     return Section(
         scenario="nydus-trace",
-        title="Cold reads in nydusd's own pattern (a recorded trace), through dfagent against "
-        "straight to the registry",
-        table=report(replays),
-        checks=[
-            at_most("bootstrap seen: origin / asked", seen.origin_bytes / seen.asked_bytes, 1.05),
-            at_most("bootstrap seen: trace time vs direct", seen.seconds / base.seconds, 1.1),
-        ],
+        title="Cold reads in nydusd's own pattern (a recorded trace), through dfagent (bootstrap "
+        "seen) against straight to the registry",
+        table=report(results),
+        checks=checks,
     )

@@ -26,6 +26,7 @@ same map): chunk digests, not provenance, prove them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -65,6 +66,7 @@ _SEQUENTIAL_SLACK = 64 * 1024
 _SEQUENTIAL_TRIGGER = 1024 * 1024
 _SEQUENTIAL_BLOBS = 1024  # blobs whose reads are followed
 _WRITE_DRAIN_SECONDS = 10.0
+_CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the whole file)
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
@@ -342,9 +344,10 @@ class Engine:
     def _read_ahead(self, blob: StoredBlob, source: BlobSource, first: int, last: int) -> None:
         """On a sequential pattern, start fetching the bytes after `last`."""
         window = self._sequential.read(blob.digest.hex, first, last)
-        if not window or last + 1 >= blob.size:
+        end = min(last + 1 + window, blob.layout.read_ahead_end(last + 1))
+        if end <= last + 1:
             return
-        ahead = blob.layout.spans(last + 1, min(blob.size, last + 1 + window) - 1)
+        ahead = blob.layout.spans(last + 1, end - 1)
         shareable = [
             span.index for span in ahead if self._piece_shareable(blob, source.origin, span.index)
         ]
@@ -570,8 +573,13 @@ class Engine:
 
         return check
 
-    async def chunk_maps_learned(self) -> None:
-        """Return once the chunk maps of every bootstrap verified so far are known."""
+    async def chunk_maps_learned(self, bootstraps: list[StoredBlob]) -> None:
+        """Return once `bootstraps` (completed blobs) were checked whole and the chunk maps
+        they hold are known (at most _CHECK_WAIT_SECONDS for the checks)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CHECK_WAIT_SECONDS):
+                for blob in bootstraps:
+                    await blob.checked.wait()
         await self._proofs.settled()
 
     async def until_quiet(self) -> None:

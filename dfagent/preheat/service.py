@@ -27,7 +27,7 @@ from dfagent.origin.client import BlobSource, OriginClient
 from dfagent.preheat.request import PreheatRequest
 from dfagent.registry.client import ImagePlan, RegistryClient, explain
 from dfagent.registry.manifests import BadManifest, Descriptor
-from dfagent.storage.store import PieceStore
+from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerError
 from dfagent.swarm.swarm import Swarm
 from dfagent.tasks import TaskOwner
@@ -158,10 +158,10 @@ class PreheatService:
             async with asyncio.TaskGroup() as group:  # also waits for the peers' completions
                 # Nydus bootstraps first: the data blobs they map are then cut along chunks.
                 bootstraps = [b for b in job.blobs if b.descriptor.nydus_bootstrap]
-                await asyncio.gather(
+                fetched = await asyncio.gather(
                     *(self._blob(registry, plan, b, at_once, group) for b in bootstraps)
                 )
-                await self._engine.chunk_maps_learned()
+                await self._engine.chunk_maps_learned([b for b in fetched if b is not None])
                 for progress in job.blobs:
                     if progress not in bootstraps:
                         group.create_task(self._blob(registry, plan, progress, at_once, group))
@@ -189,25 +189,28 @@ class PreheatService:
         progress: BlobProgress,
         at_once: asyncio.Semaphore,
         group: asyncio.TaskGroup,
-    ) -> None:
+    ) -> StoredBlob | None:
+        """Complete the blob here, then have every peer complete it (in `group`); the blob's
+        handle, None when it failed here."""
         descriptor = progress.descriptor
         url = plan.blob_url(descriptor.digest)
         async with at_once:
             progress.state = "fetching"
             try:
-                await self._complete_here(url, registry, descriptor)
+                blob = await self._complete_here(url, registry, descriptor)
             except DfagentError as exc:
                 progress.state, progress.error = "failed", explain(exc)
-                return
+                return None
             progress.state = "cached"
         if self._swarm is not None:
             for peer in self._swarm.others():
                 progress.peers[peer] = "pending"
                 group.create_task(self._spread(progress, peer, str(url)))
+        return blob
 
     async def _complete_here(
         self, url: URL, registry: RegistryClient, descriptor: Descriptor
-    ) -> None:
+    ) -> StoredBlob:
         authorization = await registry.blob_authorization()
         source = BlobSource(url, descriptor.digest, authorization)
         blob = await self._engine.blob(source)
@@ -216,6 +219,7 @@ class PreheatService:
                 f"the registry has {blob.size} bytes, the manifest says {descriptor.size}"
             )
         await self._prefetcher.complete(blob, source, paced=False)
+        return blob
 
     async def _spread(self, progress: BlobProgress, peer: str, url: str) -> None:
         """Have `peer` complete the blob, and follow it until it has."""

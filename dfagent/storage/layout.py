@@ -59,6 +59,11 @@ class PieceLayout:
         (then nothing but the blob's whole digest proves it)."""
         return ()
 
+    def read_ahead_end(self, position: int) -> int:
+        """Where reading ahead from byte `position` should stop: the blob's end, unless the
+        layout knows better."""
+        return self.size
+
     def spans(self, first: int, last: int) -> list[PieceSpan]:
         """The pieces the inclusive byte range `first..last` touches, with the part of each."""
         spans = []
@@ -99,7 +104,16 @@ class ChunkLayout(PieceLayout):
     """Pieces along the chunks of `chunk_map`; bytes outside chunks in pieces of at most
     `piece_size`. Raises NydusFormatError when the map does not fit a blob of `size` bytes."""
 
-    __slots__ = ("_chunk_pieces", "_starts", "chunk_map", "key", "piece_size", "size", "tail")
+    __slots__ = (
+        "_chunk_pieces",
+        "_file_ends",
+        "_starts",
+        "chunk_map",
+        "key",
+        "piece_size",
+        "size",
+        "tail",
+    )
 
     def __init__(self, size: int, piece_size: int, chunk_map: ChunkMap) -> None:
         if chunk_map.data_end > size:
@@ -126,6 +140,10 @@ class ChunkLayout(PieceLayout):
         self.tail = position  # bytes from here on are cut into fixed-size pieces
         self._starts = starts
         self._chunk_pieces = chunk_pieces
+        # Every file's data starts on a chunk of its own, and only a file's last chunk may be
+        # shorter than the chunk size: where such a chunk ends, a file ends.
+        full = max((c.uncompressed_size for c in chunk_map.chunks), default=0)
+        self._file_ends = [c.compressed_end for c in chunk_map.chunks if c.uncompressed_size < full]
 
     @property
     def count(self) -> int:
@@ -147,6 +165,17 @@ class ChunkLayout(PieceLayout):
 
     def chunks(self, index: int) -> tuple[Chunk, ...]:
         return self._chunk_pieces[index] if index < len(self._chunk_pieces) else ()
+
+    def read_ahead_end(self, position: int) -> int:
+        """The end of the file being read at `position`: a reader that just finished a file
+        (`position` is where one ends) may not want the next, one in the middle of a file
+        wants the rest of it, no more. Beyond the chunks: the blob's end."""
+        if position >= self.tail:
+            return self.size
+        after = bisect.bisect_left(self._file_ends, position)
+        if after < len(self._file_ends) and self._file_ends[after] == position:
+            return position
+        return self._file_ends[after] if after < len(self._file_ends) else self.tail
 
 
 def _contiguous_runs(chunks: tuple[Chunk, ...], budget: int) -> list[tuple[Chunk, ...]]:

@@ -52,6 +52,7 @@ class StoredBlob:
 
     __slots__ = (
         "_file",
+        "checked",
         "digest",
         "layout",
         "origin",
@@ -99,6 +100,10 @@ class StoredBlob:
         self.piece_sha256 = pieces
         self.verified = verified  # every byte was checked against the digest as a whole
         self.removed = False  # purged or evicted; the handle must not be used any more
+        # Set once the whole blob was checked against its digest (either way) or removed.
+        self.checked = asyncio.Event()
+        if verified:
+            self.checked.set()
         self.pins = 0
         self._file: IO[bytes] | None = None
 
@@ -427,11 +432,13 @@ class PieceStore:
         self._metrics.blob_verify_seconds.observe(time.monotonic() - started)
         if actual.hex() != blob.digest.hex:
             self._metrics.blob_verify_failures.inc()
+            blob.checked.set()
             return False
         await self.index.set_verified(blob.digest.hex, True)
         blob.verified = True
         for listener in self.trust_listeners:
             listener(blob)
+        blob.checked.set()
         return True
 
     async def add_origin(self, blob: StoredBlob, origin: str, *, public: bool) -> None:
@@ -506,6 +513,7 @@ class PieceStore:
         blob = self._blobs.pop(digest_hex, None)
         if blob is not None:
             blob.removed = True
+            blob.checked.set()
             if not blob.pins:
                 blob._close()
         stored, pieces = await self.index.delete_blob(digest_hex)

@@ -13,21 +13,36 @@ from tests.support.nydus_registry import maps_learned, pull_bootstrap, push_nydu
 pytestmark = pytest.mark.slow
 
 
-def test_nydusd_reads_a_whole_tree_of_proven_chunks(agent, origin, registry, tmp_path):
-    tree = make_tree(tmp_path / "src", seed=9, bulk=4)
-    image = push_nydus_image(registry, "e2e/proofs", tree, tmp_path / "image")
-    pull_bootstrap(agent, origin.url, image)
-    wait_for(lambda: maps_learned(agent) >= 1, "the chunk map learned from the bootstrap")
-    config = nydusd_config(
-        "proxy",
-        host=origin.host,
-        repo=image.repo,
-        proxy={
+def backend_config(mode: str, agent, origin, repo: str) -> dict:
+    """nydusd reaching the registry through dfagent as its proxy, or as its mirror."""
+    if mode == "proxy":
+        proxy = {
             "url": agent.proxy_url,
             "ping_url": f"{agent.health_url}/healthy",
             "check_interval": 1,
-        },
-    )
+        }
+        return nydusd_config("proxy", host=origin.host, repo=repo, proxy=proxy)
+    config = nydusd_config("mirror", scheme="http", host=origin.host, repo=repo)
+    config["device"]["backend"]["config"]["mirrors"] = [
+        {
+            "host": agent.proxy_url,
+            "headers": {"X-Dragonfly-Registry": origin.url},
+            "ping_url": f"{agent.health_url}/healthy",
+            "health_check_interval": 1,
+            "failure_limit": 5,
+            "auth_through": True,  # nydusd 2.2 sends only credentialed requests otherwise
+        }
+    ]
+    return config
+
+
+@pytest.mark.parametrize("mode", ["proxy", "mirror"])
+def test_nydusd_reads_a_whole_tree_of_proven_chunks(agent, origin, registry, tmp_path, mode):
+    tree = make_tree(tmp_path / "src", seed=9, bulk=4)
+    image = push_nydus_image(registry, f"e2e/proofs-{mode}", tree, tmp_path / "image")
+    pull_bootstrap(agent, origin.url, image)
+    wait_for(lambda: maps_learned(agent) >= 1, "the chunk map learned from the bootstrap")
+    config = backend_config(mode, agent, origin, image.repo)
     mount = Mount(tmp_path / "node", image.bootstrap, config)
     try:
         compare_trees(tree, mount.mountpoint)

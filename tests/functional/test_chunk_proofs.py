@@ -251,6 +251,10 @@ def test_preheat_of_the_manifest_teaches_the_chunk_map(agent, origin, image):
     for start, end in sparse_runs(image):
         read_exact(agent, image, image.blob_url(origin.url), start, end)
     assert len(origin.blob_gets(image.blob_digest)) == gets, "served from the preheated cache"
+    # The bootstrap was preheated first, so the data blob was cut along its chunks.
+    status = json.loads(agent.cli("status", "--json").stdout)
+    (entry,) = [b for b in status["largest"] if b["digest"] == image.blob_digest]
+    assert entry["chunk_mapped"] and entry["verified"], entry
 
 
 def test_a_chunk_the_origin_always_flips_never_reaches_the_client(agent, origin, image):

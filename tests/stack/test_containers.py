@@ -5,6 +5,7 @@ came from: the counting origin in front of the registry and dfagent's metrics.""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -12,13 +13,14 @@ import pytest
 from tests.stack.conftest import StackImage
 from tests.support.agent import AgentProcess
 from tests.support.counting import CountingOrigin
-from tests.support.metrics import metric
+from tests.support.metrics import metric, metrics
 from tests.support.ports import free_port
 from tests.support.stack import (
     Node,
     mirrors_dir,
     nydusd_base_config,
     nydusd_proxy_config,
+    pull_hosts_dir,
     stack_missing,
 )
 
@@ -52,6 +54,30 @@ def test_proxy_mode_starts_lazily_through_dfagent(agent, origin, stack_image, no
     fetched = blob_bytes(origin, stack_image)
     assert metric(agent, BLOB_REQUESTS) > 0, "nydusd read the blob through dfagent"
     assert fetched == metric(agent, "dfagent_origin_bytes_total"), "only dfagent went to it"
+    assert 0 < fetched < stack_image.nydus.blob_size / 2, (
+        f"lazy: {fetched} of {stack_image.nydus.blob_size} blob bytes"
+    )
+
+
+def test_containerd_pulling_through_dfagent_gets_every_chunk_nydusd_reads_proven(
+    agent_factory, origin, stack_image, node_factory, tmp_path
+):
+    """containerd pulls the image (manifest, config, the bootstrap layer) through dfagent as
+    its mirror, nydusd reads through it as its proxy: the data blob is cut along its chunks
+    and every chunk nydusd reads is proven against the image's digests."""
+    agent = agent_factory(proxy={"rules": [{"regex": ".*", "use_tls": False}]})
+    hosts = pull_hosts_dir(tmp_path / "hosts", origin.host, agent.proxy_url)
+    config = nydusd_proxy_config(agent.proxy_url, f"{agent.health_url}/healthy")
+    node = node_factory("node", nydusd_config=config, pull_hosts=hosts)
+    cat(node, stack_image, origin, "/data/greeting")
+    assert metric(agent, 'dfagent_chunk_maps_total{how="bootstrap"}') == 1
+    assert metric(agent, 'dfagent_chunks_verified_total{algorithm="blake3"}') > 0
+    failures = {k: v for k, v in metrics(agent).items() if "chunk_verify_failures" in k}
+    assert not any(failures.values()), failures
+    status = json.loads(agent.cli("status", "--json").stdout)
+    entries = {b["digest"]: b for b in status["largest"]}
+    assert entries[stack_image.nydus.blob_digest]["chunk_mapped"], "cut along its chunks"
+    fetched = blob_bytes(origin, stack_image)
     assert 0 < fetched < stack_image.nydus.blob_size / 2, (
         f"lazy: {fetched} of {stack_image.nydus.blob_size} blob bytes"
     )

@@ -154,6 +154,19 @@ def mirrors_dir(root: Path, registry_host: str, mirror_url: str, ping_url: str) 
     return root
 
 
+def pull_hosts_dir(root: Path, registry_host: str, mirror_url: str) -> Path:
+    """A containerd hosts directory (nerdctl's `hosts_dir`) naming `mirror_url` as the mirror
+    containerd pulls `registry_host`'s images through (manifests, configs, layers)."""
+    directory = root / registry_host
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts.toml").write_text(
+        f'server = "http://{registry_host}"\n\n'
+        f'[host."{mirror_url}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+    )
+    return root
+
+
 @dataclass
 class Node:
     """containerd + nydus-snapshotter under `root`: `start()`, `nerdctl(...)`,
@@ -162,6 +175,7 @@ class Node:
     root: Path  # configs and logs
     nydusd_config: dict[str, Any] = field(default_factory=nydusd_base_config)
     mirrors: Path | None = None
+    pull_hosts: Path | None = None  # containerd pulls through the mirrors named there
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # Sockets and the snapshotter's root: a short path (the snapshotter refuses a root longer
     # than 70 bytes), removed by stop().
@@ -253,6 +267,7 @@ state = "{self.state / "containerd-state"}"
         (self.root / "nerdctl.toml").write_text(
             f'address = "{self.containerd_socket}"\nnamespace = "{NAMESPACE}"\n'
             f'data_root = "{self.root / "nerdctl"}"\ninsecure_registry = true\n'
+            + (f'hosts_dir = ["{self.pull_hosts}"]\n' if self.pull_hosts else "")
         )
 
     def _spawn(self, name: str, command: list[str]) -> None:

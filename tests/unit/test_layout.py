@@ -84,3 +84,30 @@ def test_key_names_the_map_and_a_map_larger_than_the_blob_is_refused():
     assert one.key != FixedLayout(1000, 64).key
     with pytest.raises(NydusFormatError):
         ChunkLayout(50, 64, chunk_map((0, 100)))
+
+
+def sized_map(*chunks: tuple[int, int, int]) -> ChunkMap:
+    """Chunks (compressed offset, compressed size, uncompressed size), in blob order."""
+    made = []
+    for i, (offset, size, uncompressed) in enumerate(chunks):
+        made.append(
+            Chunk(i, offset, size, i * 1024 * 1024, uncompressed, Compression.ZSTD,
+                  DigestAlgorithm.BLAKE3, bytes(32))
+        )  # fmt: skip
+    return ChunkMap("cd" * 32, tuple(made))
+
+
+def test_read_ahead_stops_where_the_file_being_read_ends():
+    full = 1024 * 1024
+    # a file of three chunks (the last one short), then a file of one full chunk, then one short
+    layout = ChunkLayout(
+        10_000,
+        64,
+        sized_map((0, 1000, full), (1000, 1000, full), (2000, 300, 10), (2300, 900, full),
+                  (3200, 50, 7)),
+    )  # fmt: skip
+    assert layout.read_ahead_end(1000) == 2300  # mid-file: the rest of it
+    assert layout.read_ahead_end(2300) == 2300  # a file just ended: nothing
+    assert layout.read_ahead_end(2400) == 3250  # a full last chunk hides the end: the next one
+    assert layout.read_ahead_end(3300) == 10_000  # the metadata tail
+    assert FixedLayout(10_000, 64).read_ahead_end(5) == 10_000
