@@ -74,6 +74,12 @@ def topology(nodes: int, node_mbit: int, origin_mbit: int) -> Iterator[tuple[Hos
         _teardown(hosts)
 
 
+def uncap(host: Host) -> None:
+    """Lift both caps of `host`'s link."""
+    _netns(host.name, "tc", "qdisc", "del", "dev", f"{host.name}-p", "root")
+    subprocess.run(["tc", "qdisc", "del", "dev", f"{host.name}-v", "root"], check=True)
+
+
 def _teardown(hosts: list[Host]) -> None:
     for host in hosts:
         subprocess.run(["ip", "netns", "del", host.name], capture_output=True, check=False)

@@ -1,6 +1,8 @@
-"""A registry behind a link like a real one, on loopback: a TCP relay that delays every chunk
-by half the round trip in each direction and paces what comes back from the registry to a
-bandwidth cap shared by all connections (one link). It counts the bytes it carried back."""
+"""A registry behind a link like a real one: a TCP relay on loopback that delays every chunk by
+half the round trip in each direction (netem is not available here) and, when given a cap,
+paces what comes back from the registry to it, shared by all connections (one link); where
+the kernel can cap the link (tc tbf on a veth, bench/cluster.py) the relay only delays. It
+counts the bytes it carried back."""
 
 from __future__ import annotations
 
@@ -25,13 +27,19 @@ class _Pacer:
 
 
 class ShapedLink:
-    """`127.0.0.1:port` relays to `127.0.0.1:target_port` with `rtt_ms` of round trip and,
-    towards the client, at most `mbit`."""
+    """`127.0.0.1:port` relays to `target_host:target_port` with `rtt_ms` of round trip and,
+    towards the client, at most `mbit` (None: no cap of its own)."""
 
-    def __init__(self, target_port: int, mbit: float, rtt_ms: float) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        mbit: float | None,
+        rtt_ms: float,
+        target_host: str = "127.0.0.1",
+    ) -> None:
         self.port = free_port()
         self.carried = 0  # bytes from the target back to clients
-        self._target = target_port
+        self._target = (target_host, target_port)
         self._half_rtt = rtt_ms / 2000
         self._mbit = mbit
         self._loop = asyncio.new_event_loop()
@@ -47,13 +55,13 @@ class ShapedLink:
         return self
 
     async def _serve(self) -> None:
-        self._pacer = _Pacer(self._mbit)
+        self._pacer = _Pacer(self._mbit) if self._mbit is not None else None
         self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(2 * self._half_rtt)  # the TCP handshake's round trip
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.close()
             return
@@ -77,7 +85,8 @@ class ShapedLink:
                     sink.close()
                     return
                 if paced:
-                    await self._pacer.take(len(data))
+                    if self._pacer is not None:
+                        await self._pacer.take(len(data))
                     self.carried += len(data)
                 sink.write(data)
                 await sink.drain()

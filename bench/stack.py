@@ -1,8 +1,11 @@
 """Container start time on a real node (containerd + nydus-snapshotter + nydusd): from
 `nerdctl run` to the container's first output, and to having read its working set, for the
 OCI image pulled whole against the nydus image straight from the registry, through dfagent on
-a cold node, on a second node of the swarm, and after preheat. Once with the registry behind a
-link like a real registry's (bandwidth cap and round-trip delay), once on plain loopback."""
+a cold node, on a second node of the swarm, and after preheat. The registry runs in a network namespace of
+its own (bench/cluster.py); once its link is capped (tc tbf) with a round-trip delay added by a
+relay (bench/link.py), once without either. On the dfagent rows containerd pulls through the
+node's agent (a hosts.toml mirror), so the agent sees each image's bootstrap and cuts the data
+blob along its chunks, as a node set up by the README does."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import harness
+from bench import cluster, harness
 from bench.link import ShapedLink
 from bench.report import Bars, Check, Section, at_most, number, table
 from tests.support.agent import AgentProcess
@@ -27,11 +30,13 @@ from tests.support.stack import (
     convert_and_push,
     nydusd_base_config,
     nydusd_proxy_config,
+    pull_hosts_dir,
     push_oci_image,
 )
 from tests.support.tools import require
 
 REPO = "bench/app"
+_PLAIN_HTTP = {"rules": [{"regex": ".*", "use_tls": False}]}  # the bench registry speaks http
 ROWS = ("OCI, whole pull", "nydus direct", "dfagent cold", "dfagent node 2", "dfagent preheated")
 
 
@@ -123,17 +128,22 @@ def _round(work: Path, link: ShapedLink, load: Workload, profile: Profile) -> No
         measure("OCI, whole pull", node, oci, "overlayfs")
     with _node(work / "direct", nydusd_config=nydusd_base_config()) as node:
         measure("nydus direct", node, nydus)
+
+    def through(agent: AgentProcess, name: str) -> contextlib.AbstractContextManager[Node]:
+        hosts = pull_hosts_dir(work / f"{name}-hosts", link.host, agent.proxy_url)
+        return _node(work / name, nydusd_config=_proxy(agent), pull_hosts=hosts)
+
     with contextlib.ExitStack() as stack:
         agents = stack.enter_context(_swarm(work / "swarm"))
-        with _node(work / "cold", nydusd_config=_proxy(agents[0])) as node:
+        with through(agents[0], "cold") as node:
             measure("dfagent cold", node, nydus)
-        with _node(work / "node2", nydusd_config=_proxy(agents[1])) as node:
+        with through(agents[1], "node2") as node:
             measure("dfagent node 2", node, nydus)
-        alone = stack.enter_context(harness.agent(work, "preheat-agent"))
+        alone = stack.enter_context(harness.agent(work, "preheat-agent", proxy=_PLAIN_HTTP))
         preheat = alone.cli("preheat", "--plain-http", nydus)
         if preheat.returncode != 0:
             raise RuntimeError(f"dfagent preheat failed: {preheat.stderr}")
-        with _node(work / "preheated", nydusd_config=_proxy(alone)) as node:
+        with through(alone, "preheated") as node:
             measure("dfagent preheated", node, nydus)
 
 
@@ -151,6 +161,7 @@ def _swarm(work: Path) -> Iterator[list[AgentProcess]]:
                     f"agent{i}",
                     peer={"listen": members[i], "token_file": str(token)},
                     swarm={"peers": members, "advertise": members[i], "refresh": "1s"},
+                    proxy=_PLAIN_HTTP,
                 )
             )
             for i in range(2)
@@ -168,18 +179,29 @@ def run(
     harness.clean(work)
     load = workload(image_mib)
     profiles = [
-        Profile(f"registry link {mbit:g} Mbit/s, {rtt_ms:g} ms RTT"),
-        Profile("loopback"),
+        Profile(f"registry link {mbit:g} Mbit/s (tc tbf), {rtt_ms:g} ms RTT"),
+        Profile("registry link unshaped"),
     ]
-    with harness.registry(work) as registry:
-        _push(work, registry, load)
-        for profile, shape in zip(profiles, ((mbit, rtt_ms), (1e6, 0.0)), strict=True):
-            link = ShapedLink(registry.port, *shape).start()
-            try:
-                for i in range(rounds):
-                    _round(work / f"{profile.name[:8].strip()}-{i}", link, load, profile)
-            finally:
-                link.stop()
+    with cluster.topology(0, int(mbit), int(mbit)) as (origin, _):
+        registry = Registry(
+            work / "registry",
+            address=origin.address,
+            port=cluster.REGISTRY_PORT,
+            command_prefix=origin.prefix,
+        ).start()
+        try:
+            _push(work, registry, load)
+            for number_, (profile, rtt) in enumerate(zip(profiles, (rtt_ms, 0.0), strict=True)):
+                if not rtt:
+                    cluster.uncap(origin)
+                link = ShapedLink(registry.port, None, rtt, target_host=origin.address).start()
+                try:
+                    for i in range(rounds):
+                        _round(work / f"link{number_}-{i}", link, load, profile)
+                finally:
+                    link.stop()
+        finally:
+            registry.stop()
     return profiles
 
 

@@ -15,7 +15,15 @@ from aiohttp import web
 from tests.support.agent import AgentProcess
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import metric
-from tests.support.nydus import Image, Mount, build_image, compare_trees, make_tree, nydusd_config
+from tests.support.nydus import (
+    Image,
+    Mount,
+    build_image,
+    compare_trees,
+    make_tree,
+    nydusd_config,
+    nydusd_dragonfly_mirror,
+)
 from tests.support.ports import free_port
 from tests.support.registry import Registry
 
@@ -86,19 +94,8 @@ def test_rafs_v5_with_digest_validation(agent, origin, registry, tree, mounts, t
 
 
 def test_mirror_mode_with_dragonfly_registry_header(agent, origin, image, tree, mounts, tmp_path):
-    config = nydusd_config("mirror", scheme="http", host=origin.host, repo=REPO)
-    config["device"]["backend"]["config"]["mirrors"] = [
-        {
-            "host": agent.proxy_url,
-            "headers": {"X-Dragonfly-Registry": origin.url},
-            "ping_url": f"{agent.health_url}/healthy",
-            "health_check_interval": 1,
-            "failure_limit": 5,
-            # nydusd 2.2 sends only requests that carry credentials to a mirror, unless
-            # auth_through is on; this registry needs none.
-            "auth_through": True,
-        }
-    ]
+    ping = f"{agent.health_url}/healthy"
+    config = nydusd_dragonfly_mirror(origin.host, REPO, agent.proxy_url, origin.url, ping)
     mounts.append(Mount(tmp_path / "node", image.bootstrap, config))
     compare_trees(tree, mounts[0].mountpoint)
     assert blob_requests(agent) > 0, "nydusd's reads went through dfagent as a mirror"

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from tests.support.metrics import metric, metrics, wait_for
-from tests.support.nydus import Mount, compare_trees, make_tree, nydusd_config
+from tests.support.nydus import (
+    Mount,
+    compare_trees,
+    make_tree,
+    nydusd_config,
+    nydusd_dragonfly_mirror,
+)
 from tests.support.nydus_registry import maps_learned, pull_bootstrap, push_nydus_image
 
 pytestmark = pytest.mark.slow
@@ -22,18 +28,8 @@ def backend_config(mode: str, agent, origin, repo: str) -> dict:
             "check_interval": 1,
         }
         return nydusd_config("proxy", host=origin.host, repo=repo, proxy=proxy)
-    config = nydusd_config("mirror", scheme="http", host=origin.host, repo=repo)
-    config["device"]["backend"]["config"]["mirrors"] = [
-        {
-            "host": agent.proxy_url,
-            "headers": {"X-Dragonfly-Registry": origin.url},
-            "ping_url": f"{agent.health_url}/healthy",
-            "health_check_interval": 1,
-            "failure_limit": 5,
-            "auth_through": True,  # nydusd 2.2 sends only credentialed requests otherwise
-        }
-    ]
-    return config
+    ping = f"{agent.health_url}/healthy"
+    return nydusd_dragonfly_mirror(origin.host, repo, agent.proxy_url, origin.url, ping)
 
 
 @pytest.mark.parametrize("mode", ["proxy", "mirror"])

@@ -170,22 +170,6 @@ def flipping(origin: CountingOrigin, image: NydusImage, offset: int, times: int 
     return flip
 
 
-def flip_stored_byte(agent: AgentProcess, digest: str, offset: int) -> None:
-    hexd = digest.removeprefix("sha256:")
-    with (agent.storage_dir / "blobs" / hexd[:2] / hexd).open("r+b") as file:
-        file.seek(offset)
-        byte = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte[0] ^ 0x01]))
-
-
-def stored_bytes(agent: AgentProcess, digest: str, start: int, end: int) -> bytes:
-    hexd = digest.removeprefix("sha256:")
-    with (agent.storage_dir / "blobs" / hexd[:2] / hexd).open("rb") as file:
-        file.seek(start)
-        return file.read(end - start)
-
-
 def learn_map(agent: AgentProcess, origin: CountingOrigin, image: NydusImage) -> None:
     pull_bootstrap(agent, origin.url, image)
     wait_for(lambda: maps_learned(agent) >= 1, "the chunk map learned from the bootstrap")
@@ -292,8 +276,8 @@ def test_a_chunk_flipped_on_disk_is_caught_after_a_restart(agent, origin, image)
     url = image.blob_url(origin.url)
     read_exact(agent, image, url, start, end)
     assert agent.stop() == 0  # everything fetched is written and recorded
-    assert stored_bytes(agent, image.blob_digest, start, end) == image.blob[start:end]
-    flip_stored_byte(agent, image.blob_digest, offset)
+    assert agent.data_file(image.blob_digest).read_bytes()[start:end] == image.blob[start:end]
+    agent.flip_stored_bit(image.blob_digest, offset)
     agent.start()
     before = gets_covering(origin, image, offset)
     got = fetch(agent, url, asked(start, end))
@@ -312,7 +296,7 @@ def test_a_peer_serving_a_flipped_chunk_is_caught(swarm, origin, image):
     wait_for(lambda: metric(holder, "dfagent_blob_verify_seconds_count") == 2, "verified")
     time.sleep(0.3)  # and announced
     _, offset = flip_target(image)
-    flip_stored_byte(holder, image.blob_digest, offset)  # the holder's disk goes bad under it
+    holder.flip_stored_bit(image.blob_digest, offset)  # the holder's disk goes bad under it
     gets = gets_covering(origin, image, offset)
     got = fetch(reader, url, {})
     assert (got.status, got.whole) == (200, True), got.body[:300]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dfagent.tools.locate import DEFAULT_CONFIG
-from tests.functional.test_storage import PIECE, SMALL_PIECES, blob_url, flip_bit, status
+from tests.functional.test_storage import PIECE, SMALL_PIECES, blob_url, status
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.metrics import wait_for
@@ -112,7 +112,7 @@ def test_gc_and_verify_summaries_and_json(agent_factory, origin, registry: Regis
     assert good.stdout.startswith("checked 3 pieces (768.0 KiB) in ")
     assert good.stdout.strip().endswith("every piece matches its sha256")
 
-    flip_bit(agent, digest, PIECE + 10)
+    agent.flip_stored_bit(digest, PIECE + 10)
     bad = agent.cli("verify")
     assert bad.returncode == 1
     lines = bad.stdout.strip().splitlines()

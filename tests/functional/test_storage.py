@@ -44,16 +44,6 @@ def stored_pieces(agent: AgentProcess) -> list[tuple[str, int, bytes]]:
         return db.execute("SELECT digest, idx, sha256 FROM pieces ORDER BY digest, idx").fetchall()
 
 
-def flip_bit(agent: AgentProcess, digest: str, offset: int) -> None:
-    hexd = digest.removeprefix("sha256:")
-    path = agent.storage_dir / "blobs" / hexd[:2] / hexd
-    with path.open("r+b") as file:
-        file.seek(offset)
-        byte = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte[0] ^ 0x10]))
-
-
 def test_whole_blob_is_verified_and_marked(agent_factory, origin, registry: Registry):
     agent = agent_factory(**SMALL_PIECES)
     data = os.urandom(3 * PIECE + 500)
@@ -102,7 +92,7 @@ def test_scrub_finds_a_flipped_bit_and_repair_drops_it(agent_factory, origin, re
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")
     assert agent.stop() == 0
 
-    flip_bit(agent, digest, 2 * PIECE + 1234)
+    agent.flip_stored_bit(digest, 2 * PIECE + 1234)
     found = agent.cli("verify", "--json")  # no agent runs: the CLI opens the cache itself
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
@@ -131,7 +121,7 @@ def test_verify_through_a_running_agent(agent_factory, origin, registry: Registr
     url = blob_url(origin, "test/online", digest)
     assert send(agent.proxy_port, url).body == data
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
-    flip_bit(agent, digest, 5)
+    agent.flip_stored_bit(digest, 5)
     result = agent.cli("verify", "--repair", "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["bad"] == [{"digest": digest, "piece": 0}]
@@ -147,7 +137,7 @@ def test_verify_reads_never_serve_a_flipped_bit(agent_factory, origin, registry:
     url = blob_url(origin, "test/paranoid", digest)
     assert send(agent.proxy_port, url).body == data
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
-    flip_bit(agent, digest, PIECE + 7)
+    agent.flip_stored_bit(digest, PIECE + 7)
     assert (
         send(agent.proxy_port, url, {"Range": f"bytes={PIECE}-{PIECE + 99}"}).body
         == (data[PIECE : PIECE + 100])
@@ -435,7 +425,7 @@ def test_background_scrub_finds_a_flipped_bit(agent_factory, origin, registry: R
     digest = registry.push_blob("test/bgscrub", data)
     assert send(agent.proxy_port, blob_url(origin, "test/bgscrub", digest)).body == data
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "verification")  # then corrupt it
-    flip_bit(agent, digest, PIECE + 3)
+    agent.flip_stored_bit(digest, PIECE + 3)
     wait_for(lambda: metric(agent, "dfagent_scrub_bad_pieces_total") == 1, "the scrub")
     wait_for(lambda: metric(agent, "dfagent_scrub_passes_total") >= 1, "a whole pass")
     assert [p[1] for p in stored_pieces(agent)] == [0]

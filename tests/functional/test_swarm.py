@@ -111,22 +111,13 @@ def test_random_lazy_ranges_never_fetch_a_piece_twice(swarm, origin, registry):
     assert over == {}, "pieces that left the origin more than once"
 
 
-def flip_bit(agent: AgentProcess, digest: str, offset: int) -> None:
-    hexd = digest.removeprefix("sha256:")
-    with (agent.storage_dir / "blobs" / hexd[:2] / hexd).open("r+b") as file:
-        file.seek(offset)
-        byte = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte[0] ^ 1]))
-
-
 def test_a_peer_with_corrupt_bytes_is_caught_and_never_served(swarm, origin, registry):
     holder, reader = swarm(2)
     data = os.urandom(8 * PIECE)
     digest = registry.push_blob("test/swarm", data)
     assert send(holder.proxy_port, url(origin, digest)).body == data
     wait_for(lambda: metric(holder, "dfagent_blob_verify_seconds_count") == 1, "verification")
-    flip_bit(holder, digest, 3 * PIECE + 77)  # the holder's disk goes bad under it
+    holder.flip_stored_bit(digest, 3 * PIECE + 77)  # the holder's disk goes bad under it
     assert send(reader.proxy_port, url(origin, digest)).body == data
     assert metric(reader, "dfagent_peer_bad_pieces_total") == 1
     assert (

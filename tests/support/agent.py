@@ -51,6 +51,19 @@ class AgentProcess:
     def storage_dir(self) -> Path:
         return self.root / "cache"
 
+    def data_file(self, digest: str) -> Path:
+        """The cache's data file of blob `digest` (sha256:<hex> or <hex>)."""
+        hexd = digest.removeprefix("sha256:")
+        return self.storage_dir / "blobs" / hexd[:2] / hexd
+
+    def flip_stored_bit(self, digest: str, offset: int) -> None:
+        """Damage the cached copy of a blob: flip one bit of byte `offset` of its data file."""
+        with self.data_file(digest).open("r+b") as file:
+            file.seek(offset)
+            byte = file.read(1)
+            file.seek(offset)
+            file.write(bytes([byte[0] ^ 0x10]))
+
     @property
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.proxy_port}"

@@ -116,6 +116,25 @@ def nydusd_config(kind: str, **changes: Any) -> dict[str, Any]:
     return config
 
 
+def nydusd_dragonfly_mirror(host: str, repo: str, mirror: str, registry: str, ping: str) -> dict:
+    """nydusd reading `registry`'s `repo` through the mirror `mirror` (dfagent's proxy port),
+    the registry named in Dragonfly's header; `host` is the registry's host:port."""
+    config = nydusd_config("mirror", scheme="http", host=host, repo=repo)
+    config["device"]["backend"]["config"]["mirrors"] = [
+        {
+            "host": mirror,
+            "headers": {"X-Dragonfly-Registry": registry},
+            "ping_url": ping,
+            "health_check_interval": 1,
+            "failure_limit": 5,
+            # nydusd 2.2 sends only requests that carry credentials to a mirror, unless
+            # auth_through is on; the test registries need none.
+            "auth_through": True,
+        }
+    ]
+    return config
+
+
 class Mount:
     """nydusd serving an image at a FUSE mountpoint until closed."""
 
