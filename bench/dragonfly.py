@@ -31,6 +31,7 @@ def available() -> str | None:
 @dataclass(frozen=True)
 class Daemon:
     name: str
+    pid: int
     proxy_port: int
     metrics_port: int
     health_port: int
@@ -155,8 +156,9 @@ def _dfdaemon(stack: contextlib.ExitStack, root: Path, name: str, scheduler: int
         "--log-dir", str(root / "log"),
     ]  # fmt: skip
     log = root / "dfdaemon.log"
-    _wait_port(ports["proxy"], _spawn(stack, command, log), log, f"dfdaemon {name}")
-    return Daemon(name, ports["proxy"], ports["metrics"], ports["health"])
+    process = _spawn(stack, command, log)
+    _wait_port(ports["proxy"], process, log, f"dfdaemon {name}")
+    return Daemon(name, process.pid, ports["proxy"], ports["metrics"], ports["health"])
 
 
 @contextlib.contextmanager

@@ -9,8 +9,8 @@ import statistics
 import time
 from pathlib import Path
 
-from bench import harness
-from bench.report import Section
+from bench import dragonfly, harness
+from bench.report import Section, at_most
 from bench.resources import cpu_seconds
 from tests.support.agent import AgentProcess
 from tests.support.metrics import metric, wait_for
@@ -19,6 +19,7 @@ from tests.support.nydus_registry import maps_learned, pull_bootstrap, push_nydu
 from tests.support.ports import free_port
 
 REPO = "bench/nydus"
+_DFDAEMON_ORIGIN = "dragonfly_client_download_traffic"  # bytes, by type
 
 
 def _read(root: Path, bootstrap: Path, config: dict, tree: Path) -> tuple[float, float]:
@@ -35,7 +36,10 @@ def _read(root: Path, bootstrap: Path, config: dict, tree: Path) -> tuple[float,
 def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, float]]:
     harness.clean(work)
     tree = make_tree(work / "src", bulk=bulk)
+    with_dragonfly = dragonfly.available() is None
     paths = ("direct", "dfagent, no chunk map", "dfagent", "node 2")
+    if with_dragonfly:
+        paths += ("dfdaemon", "dfdaemon node 2")
     # per path and round: (mount s, read s, origin bytes, agent CPU s)
     results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
     with contextlib.ExitStack() as stack:
@@ -76,6 +80,19 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> dict[str, dict[str, floa
                 cpu = cpu_seconds(agent.process.pid) - cpu
                 origin = metric(agent, "dfagent_origin_bytes_total") - before
                 results[name].append((mount, read, origin, cpu))
+            if with_dragonfly:
+                daemons = stack.enter_context(dragonfly.cluster(base / "dragonfly", daemons=2))
+                for name, daemon in zip(("dfdaemon", "dfdaemon node 2"), daemons, strict=True):
+                    config = nydusd_config(
+                        "proxy", host=registry.host, repo=REPO,
+                        proxy={"url": daemon.proxy_url, "ping_url": f"{daemon.health_url}/healthy"},
+                    )  # fmt: skip
+                    before = daemon.metric(_DFDAEMON_ORIGIN, type="BACK_TO_SOURCE")
+                    cpu = cpu_seconds(daemon.pid)
+                    mount, read = _read(base / name.replace(" ", ""), image.bootstrap, config, tree)
+                    cpu = cpu_seconds(daemon.pid) - cpu
+                    origin = daemon.metric(_DFDAEMON_ORIGIN, type="BACK_TO_SOURCE") - before
+                    results[name].append((mount, read, origin, cpu))
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
     summary = {}
     for name, samples in results.items():
@@ -103,7 +120,7 @@ def report(summary: dict[str, dict[str, float]]) -> str:
     base = summary["direct"]
     lines = [
         "| path | mount s | cold read of the tree s | read vs direct | origin MB "
-        "| agent CPU s per GB read |",
+        "| agent (or dfdaemon) CPU s per GB of blob |",
         "|---|---|---|---|---|---|",
     ]
     for name, values in summary.items():
@@ -125,8 +142,14 @@ def report(summary: dict[str, dict[str, float]]) -> str:
 
 
 def section(summary: dict[str, dict[str, float]]) -> Section:
+    read = {name: values["cold_read_s"] for name, values in summary.items()}
+    checks = [at_most("node 2 vs direct", read["node 2"] / read["direct"], 0.5)]
+    if "dfdaemon" in read:
+        checks.append(at_most("dfagent vs dfdaemon", read["dfagent"] / read["dfdaemon"], 1.0))
     return Section(
         scenario="nydus",
-        title="nydusd: mount and cold read of a whole image, direct against through dfagent",
+        title="nydusd: mount and cold read of a whole image, direct against through dfagent "
+        "(and Dragonfly's dfdaemon when it is installed)",
         table=report(summary),
+        checks=checks,
     )
