@@ -65,6 +65,7 @@ class AccessGate:
         self._ttl = ttl
         self._clock = clock
         self._granted: dict[_Key, float] = {}  # -> expiry
+        self._tried: dict[_Key, float] = {}  # public blobs' background proofs -> until when
         self._checking: dict[_Key, asyncio.Task[None]] = {}
         self._tasks = TaskOwner("access")
 
@@ -108,7 +109,8 @@ class AccessGate:
         if not self._enabled or not blob.verified or source.origin in blob.origins:
             return
         key = (self._who(source), self._where(source))
-        if key not in self._checking:
+        if key not in self._checking and not _unexpired(self._tried, key, self._clock()):
+            _note(self._tried, key, self._clock() + self._ttl)  # once per auth.cache_ttl
             check = self._tasks.spawn(self._quietly(source, blob, key), name="learn-origin")
             self._checking[key] = check
             check.add_done_callback(lambda _: self._checking.pop(key, None))
@@ -156,11 +158,19 @@ class AccessGate:
         return theirs == ours
 
     def _valid(self, key: _Key) -> bool:
-        expiry = self._granted.get(key)
-        return expiry is not None and expiry > self._clock()
+        return _unexpired(self._granted, key, self._clock())
 
     def _remember(self, key: _Key) -> None:
-        self._granted.pop(key, None)  # re-insert: the dict stays oldest first
-        self._granted[key] = self._clock() + self._ttl
-        while len(self._granted) > _MAX_REMEMBERED:
-            del self._granted[next(iter(self._granted))]
+        _note(self._granted, key, self._clock() + self._ttl)
+
+
+def _unexpired(book: dict[_Key, float], key: _Key, now: float) -> bool:
+    expiry = book.get(key)
+    return expiry is not None and expiry > now
+
+
+def _note(book: dict[_Key, float], key: _Key, expiry: float) -> None:
+    book.pop(key, None)  # re-insert: the dict stays oldest first
+    book[key] = expiry
+    while len(book) > _MAX_REMEMBERED:
+        del book[next(iter(book))]

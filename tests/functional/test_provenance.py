@@ -239,3 +239,22 @@ def test_a_lease_holder_whose_disk_is_full_lets_the_others_go_at_once(
     finally:
         for agent in agents:
             agent.kill()
+
+
+def test_a_registry_that_does_not_hold_a_public_blob_is_asked_once_not_per_read(
+    agent, origin, liar, registry
+):
+    """A public, verified blob read naming another registry is served from the cache; that
+    registry is asked in the background whether it holds the blob, once per auth.cache_ttl,
+    not on every read."""
+    data = os.urandom(3 * PIECE)
+    digest = registry.push_blob(REPO, data)
+    assert send(agent.proxy_port, url(origin, digest)).body == data
+    wait_for(lambda: metric(agent, "dfagent_blob_verify_seconds_count") == 1, "whole check")
+    liar.faults.append(lie_about(digest, len(data)))  # the other name does not hold it
+    for _ in range(5):
+        reply = send(agent.proxy_port, url(liar, digest), {"Range": "bytes=10-99"})
+        assert (reply.status, reply.body) == (206, data[10:100])
+    wait_for(lambda: len(liar.blob_gets(digest)) >= 4, "the background proof")
+    time.sleep(0.3)
+    assert len(liar.blob_gets(digest)) == 4, "one proof of 4 ranges, not one per read"
