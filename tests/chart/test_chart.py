@@ -167,7 +167,9 @@ def test_notes_print_the_nydusd_proxy_config(helm, tmp_path):
     rendered = render_notes(helm, tmp_path)
     assert '"url": "http://127.0.0.1:4001"' in rendered
     assert '"ping_url": "http://127.0.0.1:4003/healthy"' in rendered
-    assert "hosts.toml" not in rendered
+    assert "/etc/nydus/certs.d" not in rendered, "the snapshotter's mirror is mirror mode's"
+    # containerd pulls through dfagent too, so that every chunk nydusd reads is proven
+    assert "/etc/containerd/certs.d/<registry host>/hosts.toml" in rendered
 
 
 def test_notes_print_the_snapshotter_hosts_toml_in_mirror_mode(helm, tmp_path):
