@@ -15,7 +15,7 @@ from peers that got them from it) fill the blob: every claim, fill and persist c
 request naming another registry is served straight through, uncached (NotShareable).
 
 Chunk proofs: a nydus data blob whose chunk map is known (ChunkProofs) is cut along its chunks
-(core.layout). Each piece made of chunks is proven against the image's chunk digests before
+(storage.layout). Each piece made of chunks is proven against the image's chunk digests before
 any reader gets a byte of it, whatever its source: the origin, a peer, or this node's disk
 after a restart. A piece that fails is never served: it is fetched once more (the swarm may
 name another holder), and a second failure reaches the reader as an error. Proven pieces also
@@ -378,7 +378,7 @@ class Engine:
 
     async def _stored_piece_good(self, blob: StoredBlob, index: int, data: bytes) -> bool:
         if blob.layout.chunks(index):
-            return index in blob.proven or await self._proofs.prove(blob, index, data, "disk")
+            return await self._proofs.prove(blob, index, data, "disk")
         expected = blob.piece_sha256.get(index)
         if expected is not None and await asyncio.to_thread(sha256_of, data) == expected:
             return True
