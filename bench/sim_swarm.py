@@ -204,11 +204,14 @@ class Cluster:
                 self._start(node, [index], low)
                 continue
             assert piece.whole is not None and piece.streaming is not None
-            if piece.stream is not None and piece.stream[1] <= low:
+            if piece.stream is None:
+                yield self.kernel.first_of([piece.whole, piece.streaming])
+            elif piece.stream[1] <= low:
                 flow, base = piece.stream
                 yield self.network.reach(flow, high - base)
                 return
-            yield self.kernel.first_of([piece.whole, piece.streaming])
+            else:  # the piece's head, which a second request fetches
+                yield piece.whole
 
     def _discover(self, node: _Node) -> Step:
         """`Engine._discover` with a swarm: ask the home; a blob it does not know costs a

@@ -9,7 +9,7 @@ import pytest
 from bench import sim
 from bench.sim_events import Kernel, Step
 from bench.sim_network import Link, Network
-from bench.sim_swarm import Params
+from bench.sim_swarm import Cluster, Params
 
 MIB = 1024 * 1024
 
@@ -85,3 +85,23 @@ def test_direct_reads_share_the_origin() -> None:
     assert sim.direct_fill(_PARAMS) == pytest.approx(
         _PARAMS.nodes * _PARAMS.size / _PARAMS.origin + _PARAMS.rtt
     )
+
+
+@pytest.mark.timeout(30)
+def test_a_read_of_a_pieces_head_waits_for_the_second_request() -> None:
+    """A read starting mid-piece fetches from its first byte, and the piece's head by a
+    second request; another read wanting that head gets it once the piece is whole."""
+    cluster = Cluster(_PARAMS)
+    node = cluster.nodes[0]
+    kernel = cluster.kernel
+    ended: list[float] = []
+
+    def read(first: int, last: int) -> Step:
+        yield from cluster.read(node, first, last, sequential=False)
+        ended.append(kernel.now)
+
+    tail = kernel.spawn(read(MIB + MIB // 2, 2 * MIB - 1))
+    head = kernel.spawn(read(MIB, MIB + MIB // 4))
+    kernel.run(until=sim.all_of(kernel, [tail, head]))
+    assert len(ended) == 2
+    assert 1 in node.received
