@@ -26,7 +26,7 @@ _BYTE = 1e-3  # fluid arithmetic: a flow this close to a mark has reached it
 class Link:
     capacity: float  # bytes per second
     name: str = ""
-    flows: set[Flow] = field(default_factory=set)
+    flows: dict[Flow, None] = field(default_factory=dict)  # ordered: runs are reproducible
     share: float = 0.0
 
     def __post_init__(self) -> None:
@@ -58,9 +58,9 @@ class Network:
     def start(self, sender: Link, receiver: Link, size: float) -> Flow:
         """A flow of `size` bytes; its `done` event fires once the last byte is in."""
         flow = Flow(sender, receiver, size, self._kernel.event(), since=self._kernel.now)
-        sender.flows.add(flow)
-        receiver.flows.add(flow)
-        self._settle([sender, receiver], {flow})
+        sender.flows[flow] = None
+        receiver.flows[flow] = None
+        self._settle([sender, receiver], {flow: None})
         return flow
 
     def reach(self, flow: Flow, offset: float) -> Event:
@@ -91,16 +91,16 @@ class Network:
         flow.rate = 0.0
         flow.running = False
         flow.version += 1
-        flow.sender.flows.discard(flow)
-        flow.receiver.flows.discard(flow)
-        self._settle([flow.sender, flow.receiver], set())
+        flow.sender.flows.pop(flow, None)
+        flow.receiver.flows.pop(flow, None)
+        self._settle([flow.sender, flow.receiver], {})
 
-    def _settle(self, links: list[Link], touched: set[Flow]) -> None:
+    def _settle(self, links: list[Link], touched: dict[Flow, None]) -> None:
         """Recompute the shares that change from `links` on, then the rates of the flows on
         any link whose share moved (and of `touched`)."""
         pending = list(links)
         queued = set(pending)
-        moved: set[Link] = set(links)
+        moved = dict.fromkeys(links)
         while pending:
             link = pending.pop()
             queued.discard(link)
@@ -109,7 +109,7 @@ class Network:
             if abs(share - link.share) <= _TOLERANCE * link.capacity:
                 continue
             link.share = share
-            moved.add(link)
+            moved[link] = None
             for flow in link.flows:
                 other = flow.other(link)
                 if other not in queued:
