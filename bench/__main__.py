@@ -27,6 +27,7 @@ from bench import (
     nydus_trace,
     report,
     resources,
+    sim,
     stack,
     storage,
     swarm,
@@ -117,6 +118,17 @@ def _stack(args: argparse.Namespace) -> Ran:
     return stack.section(profiles, image_mib), []
 
 
+def _sim(args: argparse.Namespace) -> Ran:
+    if args.smoke:
+        plan = sim.runs((4, 16), 16 * MIB, 16 * MIB)
+    else:
+        counts = tuple(int(n) for n in args.sim_nodes.split(","))
+        plan = sim.runs(counts, args.blob_mib * MIB, args.sim_small_mib * MIB)
+    rtt = args.sim_rtt_ms / 1000
+    results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers)
+    return sim.section(results, args.link_mbit, rtt), []
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "cache-hit": _cache_hit,
     "cold": _cold,
@@ -127,6 +139,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "lazy": _lazy,
     "chunks": _chunks,
     "stack": _stack,
+    "sim": _sim,
 }
 GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
 
@@ -146,14 +159,14 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--samples", type=int, default=64, help="cold reads per path (cold)")
     parser.add_argument("--nodes", type=int, default=4, help="nodes (swarm, lazy)")
-    parser.add_argument("--blob-mib", type=int, default=512, help="blob size (swarm, lazy)")
+    parser.add_argument("--blob-mib", type=int, default=512, help="blob size (swarm, lazy, sim)")
     parser.add_argument(
-        "--link-mbit", type=int, default=200, help="every link's cap, both ways (swarm, lazy)"
+        "--link-mbit", type=int, default=200, help="every link's cap, both ways (swarm, lazy, sim)"
     )
     parser.add_argument(
-        "--coverage", type=float, default=0.15, help="share of the blob the trace reads (lazy)"
+        "--coverage", type=float, default=0.15, help="share of the blob the trace reads (lazy, sim)"
     )
-    parser.add_argument("--readers", type=int, default=4, help="readers per node (lazy)")
+    parser.add_argument("--readers", type=int, default=4, help="readers per node (lazy, sim)")
     parser.add_argument("--image-mib", type=int, default=64, help="image size (stack)")
     parser.add_argument("--rounds", type=int, default=3, help="starts per row (stack)")
     parser.add_argument(
@@ -161,6 +174,18 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--rtt-ms", type=float, default=40, help="the registry link's round trip (stack)"
+    )
+    parser.add_argument(
+        "--sim-nodes", default="4,16,100,1000", help="node counts simulated, comma-separated (sim)"
+    )
+    parser.add_argument(
+        "--sim-small-mib",
+        type=int,
+        default=16,
+        help="the blob every node count is also simulated with; above 100 nodes the only one",
+    )
+    parser.add_argument(
+        "--sim-rtt-ms", type=float, default=2, help="round trip between any two hosts (sim)"
     )
     parser.add_argument(
         "--out", type=Path, help="where the report goes (default: bench/results, see above)"

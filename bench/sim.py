@@ -1,0 +1,467 @@
+"""`python3 -m bench sim`: the builtin swarm at 4 to 1,000 nodes, by discrete-event simulation.
+
+What runs the real code and what is modelled: see bench/sim_swarm.py (the agents) and
+bench/sim_network.py (the links). Two scenarios, as the netns benches run them:
+- fill (bench/swarm.py): every node reads the whole blob at the same moment;
+- lazy (bench/lazy.py, the same trace for the same seed): every node reads ~15% of the blob
+  as ~1 MiB ranges in its own random order, with 4 readers.
+
+Per node count: fill time / (S/B) with B a node's downlink (the fluid bound), origin bytes / S,
+the busiest home's lookups per second (and the CPU its Directory.lookup calls took here), the
+busiest uploader's share of all uploads, and the lazy trace's read latency p50/p99. Direct rows
+(every node straight to the origin) are simulated for the small clusters only: at 1,000 nodes
+they are N times the origin's time.
+
+The defaults are the real 4-node netns run's (200 Mbit/s links and origin, 512 MiB, 1 MiB
+pieces); its figures (bench/results/2026-11-27.md) are printed beside the simulated ones, and
+fill, origin bytes, top upload share and lazy p50 are held to 15% of them. 512 MiB is simulated
+up to 100 nodes; every node count also runs with a small blob (16 MiB), the only one at 1,000
+nodes: the home's real Directory is called for every poll of every waiting piece, and a
+1,000-node fill of 512 MiB would take most of an hour here. The whole default run takes about
+two minutes on 2 cores, most of it the 1,000-node run. A run is deterministic for its seed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.harness import percentile
+from bench.lazy import make_trace
+from bench.report import Bars, Check, Section, at_most, info, table
+from bench.sim_events import Event, Kernel, Step
+from bench.sim_swarm import Cluster, Params
+
+MIB = 1024 * 1024
+DIRECT_UP_TO = 16  # nodes: beyond this the direct rows are left out (cost, and known)
+FULL_SIZE_UP_TO = 100  # nodes: beyond this only the small blob is simulated
+
+# The real 4-node netns run this simulation is set against (bench/results/2026-11-27.md).
+REAL_4_NODES = {
+    "fill / (S/B)": 1.43,
+    "origin bytes / S": 1.00,
+    "top upload share": 0.41,
+    "lazy read p50 ms": 326.1,
+    "lazy read p99 ms": 2131.5,
+    "direct fill / (S/B)": 4.18,
+    "direct lazy read p50 ms": 642.8,
+    "direct lazy read p99 ms": 1887.8,
+}
+# The stated margin: these figures must agree with the real run within it. The p99s are shown,
+# not held to it: a fluid network has no TCP or tbf queue tail (see the direct p99).
+MARGIN = 0.15
+HELD_TO_MARGIN = ("fill / (S/B)", "origin bytes / S", "top upload share", "lazy read p50 ms")
+
+
+@dataclass(frozen=True)
+class Figures:
+    nodes: int
+    blob_mib: float
+    fill_vs_bound: float
+    direct_fill_vs_bound: float | None
+    origin_vs_blob: float
+    gave_up: dict[str, int]  # pieces the swarm was to give that went to the origin, and why
+    home_lookups_per_s: float
+    home_directory_load: float  # Directory.lookup CPU seconds per second, at the home
+    top_upload_share: float
+    lazy_p50_ms: float
+    lazy_p99_ms: float
+    lazy_direct_p50_ms: float | None
+    lazy_direct_p99_ms: float | None
+    lazy_origin_fetches_per_piece: float
+    lazy_home_lookups_per_s: float
+    seconds: float  # wall time the simulations of this node count took
+
+    def comparable(self) -> dict[str, float | None]:
+        """The figures the real 4-node run also has, by the same names."""
+        return {
+            "fill / (S/B)": self.fill_vs_bound,
+            "origin bytes / S": self.origin_vs_blob,
+            "top upload share": self.top_upload_share,
+            "lazy read p50 ms": self.lazy_p50_ms,
+            "lazy read p99 ms": self.lazy_p99_ms,
+            "direct fill / (S/B)": self.direct_fill_vs_bound,
+            "direct lazy read p50 ms": self.lazy_direct_p50_ms,
+            "direct lazy read p99 ms": self.lazy_direct_p99_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Fill:
+    seconds: float  # simulated: until the last node had the whole blob
+    origin_bytes: float
+    gave_up: dict[str, int]
+    home_lookups: int
+    directory_seconds: float
+    uploads: list[float]  # per node
+    complete: bool  # every node ended with every piece
+
+
+def all_of(kernel: Kernel, processes: list[Event]) -> Event:
+    done = kernel.event()
+    left = len(processes)
+
+    def one(_: object) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            done.fire()
+
+    for process in processes:
+        process.then(one)
+    return done
+
+
+def fill(params: Params) -> Fill:
+    """Every node reads the whole blob at once through its agent."""
+    cluster = Cluster(params)
+    readers = [
+        cluster.kernel.spawn(cluster.read(node, 0, params.size - 1, sequential=True))
+        for node in cluster.nodes
+    ]
+    cluster.kernel.run(until=all_of(cluster.kernel, readers))
+    seconds = cluster.kernel.now
+    everything = set(range(cluster.pieces))
+    return Fill(
+        seconds=seconds,
+        origin_bytes=cluster.origin_bytes,
+        gave_up=dict(cluster.gave_up),
+        home_lookups=cluster.home.lookups,
+        directory_seconds=cluster.directory_seconds,
+        uploads=[node.uploaded for node in cluster.nodes],
+        complete=all(node.received == everything for node in cluster.nodes),
+    )
+
+
+def direct_fill(params: Params) -> float:
+    """Every node reads the whole blob straight from the origin: seconds until the last is
+    done."""
+    cluster = Cluster(params)
+
+    def get(node_index: int) -> Step:
+        yield params.rtt
+        yield cluster.network.start(
+            cluster.origin, cluster.nodes[node_index].down, params.size
+        ).done
+
+    readers = [cluster.kernel.spawn(get(i)) for i in range(params.nodes)]
+    cluster.kernel.run(until=all_of(cluster.kernel, readers))
+    return cluster.kernel.now
+
+
+@dataclass(frozen=True)
+class Lazy:
+    latencies_ms: list[float]
+    origin_piece_fetches: int
+    distinct_pieces: int
+    home_lookups: int
+    seconds: float
+
+
+def traces(params: Params, coverage: float) -> list[list[tuple[int, int]]]:
+    """Each node's reads (first byte, length): bench.lazy's trace and shuffles for the seed."""
+    rng = random.Random(params.seed)
+    trace = [(read.first, read.length) for read in make_trace(params.size, coverage, rng)]
+    orders = []
+    for _ in range(params.nodes):
+        order = trace.copy()
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
+def _replay(
+    cluster: Cluster,
+    orders: list[list[tuple[int, int]]],
+    readers: int,
+    read: Callable[[int, int, int], Step],
+) -> list[float]:
+    """Each node's `readers` take the next read of its order as they free up; the latency of
+    every read, in ms."""
+    kernel = cluster.kernel
+    latencies: list[float] = []
+
+    def reader(node_index: int, reads: list[tuple[int, int]]) -> Step:
+        while reads:
+            first, length = reads.pop()
+            started = kernel.now
+            yield from read(node_index, first, length)
+            latencies.append((kernel.now - started) * 1000)
+
+    processes = []
+    for i, order in enumerate(orders):
+        reads = order[::-1]  # popped from the end: in the order's order
+        processes += [kernel.spawn(reader(i, reads)) for _ in range(readers)]
+    kernel.run(until=all_of(kernel, processes))
+    return latencies
+
+
+def lazy(params: Params, coverage: float, readers: int) -> Lazy:
+    cluster = Cluster(params)
+    orders = traces(params, coverage)
+
+    def read(node_index: int, first: int, length: int) -> Step:
+        node = cluster.nodes[node_index]
+        yield from cluster.read(node, first, first + length - 1, sequential=False)
+
+    latencies = _replay(cluster, orders, readers, read)
+    distinct = {
+        index
+        for first, length in orders[0]
+        for index in range(first // params.piece, (first + length - 1) // params.piece + 1)
+    }
+    return Lazy(
+        latencies_ms=latencies,
+        origin_piece_fetches=cluster.origin_pieces,
+        distinct_pieces=len(distinct),
+        home_lookups=cluster.home.lookups,
+        seconds=cluster.kernel.now,
+    )
+
+
+def direct_lazy(params: Params, coverage: float, readers: int) -> list[float]:
+    """The lazy trace with every read a ranged GET straight to the origin."""
+    cluster = Cluster(params)
+
+    def read(node_index: int, first: int, length: int) -> Step:
+        yield params.rtt
+        yield cluster.network.start(cluster.origin, cluster.nodes[node_index].down, length).done
+
+    return _replay(cluster, traces(params, coverage), readers, read)
+
+
+def runs(counts: tuple[int, ...], size: int, small: int) -> list[tuple[int, int]]:
+    """(nodes, blob bytes) to simulate: every count with the small blob, and the counts up to
+    FULL_SIZE_UP_TO with `size` too (a 1,000-node fill of 512 MiB takes far too long here)."""
+    full = [(n, size) for n in counts if n <= FULL_SIZE_UP_TO and size != small]
+    return full + [(n, small) for n in counts]
+
+
+def simulate(
+    nodes: int, size: int, link_mbit: float, rtt: float, coverage: float, readers: int
+) -> Figures:
+    started = time.monotonic()
+    params = Params(
+        nodes=nodes, size=size, link=link_mbit * 1e6 / 8, origin=link_mbit * 1e6 / 8, rtt=rtt
+    )
+    bound = size / params.link
+    swarm = fill(params)
+    assert swarm.complete, "a node ended without every piece"
+    trace = lazy(params, coverage, readers)
+    small = nodes <= DIRECT_UP_TO
+    direct = direct_lazy(params, coverage, readers) if small else None
+    return Figures(
+        nodes=nodes,
+        blob_mib=size / MIB,
+        fill_vs_bound=swarm.seconds / bound,
+        direct_fill_vs_bound=direct_fill(params) / bound if small else None,
+        origin_vs_blob=swarm.origin_bytes / size,
+        gave_up=swarm.gave_up,
+        home_lookups_per_s=swarm.home_lookups / swarm.seconds,
+        home_directory_load=swarm.directory_seconds / swarm.seconds,
+        top_upload_share=max(swarm.uploads) / max(sum(swarm.uploads), 1),
+        lazy_p50_ms=percentile(trace.latencies_ms, 50),
+        lazy_p99_ms=percentile(trace.latencies_ms, 99),
+        lazy_direct_p50_ms=None if direct is None else percentile(direct, 50),
+        lazy_direct_p99_ms=None if direct is None else percentile(direct, 99),
+        lazy_origin_fetches_per_piece=trace.origin_piece_fetches / trace.distinct_pieces,
+        lazy_home_lookups_per_s=trace.home_lookups / trace.seconds,
+        seconds=time.monotonic() - started,
+    )
+
+
+def run(
+    plan: list[tuple[int, int]],
+    link_mbit: float,
+    rtt: float,
+    coverage: float,
+    readers: int,
+) -> list[Figures]:
+    results = []
+    for nodes, size in plan:
+        results.append(simulate(nodes, size, link_mbit, rtt, coverage, readers))
+        print(
+            f"sim: {nodes} nodes, {size / MIB:.0f} MiB simulated in {results[-1].seconds:.1f} s",
+            flush=True,
+        )
+    return results
+
+
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def report(results: list[Figures]) -> str:
+    rows = [
+        [
+            f"{f.nodes:,}",
+            f"{f.blob_mib:.0f}",
+            f"{f.fill_vs_bound:.2f}",
+            _maybe(f.direct_fill_vs_bound, "{:.2f}"),
+            f"{f.origin_vs_blob:.2f}",
+            f"{sum(f.gave_up.values()):,}",
+            f"{f.home_lookups_per_s:,.0f}",
+            f"{f.home_directory_load:.2f}",
+            f"{f.top_upload_share:.3f}",
+            f"{f.lazy_p50_ms:.0f} ({_maybe(f.lazy_direct_p50_ms, '{:.0f}')})",
+            f"{f.lazy_p99_ms:.0f} ({_maybe(f.lazy_direct_p99_ms, '{:.0f}')})",
+            f"{f.lazy_origin_fetches_per_piece:.2f}",
+            f"{f.lazy_home_lookups_per_s:,.0f}",
+            f"{f.seconds:.1f}",
+        ]
+        for f in results
+    ]
+    header = [
+        "nodes",
+        "blob MiB",
+        "fill / (S/B)",
+        "direct fill / (S/B)",
+        "origin bytes / S",
+        "pieces to the origin after waiting",
+        "home lookups/s",
+        "home Directory CPU s/s",
+        "top upload share",
+        "lazy p50 ms (direct)",
+        "lazy p99 ms (direct)",
+        "lazy origin fetches / piece",
+        "lazy home lookups/s",
+        "wall s",
+    ]
+    notes = [
+        "Fill columns: every node reads the whole blob at once. 'Pieces to the origin after "
+        "waiting': pieces a node was to get from peers but fetched from the origin after all "
+        "(it waited out the 15 s lease wait). 'Home Directory CPU s/s': seconds this machine "
+        "spent in the home's Directory.lookup per simulated second (above 1, a real home's "
+        "core is saturated by the directory alone, before HTTP; the simulation does not limit "
+        "it, so beyond that point it is optimistic). Lazy columns: the nydus-like trace.",
+    ]
+    return "\n\n".join([table(header, rows), *notes])
+
+
+def _differences(figures: Figures) -> dict[str, float]:
+    """Per figure the real 4-node run also has: (simulated - real) / real."""
+    return {
+        name: (simulated - REAL_4_NODES[name]) / REAL_4_NODES[name]
+        for name, simulated in figures.comparable().items()
+        if simulated is not None
+    }
+
+
+def comparison(figures: Figures) -> str:
+    """The simulated 4-node figures beside the real netns run's."""
+    simulated = figures.comparable()
+    rows = [
+        [
+            name,
+            f"{REAL_4_NODES[name]:g}",
+            f"{simulated[name]:.2f}",
+            f"{difference:+.0%}",
+            f"within {MARGIN:.0%}" if name in HELD_TO_MARGIN else "shown",
+        ]
+        for name, difference in _differences(figures).items()
+    ]
+    return table(["4 nodes, 512 MiB", "real (netns)", "simulated", "difference", "held to"], rows)
+
+
+# Where the builtin swarm has stopped scaling: the issue's targets at 1,000 nodes, and a home
+# whose directory alone needs more than a core.
+_FILL_LIMIT, _ORIGIN_LIMIT, _HOME_LIMIT = 1.3, 1.05, 1.0
+
+
+def _limits(results: list[Figures]) -> list[Check]:
+    """Per blob size: the smallest node count past a limit, and which."""
+    checks = []
+    for mib in sorted({f.blob_mib for f in results}, reverse=True):
+        series = sorted((f for f in results if f.blob_mib == mib), key=lambda f: f.nodes)
+        for f in series:
+            past = [
+                what
+                for what, over in (
+                    (
+                        f"fill {f.fill_vs_bound:.2f}x S/B > {_FILL_LIMIT}",
+                        f.fill_vs_bound > _FILL_LIMIT,
+                    ),
+                    (
+                        f"origin {f.origin_vs_blob:.2f}x S > {_ORIGIN_LIMIT}",
+                        f.origin_vs_blob > _ORIGIN_LIMIT,
+                    ),
+                    (
+                        f"home directory {f.home_directory_load:.1f} cores",
+                        f.home_directory_load > _HOME_LIMIT,
+                    ),
+                )
+                if over
+            ]
+            if past:
+                checks.append(
+                    info(
+                        f"{mib:.0f} MiB: past a limit from", f"{f.nodes:,} nodes: {'; '.join(past)}"
+                    )
+                )
+                break
+        else:
+            checks.append(info(f"{mib:.0f} MiB: past a limit from", "none of these node counts"))
+    return checks
+
+
+def _label(figures: Figures) -> str:
+    return f"{figures.nodes:,} x {figures.blob_mib:.0f} MiB"
+
+
+def section(results: list[Figures], link_mbit: float, rtt: float) -> Section:
+    parts = [report(results)]
+    four = next((f for f in results if f.nodes == 4 and f.blob_mib == 512), None)
+    checks = []
+    if four is not None and link_mbit == 200:
+        parts.append(comparison(four))
+        differences = _differences(four)
+        checks += [
+            at_most(f"4 nodes vs real: {name}", abs(differences[name]), MARGIN, "{:.0%}")
+            for name in HELD_TO_MARGIN
+        ]
+    checks += _limits(results)
+    checks += [
+        info(
+            f"{f.nodes} nodes, {f.blob_mib:.0f} MiB",
+            f"fill {f.fill_vs_bound:.2f}x S/B, origin {f.origin_vs_blob:.2f}x S, "
+            f"home {f.home_lookups_per_s:,.0f} lookups/s, top upload {f.top_upload_share:.2f}, "
+            f"lazy p50/p99 {f.lazy_p50_ms:.0f}/{f.lazy_p99_ms:.0f} ms",
+        )
+        for f in results
+    ]
+    groups = [_label(f) for f in results]
+    return Section(
+        scenario="sim",
+        title=(
+            f"Swarm simulation: the builtin swarm at {', '.join(groups)} (nodes x blob), "
+            f"{link_mbit:g} Mbit/s links and origin, {rtt * 1000:g} ms round trip"
+        ),
+        table="\n\n".join(parts),
+        checks=checks,
+        plots=(
+            Bars(
+                "sim-fill",
+                "Swarm simulation: fill time / (S/B), by nodes x blob",
+                "fill / (S/B) (log)",
+                groups,
+                {
+                    "bound": [1.0] * len(results),
+                    "builtin swarm": [f.fill_vs_bound for f in results],
+                },
+                log=True,
+            ),
+            Bars(
+                "sim-home",
+                "Swarm simulation: the home's directory lookups per second",
+                "lookups/s (log)",
+                groups,
+                {
+                    "fill": [f.home_lookups_per_s for f in results],
+                    "lazy": [f.lazy_home_lookups_per_s for f in results],
+                },
+                log=True,
+            ),
+        ),
+    )

@@ -1,0 +1,165 @@
+"""The simulated network: links with a capacity (bytes/s) and fluid flows across two of them
+(the sender's uplink, the receiver's downlink), sharing every link max-min fairly.
+
+Each link advertises a fair share: its capacity, less what the flows held back elsewhere take,
+split evenly among the rest (water-filling). A flow runs at the smaller of its two links'
+shares; that fixed point is the max-min fair allocation. When a flow starts or ends, only the
+shares that move are recomputed, starting from its two links and spreading along the flows
+whose other end changed, so an event costs about the flows near it, not every flow in the
+network. Bytes move as a fluid: no packets, no slow start, no queueing delay (the request's
+round trip is the caller's to add).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.sim_events import Event, Kernel
+
+__all__ = ["Flow", "Link", "Network"]
+
+_TOLERANCE = 1e-6  # relative change of a share worth passing on
+_BYTE = 1e-3  # fluid arithmetic: a flow this close to a mark has reached it
+
+
+@dataclass(eq=False, slots=True)
+class Link:
+    capacity: float  # bytes per second
+    name: str = ""
+    flows: dict[Flow, None] = field(default_factory=dict)  # ordered: runs are reproducible
+    share: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.share = self.capacity
+
+
+@dataclass(eq=False, slots=True)
+class Flow:
+    sender: Link
+    receiver: Link
+    size: float
+    done: Event
+    moved: float = 0.0  # bytes delivered, as of `since`
+    rate: float = 0.0
+    since: float = 0.0
+    version: int = 0  # bumps whenever the scheduled arrival is replaced
+    marks: list[tuple[float, Event]] = field(default_factory=list)  # (offset, fired then)
+    running: bool = True
+
+    def other(self, link: Link) -> Link:
+        return self.receiver if link is self.sender else self.sender
+
+
+class Network:
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self.settles = 0  # link shares recomputed, in all (the model's own cost)
+
+    def start(self, sender: Link, receiver: Link, size: float) -> Flow:
+        """A flow of `size` bytes; its `done` event fires once the last byte is in."""
+        flow = Flow(sender, receiver, size, self._kernel.event(), since=self._kernel.now)
+        sender.flows[flow] = None
+        receiver.flows[flow] = None
+        self._settle([sender, receiver], {flow: None})
+        return flow
+
+    def reach(self, flow: Flow, offset: float) -> Event:
+        """An event that fires once `flow` has delivered `offset` bytes."""
+        assert offset <= flow.size + _BYTE, "a flow never reaches past its end"
+        event = self._kernel.event()
+        if offset <= self._moved(flow) + _BYTE:
+            event.fire()
+            return event
+        flow.marks.append((offset, event))
+        flow.marks.sort(key=lambda mark: mark[0])
+        self._schedule(flow)
+        return event
+
+    def cancel(self, flow: Flow) -> None:
+        """Stop `flow` (its `done` never fires)."""
+        if flow.running:
+            self._remove(flow)
+
+    # --------------------------------------------------------------------------------------
+
+    def _moved(self, flow: Flow) -> float:
+        return flow.moved + flow.rate * (self._kernel.now - flow.since)
+
+    def _remove(self, flow: Flow) -> None:
+        flow.moved = self._moved(flow)
+        flow.since = self._kernel.now
+        flow.rate = 0.0
+        flow.running = False
+        flow.version += 1
+        flow.sender.flows.pop(flow, None)
+        flow.receiver.flows.pop(flow, None)
+        self._settle([flow.sender, flow.receiver], {})
+
+    def _settle(self, links: list[Link], touched: dict[Flow, None]) -> None:
+        """Recompute the shares that change from `links` on, then the rates of the flows on
+        any link whose share moved (and of `touched`)."""
+        pending = list(links)
+        queued = set(pending)
+        moved = dict.fromkeys(links)
+        while pending:
+            link = pending.pop()
+            queued.discard(link)
+            self.settles += 1
+            share = _fair_share(link)
+            if abs(share - link.share) <= _TOLERANCE * link.capacity:
+                continue
+            link.share = share
+            moved[link] = None
+            for flow in link.flows:
+                other = flow.other(link)
+                if other not in queued:
+                    queued.add(other)
+                    pending.append(other)
+        for link in moved:
+            touched.update(link.flows)
+        for flow in touched:
+            if flow.running:
+                rate = min(flow.sender.share, flow.receiver.share)
+                if rate != flow.rate:
+                    flow.moved = self._moved(flow)
+                    flow.since = self._kernel.now
+                    flow.rate = rate
+                    self._schedule(flow)
+
+    def _schedule(self, flow: Flow) -> None:
+        """Plan the flow's next arrival: its next mark, or its end."""
+        flow.version += 1
+        if flow.rate <= 0:
+            return
+        target = flow.marks[0][0] if flow.marks else flow.size
+        delay = max(0.0, (target - self._moved(flow)) / flow.rate)
+        version = flow.version
+        self._kernel.after(delay, lambda _: self._arrive(flow, version))
+
+    def _arrive(self, flow: Flow, version: int) -> None:
+        if version != flow.version or not flow.running:
+            return
+        moved = self._moved(flow)
+        while flow.marks and flow.marks[0][0] <= moved + _BYTE:
+            flow.marks.pop(0)[1].fire()
+        if moved + _BYTE >= flow.size:
+            self._remove(flow)
+            flow.done.fire()
+            return
+        self._schedule(flow)
+
+
+def _fair_share(link: Link) -> float:
+    """Water-filling: flows held below an even split by their other link keep that rate; the
+    rest of the capacity is split evenly among the others. With every flow held elsewhere, the
+    largest of them could still grow by what is left."""
+    if not link.flows:
+        return link.capacity
+    elsewhere = sorted(flow.other(link).share for flow in link.flows)
+    left, count = link.capacity, len(elsewhere)
+    for share in elsewhere:
+        if share * count >= left:
+            return left / count
+        left -= share
+        count -= 1
+    return left + elsewhere[-1]

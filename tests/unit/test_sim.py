@@ -1,0 +1,107 @@
+"""The swarm simulation: its network shares links max-min fairly and moves bytes on time, and
+a small simulated cluster ends where the real one must (every node with every piece, the
+origin sending at least one copy, nothing faster than the links allow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import sim
+from bench.sim_events import Kernel, Step
+from bench.sim_network import Link, Network
+from bench.sim_swarm import Cluster, Params
+
+MIB = 1024 * 1024
+
+
+def test_two_flows_on_one_link_get_half_each() -> None:
+    network = Network(Kernel())
+    uplink = Link(100.0)
+    first = network.start(uplink, Link(1000.0), 1e6)
+    second = network.start(uplink, Link(1000.0), 1e6)
+    assert (first.rate, second.rate) == (50.0, 50.0)
+
+
+def test_a_flow_held_back_by_its_other_end_leaves_the_rest_to_the_others() -> None:
+    network = Network(Kernel())
+    uplink = Link(100.0)
+    slow = network.start(uplink, Link(20.0), 1e6)
+    fast = network.start(uplink, Link(1000.0), 1e6)
+    assert slow.rate == pytest.approx(20.0)
+    assert fast.rate == pytest.approx(80.0)
+    network.cancel(slow)
+    assert fast.rate == pytest.approx(100.0)
+
+
+def test_a_flow_speeds_up_when_its_neighbour_ends() -> None:
+    kernel = Kernel()
+    network = Network(kernel)
+    uplink = Link(100.0)
+    ended: dict[str, float] = {}
+
+    def transfer(name: str, size: float) -> Step:
+        yield network.start(uplink, Link(1000.0), size).done
+        ended[name] = kernel.now
+
+    kernel.spawn(transfer("short", 100.0))
+    kernel.spawn(transfer("long", 300.0))
+    kernel.run()
+    # Both at 50 B/s until the short one ends at 2 s; the long one's last 200 B at 100 B/s.
+    assert ended["short"] == pytest.approx(2.0)
+    assert ended["long"] == pytest.approx(4.0)
+
+
+def test_a_mark_fires_when_its_byte_arrives() -> None:
+    kernel = Kernel()
+    network = Network(kernel)
+    flow = network.start(Link(10.0), Link(10.0), 100.0)
+    reached: list[float] = []
+    network.reach(flow, 30.0).then(lambda _: reached.append(kernel.now))
+    kernel.run()
+    assert reached == [pytest.approx(3.0)]
+
+
+_PARAMS = Params(nodes=6, size=24 * MIB, link=25e6, origin=25e6, rtt=0.002, seed=3)
+
+
+def test_a_simulated_fill_ends_with_every_piece_everywhere_and_no_faster_than_a_link() -> None:
+    result = sim.fill(_PARAMS)
+    assert result.complete
+    assert result.origin_bytes >= _PARAMS.size
+    assert result.seconds >= _PARAMS.size / _PARAMS.link
+    assert sum(result.uploads) >= _PARAMS.nodes * _PARAMS.size - result.origin_bytes
+    assert result.home_lookups > 0
+
+
+def test_a_simulated_lazy_trace_reads_everything_once_per_node() -> None:
+    orders = sim.traces(_PARAMS, 0.2)
+    result = sim.lazy(_PARAMS, 0.2, readers=2)
+    assert len(result.latencies_ms) == sum(len(order) for order in orders)
+    assert min(result.latencies_ms) > 0
+    assert result.origin_piece_fetches >= result.distinct_pieces
+
+
+def test_direct_reads_share_the_origin() -> None:
+    assert sim.direct_fill(_PARAMS) == pytest.approx(
+        _PARAMS.nodes * _PARAMS.size / _PARAMS.origin + _PARAMS.rtt
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_read_of_a_pieces_head_waits_for_the_second_request() -> None:
+    """A read starting mid-piece fetches from its first byte, and the piece's head by a
+    second request; another read wanting that head gets it once the piece is whole."""
+    cluster = Cluster(_PARAMS)
+    node = cluster.nodes[0]
+    kernel = cluster.kernel
+    ended: list[float] = []
+
+    def read(first: int, last: int) -> Step:
+        yield from cluster.read(node, first, last, sequential=False)
+        ended.append(kernel.now)
+
+    tail = kernel.spawn(read(MIB + MIB // 2, 2 * MIB - 1))
+    head = kernel.spawn(read(MIB, MIB + MIB // 4))
+    kernel.run(until=sim.all_of(kernel, [tail, head]))
+    assert len(ended) == 2
+    assert 1 in node.received
