@@ -18,6 +18,7 @@ import yaml
 
 from bench import harness
 from tests.support.ports import free_port
+from tests.support.processes import end
 
 BINARIES = ("scheduler", "dfdaemon")
 
@@ -64,16 +65,8 @@ def _spawn(stack: contextlib.ExitStack, command: list[str], log: Path) -> subpro
     output = log.open("wb")
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
 
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        output.close()
-
-    stack.callback(stop)
+    stack.callback(output.close)
+    stack.callback(end, process)
     return process
 
 

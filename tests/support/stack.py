@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import end
 from tests.support.registry import Registry
 from tests.support.tools import require
 
@@ -327,7 +328,7 @@ state = "{self.state / "containerd-state"}"
         """Stop containerd and the snapshotter, then every process still running from this
         node's root (nydusd, shims), and unmount what is left mounted under it."""
         for process in reversed(self.processes):
-            _end(process)
+            end(process)
         self.processes.clear()
         for directory in (self.root, self.state):
             for pid in _pids_mentioning(str(directory)):
@@ -337,17 +338,6 @@ state = "{self.state / "containerd-state"}"
             for mountpoint in sorted(_mounts_under(directory), key=len, reverse=True):
                 subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
         shutil.rmtree(self.state, ignore_errors=True)
-
-
-def _end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _pids_mentioning(text: str) -> list[int]:
