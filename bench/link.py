@@ -7,7 +7,9 @@ counts the bytes it carried back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 
 from tests.support.ports import free_port
 
@@ -103,3 +105,19 @@ class ShapedLink:
         self._loop.call_soon_threadsafe(self._server.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+# The registry links the nydus benches compare: plain loopback, and a paced, delayed link.
+LINKS = {"loopback": None, "registry link 200 Mbit/s, 10 ms RTT": (200.0, 10.0)}
+
+
+def registry_links(stack: contextlib.ExitStack, registry_port: int) -> Iterator[tuple[str, int]]:
+    """(profile, port to reach the registry at on 127.0.0.1) for each of LINKS; the links stay
+    up until `stack` closes."""
+    for profile, shape in LINKS.items():
+        if shape is None:
+            yield profile, registry_port
+            continue
+        link = ShapedLink(registry_port, *shape).start()
+        stack.callback(link.stop)
+        yield profile, link.port

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench import dragonfly, harness
-from bench.link import ShapedLink
+from bench.link import registry_links
 from bench.report import Section, at_most
 from bench.resources import cpu_seconds
 from tests.support.agent import AgentProcess
@@ -41,10 +41,6 @@ def _read(root: Path, bootstrap: Path, config: dict, tree: Path) -> tuple[float,
         mount.close()
 
 
-# Where the registry is: on loopback, and behind a link like a real registry's (a relay that
-# paces and delays, bench/link.py).
-LINKS = {"loopback": None, "registry link 200 Mbit/s, 10 ms RTT": (200.0, 10.0)}
-
 Summary = dict[str, dict[str, dict[str, float]]]  # registry link -> path -> figure -> value
 
 
@@ -55,12 +51,8 @@ def run(work: Path, bulk: int = 48, rounds: int = 3) -> Summary:
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(harness.registry(work))
         image = push_nydus_image(registry, REPO, tree, work / "image")
-        for number, (profile, shape) in enumerate(LINKS.items()):
-            host = registry.host
-            if shape is not None:
-                link = ShapedLink(registry.port, *shape).start()
-                stack.callback(link.stop)
-                host = link.host
+        for number, (profile, port) in enumerate(registry_links(stack, registry.port)):
+            host = f"127.0.0.1:{port}"
             summary[profile] = _profile(work / f"link{number}", host, image, tree, rounds)
     return summary
 

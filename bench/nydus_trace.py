@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import harness
 from bench.cold import Reader
 from bench.harness import percentile
-from bench.link import ShapedLink
+from bench.link import registry_links
 from bench.report import Section, at_most
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import wait_for
@@ -64,12 +64,6 @@ def record(work: Path, registry_url: str, image: NydusImage) -> list[tuple[int, 
         origin.stop()
 
 
-LINKS = {  # profile -> (Mbit/s, RTT ms) of the registry's link
-    "loopback": None,
-    "registry link 200 Mbit/s, 10 ms RTT": (200.0, 10.0),
-}
-
-
 def run(work: Path, bulk: int = 48) -> dict[str, list[Replay]]:
     harness.clean(work)
     tree = make_tree(work / "src", bulk=bulk)
@@ -78,12 +72,7 @@ def run(work: Path, bulk: int = 48) -> dict[str, list[Replay]]:
         registry = stack.enter_context(harness.registry(work))
         image = push_nydus_image(registry, REPO, tree, work / "image")
         trace = record(work, registry.url, image)
-        for number, (profile, shape) in enumerate(LINKS.items()):
-            port = registry.port
-            if shape is not None:
-                link = ShapedLink(registry.port, *shape).start()
-                stack.callback(link.stop)
-                port = link.port
+        for number, (profile, port) in enumerate(registry_links(stack, registry.port)):
             results[profile] = _replay(stack, work / f"link{number}", port, image, trace)
     return results
 
