@@ -23,6 +23,7 @@ __all__ = [
     "StartupError",
     "StorageFull",
     "Throttled",
+    "VortexError",
     "http_status",
 ]
 
@@ -93,6 +94,18 @@ class StorageFull(DfagentError, OSError):
     pass
 
 
+class VortexError(DfagentError):
+    """A Dragonfly peer's Vortex piece transfer failed: the connection, a malformed or
+    unexpected frame, bytes that do not match the piece's digest, or an Error frame from the
+    peer (`not_found` when the peer said it does not hold the piece)."""
+
+    source: ClassVar[Source] = "peer"
+
+    def __init__(self, message: str, *, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
 def http_status(error: DfagentError) -> int:
     """The status a client gets for an error raised before the response headers were sent."""
     match error:
@@ -108,7 +121,7 @@ def http_status(error: DfagentError) -> int:
             return 403
         case OriginTimeout():
             return 504
-        case OriginError() | IntegrityError():
+        case OriginError() | IntegrityError() | VortexError():
             return 502
         case StorageFull():
             return 507

@@ -18,6 +18,7 @@ from dfagent import errors
         (errors.StorageFull("s"), 507),
         (errors.StartupError("s"), 500),
         (errors.Throttled("t"), 429),
+        (errors.VortexError("v"), 502),
     ],
 )
 def test_status_table(error, status):
@@ -29,3 +30,4 @@ def test_errors_are_also_stdlib_kinds():
     assert isinstance(errors.OriginTimeout("x"), TimeoutError)
     assert isinstance(errors.StorageFull("x"), OSError)
     assert errors.OriginError.source == "origin"
+    assert errors.VortexError.source == "peer"
