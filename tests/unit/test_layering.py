@@ -77,6 +77,15 @@ def test_dependencies_point_down(package, banned):
         assert bad - allowed_core == set(), f"{path.relative_to(PACKAGE)} imports {bad}"
 
 
+def test_dragonfly_speaks_with_the_stdlib_only():
+    """dfagent.dragonfly (ids, pieces, Vortex) imports itself, dfagent.errors and the stdlib."""
+    for path in (PACKAGE / "dragonfly").rglob("*.py"):
+        for name in imports_of(path):
+            allowed = name == "dfagent.errors" or name.startswith("dfagent.dragonfly")
+            top = name.split(".")[0]
+            assert allowed or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
 def test_every_module_imports_on_its_own():
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     for name in MODULES:
