@@ -36,6 +36,8 @@ class Daemon:
     proxy_port: int
     metrics_port: int
     health_port: int
+    tcp_port: int  # Vortex over TCP (storage.server.tcpPort)
+    upload_port: int  # the upload gRPC server
 
     @property
     def proxy_url(self) -> str:
@@ -151,7 +153,15 @@ def _dfdaemon(stack: contextlib.ExitStack, root: Path, name: str, scheduler: int
     log = root / "dfdaemon.log"
     process = _spawn(stack, command, log)
     _wait_port(ports["proxy"], process, log, f"dfdaemon {name}")
-    return Daemon(name, process.pid, ports["proxy"], ports["metrics"], ports["health"])
+    return Daemon(
+        name,
+        process.pid,
+        ports["proxy"],
+        ports["metrics"],
+        ports["health"],
+        ports["tcp"],
+        ports["upload"],
+    )
 
 
 @contextlib.contextmanager
