@@ -164,7 +164,7 @@ class PieceMetadata:
     def encode(self) -> bytes:
         """The PieceContent frame (without the piece's bytes)."""
         if not 0 <= self.length <= MAX_PIECE_LENGTH:
-            raise ValueError(f"a piece of {self.length} bytes is over the protocol's limit")
+            raise ValueError(f"a piece of {self.length} bytes is outside the protocol's 0-1 GiB")
         digest, parent = self.digest.encode(), self.parent_id.encode()
         try:
             metadata = b"".join(
