@@ -15,6 +15,7 @@ from pathlib import Path
 from bench import harness
 from bench.harness import percentile as _pct
 from bench.report import Bars, Check, Section, at_most
+from tests.support.metrics import sample_sum
 
 MIB = 1024 * 1024
 
@@ -87,7 +88,7 @@ def run(
                 series.asked_bytes += range_length
         for series, _, metrics_url in readers:
             series.origin_bytes = (
-                harness.metric(metrics_url, "dfagent_origin_bytes_total")
+                sample_sum(metrics_url, "dfagent_origin_bytes_total")
                 if metrics_url
                 else float(series.asked_bytes)
             )

@@ -9,7 +9,6 @@ import shutil
 import statistics
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,23 +137,6 @@ def wrk(
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     return WrkResult(float(rate.group(1)), latency("50%"), latency("99%"), errors)
-
-
-def metric(metrics_url: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` on an agent's /metrics page whose labels include
-    `labels` (0 when there are none)."""
-    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
-        page = response.read().decode()
-    total = 0.0
-    for line in page.splitlines():
-        sample, _, value = line.rpartition(" ")
-        sample_name, _, label_text = sample.partition("{")
-        if sample_name != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if all(found.get(key) == wanted for key, wanted in labels.items()):
-            total += float(value)
-    return total
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import cluster, harness
 from bench.harness import percentile
 from bench.report import Bars, Cdf, Section, at_most, info
+from tests.support.metrics import sample_sum
 
 MIB = 1024 * 1024
 PIECE = MIB  # the agents' storage.piece_size
@@ -141,7 +142,7 @@ def run(
             )
 
             def total(name: str, **labels: str) -> float:
-                return sum(harness.metric(a.metrics_url, name, **labels) for a in agents)
+                return sum(sample_sum(a.metrics_url, name, **labels) for a in agents)
 
             swarm = Replay(
                 latencies,

@@ -11,10 +11,11 @@ import statistics
 import time
 from pathlib import Path
 
-from bench import dragonfly, harness
+from bench import harness
 from bench.link import registry_links
 from bench.report import Section, at_most
 from bench.resources import cpu_seconds
+from tests.support import dragonfly
 from tests.support.agent import AgentProcess
 from tests.support.metrics import metric, wait_for
 from tests.support.nydus import Mount, compare_trees, make_tree, nydusd_config
@@ -103,7 +104,9 @@ def _profile(
                 origin = metric(agent, "dfagent_origin_bytes_total") - before
                 results[name].append((mount, read, origin, cpu))
             if with_dragonfly:
-                daemons = stack.enter_context(dragonfly.cluster(base / "dragonfly", daemons=2))
+                daemons = stack.enter_context(
+                    dragonfly.cluster(base / "dragonfly", daemons=2, log_level="warn")
+                ).daemons
                 for name, daemon in zip(("dfdaemon", "dfdaemon node 2"), daemons, strict=True):
                     config = nydusd(daemon.proxy_url, daemon.health_url)
                     before = daemon.metric(_DFDAEMON_ORIGIN, type="BACK_TO_SOURCE")

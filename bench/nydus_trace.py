@@ -18,7 +18,7 @@ from bench.harness import percentile
 from bench.link import registry_links
 from bench.report import Section, at_most
 from tests.support.counting import CountingOrigin
-from tests.support.metrics import wait_for
+from tests.support.metrics import sample_sum, wait_for
 from tests.support.nydus import Mount, make_tree, nydusd_config
 from tests.support.nydus_registry import (
     NydusImage,
@@ -95,7 +95,7 @@ def _replay(
             wait_for(lambda a=agent: maps_learned(a) >= 1, "the chunk map")
         replays.append((Replay(name), Reader(agent.proxy_port, upstream + path), agent.metrics_url))
     for replay, reader, metrics_url in replays:
-        before = harness.metric(metrics_url, "dfagent_origin_bytes_total") if metrics_url else 0
+        before = sample_sum(metrics_url, "dfagent_origin_bytes_total") if metrics_url else 0
         started = time.perf_counter()
         for first, last in trace:
             _, total, body = reader.read(first, last - first + 1)
@@ -105,7 +105,7 @@ def _replay(
             replay.sizes.append(last - first + 1)
         replay.seconds = time.perf_counter() - started
         replay.origin_bytes = (
-            harness.metric(metrics_url, "dfagent_origin_bytes_total") - before
+            sample_sum(metrics_url, "dfagent_origin_bytes_total") - before
             if metrics_url
             else float(replay.asked_bytes)
         )

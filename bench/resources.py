@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import harness
 from bench.report import Bars, Check, Section, info
 from tests.support.agent import AgentProcess
+from tests.support.metrics import sample_sum
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 GB = 1e9
@@ -32,7 +32,7 @@ def status_kib(pid: int, key: str) -> int:
 
 
 def _served(metrics_url: str) -> float:
-    return harness.metric(metrics_url, "dfagent_served_bytes_total")
+    return sample_sum(metrics_url, "dfagent_served_bytes_total")
 
 
 def watched(agent: AgentProcess, metrics_url: str | None = None) -> tuple[int, str]:

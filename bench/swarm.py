@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import cluster, harness, resources
 from bench.report import Bars, Section, at_most, number
+from tests.support.metrics import sample_sum
 
 MIB = 1024 * 1024
 
@@ -77,12 +78,8 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
                 digest,
             )
             usage = meter.read()
-            from_origin = [
-                harness.metric(a.metrics_url, "dfagent_origin_bytes_total") for a in agents
-            ]
-            uploaded = [
-                harness.metric(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents
-            ]
+            from_origin = [sample_sum(a.metrics_url, "dfagent_origin_bytes_total") for a in agents]
+            uploaded = [sample_sum(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents]
     figures = {
         "nodes": nodes,
         "blob_mib": size / MIB,

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import zlib
 from pathlib import Path
 
 import pytest
 
-from bench.dragonfly import cluster
 from dfagent.dragonfly import piece_bounds, piece_count, piece_length, task_id_for_url
 from dfagent.dragonfly.vortex import (
     DownloadPiece,
@@ -22,27 +20,14 @@ from dfagent.dragonfly.vortex import (
 )
 from dfagent.dragonfly.vortex.wire import read_header
 from dfagent.errors import VortexError
-from tests.support import tools
-
-NEEDED = ("scheduler", "dfdaemon", "dfget")
-MISSING = [name for name in NEEDED if tools.find(name) is None]
+from tests.support import dragonfly
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(MISSING),
-        reason=f"a real Dragonfly cluster needs {', '.join(MISSING)} (dragonfly-client 1.5.10, "
-        "d7y.io/dragonfly/v2 scheduler), not installed here",
-    ),
+    pytest.mark.skipif(dragonfly.available() is not None, reason=str(dragonfly.available())),
 ]
 
 MiB = 1 << 20
-
-
-def dfget(socket: Path, url: str, output: Path) -> None:
-    command = [tools.require("dfget"), "--endpoint", str(socket), url, "-O", str(output)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 async def two_requests_on_one_connection(port: int, task: str) -> list[int]:
@@ -69,11 +54,11 @@ def test_pieces_fetched_from_a_real_dfdaemon(registry, tmp_path: Path) -> None:
     count = piece_count(len(data), length)
     assert count == 2
 
-    with cluster(tmp_path / "dragonfly", daemons=1) as (daemon,):
-        root = tmp_path / "dragonfly" / "dfdaemon0"
-        dfget(root / "dfdaemon.sock", url, tmp_path / "downloaded")
+    with dragonfly.cluster(tmp_path / "dragonfly", daemons=1) as cluster:
+        (daemon,) = cluster.daemons
+        daemon.dfget(url, tmp_path / "downloaded")
         assert (tmp_path / "downloaded").read_bytes() == data
-        assert (root / "storage" / "content" / "tasks" / task[:3] / task).is_file()
+        assert (daemon.root / "storage" / "content" / "tasks" / task[:3] / task).is_file()
 
         for number in range(count):
             metadata, piece = asyncio.run(

@@ -1,7 +1,8 @@
-"""Reading an agent's /metrics page in tests."""
+"""Reading a /metrics page (an agent's, a dfdaemon's) in tests and benchmarks."""
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 
@@ -21,6 +22,23 @@ def metrics(agent: AgentProcess) -> dict[str, float]:
 
 def metric(agent: AgentProcess, name: str) -> float:
     return metrics(agent).get(name, 0.0)
+
+
+def sample_sum(metrics_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` on the /metrics page at `metrics_url` whose labels
+    include `labels` (0 when there are none)."""
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as response:
+        page = response.read().decode()
+    total = 0.0
+    for line in page.splitlines():
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, label_text = sample.partition("{")
+        if sample_name != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if all(found.get(key) == wanted for key, wanted in labels.items()):
+            total += float(value)
+    return total
 
 
 def wait_for(condition, what: str, timeout: float = 10) -> None:
