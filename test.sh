@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command. Installs everything the tests need before any test starts (Debian
-# packages, nydusd and nydus-image, helm, and the project into .venv; each once, reused after),
-# lints, then runs the tests. Arguments go to pytest.
+# packages, nydusd and nydus-image, helm, nerdctl, Dragonfly's scheduler, dfdaemon and dfget,
+# and the project into .venv; each once, reused after), lints, then runs the tests. Arguments
+# go to pytest.
 #
 #   ./test.sh            everything, as CI runs it
 #   ./test.sh --quick    the quick suite (-m "not slow"): needs only the registry and .venv

@@ -3,7 +3,8 @@
 `python3 -m tests.support.tools install [--quick]` (what `./test.sh` runs before any test)
 installs every missing program: Debian packages with apt (the registry, the benchmark tools,
 containerd and runc), nydusd and nydus-image with cargo, helm, nerdctl and containerd-nydus-grpc
-with go, and the project itself into `.venv`. Each long step prints one line saying what it
+with go, a real Dragonfly cluster's programs (the scheduler with go; dfdaemon and dfget with
+cargo), and the project itself into `.venv`. Each long step prints one line saying what it
 does and about how long it takes; what is already installed is reused. An interrupted build
 leaves nothing behind: its scratch space is a temporary directory removed on the way out.
 
@@ -33,11 +34,15 @@ _CARGO_BIN = Path(os.environ.get("CARGO_HOME") or Path.home() / ".cargo") / "bin
 _GO_BIN = Path(
     os.environ.get("GOBIN") or Path(os.environ.get("GOPATH") or Path.home() / "go") / "bin"
 )
-SEARCH_PATH = [_CARGO_BIN, _GO_BIN]  # where cargo and go install, also when not on PATH
+# Where cargo and go install: searched before PATH, as ./test.sh puts them first on PATH, so
+# that what the installer checks is what the tests run.
+SEARCH_PATH = [_CARGO_BIN, _GO_BIN]
 
 NYDUS_VERSION = "2.2.0"
 HELM_VERSION = "v3.16.3"
+DRAGONFLY_CLIENT_VERSION = "1.5.10"  # the crate dragonfly-client: dfdaemon and dfget
 _RUST_MINIMUM = (1, 66)  # nydus-rs 2.2.0's rust-toolchain
+_DRAGONFLY_CLIENT_RUST = (1, 88)  # the highest rust-version in its Cargo.lock (tonic 0.14)
 _GO_MINIMUM = (1, 22)  # helm v3.16's go.mod
 _RUSTUP = "curl --proto '=https' -sSf https://sh.rustup.rs | sh -s -- -y"
 
@@ -67,10 +72,23 @@ APT = [
 ]
 QUICK_APT = {"docker-registry", "htpasswd"}  # all the quick suite (-m "not slow") starts
 
+# Only for building dfdaemon and dfget, so installed only when they must be built: protoc and
+# protobuf's .proto files (their gRPC API), clang and libclang (bindgen, RocksDB), cmake,
+# pkg-config and OpenSSL's headers (their C and C++ dependencies).
+DRAGONFLY_CLIENT_BUILD_APT = (
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "clang",
+    "libclang-dev",
+    "pkg-config",
+    "libssl-dev",
+    "cmake",
+)
+
 
 def find(name: str) -> str | None:
-    """The path of program `name` on PATH or where cargo and go install, else None."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), *map(str, SEARCH_PATH)])
+    """The path of program `name` where cargo and go install or on PATH, else None."""
+    path = os.pathsep.join([*map(str, SEARCH_PATH), os.environ.get("PATH", "")])
     return shutil.which(name, path=path)
 
 
@@ -139,17 +157,36 @@ def _run(
 
 
 def _version(command: list[str]) -> tuple[int, ...] | None:
+    """The first version number `command` prints: (major, minor) or (major, minor, patch)."""
     try:
         out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
     except OSError:
         return None
-    match = re.search(r"(\d+)\.(\d+)", out)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(part) for part in match.groups() if part is not None) if match else None
 
 
-def install_apt(names: set[str] | None = None) -> None:
+def _deb_installed(package: str) -> bool:
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    except OSError:
+        return False
+    return out.endswith(" installed")
+
+
+def install_apt(names: set[str] | None = None, packages: tuple[str, ...] = ()) -> None:
+    """The Debian packages of the tools named (all of APT for None) whose program is missing,
+    and those of `packages` (libraries, build tools) that are not installed."""
     wanted = [tool for tool in APT if names is None or tool.binary in names]
-    missing = sorted({tool.package for tool in wanted if find(tool.binary) is None})
+    missing = sorted(
+        {tool.package for tool in wanted if find(tool.binary) is None}
+        | {package for package in packages if not _deb_installed(package)}
+    )
     if not missing:
         return
     if os.geteuid() != 0:
@@ -198,6 +235,58 @@ def install_nydus() -> None:
     _done(started)
 
 
+DRAGONFLY_CLIENT_BINARIES = ("dfdaemon", "dfget")
+
+# A lighter release profile for dfdaemon and dfget: optimisation level 1, no debug info, no
+# incremental state. On a busy 2-core machine the default release build took 40 min, this one
+# 12.5 min (all five of the crate's programs, at nice 19).
+_LIGHT_RELEASE = {
+    "CARGO_PROFILE_RELEASE_OPT_LEVEL": "1",
+    "CARGO_PROFILE_RELEASE_DEBUG": "false",
+    "CARGO_PROFILE_RELEASE_INCREMENTAL": "false",
+}
+
+
+def _has_dragonfly_client() -> bool:
+    """dfdaemon and dfget are installed, both of DRAGONFLY_CLIENT_VERSION."""
+    for binary in DRAGONFLY_CLIENT_BINARIES:
+        path = find(binary)
+        if path is None:
+            return False
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+        if out.stdout.split()[:2] != [binary, DRAGONFLY_CLIENT_VERSION]:  # "dfget 1.5.10 (...)"
+            return False
+    return True
+
+
+def dragonfly_client_build(cargo: str, target: Path) -> tuple[list[str], dict[str, str]]:
+    """The command that builds dfdaemon and dfget (only those of the crate's programs) in
+    `target` and installs them into cargo's bin directory, and the environment it runs with."""
+    command = [
+        cargo, "install", "dragonfly-client", "--version", DRAGONFLY_CLIENT_VERSION, "--locked",
+        *(argument for binary in DRAGONFLY_CLIENT_BINARIES for argument in ("--bin", binary)),
+        "--target-dir", str(target),
+    ]  # fmt: skip
+    return command, dict(_LIGHT_RELEASE)
+
+
+def install_dragonfly_client() -> None:
+    if _has_dragonfly_client():
+        return
+    cargo = _require_toolchain(
+        "Rust", "cargo", ["rustc", "--version"], _DRAGONFLY_CLIENT_RUST, "dfdaemon and dfget",
+        "1.63", f"install it with `{_RUSTUP}` (or `rustup update`)",
+    )  # fmt: skip
+    started = _step(
+        f"building dfdaemon and dfget: cargo install dragonfly-client {DRAGONFLY_CLIENT_VERSION}",
+        "about 13 min on 2 cores, more on a busy machine (once; reused after)",
+    )
+    with tempfile.TemporaryDirectory(prefix="dfagent-dragonfly-build-") as scratch:
+        command, env = dragonfly_client_build(cargo, Path(scratch) / "target")
+        _run(command, scratch=Path(scratch), env=env, quiet=True)
+    _done(started)
+
+
 def install_helm() -> None:
     helm = find("helm")
     if helm is not None:
@@ -231,14 +320,29 @@ class GoProgram:
     module: str
     version: str
     version_variable: str  # package.Variable the release build stamps the version into
-    go_minimum: tuple[int, int]
+    go_minimum: tuple[int, ...]
+    minutes: int  # about how long a cold build takes on 2 cores
+    version_command: tuple[str, ...] = ("--version",)  # arguments that print the version
+    cgo: bool = True  # False: a static binary, built with CGO_ENABLED=0 as its releases are
 
     def installed(self) -> bool:
         path = find(self.binary)
         if path is None:
             return False
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [path, *self.version_command], capture_output=True, text=True, check=False
+        )
         return self.version.lstrip("v") in out.stdout
+
+    def build(self, go: str, source: Path, out: Path) -> tuple[list[str], dict[str, str]]:
+        """The command that builds the program from its module's source into `out`, with the
+        version stamped as a release build does, and the environment it needs."""
+        command = [
+            go, "-C", str(source), "build", "-o", str(out),
+            "-ldflags", f"-s -w -X {self.version_variable}={self.version}",
+            f"./cmd/{self.binary}",
+        ]  # fmt: skip
+        return command, {} if self.cgo else {"CGO_ENABLED": "0"}
 
 
 GO_PROGRAMS = [
@@ -248,6 +352,7 @@ GO_PROGRAMS = [
         "v1.7.7",  # v2 needs containerd >= 1.7; Debian bookworm has 1.6
         "github.com/containerd/nerdctl/pkg/version.Version",
         (1, 21),
+        minutes=2,
     ),
     GoProgram(
         "containerd-nydus-grpc",
@@ -255,11 +360,24 @@ GO_PROGRAMS = [
         "v0.16.1",
         "github.com/containerd/nydus-snapshotter/version.Version",
         (1, 25),
+        minutes=2,
+    ),
+    # Dragonfly's scheduler, for tests against a real Dragonfly cluster. Its source's own
+    # version variable says v2.5.0; releases stamp the tag, and so does this build.
+    GoProgram(
+        "scheduler",
+        "d7y.io/dragonfly/v2",
+        "v2.5.1",
+        "d7y.io/dragonfly/v2/version.GitVersion",
+        (1, 25, 5),  # its go.mod
+        minutes=8,  # 4 to 12, by how busy the machine is
+        version_command=("version",),
+        cgo=False,
     ),
 ]
 
 
-def _require_go(minimum: tuple[int, int], building: str) -> str:
+def _require_go(minimum: tuple[int, ...], building: str) -> str:
     return _require_toolchain(
         "Go", "go", ["go", "version"], minimum, building, "1.19",
         "install a newer Go (from https://go.dev/dl/)",
@@ -270,7 +388,7 @@ def _require_toolchain(
     language: str,
     binary: str,
     version_command: list[str],
-    minimum: tuple[int, int],
+    minimum: tuple[int, ...],
     building: str,
     debian_has: str,
     how: str,
@@ -303,7 +421,7 @@ def install_go_programs() -> None:
     )
     started = _step(
         f"building {', '.join(p.binary for p in missing)} from their Go modules",
-        f"about {2 * len(missing)} min on 2 cores (once; reused after)",
+        f"about {sum(p.minutes for p in missing)} min on 2 cores (once; reused after)",
     )
     _GO_BIN.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dfagent-go-build-") as scratch:
@@ -320,12 +438,8 @@ def install_go_programs() -> None:
             for path in source.rglob("*"):
                 path.chmod(0o755 if path.is_dir() else 0o644)
             built = Path(scratch) / "out" / program.binary
-            _run(
-                [go, "-C", str(source), "build", "-o", str(built),
-                 "-ldflags", f"-s -w -X {program.version_variable}={program.version}",
-                 f"./cmd/{program.binary}"],
-                scratch=Path(scratch), env=env, quiet=True,
-            )  # fmt: skip
+            command, build_env = program.build(go, source, built)
+            _run(command, scratch=Path(scratch), env={**env, **build_env}, quiet=True)
             shutil.move(built, _GO_BIN / program.binary)
     _done(started)
 
@@ -353,12 +467,16 @@ def install_venv() -> None:
 
 
 def install(quick: bool) -> None:
-    install_apt(QUICK_APT if quick else None)
+    if quick:
+        install_apt(QUICK_APT)
+    else:
+        install_apt(None, () if _has_dragonfly_client() else DRAGONFLY_CLIENT_BUILD_APT)
     install_venv()
     if not quick:
         install_helm()
         install_nydus()
         install_go_programs()
+        install_dragonfly_client()
         if not Path("/dev/fuse").exists():
             print("setup: warning: no /dev/fuse: the nydusd tests will fail", flush=True)
 
