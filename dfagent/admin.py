@@ -22,7 +22,8 @@ __all__ = ["AdminServer", "ReadinessCheck"]
 
 log = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[], Awaitable[None]]  # raises with a reason when not ready
+# Raises with a reason when not ready; may return a note (ready, but worth knowing).
+ReadinessCheck = Callable[[], Awaitable[str | None]]
 _READY_TIMEOUT = 1.0
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -89,12 +90,15 @@ class AdminServer:
             *(asyncio.wait_for(self._checks[n](), _READY_TIMEOUT) for n in names),
             return_exceptions=True,
         )
+        notes = []
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(f"{name}: {result or type(result).__name__}")
+            elif result:
+                notes.append(f"{name}: {result}")
         if failures:
-            return web.Response(status=503, text="\n".join(failures) + "\n")
-        return web.Response(text="ready\n")
+            return web.Response(status=503, text="\n".join(failures + notes) + "\n")
+        return web.Response(text="\n".join(["ready", *notes]) + "\n")
 
     async def _metrics_page(self, _: web.BaseRequest) -> web.StreamResponse:
         body = generate_latest(self._metrics.registry)

@@ -9,12 +9,13 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 
-from dfagent.admin import AdminServer
+from dfagent.admin import AdminServer, ReadinessCheck
 from dfagent.config import Config
 from dfagent.configtypes import ListenAddress
 from dfagent.control import ControlServer
 from dfagent.engine.access import AccessGate
 from dfagent.engine.fetcher import Engine
+from dfagent.engine.network import PieceNetwork
 from dfagent.engine.prefetch import Prefetcher
 from dfagent.engine.proofs import ChunkProofs
 from dfagent.errors import StartupError
@@ -29,6 +30,12 @@ from dfagent.storage.scrub import Scrubber
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.client import PeerClient
 from dfagent.swarm.directory import Directory
+from dfagent.swarm.dragonfly.host import HostAnnouncer, identity_of
+from dfagent.swarm.dragonfly.member import DragonflyMember
+from dfagent.swarm.dragonfly.parents import ParentLinks
+from dfagent.swarm.dragonfly.scheduler import Schedulers
+from dfagent.swarm.dragonfly.seed import Seeder
+from dfagent.swarm.dragonfly.upload import HeldPieces, UploadServer
 from dfagent.swarm.membership import Membership
 from dfagent.swarm.server import PeerServer
 from dfagent.swarm.swarm import Swarm
@@ -74,6 +81,7 @@ class Agent:
         self.proxy: ProxyServer | None = None
         self.peer: PeerServer | None = None
         self.admin: AdminServer | None = None
+        self._upload: UploadServer | None = None  # Dragonfly mode's upload servers
 
     async def __aenter__(self) -> Agent:
         config = self.config
@@ -87,6 +95,10 @@ class Agent:
             if config.swarm.enabled and config.peer.token_file is not None:
                 token = _read_token(config.peer.token_file)
             swarm = await self._start_swarm(stack, store, token) if config.swarm.enabled else None
+            network: PieceNetwork | None = swarm
+            readiness: dict[str, ReadinessCheck] = {}
+            if config.swarm.mode == "dragonfly":
+                network = await self._join_dragonfly(stack, store, readiness)
             proofs = ChunkProofs(store, self.metrics)
             store.trust_listeners.append(proofs.trusted)
             engine = await stack.enter_async_context(
@@ -102,12 +114,15 @@ class Agent:
                     ),
                     proofs=proofs,
                     verify_reads=config.storage.verify_reads,
-                    swarm=swarm,
+                    network=network,
                 )
             )
             prefetcher = await stack.enter_async_context(
                 Prefetcher(engine, config.origin.prefetch_bandwidth)
             )
+            if isinstance(network, DragonflyMember) and config.dragonfly.seed:
+                assert self._upload is not None
+                self._upload.serve_seeds(Seeder(engine, prefetcher, network.back_to_source))
             preheat = await stack.enter_async_context(
                 PreheatService(engine, prefetcher, store, origin, metrics=self.metrics, swarm=swarm)
             )
@@ -143,16 +158,17 @@ class Agent:
             await self.proxy.start()
             stack.push_async_callback(self.proxy.stop)
 
-            async def storage_ready() -> None:
+            async def storage_ready() -> str | None:
                 await store.index.ping()
                 if not await asyncio.to_thread(store.writable):
                     raise OSError(f"{config.storage.dir} is not writable")
+                return None
 
             self.admin = AdminServer(
                 config.health.listen,
                 config.metrics.listen,
                 self.metrics,
-                {"storage": storage_ready},
+                {"storage": storage_ready, **readiness},
                 api=api.over_network,
             )
             await self.admin.start()
@@ -226,6 +242,57 @@ class Agent:
         self._tasks.spawn(swarm.run(), name="swarm")
         self._tasks.spawn(membership.run(), name="membership")
         return swarm
+
+    async def _join_dragonfly(
+        self,
+        stack: AsyncExitStack,
+        store: PieceStore,
+        readiness: dict[str, ReadinessCheck],
+    ) -> DragonflyMember:
+        """Upload servers first (the host is announced with their ports), then the host,
+        then the member the engine reads through."""
+        config = self.config.dragonfly
+        schedulers = Schedulers(
+            config.schedulers, config.tls, self.metrics, answer_within=config.schedule_timeout
+        )
+        stack.push_async_callback(schedulers.aclose)
+        identity = identity_of(config)
+        held = HeldPieces(store)
+        announcer = HostAnnouncer(
+            config, identity, schedulers, proxy_port=self.config.proxy.listen.port
+        )
+        upload = UploadServer(
+            config.upload,
+            config.vortex,
+            held,
+            host=announcer.host,
+            ip=identity.ip,
+            metrics=self.metrics,
+        )
+        await upload.start()
+        stack.push_async_callback(upload.stop)
+        self._upload = upload
+        announcer.upload_port = upload.upload_port
+        await announcer.announce()
+        stack.push_async_callback(announcer.leave)
+        links = ParentLinks()
+        stack.push_async_callback(links.aclose)
+        member = DragonflyMember(
+            config, identity, schedulers, links=links, held=held, store=store, metrics=self.metrics
+        )
+        stack.push_async_callback(member.aclose)
+        store.trust_listeners.append(member.trusted)
+        self._tasks.spawn(announcer.run(), name="dragonfly-host")
+
+        async def scheduler_reachable() -> str | None:
+            if schedulers.reachable:
+                return None
+            return "no scheduler answers; reads go to the origin"
+
+        readiness["dragonfly"] = scheduler_reachable
+        log.info("joined Dragonfly", extra={"host": identity.host_id,
+                 "upload": upload.upload_port, "vortex": upload.tcp_port})  # fmt: skip
+        return member
 
     async def __aexit__(
         self,

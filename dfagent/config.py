@@ -16,6 +16,7 @@ from dfagent.origin.config import OriginConfig
 from dfagent.proxy.config import ProxyConfig
 from dfagent.storage.config import StorageConfig
 from dfagent.swarm.config import PeerConfig, SwarmConfig
+from dfagent.swarm.dragonfly.config import DragonflyConfig
 
 __all__ = ["Config", "HealthConfig", "LogConfig", "MetricsConfig", "dump", "load", "parse"]
 
@@ -43,9 +44,18 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    dragonfly: DragonflyConfig = field(default_factory=DragonflyConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.swarm.mode == "dragonfly" and not self.dragonfly.schedulers:
+            problems.append(("dragonfly.schedulers", "at least one is required in dragonfly mode"))
+        if self.swarm.mode == "dragonfly" and (self.swarm.peers or self.swarm.dns):
+            problems.append(("swarm.mode", "dragonfly mode has no builtin peers or dns"))
+        return problems
 
 
 def parse(text: str) -> Config:

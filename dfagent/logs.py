@@ -58,6 +58,7 @@ def setup_logging(level: str) -> None:
     # aiohttp logs each access (the proxy logs its own lines), and a malformed request as an
     # error with a traceback: that is the client's fault, one warning line says it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("grpc").setLevel(logging.WARNING)  # its debug lines are per poll
     logging.getLogger("aiohttp.server").addFilter(_malformed_request_as_warning)
 
 

@@ -187,6 +187,32 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.scheduler_calls = Counter(
+            "dfagent_scheduler_calls",
+            "Calls to Dragonfly schedulers, by call and result (ok, error, timeout; a"
+            " registration also by answer: parents, back_to_source, empty).",
+            ["call", "result"],
+            registry=r,
+        )
+        self.dragonfly_download_bytes = Counter(
+            "dfagent_dragonfly_download_bytes",
+            "Bytes of Dragonfly pieces this agent completed, by where they came from, as"
+            " Dragonfly's own traffic types (REMOTE_PEER: a parent, BACK_TO_SOURCE: the origin).",
+            ["type"],
+            registry=r,
+        )
+        self.dragonfly_upload_bytes = Counter(
+            "dfagent_dragonfly_upload_bytes",
+            "Bytes of Dragonfly pieces this agent sent to other members over Vortex.",
+            registry=r,
+        )
+        self.dragonfly_bad_pieces = Counter(
+            "dfagent_dragonfly_bad_pieces",
+            "Dragonfly pieces from a parent that were not used, by reason (transfer: broken"
+            " off or a crc32 mismatch; proof: the bytes failed dfagent's own proof).",
+            ["reason"],
+            registry=r,
+        )
         self.preheat_jobs = Counter(
             "dfagent_preheat_jobs",
             "Finished preheat jobs taken by this agent, by outcome (succeeded, failed).",

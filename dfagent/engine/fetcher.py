@@ -30,11 +30,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from dfagent.engine.access import AccessGate
 from dfagent.engine.inflight import InflightPiece
+from dfagent.engine.network import Answer, PieceCheck, PieceNetwork
 from dfagent.engine.proofs import ChunkProofs, KnownMap
 from dfagent.engine.readahead import SequentialReads
 from dfagent.errors import (
@@ -50,8 +51,6 @@ from dfagent.origin.client import BlobSource, OriginClient, RangeBody
 from dfagent.storage.layout import PieceSpan
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerError
-from dfagent.swarm.directory import Answer
-from dfagent.swarm.swarm import Swarm
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Engine", "FileSegment", "NotShareable"]
@@ -118,11 +117,11 @@ class Engine:
         access: AccessGate,
         proofs: ChunkProofs,
         verify_reads: bool = False,
-        swarm: Swarm | None = None,
+        network: PieceNetwork | None = None,
     ) -> None:
         self._access = access
         self._proofs = proofs
-        self._swarm = swarm
+        self._network = network
         self._store = store
         self._origin = origin
         self._metrics = metrics
@@ -217,10 +216,10 @@ class Engine:
             # The blob's size is not known yet: a layout as large as can be tells where the
             # piece holding `first_byte` ends, and the key peers must share.
             unsized = self._store.layout(1 << 62, None if chunks is None else chunks.chunk_map)
-            if self._swarm is not None:
+            if self._network is not None:
                 # Peers may have it: learn the size from the swarm, or from a HEAD (no bytes:
                 # which pieces go to the origin is the blob's home's call).
-                known = await self._swarm.describe(source.digest.hex, source.origin)
+                known = await self._network.describe(source.digest.hex, source.origin)
                 if known is not None and known[1] == unsized.key:
                     size, asked = known[0], False
                 else:
@@ -281,7 +280,14 @@ class Engine:
     async def segments(
         self, blob: StoredBlob, source: BlobSource, first: int, last: int
     ) -> AsyncIterator[FileSegment | memoryview]:
-        """Bytes `first..last` of `blob`, in order, from the cache or as they arrive."""
+        """Bytes `first..last` of `blob`, in order, from the cache or as they arrive.
+
+        A read of a whole unverified blob first lets the network fill it from peers whose
+        bytes only the blob's digest proves (Dragonfly parents): they are served only once
+        the whole blob matched it."""
+        if self._network is not None and not blob.verified and (first, last) == (0, blob.size - 1):
+            with blob.pinned():
+                await self._network.prove_whole(blob, source)
         local = self._metrics.served_bytes.labels("local")
         async for part in self._parts(blob, source, first, last):
             if isinstance(part, FileSegment):
@@ -487,12 +493,12 @@ class Engine:
         self, blob: StoredBlob, source: BlobSource, pieces: dict[int, InflightPiece], from_byte: int
     ) -> None:
         """Get claimed pieces from peers when the swarm has them, else from the origin."""
-        if self._swarm is None:
+        if self._network is None:
             runs = self._origin_runs(blob, source, pieces, from_byte)
             await asyncio.gather(*(self._fill(run) for run in runs))
             return
         try:
-            answers = await self._swarm.lookup(blob, sorted(pieces))
+            answers = await self._network.lookup(blob, source, sorted(pieces))
         except BaseException as exc:
             self._abandon(_Run(blob, source, pieces, 0, -1), OriginError("swarm lookup cancelled"))
             if isinstance(exc, Exception):
@@ -514,14 +520,14 @@ class Engine:
         self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, answer: Answer
     ) -> None:
         """A piece that holders have, or that a peer is fetching from the origin right now."""
-        assert self._swarm is not None
+        assert self._network is not None
         waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
         delay = 0.005
         why = "no holder delivered"
         while True:
             if answer.holders:
                 try:
-                    data = await self._swarm.fetch(
+                    data = await self._network.fetch(
                         blob, piece.index, answer, check=self._peer_check(blob, piece)
                     )
                 except PeerError:  # all busy: ask again shortly (maybe more holders by then)
@@ -530,7 +536,7 @@ class Engine:
                         break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.1)
-                    answer = (await self._swarm.lookup(blob, [piece.index]))[piece.index]
+                    answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
                     continue
                 if data is not None:
                     piece.source = "peer"
@@ -544,12 +550,12 @@ class Engine:
             if answer.fetching is None or time.monotonic() > waited_until:
                 why = "no holder, and no peer fetching it" if answer.fetching is None else why
                 break
-            if not await self._swarm.alive(answer.fetching):
+            if not await self._network.alive(answer.fetching):
                 why = f"the fetching peer {answer.fetching} does not answer"
                 break  # its lease would only expire: go to the origin
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
             delay = min(delay * 2, 0.1)
-            answer = (await self._swarm.lookup(blob, [piece.index]))[piece.index]
+            answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
             if answer.fetch:
                 why = "the home handed this agent the origin fetch"
                 break
@@ -560,9 +566,7 @@ class Engine:
         run = _Run(blob, source, {piece.index: piece}, piece.start, piece.start + piece.length - 1)
         await self._fill(run)
 
-    def _peer_check(
-        self, blob: StoredBlob, piece: InflightPiece
-    ) -> Callable[[bytes], Awaitable[bool]] | None:
+    def _peer_check(self, blob: StoredBlob, piece: InflightPiece) -> PieceCheck | None:
         """The proof a peer's copy of a piece made of chunks must pass (beyond the sha256 its
         home recorded, which only says what the peer announced)."""
         if not piece.gated:
@@ -708,8 +712,8 @@ class Engine:
                 if not await self._proofs.prove(blob, piece.index, piece.buffer, piece.source):
                     failed = f"piece {piece.index} of {blob.digest} failed its chunk proof"
                     piece.fail(IntegrityError(failed))
-                    if self._swarm is not None:
-                        self._swarm.release(blob, [piece.index])
+                    if self._network is not None:
+                        self._network.release(blob, [piece.index])
                     return
                 piece.release()
             if not self._piece_shareable(blob, piece.origin, piece.index):
@@ -719,11 +723,11 @@ class Engine:
                 await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
             if piece.source == "origin" and piece.authorization is None:
                 await self._store.add_origin(blob, piece.origin, public=True)
-            if self._swarm is not None:
-                self._swarm.announce(blob, piece.index, sha256)
+            if self._network is not None:
+                self._network.announce(blob, piece.index, sha256)
         except (DfagentError, OSError) as exc:
-            if self._swarm is not None:  # never announced: whoever waits for it must not wait
-                self._swarm.release(blob, [piece.index])
+            if self._network is not None:  # never announced: whoever waits for it must not wait
+                self._network.release(blob, [piece.index])
             now = time.monotonic()
             if now - self._storage_warned_at > _STORAGE_WARNING_INTERVAL:  # not once per piece
                 self._storage_warned_at = now
@@ -743,10 +747,10 @@ class Engine:
                 given_up.append(piece.index)
                 if self._inflight.get((run.blob.digest.hex, piece.index)) is piece:
                     del self._inflight[(run.blob.digest.hex, piece.index)]
-        if given_up and self._swarm is not None:
+        if given_up and self._network is not None:
             # Peers waiting for these pieces go to the origin themselves now, not when the
             # lease expires.
-            self._swarm.release(run.blob, given_up)
+            self._network.release(run.blob, given_up)
 
 
 @dataclass(slots=True)

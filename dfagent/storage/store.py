@@ -64,6 +64,7 @@ class StoredBlob:
         "public",
         "removed",
         "size",
+        "staged",
         "verified",
         "vouchers",
     )
@@ -98,6 +99,10 @@ class StoredBlob:
         self.proven: set[int] = set()
         self.path = path
         self.piece_sha256 = pieces
+        # Pieces written to the data file from sources whose bytes prove nothing piece by
+        # piece (Dragonfly parents): not present, never served, never indexed, until the
+        # whole blob matched its digest (then they become present; a restart forgets them).
+        self.staged: dict[int, bytes] = {}
         self.verified = verified  # every byte was checked against the digest as a whole
         self.removed = False  # purged or evicted; the handle must not be used any more
         # Set once the whole blob was checked against its digest (either way) or removed.
@@ -117,6 +122,11 @@ class StoredBlob:
     @property
     def complete(self) -> bool:
         return len(self.piece_sha256) == self.piece_count
+
+    @property
+    def covered(self) -> bool:
+        """Every piece is present or staged: the whole blob can be checked."""
+        return len(self.piece_sha256.keys() | self.staged.keys()) == self.piece_count
 
     @property
     def file(self) -> IO[bytes]:
@@ -391,26 +401,54 @@ class PieceStore:
 
         Raises StorageFull when the disk is full; the piece then stays absent.
         """
+        await self._write_piece(blob, index, data)
+        try:
+            await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
+        except (OSError, StorageFull) as exc:
+            raise self._write_failed(index, exc) from exc
+        if blob.removed:  # purged while the bytes were on their way to disk
+            return
+        self._present(blob, index, sha256, len(data))
+        self._verify_when_covered(blob)
+
+    async def piece_staged(
+        self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes
+    ) -> None:
+        """Write a whole piece whose bytes nothing proves yet (see StoredBlob.staged); it
+        becomes present only once the whole blob matched its digest. Raises StorageFull."""
+        if blob.has(index):
+            return
+        await self._write_piece(blob, index, data)
+        if blob.removed:
+            return
+        blob.staged[index] = sha256
+        self._verify_when_covered(blob)
+
+    async def _write_piece(self, blob: StoredBlob, index: int, data: bytes | bytearray) -> None:
         start, end = blob.layout.bounds(index)
         if len(data) != end - start:
             raise ValueError(f"piece {index} has {len(data)} bytes, expected {end - start}")
         try:
             await asyncio.to_thread(_pwrite_all, blob.file.fileno(), data, start)
-            await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
-        except (OSError, StorageFull) as exc:
-            if isinstance(exc, StorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._metrics.storage_full.inc()
-                raise StorageFull(f"no space left to store piece {index}") from exc
-            self._metrics.storage_write_errors.inc()
-            raise
-        if blob.removed:  # purged while the bytes were on their way to disk
-            return
+        except OSError as exc:
+            raise self._write_failed(index, exc) from exc
+
+    def _write_failed(self, index: int, exc: OSError | StorageFull) -> Exception:
+        if isinstance(exc, StorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._metrics.storage_full.inc()
+            return StorageFull(f"no space left to store piece {index}")
+        self._metrics.storage_write_errors.inc()
+        return exc
+
+    def _present(self, blob: StoredBlob, index: int, sha256: bytes, length: int) -> None:
         if index not in blob.piece_sha256:
-            self._stored_bytes += len(data)
+            self._stored_bytes += length
             self._stored_pieces += 1
         blob.piece_sha256[index] = sha256
         self._publish_usage()
-        if blob.complete and not blob.verified and blob.digest.hex not in self._verifying:
+
+    def _verify_when_covered(self, blob: StoredBlob) -> None:
+        if blob.covered and not blob.verified and blob.digest.hex not in self._verifying:
             self._verifying.add(blob.digest.hex)
             self._tasks.spawn(self._verify(blob), name="verify-blob")
 
@@ -434,6 +472,11 @@ class PieceStore:
             self._metrics.blob_verify_failures.inc()
             blob.checked.set()
             return False
+        staged, blob.staged = blob.staged, {}
+        for index, sha256 in sorted(staged.items()):  # proven now, with the whole blob
+            start, end = blob.layout.bounds(index)
+            await self.index.add_piece(blob.digest.hex, index, end - start, sha256)
+            self._present(blob, index, sha256, end - start)
         await self.index.set_verified(blob.digest.hex, True)
         blob.verified = True
         for listener in self.trust_listeners:

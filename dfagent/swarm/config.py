@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dfagent.configtypes import ByteSize, Duration, ListenAddress
 
@@ -53,6 +54,9 @@ class PeerConfig:
 
 @dataclass(frozen=True, slots=True)
 class SwarmConfig:
+    # builtin: the agents are their own directory (the peers below). dragonfly: join a
+    # Dragonfly cluster (the `dragonfly` section) instead.
+    mode: Literal["builtin", "dragonfly"] = "builtin"
     # Peer servers of the other agents (host:port); this agent may be listed too.
     peers: tuple[str, ...] = field(default_factory=tuple)
     # A name whose A/AAAA records are the agents (a Kubernetes headless Service); each is
@@ -66,7 +70,8 @@ class SwarmConfig:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.peers) or self.dns is not None
+        """Whether the builtin swarm runs (it has members to trade with)."""
+        return self.mode == "builtin" and (bool(self.peers) or self.dns is not None)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

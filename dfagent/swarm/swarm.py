@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
+from dfagent.origin.client import BlobSource
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerClient, PeerError
 from dfagent.swarm.directory import Answer, Directory
@@ -104,7 +105,9 @@ class Swarm:
             return None
         return None if known is None else (int(known["size"]), str(known["layout"]))
 
-    async def lookup(self, blob: StoredBlob, indices: list[int]) -> dict[int, Answer]:
+    async def lookup(
+        self, blob: StoredBlob, source: BlobSource, indices: list[int]
+    ) -> dict[int, Answer]:
         """Per piece: holders to fetch from, or leave to fetch from the origin. With the home
         unreachable every piece goes to the origin (the swarm only ever makes things faster)."""
         digest = blob.digest.hex
@@ -143,6 +146,11 @@ class Swarm:
         self._metrics.directory_lookups.labels("ok").inc()
         self._metrics.directory_lookup_seconds.observe(time.monotonic() - started)
         return answers
+
+    async def prove_whole(self, blob: StoredBlob, source: BlobSource) -> bool:
+        """Nothing to do: peers relay their pieces under the registry they came from, and
+        each piece serves as soon as it arrives (see lookup)."""
+        return False
 
     async def alive(self, peer: str) -> bool:
         """Whether `peer` answers at all (a dead lease holder is not worth waiting for)."""

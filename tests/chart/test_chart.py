@@ -214,3 +214,29 @@ def test_mtls_material_from_cert_manager_or_an_existing_secret(helm, tmp_path):
     )  # fmt: skip
     assert missing_issuer.returncode != 0
     assert "tls.certManager.issuerRef.name" in missing_issuer.stderr
+
+
+def test_dragonfly_mode_opens_dragonflys_ports_and_leaves_the_peers_service_alone(helm, tmp_path):
+    objects = render(
+        helm,
+        "config.swarm.mode=dragonfly",
+        "config.dragonfly.schedulers[0]=scheduler.dragonfly-system.svc:8002",
+        "config.dragonfly.vortex=0.0.0.0:4105",
+    )
+    config_text = objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"]
+    path = tmp_path / "dfagent.yaml"
+    path.write_text(config_text)
+    checked = subprocess.run(
+        [sys.executable, "-m", "dfagent", "config", "check", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    config = yaml.safe_load(checked.stdout)
+    assert config["swarm"]["mode"] == "dragonfly" and config["swarm"]["dns"] is None
+    (container,) = objects["DaemonSet/dfagent"]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["upload"] == 4000 and ports["vortex"] == 4105
+    assert "peer" not in ports
+    for obj in objects.values():
+        if obj["kind"] not in CUSTOM_RESOURCES:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)

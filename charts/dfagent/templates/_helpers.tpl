@@ -41,11 +41,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $fixed := dict
   "storage" (dict "dir" (include "dfagent.cachePath" .))
   "peer" $peer
-  "swarm" (dict "dns" (printf "%s-peers.%s.svc.%s" (include "dfagent.fullname" .) .Release.Namespace .Values.clusterDomain))
 -}}
+{{- if ne (include "dfagent.swarmMode" .) "dragonfly" -}}
+{{- $_ := set $fixed "swarm" (dict "dns" (printf "%s-peers.%s.svc.%s" (include "dfagent.fullname" .) .Release.Namespace .Values.clusterDomain)) -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.config) $fixed) -}}
 {{- end -}}
 
 {{- define "dfagent.port" -}}
 {{- regexFind "[0-9]+$" . -}}
+{{- end -}}
+
+{{- /* builtin (the agents find each other through the peers Service) or dragonfly. */ -}}
+{{- define "dfagent.swarmMode" -}}
+{{- default "builtin" (dig "swarm" "mode" "builtin" .Values.config) -}}
 {{- end -}}

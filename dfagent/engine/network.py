@@ -1,0 +1,55 @@
+"""What the engine needs from a network of peers, whichever it is: the builtin swarm (agents
+are their own directory) or a Dragonfly cluster (a scheduler names parents).
+
+A network only ever makes reads faster: every answer may be "go to the origin", and every
+byte it delivers is checked by the engine's proofs before a client sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from dfagent.origin.client import BlobSource
+from dfagent.storage.store import StoredBlob
+from dfagent.swarm.directory import Answer
+
+__all__ = ["Answer", "PieceCheck", "PieceNetwork"]
+
+# The proof a peer's copy of a piece made of nydus chunks must pass before it is used.
+PieceCheck = Callable[[bytes], Awaitable[bool]]
+
+
+class PieceNetwork(Protocol):
+    async def describe(self, digest_hex: str, origin: str) -> tuple[int, str] | None:
+        """(size, layout key) of a blob as `origin` gave it to some peer, if any peer knows."""
+        ...
+
+    async def lookup(
+        self, blob: StoredBlob, source: BlobSource, indices: list[int]
+    ) -> dict[int, Answer]:
+        """Per piece: holders to fetch from, a peer already fetching it, or go to the origin."""
+        ...
+
+    async def fetch(
+        self, blob: StoredBlob, index: int, answer: Answer, *, check: PieceCheck | None = None
+    ) -> bytes | None:
+        """The piece from one of `answer.holders`, checked; None when none delivered good
+        bytes (raises PeerError(busy=True) when all were only busy)."""
+        ...
+
+    async def alive(self, peer: str) -> bool:
+        """Whether a peer fetching a piece for us is worth waiting for."""
+        ...
+
+    def release(self, blob: StoredBlob, indices: list[int]) -> None:
+        """This agent gave up fetching `indices` from the origin."""
+        ...
+
+    def announce(self, blob: StoredBlob, index: int, sha256: bytes) -> None:
+        """This agent now holds piece `index` (stored, with its sha256)."""
+        ...
+
+    async def prove_whole(self, blob: StoredBlob, source: BlobSource) -> bool:
+        """Fill the blob from peers whose bytes only the whole blob's digest can prove, and
+        check it; True when the blob is now verified (False: read it the usual way)."""
+        ...

@@ -1,0 +1,238 @@
+"""This member's upload side: dfdaemons (and other members) ask which Dragonfly pieces it has
+(gRPC `DfdaemonUpload.SyncPieces`, its host's state with `SyncHost`) and fetch them over Vortex.
+
+Only pieces present in the cache (not staged) of blobs an origin served anonymously are
+offered; a private blob's bytes never leave this agent for the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import zlib
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from dragonfly_api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+
+from dfagent.configtypes import ListenAddress
+from dfagent.core.digest import Digest, InvalidDigest
+from dfagent.dragonfly import vortex
+from dfagent.errors import DfagentError, StartupError
+from dfagent.metrics import Metrics
+from dfagent.serving import bind
+from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.swarm.dragonfly.layout import DragonflyPieces
+from dfagent.swarm.dragonfly.seed import Seeds
+from dfagent.tasks import TaskOwner
+
+__all__ = ["HeldPieces", "UploadServer"]
+
+log = logging.getLogger(__name__)
+
+_SYNC_IDLE_SECONDS = 300.0  # a SyncPieces stream waiting this long for a piece ends
+_SYNC_HOST_SECONDS = 5.0
+
+
+class HeldPieces:
+    """The Dragonfly pieces this agent can give: whole here, of a public blob."""
+
+    def __init__(self, store: PieceStore) -> None:
+        self._store = store
+        self._digests: dict[str, str] = {}  # task ids not named by their blob's digest
+        self._changed = asyncio.Event()  # set (and replaced) when pieces became whole here
+
+    def wake(self) -> None:
+        """Some pieces became whole here: streams waiting for them look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def name(self, task_id: str, digest_hex: str) -> None:
+        """Remember that `task_id` is the blob `digest_hex` (a task named by its URL)."""
+        if task_id != digest_hex:
+            self._digests[task_id] = digest_hex
+
+    async def blob(self, task_id: str) -> StoredBlob | None:
+        """The blob a task id names: by default its digest's hex, else one named before."""
+        try:
+            digest = Digest.parse(f"sha256:{self._digests.get(task_id, task_id)}")
+        except InvalidDigest:
+            return None
+        blob = await self._store.open_blob(digest)
+        return blob if blob is not None and blob.public else None
+
+    @staticmethod
+    def whole(blob: StoredBlob, number: int) -> bool:
+        pieces = DragonflyPieces.of(blob.size)
+        return number < pieces.count and pieces.whole(number, blob.layout, blob.piece_sha256)
+
+    async def grown(self, patience: float) -> None:
+        """Return when some piece became whole here, or after `patience` seconds."""
+        changed = self._changed
+        try:
+            async with asyncio.timeout(patience):
+                await changed.wait()
+        except TimeoutError:
+            pass
+
+    async def read(self, blob: StoredBlob, number: int) -> bytes:
+        start, end = DragonflyPieces.of(blob.size).bounds(number)
+        with blob.pinned():
+            return await asyncio.to_thread(_pread_all, blob.file.fileno(), end - start, start)
+
+
+class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
+    def __init__(
+        self,
+        held: HeldPieces,
+        host: Callable[[], common_pb2.Host],
+        ip: str,
+        tcp_port: Callable[[], int],
+    ) -> None:
+        self._held = held
+        self._host = host
+        self._ip = ip
+        self._tcp_port = tcp_port
+        self.seeds: Seeds | None = None  # set on a seed peer, once the engine runs
+        self.jobs = TaskOwner("dragonfly-upload")
+
+    async def SyncPieces(
+        self, request: dfdaemon_pb2.SyncPiecesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
+        blob = await self._held.blob(request.task_id)
+        if blob is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        assert blob is not None
+        pieces = DragonflyPieces.of(blob.size)
+        wanted = set(request.interested_piece_numbers) or set(range(pieces.count))
+        wanted &= set(range(pieces.count))
+        while wanted and not blob.removed:
+            ready = sorted(n for n in wanted if self._held.whole(blob, n))
+            for number in ready:
+                start, end = pieces.bounds(number)
+                yield dfdaemon_pb2.SyncPiecesResponse(
+                    number=number, offset=start, length=end - start, ip=self._ip,
+                    tcp_port=self._tcp_port(),
+                )  # fmt: skip
+            wanted.difference_update(ready)
+            if wanted and not ready:
+                await self._held.grown(_SYNC_IDLE_SECONDS)
+                if not any(self._held.whole(blob, n) for n in wanted):
+                    return
+
+    async def DownloadTask(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        """The scheduler sends a seed peer a first fetch: fetch the blob whole, saying when
+        it started; the stream ends when it is here."""
+        if self.seeds is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this host is not a seed peer")
+        assert self.seeds is not None
+        size: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def started(content_length: int) -> None:
+            size.set_result(content_length)
+
+        job = self.jobs.spawn(self.seeds.seed(request.download.url, started), name="seed")
+        try:
+            await asyncio.wait({job, size}, return_when=asyncio.FIRST_COMPLETED)
+            if size.done():
+                response = dfdaemon_pb2.DownloadTaskStartedResponse(content_length=size.result())
+                yield dfdaemon_pb2.DownloadTaskResponse(download_task_started_response=response)
+            await job
+        except DfagentError as exc:
+            log.info("seed download failed", extra={"url": request.download.url,
+                                                    "error": str(exc)})  # fmt: skip
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        finally:
+            job.cancel()
+
+    async def SyncHost(
+        self, request: dfdaemon_pb2.SyncHostRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.Host]:
+        while True:
+            yield self._host()
+            await asyncio.sleep(_SYNC_HOST_SECONDS)
+
+
+class UploadServer:
+    """The upload gRPC server and the Vortex TCP server, on Dragonfly's ports."""
+
+    def __init__(
+        self,
+        upload: ListenAddress,
+        tcp: ListenAddress,
+        held: HeldPieces,
+        *,
+        host: Callable[[], common_pb2.Host],
+        ip: str,
+        metrics: Metrics,
+    ) -> None:
+        self._upload_address = upload
+        self._tcp_address = tcp
+        self._held = held
+        self._metrics = metrics
+        self._grpc = grpc.aio.server()
+        self._service = _Upload(held, host, ip, lambda: self.tcp_port)
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self._service, self._grpc)
+        self._tcp: asyncio.Server | None = None
+        self.upload_port = 0
+        self.tcp_port = 0
+
+    def serve_seeds(self, seeds: Seeds) -> None:
+        """Take first fetches from the scheduler (the seed-peer role)."""
+        self._service.seeds = seeds
+
+    async def start(self) -> None:
+        address = self._upload_address
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        try:
+            self.upload_port = self._grpc.add_insecure_port(f"{host}:{address.port}")
+        except RuntimeError as exc:
+            raise StartupError(f"dragonfly.upload: cannot listen on {address}: {exc}") from exc
+        await self._grpc.start()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._connection)
+
+        self._tcp = await bind("dragonfly.vortex", self._tcp_address, protocol)
+        self.tcp_port = int(self._tcp.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+        await self._grpc.stop(grace=1.0)
+        await self._service.jobs.aclose()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await vortex.serve_connection(reader, writer, self._piece)
+
+    async def _piece(self, task_id: str, number: int) -> vortex.ServedPiece | None:
+        blob = await self._held.blob(task_id)
+        if blob is None or not self._held.whole(blob, number):
+            return None
+        data = await self._held.read(blob, number)
+        start, _ = DragonflyPieces.of(blob.size).bounds(number)
+        self._metrics.dragonfly_upload_bytes.inc(len(data))
+        return vortex.ServedPiece(start, len(data), crc32_digest(data), "", _once(data))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def crc32_digest(data: bytes) -> str:
+    """A piece's digest as Dragonfly writes it (CRC-32/IEEE, decimal)."""
+    return f"crc32:{zlib.crc32(data)}"
+
+
+def _pread_all(fd: int, count: int, offset: int) -> bytes:
+    parts = []
+    while count:
+        block = os.pread(fd, count, offset)
+        if not block:
+            raise OSError(f"short read at {offset}")
+        parts.append(block)
+        offset += len(block)
+        count -= len(block)
+    return b"".join(parts)

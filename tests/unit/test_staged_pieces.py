@@ -1,0 +1,94 @@
+"""Staged pieces (bytes only the whole blob's digest can prove, such as a Dragonfly parent's):
+never present until the blob matched its digest, then present and indexed; a blob that does
+not match is purged with them; a restart forgets them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+from dfagent.configtypes import ByteSize
+from dfagent.core.digest import Digest
+from dfagent.metrics import Metrics
+from dfagent.storage.config import StorageConfig
+from dfagent.storage.store import PieceStore
+
+PIECE = 64 * 1024
+ORIGIN = "http://registry:5000"
+
+
+def _config(path) -> StorageConfig:
+    return StorageConfig(dir=str(path), piece_size=ByteSize(PIECE), scrub_interval=None)
+
+
+def _blob_bytes() -> tuple[bytes, Digest]:
+    data = os.urandom(3 * PIECE + 100)
+    return data, Digest(hashlib.sha256(data).hexdigest())
+
+
+def _piece(data: bytes, index: int) -> bytes:
+    return data[index * PIECE : (index + 1) * PIECE]
+
+
+async def _stage(store: PieceStore, blob, data: bytes, indices) -> None:
+    for index in indices:
+        piece = _piece(data, index)
+        await store.piece_staged(blob, index, piece, hashlib.sha256(piece).digest())
+
+
+async def test_staged_pieces_become_present_only_with_the_verified_blob(tmp_path):
+    data, digest = _blob_bytes()
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        await _stage(store, blob, data, [0, 1, 2])
+        assert not any(blob.has(i) for i in range(4))
+        assert store.stored_pieces == 0
+        await _stage(store, blob, data, [3])
+        await asyncio.wait_for(blob.checked.wait(), 10)
+        assert blob.verified
+        assert all(blob.has(i) for i in range(4)) and not blob.staged
+        assert store.stored_pieces == 4
+        with open(blob.path, "rb") as file:
+            assert file.read() == data
+    async with PieceStore(_config(tmp_path), Metrics()) as store:  # recorded in the index
+        again = await store.open_blob(digest)
+        assert again is not None and again.verified and again.complete
+
+
+async def test_staged_and_fetched_pieces_are_checked_together(tmp_path):
+    data, digest = _blob_bytes()
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        await _stage(store, blob, data, [1, 3])
+        for index in (0, 2):
+            piece = _piece(data, index)
+            await store.piece_finished(blob, index, piece, hashlib.sha256(piece).digest())
+        await asyncio.wait_for(blob.checked.wait(), 10)
+        assert blob.verified and blob.complete
+
+
+async def test_a_wrong_staged_piece_is_never_present_and_the_blob_is_purged(tmp_path):
+    data, digest = _blob_bytes()
+    metrics = Metrics()
+    async with PieceStore(_config(tmp_path), metrics) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        await _stage(store, blob, data, [0, 2, 3])
+        lie = bytes(PIECE)
+        await store.piece_staged(blob, 1, lie, hashlib.sha256(lie).digest())
+        await asyncio.wait_for(blob.checked.wait(), 10)
+        assert not blob.verified and blob.removed
+        assert not any(blob.has(i) for i in range(4))
+        assert await store.open_blob(digest) is None
+        assert metrics.blob_verify_failures._value.get() == 1
+
+
+async def test_a_restart_forgets_staged_pieces(tmp_path):
+    data, digest = _blob_bytes()
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        await _stage(store, blob, data, [0, 1])
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        again = await store.open_blob(digest)
+        assert again is not None
+        assert not again.piece_sha256 and not again.staged
