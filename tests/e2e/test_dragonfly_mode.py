@@ -5,6 +5,7 @@ parent's bytes reach a client only once dfagent's own proofs hold."""
 from __future__ import annotations
 
 import os
+import random
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from tests.support import dragonfly
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
-from tests.support.metrics import metric, wait_for
+from tests.support.metrics import metric, metrics, wait_for
+from tests.support.nydus import make_tree
+from tests.support.nydus_registry import NydusImage, maps_learned, pull_bootstrap, push_nydus_image
 from tests.support.registry import Registry
 
 pytestmark = [
@@ -25,6 +28,7 @@ pytestmark = [
 MiB = 1024 * 1024
 REMOTE = 'dfagent_dragonfly_download_bytes_total{type="REMOTE_PEER"}'
 SOURCE = 'dfagent_dragonfly_download_bytes_total{type="BACK_TO_SOURCE"}'
+VERIFIED = "dfagent_chunks_verified_total"
 
 
 def member(
@@ -110,3 +114,37 @@ def test_dfdaemons_proxy_and_dfagent_share_a_blob_by_its_digest(
         assert send(agent.proxy_port, url).body == data
         assert blob_bytes(origin, digest, len(data)) == from_origin
         wait_for(lambda: metric(agent, REMOTE) == len(data), "every piece reported", 20)
+
+
+@pytest.fixture(scope="module")
+def nydus_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> NydusImage:
+    tree = make_tree(tmp_path_factory.mktemp("dragonfly-nydus") / "src", seed=16, bulk=8)
+    return push_nydus_image(registry, "dragonfly/nydus", tree, tmp_path_factory.mktemp("image"))
+
+
+def test_nydus_chunks_from_a_dfdaemon_are_proven_before_a_lazy_reader_gets_them(
+    agent_factory, origin, nydus_image: NydusImage, tmp_path: Path
+):
+    """A lazy reader's ranges of a nydus data blob come from a dfdaemon that holds it, each
+    chunk proven against the image's digests, and the origin gives no byte of the data blob."""
+    image = nydus_image
+    url = image.blob_url(origin.url)
+    with dragonfly.cluster(tmp_path / "df", daemons=1) as cluster:
+        proxy = urllib.request.ProxyHandler({"http": cluster.daemons[0].proxy_url})
+        with urllib.request.build_opener(proxy).open(url, timeout=60) as response:
+            assert response.read() == image.blob
+        from_origin = blob_bytes(origin, image.blob_digest, len(image.blob))
+        agent = member(agent_factory, cluster, "agent-a")
+        pull_bootstrap(agent, origin.url, image)  # as a node's containerd pulls it
+        wait_for(lambda: maps_learned(agent) >= 1, "the chunk map learned from the bootstrap")
+        rng = random.Random(5)
+        chunks = rng.sample(image.chunks, min(12, len(image.chunks)))
+        for chunk in chunks:
+            start, end = chunk.compressed_offset, chunk.compressed_offset + chunk.compressed_size
+            reply = send(agent.proxy_port, url, {"Range": f"bytes={start}-{end - 1}"})
+            assert reply.status == 206
+            assert reply.body == image.blob[start:end]
+        gets = [seen.range for seen in origin.blob_gets(image.blob_digest)]
+        assert blob_bytes(origin, image.blob_digest, len(image.blob)) == from_origin, gets
+        assert metric(agent, 'dfagent_served_bytes_total{source="peer"}') > 0
+        assert sum(v for k, v in metrics(agent).items() if k.startswith(VERIFIED)) >= len(chunks)

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 _PIECES_AHEAD = 4  # Dragonfly pieces fetched at once while filling a whole blob
 _CHECK_SECONDS = 120.0  # for the whole-blob check after a fill
+_BURST_SECONDS = 0.02  # a parent's list of pieces has ended when it is quiet this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +326,10 @@ class DragonflyMember:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._config.schedule_timeout):
                     await task.synced.wait()
+                    # a parent sends what it has in one burst: take all of it in
+                    while True:
+                        async with asyncio.timeout(_BURST_SECONDS):
+                            await task.grew.wait()
         task.ready.set()
         await self._report(task, blob, range(pieces.count))  # what is here already
 
