@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 _PIECES_AHEAD = 4  # Dragonfly pieces fetched at once while filling a whole blob
 _CHECK_SECONDS = 120.0  # for the whole-blob check after a fill
+_MAX_TASKS = 4096  # peer tasks followed at once (blobs read and not yet whole here)
 _BURST_SECONDS = 0.02  # a parent's list of pieces has ended when it is quiet this long
 
 
@@ -287,6 +288,8 @@ class DragonflyMember:
             pieces = DragonflyPieces.of(blob.size)
             task = _Task(blob.digest.hex, task_id, peer_id(ip, hostname), pieces)
             self._tasks[blob.digest.hex] = task
+            if len(self._tasks) > _MAX_TASKS:
+                self._forget(self._tasks[next(iter(self._tasks))])
             self._held.name(task_id, blob.digest.hex)
             self._jobs.spawn(self._register(task, blob, source), name="dragonfly-register")
         await task.ready.wait()
@@ -332,6 +335,14 @@ class DragonflyMember:
                             await task.grew.wait()
         task.ready.set()
         await self._report(task, blob, range(pieces.count))  # what is here already
+
+    def _forget(self, task: _Task) -> None:
+        """Drop a peer task (its blob is whole here, or it is the oldest of too many); a
+        later read of a blob not whole registers again."""
+        if self._tasks.get(task.digest) is task:
+            del self._tasks[task.digest]
+        if task.stream is not None and not task.stream.closed:
+            self._jobs.spawn(task.stream.close(), name="dragonfly-close")
 
     def _follow(self, task: _Task, assignment: Assignment) -> None:
         for parent in assignment.parents:
@@ -427,6 +438,7 @@ class DragonflyMember:
                 ).inc(end - start)
             if len(task.reported) == pieces.count:
                 await stream.finished(back_to_source=task.back_to_source)
+                self._forget(task)  # whole here: reads need the cluster no more
         except (SchedulerError, OSError, DfagentError) as exc:
             log.info("could not report pieces to the scheduler",
                      extra={"digest": task.digest, "error": str(exc)})  # fmt: skip

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _SYNC_IDLE_SECONDS = 300.0  # a SyncPieces stream waiting this long for a piece ends
 _SYNC_HOST_SECONDS = 5.0
+_MAX_NAMED = 65536  # task ids named by URL that are remembered (oldest forgotten first)
 
 
 class HeldPieces:
@@ -51,6 +52,8 @@ class HeldPieces:
         """Remember that `task_id` is the blob `digest_hex` (a task named by its URL)."""
         if task_id != digest_hex:
             self._digests[task_id] = digest_hex
+            if len(self._digests) > _MAX_NAMED:
+                del self._digests[next(iter(self._digests))]
 
     async def blob(self, task_id: str) -> StoredBlob | None:
         """The blob a task id names: by default its digest's hex, else one named before."""
