@@ -73,18 +73,22 @@ def test_every_object_is_valid_kubernetes(helm, name):
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
-def test_daemonset_matches_the_agent_config(helm, name, tmp_path):
-    objects = render(helm, *VALUE_SETS[name])
-    config_text = objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"]
+def checked_config(objects: dict[str, dict], tmp_path: Path) -> dict:
+    """The agent config the chart's ConfigMap holds, as `dfagent config check` reads it."""
     path = tmp_path / "dfagent.yaml"
-    path.write_text(config_text)
+    path.write_text(objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"])
     checked = subprocess.run(
         [sys.executable, "-m", "dfagent", "config", "check", str(path)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    config = yaml.safe_load(checked.stdout)
+    return yaml.safe_load(checked.stdout)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_daemonset_matches_the_agent_config(helm, name, tmp_path):
+    objects = render(helm, *VALUE_SETS[name])
+    config = checked_config(objects, tmp_path)
 
     pod = objects["DaemonSet/dfagent"]["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
@@ -223,15 +227,7 @@ def test_dragonfly_mode_opens_dragonflys_ports_and_leaves_the_peers_service_alon
         "config.dragonfly.schedulers[0]=scheduler.dragonfly-system.svc:8002",
         "config.dragonfly.vortex=0.0.0.0:4105",
     )
-    config_text = objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"]
-    path = tmp_path / "dfagent.yaml"
-    path.write_text(config_text)
-    checked = subprocess.run(
-        [sys.executable, "-m", "dfagent", "config", "check", str(path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert checked.returncode == 0, checked.stderr
-    config = yaml.safe_load(checked.stdout)
+    config = checked_config(objects, tmp_path)
     assert config["swarm"]["mode"] == "dragonfly" and config["swarm"]["dns"] is None
     (container,) = objects["DaemonSet/dfagent"]["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
