@@ -408,6 +408,7 @@ class PieceStore:
             raise self._write_failed(index, exc) from exc
         if blob.removed:  # purged while the bytes were on their way to disk
             return
+        blob.staged.pop(index, None)  # these bytes replaced any staged ones
         self._present(blob, index, sha256, len(data))
         self._verify_when_covered(blob)
 

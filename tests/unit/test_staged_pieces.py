@@ -92,3 +92,17 @@ async def test_a_restart_forgets_staged_pieces(tmp_path):
         again = await store.open_blob(digest)
         assert again is not None
         assert not again.piece_sha256 and not again.staged
+
+
+async def test_a_piece_fetched_over_a_staged_one_replaces_it(tmp_path):
+    data, digest = _blob_bytes()
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        lie = bytes(PIECE)
+        await store.piece_staged(blob, 0, lie, hashlib.sha256(lie).digest())
+        for index in range(4):  # the origin's bytes, piece 0 over the staged lie
+            piece = _piece(data, index)
+            await store.piece_finished(blob, index, piece, hashlib.sha256(piece).digest())
+        await asyncio.wait_for(blob.checked.wait(), 10)
+        assert blob.verified and not blob.staged
+        assert blob.piece_sha256[0] == hashlib.sha256(_piece(data, 0)).digest()
