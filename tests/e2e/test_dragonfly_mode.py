@@ -4,7 +4,6 @@ parent's bytes reach a client only once dfagent's own proofs hold."""
 
 from __future__ import annotations
 
-import os
 import random
 import urllib.request
 from pathlib import Path
@@ -12,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import dragonfly
-from tests.support.agent import AgentProcess
 from tests.support.client import send
-from tests.support.counting import CountingOrigin
+from tests.support.dragonfly_mode import REMOTE, SOURCE, blob_bytes, member, push
 from tests.support.metrics import metric, metrics, wait_for
 from tests.support.nydus import make_tree
 from tests.support.nydus_registry import NydusImage, maps_learned, pull_bootstrap, push_nydus_image
@@ -26,39 +24,7 @@ pytestmark = [
 ]
 
 MiB = 1024 * 1024
-REMOTE = 'dfagent_dragonfly_download_bytes_total{type="REMOTE_PEER"}'
-SOURCE = 'dfagent_dragonfly_download_bytes_total{type="BACK_TO_SOURCE"}'
 VERIFIED = "dfagent_chunks_verified_total"
-
-
-def member(
-    agent_factory, cluster: dragonfly.Cluster, name: str, **dragonfly_config
-) -> AgentProcess:
-    """A dfagent in Dragonfly mode on loopback, known to the scheduler as host `name`."""
-    config = {
-        "schedulers": [cluster.scheduler_address],
-        "ip": "127.0.0.1",
-        "hostname": name,
-        "upload": "127.0.0.1:0",
-        "vortex": "127.0.0.1:0",
-        **dragonfly_config,
-    }
-    return agent_factory(name, swarm={"mode": "dragonfly"}, dragonfly=config)
-
-
-def blob_bytes(origin: CountingOrigin, digest: str, size: int) -> int:
-    """Blob bytes the origin gave, leaving out dfdaemon's one-byte probes for the length
-    (`Range: bytes=0-0` before each download)."""
-    probes = sum(seen.range == "bytes=0-0" for seen in origin.blob_gets(digest))
-    return origin.blob_bytes(digest, size) - probes
-
-
-def push(
-    registry: Registry, origin: CountingOrigin, repo: str, size: int
-) -> tuple[bytes, str, str]:
-    data = os.urandom(size)
-    digest = registry.push_blob(repo, data)
-    return data, digest, f"{origin.url}/v2/{repo}/blobs/{digest}"
 
 
 def test_a_blob_dfget_fetched_comes_to_dfagent_from_the_dfdaemon(

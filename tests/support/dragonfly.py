@@ -17,9 +17,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from tests.support.agent import deep_merge
 from tests.support.metrics import sample_sum
 from tests.support.ports import free_port
 from tests.support.processes import end
@@ -242,7 +244,13 @@ def _start_scheduler(stack: contextlib.ExitStack, root: Path, log_level: str) ->
 
 
 def _start_daemon(
-    stack: contextlib.ExitStack, root: Path, name: str, scheduler: str, *, seed: bool
+    stack: contextlib.ExitStack,
+    root: Path,
+    name: str,
+    scheduler: str,
+    *,
+    seed: bool,
+    extra: dict[str, Any] | None = None,
 ) -> Daemon:
     root.mkdir(parents=True)
     if len(str(root / "dfdaemon.sock")) > _UNIX_PATH_MAX:
@@ -279,6 +287,7 @@ def _start_daemon(
     }
     if seed:
         config["seedPeer"] = {"enable": True, "type": "super"}
+    config = deep_merge(config, extra or {})
     (root / "dfdaemon.yaml").write_text(yaml.safe_dump(config))
     (root / "dynconfig.yaml").write_text(yaml.safe_dump({"scheduler": {"addrs": [scheduler]}}))
     command = [
@@ -306,31 +315,42 @@ def _start_daemon(
     )
 
 
-def _wait_for_seed_refresh(scheduler: Scheduler, seed_up: float) -> None:
-    """Sleep past the scheduler's first seed refresh after the seed announced itself (plus a
-    second for the refresh's health check of the seed)."""
+def wait_for_seed_refresh(scheduler: Scheduler, seed_up: float) -> None:
+    """Sleep past the scheduler's first seed refresh after the seed (a dfdaemon, or a dfagent
+    with `dragonfly.seed`) announced itself at `seed_up` (time.monotonic()), plus a second
+    for the refresh's health check of the seed."""
     ticks = int((seed_up - scheduler.started) // SEED_REFRESH_SECONDS) + 1
     time.sleep(max(0.0, scheduler.started + ticks * SEED_REFRESH_SECONDS + 1 - time.monotonic()))
 
 
 @contextlib.contextmanager
 def cluster(
-    root: Path, daemons: int = 1, *, seed: bool = False, log_level: str = "info"
+    root: Path,
+    daemons: int = 1,
+    *,
+    seed: bool = False,
+    log_level: str = "info",
+    daemon_config: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     """A scheduler (logging at `log_level`) and `daemons` dfdaemons (`dfdaemon0`, ...), with a
     seed peer first when `seed` (then this waits, up to 31 s, until the scheduler uses it);
-    every program is stopped on exit."""
+    every program is stopped on exit. `daemon_config` is merged into each dfdaemon's (seed
+    included) config, e.g. `{"upload": {"bandwidthLimit": "16MiB"}}`."""
     with contextlib.ExitStack() as stack:
         scheduler = _start_scheduler(stack, root / "scheduler", log_level)
         running = Cluster(root, scheduler)
         if seed:
-            running.seed = _start_daemon(stack, root / "seed", "seed", scheduler.address, seed=True)
+            running.seed = _start_daemon(
+                stack, root / "seed", "seed", scheduler.address, seed=True, extra=daemon_config
+            )
         seed_up = time.monotonic()
         for i in range(daemons):
             name = f"dfdaemon{i}"
             running.daemons.append(
-                _start_daemon(stack, root / name, name, scheduler.address, seed=False)
+                _start_daemon(
+                    stack, root / name, name, scheduler.address, seed=False, extra=daemon_config
+                )
             )
         if seed:
-            _wait_for_seed_refresh(scheduler, seed_up)
+            wait_for_seed_refresh(scheduler, seed_up)
         yield running
