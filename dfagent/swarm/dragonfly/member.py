@@ -22,6 +22,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dragonfly_api import common_pb2
@@ -84,7 +85,9 @@ class _Task:
     grew: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) on news
     reported: set[int] = field(default_factory=set)
     reporting: asyncio.Lock = field(default_factory=asyncio.Lock)  # one report at a time
-    from_parent: dict[int, Parent] = field(default_factory=dict)
+    from_parent: dict[int, Parent] = field(default_factory=dict)  # who sent a cached piece
+    # Pieces whose bytes kept here are a parent's (proven): reported as that parent's.
+    credited: dict[int, Parent] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     def holders(self, number: int) -> list[str]:
@@ -170,6 +173,7 @@ class DragonflyMember:
             parts.append(data[max(start - first, 0) : end - first])
         data = b"".join(parts)
         if await check(data):
+            self._credit(task, task.pieces.covering(start, end))
             return data
         self._metrics.dragonfly_bad_pieces.labels("proof").inc()
         for number in task.pieces.covering(start, end):
@@ -228,14 +232,19 @@ class DragonflyMember:
         finally:
             for pending in fetches.values():
                 pending.cancel()
+        # Every missing piece is now a parent's, staged: if the blob proves whole (and is
+        # reported at once), that is where its bytes came from.
+        self._credit(task, wanted)
         try:
             async with asyncio.timeout(_CHECK_SECONDS):
                 await blob.checked.wait()
         except TimeoutError:
+            self._uncredit(task, wanted)
             return False
         if not blob.verified:
             self._distrusted.add(blob.digest.hex)
             self._metrics.dragonfly_bad_pieces.labels("proof").inc(len(wanted))
+            self._uncredit(task, wanted)  # what the blob gets later comes from the origin
             log.warning("a blob filled from Dragonfly parents failed its digest; its reads "
                         "go to the origin", extra={"digest": str(blob.digest)})  # fmt: skip
         return blob.verified
@@ -386,9 +395,7 @@ class DragonflyMember:
     def _distrust_piece(self, task: _Task, number: int) -> None:
         """A parent's piece failed a proof: forget it (and every parent's claim to it is
         checked again on the next fetch)."""
-        dropped = self._cache.pop((task.task_id, number), None)
-        self._cached_bytes -= len(dropped or b"")
-        parent = task.from_parent.pop(number, None)
+        parent = self._forget_piece(task, number)
         if parent is not None:
             log.warning("a Dragonfly parent sent a piece that fails its proof; dropping it",
                         extra={"parent": parent.peer_id, "digest": task.digest,
@@ -396,6 +403,28 @@ class DragonflyMember:
             self._jobs.spawn(
                 self._drop_parent(task, parent, "a piece failed its proof"), name="drop-parent"
             )
+
+    def _forget_piece(self, task: _Task, number: int) -> Parent | None:
+        """Drop a parent's copy of piece `number` whose bytes failed a proof from the cache;
+        the parent that sent it, if any."""
+        dropped = self._cache.pop((task.task_id, number), None)
+        self._cached_bytes -= len(dropped or b"")
+        return task.from_parent.pop(number, None)
+
+    @staticmethod
+    def _credit(task: _Task, numbers: Iterable[int]) -> None:
+        """The parents' copies of pieces `numbers` are the bytes kept here."""
+        for number in numbers:
+            parent = task.from_parent.get(number)
+            if parent is not None:
+                task.credited[number] = parent
+
+    def _uncredit(self, task: _Task, numbers: Iterable[int]) -> None:
+        """The parents' copies of `numbers` were not kept (the whole blob failed its check, or
+        was not checked in time): the blob's bytes come from the origin instead."""
+        for number in numbers:
+            task.credited.pop(number, None)
+            self._forget_piece(task, number)
 
     async def _report(self, task: _Task, blob: StoredBlob, numbers: range) -> None:
         """Tell the scheduler of every Dragonfly piece in `numbers` now whole here; and that
@@ -419,7 +448,7 @@ class DragonflyMember:
                 grew = True
                 start, end = pieces.bounds(number)
                 digest = crc32_digest(await self._held.read(blob, number))
-                parent = task.from_parent.get(number)
+                parent = task.credited.get(number)
                 traffic = common_pb2.REMOTE_PEER if parent else common_pb2.BACK_TO_SOURCE
                 await stream.piece_finished(
                     common_pb2.Piece(
