@@ -265,9 +265,18 @@ class PeerStream:
         try:
             async with self._writing:
                 await self._call.write(request)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            # Writing to a stream that has ended raises InvalidStateError; the call's status
+            # says why. A scheduler gone away shows here first: the stream of a download
+            # under way breaks, and so does the next registration, before any answer.
             self.closed = True
-            raise SchedulerError(f"the peer stream broke: {exc}") from None
+            why = str(exc)
+            if self._call.done():
+                code = await self._call.code()
+                why = f"{code.name}: {await self._call.details()}"
+                reachable = code != grpc.StatusCode.UNAVAILABLE
+                self._schedulers.answered("announce_peer", "error", reachable=reachable)
+            raise SchedulerError(f"the peer stream broke: {why}") from None
 
 
 def duration(seconds: float) -> Duration:
