@@ -22,6 +22,7 @@ from dfagent.errors import DfagentError, StartupError
 from dfagent.metrics import Metrics
 from dfagent.serving import bind
 from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.swarm.dragonfly.health import health_handler
 from dfagent.swarm.dragonfly.layout import DragonflyPieces
 from dfagent.swarm.dragonfly.seed import Seeds
 from dfagent.tasks import TaskOwner
@@ -178,6 +179,7 @@ class UploadServer:
         self._grpc = grpc.aio.server()
         self._service = _Upload(held, host, ip, lambda: self.tcp_port)
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self._service, self._grpc)
+        self._grpc.add_generic_rpc_handlers((health_handler(),))
         self._tcp: asyncio.Server | None = None
         self.upload_port = 0
         self.tcp_port = 0
