@@ -123,7 +123,8 @@ class DragonflyMember:
         self._cached_bytes = 0
         self._downloads: dict[tuple[str, int], asyncio.Future[bytes | None]] = {}
         self._distrusted: set[str] = set()  # blobs whose fill from parents failed the digest
-        self._seeding: set[str] = set()  # blobs the scheduler sent this (seed) member to fetch
+        # Blobs the scheduler sent this (seed) member to fetch: digest hex -> the task's id.
+        self._seeding: dict[str, str] = {}
 
     async def aclose(self) -> None:
         await self._jobs.aclose()
@@ -275,10 +276,11 @@ class DragonflyMember:
             index += 1
         return index
 
-    def back_to_source(self, digest_hex: str) -> None:
-        """The scheduler asked this seed member to fetch the blob from its origin: its next
-        registration says so (the scheduler then sends no parents)."""
-        self._seeding.add(digest_hex)
+    def back_to_source(self, digest_hex: str, task_id: str) -> None:
+        """The scheduler asked this seed member to fetch the blob from its origin for task
+        `task_id`: its next registration is that task's, and says so (the scheduler then
+        sends no parents)."""
+        self._seeding[digest_hex] = task_id
 
     # peer tasks ------------------------------------------------------------------------------
 
@@ -291,9 +293,11 @@ class DragonflyMember:
         task = self._tasks.get(blob.digest.hex)
         if task is None:
             ip, hostname = self.identity.ip, self.identity.hostname
-            task_id = blob.digest.hex
-            if self._config.task_id == "url":
-                task_id = task_id_for_url(str(source.url))
+            task_id = self._seeding.get(blob.digest.hex)  # as the scheduler named it
+            if task_id is None:
+                task_id = blob.digest.hex
+                if self._config.task_id == "url":
+                    task_id = task_id_for_url(str(source.url))
             pieces = DragonflyPieces.of(blob.size)
             task = _Task(blob.digest.hex, task_id, peer_id(ip, hostname), pieces)
             self._tasks[blob.digest.hex] = task
@@ -315,9 +319,8 @@ class DragonflyMember:
             actual_content_length=pieces.size,
             actual_piece_length=pieces.length,
             actual_piece_count=pieces.count,
-            need_back_to_source=task.digest in self._seeding,
+            need_back_to_source=self._seeding.pop(task.digest, None) is not None,
         )
-        self._seeding.discard(task.digest)
         stream = self._schedulers.peer_stream(self.identity.host_id, task.task_id, task.peer_id)
         try:
             assignment = await stream.register(download)

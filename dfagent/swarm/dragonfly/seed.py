@@ -2,7 +2,11 @@
 a blob from its origin first, so that the cluster's other peers get it from here.
 
 Only registry blob URLs are taken, and only as an anonymous caller: a seed never holds a
-client's credentials, so a private blob fails here and its readers use their own origin."""
+client's credentials, so a private blob fails here and its readers use their own origin.
+
+The download is registered under the task id dfdaemon would give the request (not the one
+`dragonfly.task_id` picks for this agent's own reads): the scheduler names the task it wants
+only through the request, and its other peers wait on that task."""
 
 from __future__ import annotations
 
@@ -10,15 +14,17 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from dragonfly_api import common_pb2
 from yarl import URL
 
 from dfagent.core.digest import Digest, InvalidDigest
+from dfagent.dragonfly.ids import task_id_for_blob, task_id_for_url
 from dfagent.engine.fetcher import Engine
 from dfagent.engine.prefetch import Prefetcher
 from dfagent.errors import DfagentError
 from dfagent.origin.client import BlobSource
 
-__all__ = ["SeedError", "Seeder", "Seeds"]
+__all__ = ["SeedError", "Seeder", "Seeds", "task_id_of"]
 
 _BLOB_PATH = re.compile(r"/v2/.+/blobs/(?P<digest>sha256:[0-9a-f]{64})")
 
@@ -30,22 +36,28 @@ class SeedError(DfagentError):
 class Seeds(Protocol):
     """What the upload server needs of the seed role."""
 
-    async def seed(self, url: str, started: Callable[[int], Awaitable[None]]) -> None: ...
+    async def seed(
+        self, download: common_pb2.Download, started: Callable[[int], Awaitable[None]]
+    ) -> None: ...
 
 
 class Seeder:
     """Fetches whole blobs from their origins when the scheduler asks."""
 
     def __init__(
-        self, engine: Engine, prefetcher: Prefetcher, back_to_source: Callable[[str], None]
+        self, engine: Engine, prefetcher: Prefetcher, back_to_source: Callable[[str, str], None]
     ) -> None:
         self._engine = engine
         self._prefetcher = prefetcher
         self._back_to_source = back_to_source
 
-    async def seed(self, url: str, started: Callable[[int], Awaitable[None]]) -> None:
-        """Fetch the blob at `url` whole; `started(size)` once its size is known. Raises
-        SeedError (or another DfagentError from the origin) when it cannot be done."""
+    async def seed(
+        self, download: common_pb2.Download, started: Callable[[int], Awaitable[None]]
+    ) -> None:
+        """Fetch the blob at `download.url` whole, as its task; `started(size)` once its size
+        is known. Raises SeedError (or another DfagentError from the origin) when it cannot
+        be done."""
+        url = download.url
         parsed = URL(url)
         match = _BLOB_PATH.fullmatch(parsed.path)
         if match is None or parsed.scheme not in ("http", "https"):
@@ -54,8 +66,31 @@ class Seeder:
             digest = Digest.parse(match.group("digest"))
         except InvalidDigest as exc:
             raise SeedError(str(exc)) from None
-        self._back_to_source(digest.hex)
+        self._back_to_source(digest.hex, task_id_of(download))
         source = BlobSource(parsed, digest)
         blob = await self._engine.blob(source, for_client=False)
         await started(blob.size)
         await self._prefetcher.complete(blob, source, paced=False)
+
+
+def task_id_of(download: common_pb2.Download) -> str:
+    """The id dfdaemon gives the task of `download`. SeedError for a download this agent does
+    not cut into pieces as dfdaemon would (its own piece length), names by content, or whose
+    id it cannot be sure of."""
+    if download.HasField("piece_length"):
+        raise SeedError("a download with its own piece length is not taken")
+    if download.HasField("content_for_calculating_task_id"):
+        raise SeedError("a download named by its content is not taken")
+    try:
+        if download.enable_task_id_based_blob_digest:
+            by_digest = task_id_for_blob(download.url)
+            if by_digest is not None:
+                return by_digest
+        return task_id_for_url(
+            download.url,
+            tag=download.tag,
+            application=download.application,
+            filtered_query_params=download.filtered_query_params,
+        )
+    except ValueError as exc:
+        raise SeedError(str(exc)) from None

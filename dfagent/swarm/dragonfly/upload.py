@@ -137,7 +137,7 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         async def started(content_length: int) -> None:
             size.set_result(content_length)
 
-        job = self.jobs.spawn(self.seeds.seed(request.download.url, started), name="seed")
+        job = self.jobs.spawn(self.seeds.seed(request.download, started), name="seed")
         try:
             await asyncio.wait({job, size}, return_when=asyncio.FIRST_COMPLETED)
             if size.done():
