@@ -9,7 +9,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +41,11 @@ def agent(work: Path, name: str, *args: str, **overrides: object) -> Iterator[Ag
 
 
 @contextlib.contextmanager
-def nginx(work: Path, files: Path) -> Iterator[int]:
-    """nginx serving `files` on a free loopback port: the practical limit for cache hits."""
+def nginx(
+    work: Path, files: Path, address: str = "127.0.0.1", prefix: Sequence[str] = ()
+) -> Iterator[int]:
+    """nginx serving `files` on a free port at `address` (started with `prefix`, e.g. in a
+    network namespace): the practical limit for cache hits."""
     binary = require("nginx")
     root = work / "nginx"
     root.mkdir(parents=True, exist_ok=True)
@@ -68,30 +71,30 @@ http {{
     uwsgi_temp_path {root};
     scgi_temp_path {root};
     server {{
-        listen 127.0.0.1:{port};
+        listen {address}:{port};
         root {files};
     }}
 }}
 """
     )
-    process = subprocess.Popen([binary, "-c", str(root / "nginx.conf"), "-p", str(root)])
+    process = subprocess.Popen([*prefix, binary, "-c", str(root / "nginx.conf"), "-p", str(root)])
     try:
-        _wait_port(port)
+        _wait_port(address, port)
         yield port
     finally:
         process.terminate()
         process.wait(10)
 
 
-def _wait_port(port: int) -> None:
+def _wait_port(address: str, port: int) -> None:
     import socket
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection((address, port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"nothing listens on {address}:{port}")
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,17 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def wrk(
-    port: int, target: str, size: int, range_length: int, connections: int, seconds: float
+    port: int,
+    target: str,
+    size: int,
+    range_length: int,
+    connections: int,
+    seconds: float,
+    address: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> WrkResult:
+    """wrk's random ranges against `address:port` (run with `prefix`, e.g. in a network
+    namespace)."""
     binary = require("wrk")
     env = {
         **os.environ,
@@ -117,8 +129,8 @@ def wrk(
     }
     result = subprocess.run(
         [
-            binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "-s", str(HERE / "random_range.lua"), f"http://127.0.0.1:{port}/",
+            *prefix, binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            "--latency", "-s", str(HERE / "random_range.lua"), f"http://{address}:{port}/",
         ],
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
