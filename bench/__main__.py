@@ -22,6 +22,7 @@ from bench import (
     cache_hit,
     chunks,
     cold,
+    dragonfly_side,
     lazy,
     nydus,
     nydus_trace,
@@ -79,11 +80,15 @@ def _nydus_trace(args: argparse.Namespace) -> Ran:
     return nydus_trace.section(results), []
 
 
+def _blob_mib(args: argparse.Namespace, default: int) -> int:
+    return default if args.blob_mib is None else args.blob_mib
+
+
 def _swarm(args: argparse.Namespace) -> Ran:
     fill = swarm.run(
         WORK / "swarm",
         nodes=args.nodes,
-        size=(16 if args.smoke else args.blob_mib) * MIB,
+        size=(16 if args.smoke else _blob_mib(args, 512)) * MIB,
         node_mbit=args.link_mbit,
     )
     return swarm.section(fill), [fill.resources]
@@ -93,7 +98,7 @@ def _lazy(args: argparse.Namespace) -> Ran:
     result = lazy.run(
         WORK / "lazy",
         nodes=3 if args.smoke else args.nodes,
-        size=(32 if args.smoke else args.blob_mib) * MIB,
+        size=(32 if args.smoke else _blob_mib(args, 512)) * MIB,
         node_mbit=args.link_mbit,
         coverage=0.2 if args.smoke else args.coverage,
         readers=2 if args.smoke else args.readers,
@@ -123,10 +128,39 @@ def _sim(args: argparse.Namespace) -> Ran:
         plan = sim.runs((4, 16), 16 * MIB, 16 * MIB)
     else:
         counts = tuple(int(n) for n in args.sim_nodes.split(","))
-        plan = sim.runs(counts, args.blob_mib * MIB, args.sim_small_mib * MIB)
+        plan = sim.runs(counts, _blob_mib(args, 512) * MIB, args.sim_small_mib * MIB)
     rtt = args.sim_rtt_ms / 1000
     results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers)
     return sim.section(results, args.link_mbit, rtt), []
+
+
+def _dragonfly(args: argparse.Namespace) -> Ran:
+    if args.smoke:
+        sizes = dragonfly_side.Sizes(
+            nodes=2,
+            fill=16 * MIB,
+            lazy=16 * MIB,
+            coverage=0.2,
+            readers=2,
+            wrk_seconds=1,
+            cells=((MIB, 4),),
+            cold_blobs=2,
+            cold_size=8 * MIB,
+        )
+    else:
+        mib = _blob_mib(args, 256)
+        sizes = dragonfly_side.Sizes(
+            nodes=args.nodes,
+            link_mbit=args.link_mbit,
+            fill=mib * MIB,
+            lazy=mib * MIB,
+            coverage=args.coverage,
+            readers=args.readers,
+            wrk_seconds=args.seconds,
+            cold_blobs=args.cold_blobs,
+        )
+    result = dragonfly_side.run(WORK / "dragonfly", sizes)
+    return dragonfly_side.section(result), []
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
@@ -140,6 +174,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "chunks": _chunks,
     "stack": _stack,
     "sim": _sim,
+    "dragonfly": _dragonfly,
 }
 GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
 
@@ -155,18 +190,39 @@ def _arguments() -> argparse.Namespace:
         "--smoke", action="store_true", help="a tiny run that only checks the harness"
     )
     parser.add_argument(
-        "--seconds", type=float, default=10, help="wrk duration per cell (cache-hit, storage)"
+        "--seconds",
+        type=float,
+        default=10,
+        help="wrk duration per cell (cache-hit, storage, dragonfly)",
     )
     parser.add_argument("--samples", type=int, default=64, help="cold reads per path (cold)")
-    parser.add_argument("--nodes", type=int, default=4, help="nodes (swarm, lazy)")
-    parser.add_argument("--blob-mib", type=int, default=512, help="blob size (swarm, lazy, sim)")
+    parser.add_argument("--nodes", type=int, default=4, help="nodes (swarm, lazy, dragonfly)")
     parser.add_argument(
-        "--link-mbit", type=int, default=200, help="every link's cap, both ways (swarm, lazy, sim)"
+        "--blob-mib",
+        type=int,
+        help="blob size (swarm, lazy, sim: default 512; dragonfly: default 256)",
     )
     parser.add_argument(
-        "--coverage", type=float, default=0.15, help="share of the blob the trace reads (lazy, sim)"
+        "--link-mbit",
+        type=int,
+        default=200,
+        help="every link's cap, both ways (swarm, lazy, sim, dragonfly)",
     )
-    parser.add_argument("--readers", type=int, default=4, help="readers per node (lazy, sim)")
+    parser.add_argument(
+        "--coverage",
+        type=float,
+        default=0.15,
+        help="share of the blob the trace reads (lazy, sim, dragonfly)",
+    )
+    parser.add_argument(
+        "--readers", type=int, default=4, help="readers per node (lazy, sim, dragonfly)"
+    )
+    parser.add_argument(
+        "--cold-blobs",
+        type=int,
+        default=16,
+        help="blobs nobody read, two 1 MiB reads each (dragonfly)",
+    )
     parser.add_argument("--image-mib", type=int, default=64, help="image size (stack)")
     parser.add_argument("--rounds", type=int, default=3, help="starts per row (stack)")
     parser.add_argument(

@@ -1,5 +1,6 @@
 """Several nodes on one machine: each in its own network namespace behind a capped link, the
-registry in one more; dfagent on every node, in one swarm. Needs root (ip netns, tc).
+registry in one more; dfagent on every node, in one swarm (the builtin one, or a Dragonfly
+cluster's). Needs root (ip netns, tc).
 
 The bench process (root namespace) sits on the bridge uncapped, to set things up and read
 each agent's metrics.
@@ -8,6 +9,7 @@ each agent's metrics.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +20,10 @@ from tests.support.registry import Registry
 
 NET = "10.77.0"
 BRIDGE = "dfb-br"
-PEER_PORT = 4000
+PEER_PORT = 4000  # the builtin swarm's peer port; Dragonfly's upload port in Dragonfly mode
 PROXY_ADDRESS, PROXY_PORT = "127.0.0.1", 4001  # every agent's proxy, in its own namespace
 METRICS_PORT = 4002
+VORTEX_PORT = 4005  # Dragonfly mode: piece content over Vortex
 REGISTRY_PORT = 5000
 
 
@@ -64,20 +67,34 @@ def topology(nodes: int, node_mbit: int, origin_mbit: int) -> Iterator[tuple[Hos
             _netns(host.name, "ip", "addr", "add", f"{host.address}/24", "dev", inside)
             _netns(host.name, "ip", "link", "set", inside, "up")
             _netns(host.name, "ip", "link", "set", "lo", "up")
-            cap = ["tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "100ms"]
-            _netns(host.name, "tc", "qdisc", "add", "dev", inside, "root", *cap)  # sending
-            subprocess.run(
-                ["tc", "qdisc", "add", "dev", outside, "root", *cap], check=True
-            )  # receiving
+            cap(host, mbit)
         yield hosts[0], hosts[1:]
     finally:
         _teardown(hosts)
+
+
+def cap(host: Host, mbit: int) -> None:
+    """Cap both directions of `host`'s link at `mbit`."""
+    tbf = ["tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "100ms"]
+    _netns(host.name, "tc", "qdisc", "add", "dev", f"{host.name}-p", "root", *tbf)  # sending
+    subprocess.run(["tc", "qdisc", "add", "dev", f"{host.name}-v", "root", *tbf], check=True)
 
 
 def uncap(host: Host) -> None:
     """Lift both caps of `host`'s link."""
     _netns(host.name, "tc", "qdisc", "del", "dev", f"{host.name}-p", "root")
     subprocess.run(["tc", "qdisc", "del", "dev", f"{host.name}-v", "root"], check=True)
+
+
+def sent_bytes(host: Host) -> int:
+    """Bytes `host` has sent over its link, as its interface counts them (headers included)."""
+    out = subprocess.run(
+        ["ip", "-n", host.name, "-s", "-j", "link", "show", "dev", f"{host.name}-p"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
 
 
 def _teardown(hosts: list[Host]) -> None:
@@ -128,17 +145,55 @@ def agents(work: Path, hosts: list[Host], **overrides: object) -> Iterator[list[
     token = work / "token"
     token.write_text("bench-swarm-token-0123456789abcdef")
     members = [f"{h.address}:{PEER_PORT}" for h in hosts]
+    swarm = [
+        {
+            "peer": {"listen": member, "token_file": str(token)},
+            "swarm": {"peers": members, "advertise": member},
+        }
+        for member in members
+    ]
+    with _started(work, hosts, swarm, overrides) as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def dragonfly_agents(
+    work: Path, hosts: list[Host], scheduler: str, **overrides: object
+) -> Iterator[list[Node]]:
+    """dfagent on every host in Dragonfly mode, members of the cluster whose scheduler is at
+    `scheduler` (host:port); killed on exit."""
+    swarm = [
+        {
+            "swarm": {"mode": "dragonfly"},
+            "dragonfly": {
+                "schedulers": [scheduler],
+                "ip": host.address,
+                "hostname": host.name,
+                "upload": f"{host.address}:{PEER_PORT}",
+                "vortex": f"{host.address}:{VORTEX_PORT}",
+            },
+        }
+        for host in hosts
+    ]
+    with _started(work, hosts, swarm, overrides) as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def _started(
+    work: Path, hosts: list[Host], swarm: list[dict], overrides: dict[str, object]
+) -> Iterator[list[Node]]:
+    """dfagent on every host, with that host's swarm sections; killed on exit."""
     nodes: list[Node] = []
     try:
-        for host, member in zip(hosts, members, strict=True):
+        for host, sections in zip(hosts, swarm, strict=True):
             config = {
                 "log": {"level": "info"},
                 "proxy": {"listen": f"{PROXY_ADDRESS}:{PROXY_PORT}"},
                 "health": {"listen": f"{host.address}:4003"},
                 "metrics": {"listen": f"{host.address}:{METRICS_PORT}"},
                 "storage": {"quota": "8GiB"},
-                "peer": {"listen": member, "token_file": str(token)},
-                "swarm": {"peers": members, "advertise": member},
+                **sections,
             }
             agent = AgentProcess(
                 work / host.name, deep_merge(config, overrides), command_prefix=host.prefix

@@ -34,9 +34,9 @@ print(time.monotonic() - started)
 """
 
 
-def _read_all_at_once(
-    readers: list[tuple[cluster.Host, str, int, str]], digest: str
-) -> list[float]:
+def read_all_at_once(readers: list[tuple[cluster.Host, str, int, str]], digest: str) -> list[float]:
+    """Each (host, address, port, target) reads the whole blob at the same moment, from inside
+    its host; the seconds each took (the bytes checked against `digest`)."""
     outputs = cluster.run_at_once(
         [
             (host, [sys.executable, "-c", _READER, address, str(port), target, digest])
@@ -62,7 +62,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         del data
         path = f"/v2/bench/swarm/blobs/{digest}"
 
-        direct = _read_all_at_once(
+        direct = read_all_at_once(
             [(h, net.origin.address, cluster.REGISTRY_PORT, path) for h in net.hosts], digest
         )
 
@@ -70,7 +70,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
             meter = resources.Meter(
                 "swarm fill", [resources.watched(a.agent, a.metrics_url) for a in agents]
             )
-            through = _read_all_at_once(
+            through = read_all_at_once(
                 [
                     (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
                     for h in net.hosts

@@ -1,7 +1,8 @@
 """Replays a read trace the way nydusd reads a lazily pulled image: a few reader threads, each
 on its own keep-alive connection, taking the next range of the trace as they free up. Run in
-a node's namespace by bench.lazy; prints JSON with the latency of each read and the time the
-whole trace took. Every body is checked against the sha256 the trace gives for it.
+a node's namespace by bench.lazy; prints JSON with the latency of each read (and of its first
+byte, in the same order) and the time the whole trace took. Every body is checked against the
+sha256 the trace gives for it.
 
     python3 trace_reader.py HOST PORT TARGET TRACE.json READERS
 """
@@ -24,7 +25,7 @@ def _reader(
     target: str,
     reads: Iterator[list],
     lock: threading.Lock,
-    latencies: list[float],
+    latencies: list[tuple[float, float]],
 ) -> None:
     connection = http.client.HTTPConnection(host, port, timeout=600)
     while True:
@@ -36,11 +37,13 @@ def _reader(
         started = time.perf_counter()
         connection.request("GET", target, headers={"Range": f"bytes={first}-{first + length - 1}"})
         response = connection.getresponse()
-        body = response.read()
+        head = response.read(1)
+        first_byte = time.perf_counter() - started
+        body = head + response.read()
         elapsed = time.perf_counter() - started
         assert response.status == 206, (response.status, body[:200])
         assert hashlib.sha256(body).hexdigest() == sha256, f"bytes differ at {first}"
-        latencies.append(elapsed * 1000)  # list.append is atomic under the GIL
+        latencies.append((elapsed * 1000, first_byte * 1000))  # atomic under the GIL
     connection.close()
 
 
@@ -49,7 +52,7 @@ def main() -> None:
     trace = json.loads(Path(trace_path).read_text())
     reads = iter(trace)
     lock = threading.Lock()
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     threads = [
         threading.Thread(target=_reader, args=(host, int(port), target, reads, lock, latencies))
         for _ in range(int(readers))
@@ -61,7 +64,15 @@ def main() -> None:
         thread.join()
     # A reader that failed has printed its traceback and stopped.
     assert len(latencies) == len(trace), f"{len(trace) - len(latencies)} reads failed"
-    print(json.dumps({"latencies_ms": latencies, "seconds": time.monotonic() - started}))
+    print(
+        json.dumps(
+            {
+                "latencies_ms": [total for total, _ in latencies],
+                "first_byte_ms": [first_byte for _, first_byte in latencies],
+                "seconds": time.monotonic() - started,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A real Dragonfly cluster on loopback, for tests and benchmarks: a standalone scheduler (no
 manager: a local dynconfig) and dfdaemons pointing at it, each with its own ports, state and
-logs under one root directory, and dfget run against any one of them.
+logs under one root directory, and dfget run against any one of them. A benchmark may place
+each program elsewhere (`Place`: in a network namespace, bound to that host's address).
 
 The programs (`scheduler` from d7y.io/dragonfly/v2, `dfdaemon` and `dfget` from the crate
 dragonfly-client) are installed by ./test.sh and found with `tools.require`.
@@ -14,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,18 @@ class ClusterError(RuntimeError):
     """A Dragonfly program failed or did not come up; the message ends with its logs' tails."""
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a program runs: the address every server of it binds (and the cluster knows it
+    by), and the command prefix that starts it there (e.g. `ip netns exec NAME`)."""
+
+    address: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+
+LOOPBACK = Place()
+
+
 def _plain(text: str) -> str:
     return _COLOUR.sub("", text)
 
@@ -64,15 +77,21 @@ def _tails(root: Path) -> str:
     return "\n".join(parts) or f"(no logs under {root})"
 
 
-def _spawn(command: list[str], root: Path) -> subprocess.Popen[bytes]:
+def _spawn(command: list[str], root: Path, place: Place) -> subprocess.Popen[bytes]:
     with (root / "console.log").open("wb") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*place.prefix, *command], stdout=output, stderr=subprocess.STDOUT)
 
 
 def _wait_until_up(
-    process: subprocess.Popen[bytes], root: Path, what: str, ports: list[int], *paths: Path
+    process: subprocess.Popen[bytes],
+    root: Path,
+    what: str,
+    address: str,
+    ports: list[int],
+    *paths: Path,
 ) -> None:
-    """Wait until every one of `ports` accepts connections and every one of `paths` exists."""
+    """Wait until every one of `ports` at `address` accepts connections and every one of
+    `paths` exists."""
     deadline = time.monotonic() + 60
     waiting = list(ports)
     while time.monotonic() < deadline:
@@ -80,7 +99,7 @@ def _wait_until_up(
             raise ClusterError(f"{what} exited {process.returncode}:\n{_tails(root)}")
         with contextlib.suppress(OSError):
             while waiting:
-                socket.create_connection(("127.0.0.1", waiting[0]), 0.5).close()
+                socket.create_connection((address, waiting[0]), 0.5).close()
                 waiting.pop(0)
         if not waiting and all(path.exists() for path in paths):
             return
@@ -95,10 +114,11 @@ class Scheduler:
     port: int
     metrics_port: int
     started: float  # time.monotonic() when it answered on its port
+    ip: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
     def logs(self) -> str:
         return _tails(self.root)
@@ -106,7 +126,8 @@ class Scheduler:
 
 @dataclass
 class Daemon:
-    """A running dfdaemon: its servers on loopback, its state and logs under `root`."""
+    """A running dfdaemon: its servers on `ip` (loopback unless placed elsewhere), its state
+    and logs under `root`."""
 
     name: str
     root: Path
@@ -119,6 +140,7 @@ class Daemon:
     health_port: int
     stats_port: int
     seed: bool = False
+    ip: str = "127.0.0.1"
 
     @property
     def pid(self) -> int:
@@ -131,19 +153,19 @@ class Daemon:
 
     @property
     def upload_address(self) -> str:
-        return f"127.0.0.1:{self.upload_port}"
+        return f"{self.ip}:{self.upload_port}"
 
     @property
     def proxy_url(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return f"http://{self.ip}:{self.proxy_port}"
 
     @property
     def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.health_port}"
+        return f"http://{self.ip}:{self.health_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}"
+        return f"http://{self.ip}:{self.metrics_port}"
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the samples of `name` whose labels include `labels`."""
@@ -202,14 +224,16 @@ class Cluster:
         return "\n".join([self.scheduler.logs(), *(daemon.logs() for daemon in daemons)])
 
 
-def _start_scheduler(stack: contextlib.ExitStack, root: Path, log_level: str) -> Scheduler:
+def _start_scheduler(
+    stack: contextlib.ExitStack, root: Path, log_level: str, place: Place
+) -> Scheduler:
     root.mkdir(parents=True)
     port, metrics = free_port(), free_port()
     config = {
         "server": {
-            "advertiseIP": "127.0.0.1",
+            "advertiseIP": place.address,
             "advertisePort": port,
-            "listenIP": "127.0.0.1",
+            "listenIP": place.address,
             "port": port,
             "host": "df-scheduler",
             "logDir": str(root / "log"),
@@ -219,7 +243,7 @@ def _start_scheduler(stack: contextlib.ExitStack, root: Path, log_level: str) ->
         "scheduler": {"algorithm": "default", "backToSourceCount": 200, "retryInterval": "1s"},
         "dynConfig": {"refreshInterval": "1m"},
         "job": {"enable": False},
-        "metrics": {"enable": True, "addr": f"127.0.0.1:{metrics}", "enableHost": False},
+        "metrics": {"enable": True, "addr": f"{place.address}:{metrics}", "enableHost": False},
         "network": {"enableIPv6": False},
         "console": False,
         "pprofPort": -1,
@@ -237,10 +261,10 @@ def _start_scheduler(stack: contextlib.ExitStack, root: Path, log_level: str) ->
         "--config", str(root / "scheduler.yaml"),
         "--dynconfig", str(root / "dynconfig.yaml"),
     ]  # fmt: skip
-    process = _spawn(command, root)
+    process = _spawn(command, root, place)
     stack.callback(end, process)
-    _wait_until_up(process, root, "the scheduler", [port])
-    return Scheduler(root, process, port, metrics, time.monotonic())
+    _wait_until_up(process, root, "the scheduler", place.address, [port])
+    return Scheduler(root, process, port, metrics, time.monotonic(), place.address)
 
 
 def _start_daemon(
@@ -250,6 +274,7 @@ def _start_daemon(
     scheduler: str,
     *,
     seed: bool,
+    place: Place,
     extra: dict[str, Any] | None = None,
 ) -> Daemon:
     root.mkdir(parents=True)
@@ -258,10 +283,10 @@ def _start_daemon(
     ports = {
         key: free_port() for key in ("upload", "tcp", "quic", "proxy", "metrics", "health", "stats")
     }
-    local = {"ip": "127.0.0.1"}
+    local = {"ip": place.address}
     config: dict[str, object] = {
         # the host id is ip-hostname: every daemon on this machine needs a hostname of its own
-        "host": {"hostname": f"df-{name}", "ip": "127.0.0.1", "idc": "", "location": ""},
+        "host": {"hostname": f"df-{name}", "ip": place.address, "idc": "", "location": ""},
         "server": {"pluginDir": str(root / "plugins"), "cacheDir": str(root / "cache")},
         "download": {
             "protocol": "tcp",
@@ -296,10 +321,12 @@ def _start_daemon(
         "--dynconfig", str(root / "dynconfig.yaml"),
         "--log-dir", str(root / "log"),
     ]  # fmt: skip
-    process = _spawn(command, root)
+    process = _spawn(command, root, place)
     stack.callback(end, process)
     listening = [ports[key] for key in ("upload", "tcp", "proxy", "metrics", "health")]
-    _wait_until_up(process, root, f"dfdaemon {name}", listening, root / "dfdaemon.sock")
+    _wait_until_up(
+        process, root, f"dfdaemon {name}", place.address, listening, root / "dfdaemon.sock"
+    )
     return Daemon(
         name,
         root,
@@ -312,6 +339,7 @@ def _start_daemon(
         health_port=ports["health"],
         stats_port=ports["stats"],
         seed=seed,
+        ip=place.address,
     )
 
 
@@ -331,24 +359,44 @@ def cluster(
     seed: bool = False,
     log_level: str = "info",
     daemon_config: dict[str, Any] | None = None,
+    scheduler_at: Place = LOOPBACK,
+    daemons_at: Sequence[Place] = (),
 ) -> Iterator[Cluster]:
     """A scheduler (logging at `log_level`) and `daemons` dfdaemons (`dfdaemon0`, ...), with a
     seed peer first when `seed` (then this waits, up to 31 s, until the scheduler uses it);
     every program is stopped on exit. `daemon_config` is merged into each dfdaemon's (seed
-    included) config, e.g. `{"upload": {"bandwidthLimit": "16MiB"}}`."""
+    included) config, e.g. `{"upload": {"bandwidthLimit": "16MiB"}}`. Each runs on loopback
+    unless placed: the scheduler at `scheduler_at`, the dfdaemons at `daemons_at` (one place
+    each, the seed's first)."""
+    wanted = daemons + seed
+    if daemons_at and len(daemons_at) != wanted:
+        raise ValueError(f"daemons_at: {len(daemons_at)} places for {wanted} dfdaemons")
+    places = iter(daemons_at or [LOOPBACK] * wanted)
     with contextlib.ExitStack() as stack:
-        scheduler = _start_scheduler(stack, root / "scheduler", log_level)
+        scheduler = _start_scheduler(stack, root / "scheduler", log_level, scheduler_at)
         running = Cluster(root, scheduler)
         if seed:
             running.seed = _start_daemon(
-                stack, root / "seed", "seed", scheduler.address, seed=True, extra=daemon_config
+                stack,
+                root / "seed",
+                "seed",
+                scheduler.address,
+                seed=True,
+                place=next(places),
+                extra=daemon_config,
             )
         seed_up = time.monotonic()
         for i in range(daemons):
             name = f"dfdaemon{i}"
             running.daemons.append(
                 _start_daemon(
-                    stack, root / name, name, scheduler.address, seed=False, extra=daemon_config
+                    stack,
+                    root / name,
+                    name,
+                    scheduler.address,
+                    seed=False,
+                    place=next(places),
+                    extra=daemon_config,
                 )
             )
         if seed:
