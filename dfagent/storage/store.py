@@ -456,8 +456,17 @@ class PieceStore:
     async def _verify(self, blob: StoredBlob) -> None:
         try:
             with blob.pinned():
+                staged = bool(blob.staged)
                 ok = await self.verify_blob(blob)
-            if not ok:
+            if not ok and staged:
+                # The unproven bytes are the suspects: forget them (they are fetched again),
+                # keep what its origin gave, and check the blob again once it is whole.
+                extra = {"digest": str(blob.digest), "pieces": len(blob.staged)}
+                log.warning("blob does not match its digest; its staged pieces are dropped",
+                            extra=extra)  # fmt: skip
+                blob.staged = {}
+                blob.checked = asyncio.Event()
+            elif not ok:
                 await self.purge(blob, "its bytes do not match its digest")
         except BlobRemoved:
             pass

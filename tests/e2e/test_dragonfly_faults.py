@@ -117,8 +117,8 @@ def test_a_parent_serving_wrong_bytes_never_reaches_a_client(
     client when they do not match it. dfagent A fetched the blob from the origin, then one
     byte of its cached copy went bad; A still offers it (Dragonfly's crc32 is computed from
     A's disk, so it matches). dfagent B fills the blob from A, the whole-blob check fails,
-    the blob is dropped and B's client gets the origin's bytes; B never reports A's pieces
-    as where its bytes came from."""
+    the staged pieces are dropped and B's client gets the origin's bytes, which B keeps;
+    B never reports A's pieces as where its bytes came from."""
     data, digest, url = push(registry, origin, "dragonfly/liar", 12 * MiB)
     with dragonfly.cluster(tmp_path / "df", daemons=1) as cluster:
         liar = member(agent_factory, cluster, "agent-liar", task_id="url")
@@ -136,12 +136,11 @@ def test_a_parent_serving_wrong_bytes_never_reaches_a_client(
         # all three Dragonfly pieces (4 MiB) were filled from the liar and rejected together
         assert metric(reader, 'dfagent_dragonfly_bad_pieces_total{reason="proof"}') == 3
         assert blob_bytes(origin, digest, len(data)) - before == len(data)  # B's fallback
-
-        # the dropped blob is read again from the origin (never from the liar) and reported
-        # as the origin's
-        assert send(reader.proxy_port, url).body == data
+        # kept, verified and reported as the origin's; read again, from B's cache
         wait_for(lambda: metric(reader, SOURCE) == len(data), "every piece reported", 20)
         assert metric(reader, REMOTE) == 0
+        assert send(reader.proxy_port, url).body == data
+        assert blob_bytes(origin, digest, len(data)) - before == len(data)
 
 
 def test_a_parent_killed_mid_download_leaves_the_reader_exact_bytes(

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 _PIECES_AHEAD = 4  # Dragonfly pieces fetched at once while filling a whole blob
 _CHECK_SECONDS = 120.0  # for the whole-blob check after a fill
 _MAX_TASKS = 4096  # peer tasks followed at once (blobs read and not yet whole here)
+_RETRY_SECONDS = 10.0  # a task the scheduler lost is registered again after this long
 _BURST_SECONDS = 0.02  # a parent's list of pieces has ended when it is quiet this long
 
 
@@ -291,6 +292,9 @@ class DragonflyMember:
         """The blob's peer task, registered on first use (a scheduler that does not answer in
         time leaves it going to the origin, unreported)."""
         task = self._tasks.get(blob.digest.hex)
+        if task is not None and task.ready.is_set() and self._lost(task):
+            self._forget(task)  # the scheduler lost it: register again
+            task = None
         if task is None:
             ip, hostname = self.identity.ip, self.identity.hostname
             task_id = self._seeding.get(blob.digest.hex)  # as the scheduler named it
@@ -347,6 +351,14 @@ class DragonflyMember:
                             await task.grew.wait()
         task.ready.set()
         await self._report(task, blob, range(pieces.count))  # what is here already
+
+    @staticmethod
+    def _lost(task: _Task) -> bool:
+        """A task whose registration failed, or whose stream broke before the blob was whole
+        here, once _RETRY_SECONDS have passed since it was registered (until then its reads go
+        to the origin without asking a scheduler that just failed)."""
+        broken = task.stream is None or task.stream.closed
+        return broken and time.monotonic() - task.started > _RETRY_SECONDS
 
     def _forget(self, task: _Task) -> None:
         """Drop a peer task (its blob is whole here, or it is the oldest of too many); a
