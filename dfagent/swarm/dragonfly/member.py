@@ -35,6 +35,7 @@ from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
 from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.swarm.dragonfly.arrival import Arrival
 from dfagent.swarm.dragonfly.config import DragonflyConfig
 from dfagent.swarm.dragonfly.layout import DragonflyPieces
 from dfagent.swarm.dragonfly.parents import ParentLinks
@@ -122,7 +123,7 @@ class DragonflyMember:
         self._jobs = TaskOwner("dragonfly")
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._cached_bytes = 0
-        self._downloads: dict[tuple[str, int], asyncio.Future[bytes | None]] = {}
+        self._arrivals: dict[tuple[str, int], Arrival] = {}  # pieces on their way
         self._distrusted: set[str] = set()  # blobs whose fill from parents failed the digest
         # Blobs the scheduler sent this (seed) member to fetch: digest hex -> the task's id.
         self._seeding: dict[str, str] = {}
@@ -168,11 +169,11 @@ class DragonflyMember:
         start, end = blob.layout.bounds(index)
         parts = []
         for number in task.pieces.covering(start, end):
-            data = await self._piece(task, number)
+            first, _ = task.pieces.bounds(number)
+            data = await self._first(task, number, end - first)  # not a byte more
             if data is None:
                 return None
-            first, _ = task.pieces.bounds(number)
-            parts.append(data[max(start - first, 0) : end - first])
+            parts.append(data[max(start - first, 0) :])
         data = b"".join(parts)
         if await check(data):
             self._credit(task, task.pieces.covering(start, end))
@@ -493,33 +494,41 @@ class DragonflyMember:
     # Dragonfly pieces from parents ---------------------------------------------------------
 
     async def _piece(self, task: _Task, number: int) -> bytes | None:
-        """Dragonfly piece `number` from a parent that has it (crc32-checked in transit),
-        shared by every read that wants it; None when none delivered."""
+        """Dragonfly piece `number`, whole and checked in transit; None when no parent
+        delivered it."""
+        start, end = task.pieces.bounds(number)
+        return await self._first(task, number, end - start)
+
+    async def _first(self, task: _Task, number: int, count: int) -> bytes | None:
+        """The first `count` bytes of Dragonfly piece `number` from a parent that has it, as
+        soon as they are here (one download, shared by every read that wants the piece);
+        None when no parent delivered them."""
         key = (task.task_id, number)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
-            return cached
-        running = self._downloads.get(key)
-        if running is None:
-            running = asyncio.get_running_loop().create_future()
-            self._downloads[key] = running
-            self._jobs.spawn(self._download(task, number, running), name="vortex")
-        return await asyncio.shield(running)
+            return cached[:count]
+        arrival = self._arrivals.get(key)
+        if arrival is None:
+            start, end = task.pieces.bounds(number)
+            arrival = self._arrivals[key] = Arrival(end - start)
+            self._jobs.spawn(self._download(task, number, arrival), name="vortex")
+        return await arrival.first(count)
 
-    async def _download(self, task: _Task, number: int, done: asyncio.Future[bytes | None]) -> None:
+    async def _download(self, task: _Task, number: int, arrival: Arrival) -> None:
         key = (task.task_id, number)
-        start, end = task.pieces.bounds(number)
         try:
             for holder in await self._holders(task, number):
                 address = task.holdings.get(holder, {}).get(number)
                 parent = task.parents.get(holder)
                 if address is None or parent is None:
                     continue
+                arrival.restart()
                 try:
-                    _, data = await vortex.fetch_piece(
+                    reply = await vortex.download_piece(
                         *address, task.task_id, number, read_timeout=self._config.piece_timeout
                     )
+                    await _receive(reply, arrival)
                 except (VortexError, OSError, TimeoutError) as exc:
                     self._metrics.dragonfly_bad_pieces.labels("transfer").inc()
                     log.info("a parent did not deliver a piece", extra={
@@ -529,20 +538,16 @@ class DragonflyMember:
                         with contextlib.suppress(SchedulerError):
                             await task.stream.piece_failed(number, parent)
                     continue
-                if len(data) != end - start:
-                    continue
                 task.from_parent[number] = parent
+                arrival.end(whole=True)
+                data = await arrival.first(arrival.length)
+                assert data is not None  # every byte arrived, checked in transit
                 self._remember(key, data)
-                done.set_result(data)
                 return
-            done.set_result(None)
-        except BaseException as exc:
-            if not done.done():
-                done.set_result(None)
-            if not isinstance(exc, Exception):
-                raise
         finally:
-            self._downloads.pop(key, None)
+            if self._arrivals.get(key) is arrival:
+                del self._arrivals[key]
+            arrival.end(whole=False)  # no effect once whole
 
     async def _holders(self, task: _Task, number: int) -> list[str]:
         """Parents that have piece `number`, in random order; waits (up to
@@ -560,3 +565,14 @@ class DragonflyMember:
         while self._cached_bytes > self._config.piece_cache_bytes and self._cache:
             _, dropped = self._cache.popitem(last=False)
             self._cached_bytes -= len(dropped)
+
+
+async def _receive(reply: vortex.PieceReply, arrival: Arrival) -> None:
+    """Feed a parent's piece into `arrival` as it comes; VortexError when it is not the
+    piece's length or breaks off."""
+    async with reply:
+        if reply.metadata.length != arrival.length:
+            number, length = reply.metadata.number, reply.metadata.length
+            raise VortexError(f"piece {number} has {length} bytes there, not {arrival.length}")
+        async for data in reply:
+            arrival.add(data)
