@@ -88,6 +88,9 @@ class _Task:
     reported: set[int] = field(default_factory=set)
     reporting: asyncio.Lock = field(default_factory=asyncio.Lock)  # one report at a time
     from_parent: dict[int, Parent] = field(default_factory=dict)  # who sent a cached piece
+    # what the parent said each piece's digest is (checked in transit): no second pass to
+    # report a kept copy
+    parent_digests: dict[int, str] = field(default_factory=dict)
     # Pieces whose bytes kept here are a parent's (proven): reported as that parent's.
     credited: dict[int, Parent] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -425,6 +428,7 @@ class DragonflyMember:
         the parent that sent it, if any."""
         dropped = self._cache.pop((task.task_id, number), None)
         self._cached_bytes -= len(dropped or b"")
+        task.parent_digests.pop(number, None)
         return task.from_parent.pop(number, None)
 
     @staticmethod
@@ -463,8 +467,10 @@ class DragonflyMember:
                 task.reported.add(number)
                 grew = True
                 start, end = pieces.bounds(number)
-                digest = crc32_digest(await self._held.read(blob, number))
                 parent = task.credited.get(number)
+                digest = task.parent_digests.get(number) if parent else None
+                if not digest:
+                    digest = crc32_digest(await self._held.read(blob, number))
                 traffic = common_pb2.REMOTE_PEER if parent else common_pb2.BACK_TO_SOURCE
                 await stream.piece_finished(
                     common_pb2.Piece(
@@ -528,7 +534,7 @@ class DragonflyMember:
                     reply = await vortex.download_piece(
                         *address, task.task_id, number, read_timeout=self._config.piece_timeout
                     )
-                    await _receive(reply, arrival)
+                    digest = await _receive(reply, arrival)
                 except (VortexError, OSError, TimeoutError) as exc:
                     self._metrics.dragonfly_bad_pieces.labels("transfer").inc()
                     log.info("a parent did not deliver a piece", extra={
@@ -539,6 +545,7 @@ class DragonflyMember:
                             await task.stream.piece_failed(number, parent)
                     continue
                 task.from_parent[number] = parent
+                task.parent_digests[number] = digest
                 arrival.end(whole=True)
                 data = await arrival.first(arrival.length)
                 assert data is not None  # every byte arrived, checked in transit
@@ -567,12 +574,13 @@ class DragonflyMember:
             self._cached_bytes -= len(dropped)
 
 
-async def _receive(reply: vortex.PieceReply, arrival: Arrival) -> None:
-    """Feed a parent's piece into `arrival` as it comes; VortexError when it is not the
-    piece's length or breaks off."""
+async def _receive(reply: vortex.PieceReply, arrival: Arrival) -> str:
+    """Feed a parent's piece into `arrival` as it comes; its digest once all of it matched.
+    VortexError when it is not the piece's length, breaks off or fails its digest."""
     async with reply:
         if reply.metadata.length != arrival.length:
             number, length = reply.metadata.number, reply.metadata.length
             raise VortexError(f"piece {number} has {length} bytes there, not {arrival.length}")
         async for data in reply:
             arrival.add(data)
+    return reply.metadata.digest
