@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -36,12 +36,15 @@ class SchedulerError(DfagentError):
 
 @dataclass(frozen=True, slots=True)
 class Parent:
-    """A peer the scheduler offers to download from: its upload gRPC address."""
+    """A peer the scheduler offers to download from: its upload gRPC address, and the
+    scheduler's own record of it (sent back as is when asking for other parents: the
+    scheduler checks every field it requires)."""
 
     peer_id: str
     host_id: str
     ip: str
     port: int
+    record: common_pb2.Peer = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,7 @@ class Assignment:
 
 
 def parents_of(peers: Sequence[common_pb2.Peer]) -> tuple[Parent, ...]:
-    return tuple(Parent(p.id, p.host.id, p.host.ip, p.host.port) for p in peers)
+    return tuple(Parent(p.id, p.host.id, p.host.ip, p.host.port, p) for p in peers)
 
 
 class Schedulers:
@@ -152,6 +155,7 @@ class PeerStream:
         self.peer_id = peer_id
         self._call: grpc.aio.StreamStreamCall | None = None
         self._writing = asyncio.Lock()  # a gRPC stream takes one write at a time
+        self._asking = asyncio.Lock()
         self.closed = False
 
     async def register(self, download: common_pb2.Download) -> Assignment:
@@ -161,12 +165,13 @@ class PeerStream:
         await self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download))
         return await self._answer("register_peer")
 
-    async def reschedule(self, failed: Sequence[Parent], why: str) -> Assignment:
-        """Ask for other parents (those in `failed` did not deliver)."""
-        peers = [common_pb2.Peer(id=p.peer_id) for p in failed]
+    async def reschedule(self, known: Sequence[Parent], why: str) -> Assignment:
+        """Ask for other parents than `known` (they failed, or are all in use already)."""
+        peers = [p.record for p in known]
         request = scheduler_pb2.ReschedulePeerRequest(candidate_parents=peers, description=why)
-        await self._send(reschedule_peer_request=request)
-        return await self._answer("reschedule_peer")
+        async with self._asking:  # one question, one answer, at a time
+            await self._send(reschedule_peer_request=request)
+            return await self._answer("reschedule_peer")
 
     async def _answer(self, name: str) -> Assignment:
         assert self._call is not None
