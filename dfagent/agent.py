@@ -256,7 +256,7 @@ class Agent:
             config.schedulers, config.tls, self.metrics, answer_within=config.schedule_timeout
         )
         stack.push_async_callback(schedulers.aclose)
-        identity = identity_of(config)
+        identity = await asyncio.to_thread(identity_of, config)
         held = HeldPieces(store)
         announcer = HostAnnouncer(
             config, identity, schedulers, proxy_port=self.config.proxy.listen.port

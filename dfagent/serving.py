@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 from collections.abc import Callable
 from ssl import SSLContext
 
@@ -14,7 +15,7 @@ from aiohttp import web
 from dfagent.configtypes import ListenAddress
 from dfagent.errors import StartupError
 
-__all__ = ["bind", "bound_address", "drain"]
+__all__ = ["bind", "bound_address", "drain", "local_address_towards"]
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +58,15 @@ async def drain(server: asyncio.Server | None, http: web.Server | None, grace: f
     for connection in http.connections:
         connection.close()  # idle: now; serving a request: once its response is sent
     await http.shutdown(grace)
+
+
+def local_address_towards(address: ListenAddress) -> str | None:
+    """The local address that routes to `address` (no packet is sent; a name is resolved,
+    so call it off the event loop), or None when nothing routes there."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address.host, address.port or 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from dfagent.configtypes import ListenAddress
+from dfagent.serving import local_address_towards
 from dfagent.swarm.config import PeerConfig, SwarmConfig
 
 __all__ = ["Membership", "resolve"]
@@ -85,12 +86,7 @@ class Membership:
     def _local_address(self) -> str:
         """The local address that routes to the first other member (no packet is sent)."""
         for member in self.members():
-            address = ListenAddress.parse(member)
-            family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-            try:
-                with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                    probe.connect((address.host, address.port or 9))
-                    return str(probe.getsockname()[0])
-            except OSError:
-                continue
+            local = local_address_towards(ListenAddress.parse(member))
+            if local is not None:
+                return local
         return "127.0.0.1"

@@ -13,6 +13,7 @@ from dragonfly_api import common_pb2
 
 from dfagent.configtypes import ListenAddress
 from dfagent.dragonfly.ids import host_id
+from dfagent.serving import local_address_towards
 from dfagent.swarm.dragonfly.config import DragonflyConfig
 from dfagent.swarm.dragonfly.member import HostIdentity
 from dfagent.swarm.dragonfly.scheduler import SchedulerError, Schedulers
@@ -26,21 +27,11 @@ _HOST_SUPER_SEED = 1  # Dragonfly's "super" seed peer type
 
 
 def identity_of(config: DragonflyConfig) -> HostIdentity:
+    """Who this host is to the cluster (resolves names: call it off the event loop)."""
     hostname = config.hostname or socket.gethostname()
-    ip = config.ip or _address_towards(config.schedulers[0])
+    ip = config.ip or local_address_towards(ListenAddress.parse(config.schedulers[0]))
+    ip = ip or "127.0.0.1"
     return HostIdentity(host_id(ip, hostname, seed=config.seed), hostname, ip)
-
-
-def _address_towards(scheduler: str) -> str:
-    """The local address that routes to `scheduler` (no packet is sent)."""
-    address = ListenAddress.parse(scheduler)
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((address.host, address.port or 8002))
-            return str(probe.getsockname()[0])
-    except OSError:
-        return "127.0.0.1"
 
 
 class HostAnnouncer:
