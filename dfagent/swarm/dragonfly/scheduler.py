@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dfagent.errors import DfagentError
 from dfagent.metrics import Metrics
 from dfagent.swarm.dragonfly.config import SchedulerTLS
+from dfagent.tasks import TaskOwner
 
 __all__ = ["Assignment", "Parent", "PeerStream", "SchedulerError", "Schedulers"]
 
@@ -83,9 +84,11 @@ class Schedulers:
             for a in self._addresses
         ]
         self._stubs = [scheduler_pb2_grpc.SchedulerStub(c) for c in self._channels]
+        self.reads = TaskOwner("scheduler-reads")  # reads on peer streams (see PeerStream)
         self.reachable = True  # the last call to a scheduler succeeded
 
     async def aclose(self) -> None:
+        await self.reads.aclose()
         await asyncio.gather(*(channel.close() for channel in self._channels))
 
     def _stub_for(self, task_id: str) -> scheduler_pb2_grpc.SchedulerStub:
@@ -156,6 +159,7 @@ class PeerStream:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._writing = asyncio.Lock()  # a gRPC stream takes one write at a time
         self._asking = asyncio.Lock()
+        self._reading: asyncio.Task[object] | None = None
         self.closed = False
 
     async def register(self, download: common_pb2.Download) -> Assignment:
@@ -180,7 +184,7 @@ class PeerStream:
         try:
             async with asyncio.timeout(within):
                 while True:
-                    response = await self._call.read()
+                    response = await self._read()
                     if response is grpc.aio.EOF:
                         raise SchedulerError("the scheduler ended the peer stream")
                     kind = response.WhichOneof("response")
@@ -203,6 +207,20 @@ class PeerStream:
         except grpc.aio.AioRpcError as exc:
             answered(name, "error", reachable=exc.code() != grpc.StatusCode.UNAVAILABLE)
             raise SchedulerError(f"{exc.code().name}: {exc.details()}") from None
+
+    async def _read(self) -> object:
+        """The scheduler's next message. A read that outlives its caller's patience stays
+        pending for the next caller: cancelling a read would end the whole gRPC call."""
+        assert self._call is not None
+        if self._reading is None:
+            read = self._call.read()
+            self._reading = self._schedulers.reads.spawn(read, name="scheduler-read")
+        reading = self._reading
+        try:
+            return await asyncio.shield(reading)
+        finally:
+            if reading.done():
+                self._reading = None
 
     async def started(self, *, back_to_source: bool) -> None:
         if back_to_source:
@@ -257,7 +275,7 @@ class PeerStream:
             # Let the scheduler take in what was written before the stream goes.
             with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
                 async with asyncio.timeout(_CALL_SECONDS):
-                    while await self._call.read() is not grpc.aio.EOF:
+                    while await self._read() is not grpc.aio.EOF:
                         pass
             self._call.cancel()
 
