@@ -133,9 +133,8 @@ class DragonflyMember:
 
     async def aclose(self) -> None:
         await self._jobs.aclose()
-        for task in self._tasks.values():
-            if task.stream is not None:
-                await task.stream.close()
+        streams = [task.stream for task in self._tasks.values() if task.stream is not None]
+        await asyncio.gather(*(stream.close() for stream in streams))
 
     # the engine's network ------------------------------------------------------------------
 
@@ -303,9 +302,7 @@ class DragonflyMember:
             ip, hostname = self.identity.ip, self.identity.hostname
             task_id = self._seeding.get(blob.digest.hex)  # as the scheduler named it
             if task_id is None:
-                task_id = blob.digest.hex
-                if self._config.task_id == "url":
-                    task_id = task_id_for_url(str(source.url))
+                task_id = self._task_id(blob, source)
             pieces = DragonflyPieces.of(blob.size)
             task = _Task(blob.digest.hex, task_id, peer_id(ip, hostname), pieces)
             self._tasks[blob.digest.hex] = task
@@ -316,7 +313,25 @@ class DragonflyMember:
         await task.ready.wait()
         return task
 
+    def _task_id(self, blob: StoredBlob, source: BlobSource) -> str:
+        """The blob's task id as dragonfly.task_id says; by digest for a URL dfdaemon could not
+        name (then no dfget download of it is found)."""
+        if self._config.task_id == "url":
+            try:
+                return task_id_for_url(str(source.url))
+            except ValueError as exc:
+                log.info("task named by digest", extra={"url": str(source.url), "why": str(exc)})
+        return blob.digest.hex
+
     async def _register(self, task: _Task, blob: StoredBlob, source: BlobSource) -> None:
+        try:
+            await self._schedule(task, blob, source)
+        finally:
+            task.ready.set()  # whatever happened: reads waiting for the answer go on
+        await self._report(task, blob, range(task.pieces.count))  # what is here already
+
+    async def _schedule(self, task: _Task, blob: StoredBlob, source: BlobSource) -> None:
+        """Register the download and follow the parents named (or not: the origin)."""
         pieces = task.pieces
         download = common_pb2.Download(
             url=str(source.url),
@@ -337,8 +352,7 @@ class DragonflyMember:
         except SchedulerError as exc:
             log.info("scheduler did not take the download; reading from the origin",
                      extra={"digest": task.digest, "error": str(exc)})  # fmt: skip
-            await stream.close()
-            task.ready.set()
+            self._jobs.spawn(stream.close(), name="dragonfly-close")  # reads need not wait
             return
         task.stream = stream
         log.debug("scheduled", extra={"digest": task.digest, "task": task.task_id,
@@ -353,8 +367,6 @@ class DragonflyMember:
                     while True:
                         async with asyncio.timeout(_BURST_SECONDS):
                             await task.grew.wait()
-        task.ready.set()
-        await self._report(task, blob, range(pieces.count))  # what is here already
 
     @staticmethod
     def _lost(task: _Task) -> bool:

@@ -110,6 +110,8 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
         pieces = DragonflyPieces.of(blob.size)
         wanted = set(request.interested_piece_numbers) or set(range(pieces.count))
         wanted &= set(range(pieces.count))
+        loop = asyncio.get_running_loop()
+        idle_until = loop.time() + _SYNC_IDLE_SECONDS
         while wanted and not blob.removed:
             ready = sorted(n for n in wanted if self._held.whole(blob, n))
             for number in ready:
@@ -119,10 +121,12 @@ class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
                     tcp_port=self._tcp_port(),
                 )  # fmt: skip
             wanted.difference_update(ready)
-            if wanted and not ready:
-                await self._held.grown(_SYNC_IDLE_SECONDS)
-                if not any(self._held.whole(blob, n) for n in wanted):
+            if ready:
+                idle_until = loop.time() + _SYNC_IDLE_SECONDS
+            elif wanted:  # until some piece here grows (of any blob), or too long idle
+                if loop.time() >= idle_until:
                     return
+                await self._held.grown(idle_until - loop.time())
 
     async def DownloadTask(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: grpc.aio.ServicerContext
