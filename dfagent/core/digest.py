@@ -5,9 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Digest", "InvalidDigest"]
+__all__ = ["Digest", "InvalidDigest", "blob_reference"]
 
 _SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
+# /v2/<name>/blobs/<digest>; `uploads/...` paths have a further slash and never match.
+_BLOB_PATH = re.compile(r"/v2/(?P<name>[^?#]+?)/blobs/(?P<reference>[^/]+)")
+
+
+def blob_reference(path: str) -> str | None:
+    """The `<digest>` part (as written, still percent-encoded) of a registry blob path
+    `/v2/<name>/blobs/<digest>`, or None for any other path."""
+    match = _BLOB_PATH.fullmatch(path)
+    return None if match is None else match.group("reference")
 
 
 class InvalidDigest(ValueError):

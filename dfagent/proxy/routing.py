@@ -10,15 +10,13 @@ from urllib.parse import unquote
 
 from yarl import URL
 
-from dfagent.core.digest import Digest, InvalidDigest
+from dfagent.core.digest import Digest, InvalidDigest, blob_reference
 from dfagent.errors import BadRequest
 from dfagent.proxy.config import ProxyConfig, Rule
 from dfagent.proxy.headers import REGISTRY
 
 __all__ = ["Route", "route"]
 
-# /v2/<name>/blobs/<digest>; `uploads/...` paths have a further slash and never match.
-_BLOB_PATH = re.compile(r"/v2/(?P<name>[^?#]+?)/blobs/(?P<reference>[^/]+)")
 # containerd's `?ns=` names a registry by its host; Docker Hub's API lives elsewhere.
 _NAMESPACE_HOSTS = {"docker.io": "registry-1.docker.io"}
 
@@ -45,10 +43,10 @@ def route(config: ProxyConfig, method: str, target: str, headers: Mapping[str, s
     digest = None
     if method in ("GET", "HEAD") and rule is not None:
         # Matched on the raw path, so an encoded slash cannot hide a path in the digest.
-        match = _BLOB_PATH.fullmatch(upstream.raw_path)
-        if match is not None:
+        reference = blob_reference(upstream.raw_path)
+        if reference is not None:
             try:
-                digest = Digest.parse(unquote(match.group("reference")))
+                digest = Digest.parse(unquote(reference))
             except InvalidDigest as exc:
                 raise BadRequest(str(exc)) from None
     return Route(upstream, rule, digest, mirror)

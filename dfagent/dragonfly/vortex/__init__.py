@@ -15,6 +15,7 @@ from dfagent.dragonfly.vortex.wire import (
     PieceMetadata,
     Tag,
     TrafficType,
+    crc32_digest,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ServedPiece",
     "Tag",
     "TrafficType",
+    "crc32_digest",
     "download_piece",
     "fetch_piece",
     "serve_connection",

@@ -21,6 +21,7 @@ from dfagent.dragonfly.vortex.wire import (
     ErrorMessage,
     PieceMetadata,
     Tag,
+    crc32_digest,
     read_header,
     read_value,
 )
@@ -90,9 +91,9 @@ class PieceReply:
                 crc = zlib.crc32(chunk, crc)
                 yield chunk
             digest = self.metadata.digest
-            if digest and digest != f"crc32:{crc}":
+            if digest and digest != crc32_digest(crc):
                 raise VortexError(
-                    f"piece {self.metadata.number} from {self._peer} has crc32:{crc}, "
+                    f"piece {self.metadata.number} from {self._peer} has {crc32_digest(crc)}, "
                     f"its digest says {digest}"
                 )
         finally:

@@ -33,6 +33,7 @@ __all__ = [
     "PieceMetadata",
     "Tag",
     "TrafficType",
+    "crc32_digest",
     "encode_close",
     "encode_header",
     "read_header",
@@ -81,6 +82,11 @@ class TrafficType(IntEnum):
     BACK_TO_SOURCE = 0
     REMOTE_PEER = 1
     LOCAL_PEER = 2
+
+
+def crc32_digest(crc: int) -> str:
+    """A piece's digest as Dragonfly writes it: CRC-32/IEEE (zlib.crc32) in decimal."""
+    return f"crc32:{crc}"
 
 
 def _name(kind: type[IntEnum], value: int) -> str:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from dfagent.swarm.dragonfly.scheduler import (
     duration,
     timestamp_now,
 )
-from dfagent.swarm.dragonfly.upload import HeldPieces, crc32_digest
+from dfagent.swarm.dragonfly.upload import HeldPieces
 from dfagent.tasks import TaskOwner
 
 __all__ = ["DragonflyMember", "HostIdentity"]
@@ -482,7 +483,7 @@ class DragonflyMember:
                 parent = task.credited.get(number)
                 digest = task.parent_digests.get(number) if parent else None
                 if not digest:
-                    digest = crc32_digest(await self._held.read(blob, number))
+                    digest = vortex.crc32_digest(zlib.crc32(await self._held.read(blob, number)))
                 traffic = common_pb2.REMOTE_PEER if parent else common_pb2.BACK_TO_SOURCE
                 await stream.piece_finished(
                     common_pb2.Piece(

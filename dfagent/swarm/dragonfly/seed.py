@@ -10,14 +10,14 @@ only through the request, and its other peers wait on that task."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
+from urllib.parse import unquote
 
 from dragonfly_api import common_pb2
 from yarl import URL
 
-from dfagent.core.digest import Digest, InvalidDigest
+from dfagent.core.digest import Digest, InvalidDigest, blob_reference
 from dfagent.dragonfly.ids import task_id_for_blob, task_id_for_url
 from dfagent.engine.fetcher import Engine
 from dfagent.engine.prefetch import Prefetcher
@@ -25,8 +25,6 @@ from dfagent.errors import DfagentError
 from dfagent.origin.client import BlobSource
 
 __all__ = ["SeedError", "Seeder", "Seeds", "task_id_of"]
-
-_BLOB_PATH = re.compile(r"/v2/.+/blobs/(?P<digest>sha256:[0-9a-f]{64})")
 
 
 class SeedError(DfagentError):
@@ -58,12 +56,12 @@ class Seeder:
         is known. Raises SeedError (or another DfagentError from the origin) when it cannot
         be done."""
         url = download.url
-        parsed = URL(url)
-        match = _BLOB_PATH.fullmatch(parsed.path)
-        if match is None or parsed.scheme not in ("http", "https"):
+        parsed = URL(url, encoded=True)
+        reference = blob_reference(parsed.raw_path)
+        if reference is None or parsed.scheme not in ("http", "https"):
             raise SeedError(f"not a registry blob URL: {url}")
         try:
-            digest = Digest.parse(match.group("digest"))
+            digest = Digest.parse(unquote(reference))
         except InvalidDigest as exc:
             raise SeedError(str(exc)) from None
         self._back_to_source(digest.hex, task_id_of(download))

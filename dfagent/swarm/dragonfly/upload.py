@@ -82,7 +82,10 @@ class HeldPieces:
     async def read(self, blob: StoredBlob, number: int) -> bytes:
         start, end = DragonflyPieces.of(blob.size).bounds(number)
         with blob.pinned():
-            return await asyncio.to_thread(_pread_all, blob.file.fileno(), end - start, start)
+            data = await asyncio.to_thread(os.pread, blob.file.fileno(), end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"{blob.digest}: short read at {start}")
+        return data
 
 
 class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
@@ -223,25 +226,9 @@ class UploadServer:
         data = await self._held.read(blob, number)
         start, _ = DragonflyPieces.of(blob.size).bounds(number)
         self._metrics.dragonfly_upload_bytes.inc(len(data))
-        return vortex.ServedPiece(start, len(data), crc32_digest(data), "", _once(data))
+        digest = vortex.crc32_digest(zlib.crc32(data))
+        return vortex.ServedPiece(start, len(data), digest, "", _once(data))
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def crc32_digest(data: bytes) -> str:
-    """A piece's digest as Dragonfly writes it (CRC-32/IEEE, decimal)."""
-    return f"crc32:{zlib.crc32(data)}"
-
-
-def _pread_all(fd: int, count: int, offset: int) -> bytes:
-    parts = []
-    while count:
-        block = os.pread(fd, count, offset)
-        if not block:
-            raise OSError(f"short read at {offset}")
-        parts.append(block)
-        offset += len(block)
-        count -= len(block)
-    return b"".join(parts)
