@@ -189,8 +189,8 @@ class Cluster:
                     yield from self._bytes(node, wanted, low, high)
 
     def _read_ahead(self, node: _Node, first: int, last: int) -> None:
-        window = node.sequential.read(self.digest, first, last)
-        end = min(last + 1 + window, self.params.size)
+        ahead = node.sequential.read(self.digest, first, last)
+        end = min(last + 1 + ahead.bytes, self.params.size)
         if end > last + 1:
             piece = self.params.piece
             self._start(node, list(range((last + 1) // piece, (end - 1) // piece + 1)), last + 1)

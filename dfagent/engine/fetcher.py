@@ -349,13 +349,18 @@ class Engine:
 
     def _read_ahead(self, blob: StoredBlob, source: BlobSource, first: int, last: int) -> None:
         """On a sequential pattern, start fetching the bytes after `last`."""
-        window = self._sequential.read(blob.digest.hex, first, last)
-        end = min(last + 1 + window, blob.layout.read_ahead_end(last + 1))
+        ahead = self._sequential.read(blob.digest.hex, first, last)
+        end = min(last + 1 + ahead.bytes, blob.size)
+        if not blob.layout.file_ends_within(ahead.began, last):
+            # A reader within one file (so far) may want no other: stop where its file ends.
+            # One that went on from file to file walks the image in blob order: read on.
+            end = min(end, blob.layout.read_ahead_end(last + 1))
         if end <= last + 1:
             return
-        ahead = blob.layout.spans(last + 1, end - 1)
         shareable = [
-            span.index for span in ahead if self._piece_shareable(blob, source.origin, span.index)
+            span.index
+            for span in blob.layout.spans(last + 1, end - 1)
+            if self._piece_shareable(blob, source.origin, span.index)
         ]
         self._start(blob, source, shareable, last + 1)
 

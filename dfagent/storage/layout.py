@@ -64,6 +64,11 @@ class PieceLayout:
         layout knows better."""
         return self.size
 
+    def file_ends_within(self, first: int, last: int) -> bool:
+        """Whether a file known to the layout ends inside `first..last`, bytes after it
+        included: a reader of that range went on from one file into the next."""
+        return False
+
     def spans(self, first: int, last: int) -> list[PieceSpan]:
         """The pieces the inclusive byte range `first..last` touches, with the part of each."""
         spans = []
@@ -176,6 +181,10 @@ class ChunkLayout(PieceLayout):
         if after < len(self._file_ends) and self._file_ends[after] == position:
             return position
         return self._file_ends[after] if after < len(self._file_ends) else self.tail
+
+    def file_ends_within(self, first: int, last: int) -> bool:
+        after = bisect.bisect_right(self._file_ends, first)
+        return after < len(self._file_ends) and self._file_ends[after] <= last
 
 
 def _contiguous_runs(chunks: tuple[Chunk, ...], budget: int) -> list[tuple[Chunk, ...]]:

@@ -370,3 +370,51 @@ def test_blobs_that_are_not_nydus_keep_pieces_and_the_whole_blob_check(
     assert maps_learned(agent) == 0, "a gzip layer is no bootstrap"
     proven = {k: v for k, v in metrics(agent).items() if k.startswith("dfagent_chunks_verif")}
     assert not any(proven.values()), proven
+
+
+def file_ends(image: NydusImage) -> list[int]:
+    """Blob offsets where a file's data ends (after its short last chunk), in blob order."""
+    full = max(chunk.uncompressed_size for chunk in image.chunks)
+    return [c.compressed_end for c in image.chunks if c.uncompressed_size < full]
+
+
+def read_chunks_in_order(agent, origin, image, first: int, until: int) -> int:
+    """Read the chunks from blob position `first` on, one request each, in blob order, up to
+    the one that ends at blob byte `until`; returns the bytes asked."""
+    url = image.blob_url(origin.url)
+    position = first
+    while True:
+        chunk = image.chunks[position]
+        read_exact(agent, image, url, chunk.compressed_offset, chunk.compressed_end)
+        if chunk.compressed_end == until:
+            return until - image.chunks[first].compressed_offset
+        position += 1
+
+
+def test_a_walk_from_file_to_file_is_read_ahead_across_files(agent, origin, image):
+    """Reads that went on from one file into the next (a whole-tree copy) walk the image in
+    blob order: at the end of a file the agent already fetches the files after it."""
+    learn_map(agent, origin, image)
+    ends = file_ends(image)
+    # Stop at a file end with at least 1 MiB and one other file end behind the walk.
+    stop = next(end for end in ends[1:] if end >= 2 * 1024 * 1024)
+    read_chunks_in_order(agent, origin, image, 0, stop)
+    wait_for(
+        lambda: any(end > stop for _, end in get_ranges(origin, image)),
+        "a fetch of the files after the last one read",
+    )
+
+
+def test_a_reader_of_one_file_is_read_ahead_only_to_its_end(agent, origin, image):
+    """One file read in order, chunk by chunk, costs the origin that file's bytes: nothing
+    of the next file, which its reader may never want."""
+    learn_map(agent, origin, image)
+    ends = file_ends(image)
+    # the longest file: from one file end to the next
+    start, stop = max(zip(ends, ends[1:]), key=lambda pair: pair[1] - pair[0])
+    assert stop - start >= 2 * 1024 * 1024, "the test tree has a file of several chunks"
+    first = next(i for i, chunk in enumerate(image.chunks) if chunk.compressed_offset == start)
+    asked_bytes = read_chunks_in_order(agent, origin, image, first, stop)
+    time.sleep(0.5)  # a read-ahead would have been asked for at the last read
+    assert all(end <= stop for _, end in get_ranges(origin, image))
+    assert origin.blob_bytes(image.blob_digest, len(image.blob)) == asked_bytes

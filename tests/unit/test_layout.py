@@ -111,3 +111,9 @@ def test_read_ahead_stops_where_the_file_being_read_ends():
     assert layout.read_ahead_end(2400) == 3250  # a full last chunk hides the end: the next one
     assert layout.read_ahead_end(3300) == 10_000  # the metadata tail
     assert FixedLayout(10_000, 64).read_ahead_end(5) == 10_000
+    # a reader that went on from one file into the next walks the image
+    assert not layout.file_ends_within(0, 2299)  # the first file, to its last byte
+    assert layout.file_ends_within(0, 2300)  # and the next file's first byte
+    assert layout.file_ends_within(1000, 3300)
+    assert not layout.file_ends_within(2300, 3249)  # one file, whose end a full chunk hides
+    assert not FixedLayout(10_000, 64).file_ends_within(0, 9_999)
