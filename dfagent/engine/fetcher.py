@@ -351,9 +351,11 @@ class Engine:
         """On a sequential pattern, start fetching the bytes after `last`."""
         ahead = self._sequential.read(blob.digest.hex, first, last)
         end = min(last + 1 + ahead.bytes, blob.size)
-        if not blob.layout.file_ends_within(ahead.began, last):
-            # A reader within one file (so far) may want no other: stop where its file ends.
-            # One that went on from file to file walks the image in blob order: read on.
+        if not blob.layout.file_ends_within(ahead.began, first - 1):
+            # A reader within one file may want no other: stop where its file ends (one read
+            # that spans a file end is no evidence: nydusd merges neighbouring chunks). One
+            # whose earlier reads went on into the next file, and who reads on after that,
+            # walks the image in blob order: read ahead across files.
             end = min(end, blob.layout.read_ahead_end(last + 1))
         if end <= last + 1:
             return

@@ -396,8 +396,9 @@ def test_a_walk_from_file_to_file_is_read_ahead_across_files(agent, origin, imag
     blob order: at the end of a file the agent already fetches the files after it."""
     learn_map(agent, origin, image)
     ends = file_ends(image)
-    # Stop at a file end with at least 1 MiB and one other file end behind the walk.
-    stop = next(end for end in ends[1:] if end >= 2 * 1024 * 1024)
+    # Stop at a file end at least 2 MiB in, with two others behind the walk (the walk goes
+    # on into a next file before its last read starts).
+    stop = next(end for end in ends[2:] if end >= 2 * 1024 * 1024)
     read_chunks_in_order(agent, origin, image, 0, stop)
     wait_for(
         lambda: any(end > stop for _, end in get_ranges(origin, image)),
@@ -406,15 +407,24 @@ def test_a_walk_from_file_to_file_is_read_ahead_across_files(agent, origin, imag
 
 
 def test_a_reader_of_one_file_is_read_ahead_only_to_its_end(agent, origin, image):
-    """One file read in order, chunk by chunk, costs the origin that file's bytes: nothing
-    of the next file, which its reader may never want."""
+    """One file read in order, chunk by chunk, costs the origin that file's bytes and nothing
+    of the files after it, which its reader may never want, even when its last read also
+    takes the next file along (nydusd merges neighbouring chunks into one request)."""
     learn_map(agent, origin, image)
     ends = file_ends(image)
-    # the longest file: from one file end to the next
-    start, stop = max(zip(ends, ends[1:]), key=lambda pair: pair[1] - pair[0])
+    # the longest file with another after it: from one file end to the next
+    files = zip(ends, ends[1:], ends[2:], strict=False)
+    start, stop, after = max(files, key=lambda ends: ends[1] - ends[0])
     assert stop - start >= 2 * 1024 * 1024, "the test tree has a file of several chunks"
     first = next(i for i, chunk in enumerate(image.chunks) if chunk.compressed_offset == start)
-    asked_bytes = read_chunks_in_order(agent, origin, image, first, stop)
+    last = next(i for i, chunk in enumerate(image.chunks) if chunk.compressed_end == stop)
+    asked_bytes = read_chunks_in_order(
+        agent, origin, image, first, image.chunks[last - 1].compressed_end
+    )
+    read_exact(
+        agent, image, image.blob_url(origin.url), image.chunks[last].compressed_offset, after
+    )
+    asked_bytes += after - image.chunks[last].compressed_offset
     time.sleep(0.5)  # a read-ahead would have been asked for at the last read
-    assert all(end <= stop for _, end in get_ranges(origin, image))
+    assert all(end <= after for _, end in get_ranges(origin, image)), get_ranges(origin, image)
     assert origin.blob_bytes(image.blob_digest, len(image.blob)) == asked_bytes
