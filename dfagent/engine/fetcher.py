@@ -307,10 +307,12 @@ class Engine:
                         f"{blob.digest}: not proven for its clients"
                     )
             requested_until = 0  # spans[:requested_until] are present or on their way
+            planning = not blob.complete  # with every piece here, nothing to fetch or read ahead
             pending: FileSegment | None = None
             for position, span in enumerate(spans):
-                if position >= requested_until or (
-                    spans[requested_until - 1].end - span.start < _RUN_BYTES
+                if planning and (
+                    position >= requested_until
+                    or spans[requested_until - 1].end - span.start < _RUN_BYTES
                 ):
                     # keep the pieces ahead coming, about two runs' worth at a time
                     ahead = _ahead(spans, position, 2 * _RUN_BYTES)
