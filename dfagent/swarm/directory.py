@@ -8,10 +8,13 @@ recorded, offered and described only under O, and the first sha256 announced und
 nobody else. A holder whose blob is verified announces it as verified under every registry
 known to hold it; a verified record replaces an unverified one that disagrees.
 
-Uploads are spread: holders are offered least busy first, and when even the least busy one
-is already sending to someone and another requester is downloading the piece, a newcomer is
-told to wait for that requester and take the piece from it. Without this, the first holder
-of each new piece uploads it to every other node at once, over one link.
+Uploads are spread: holders are offered those that gave the piece least often first, then
+the least busy, and when that one is already sending to someone and another requester is
+downloading the piece, a newcomer is told to wait for that requester and take the piece from
+it. Without this, the first holder of each new piece uploads it to every other node at once,
+over one link; and without counting copies per piece, the node that fetched a piece from the
+origin (whose uplink is idle whenever it is between two sends) gives it out again and again
+while the nodes that received it sit idle, so its uplink, not the links, sets the pace.
 
 Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
 new home after a membership change, fills up again from announcements. Pure: no I/O.
@@ -37,6 +40,7 @@ class _Piece:
     holders: dict[str, float] = field(default_factory=dict)  # peer -> expiry
     lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
     downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
+    copies: dict[str, int] = field(default_factory=dict)  # holder -> times offered first for it
 
 
 @dataclass(slots=True)
@@ -123,11 +127,13 @@ class Directory:
         _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
         _expire_downloads(blob, piece, now)
         self._shuffle(holders)
-        holders.sort(key=lambda h: blob.sending.get(h, 0))  # stable: random among equals
+        # stable: random among equals
+        holders.sort(key=lambda h: (piece.copies.get(h, 0), blob.sending.get(h, 0)))
         relays = [who for who in piece.downloads if who not in holders]
         if relays and blob.sending.get(holders[0], 0) >= _SENDS_PER_HOLDER:
             return Answer(piece.sha256, (), False, relays[0])
         piece.downloads[requester] = (holders[0], now + _DOWNLOAD_TTL)
+        piece.copies[holders[0]] = piece.copies.get(holders[0], 0) + 1
         blob.sending[holders[0]] = blob.sending.get(holders[0], 0) + 1
         return Answer(piece.sha256, tuple(holders), False, None)
 

@@ -170,6 +170,32 @@ def test_directory_spreads_uploads_over_requesters_that_have_the_piece_coming():
     )
 
 
+def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
+    """The node that fetched a piece from the origin is idle between two sends; were it
+    offered first whenever idle, its uplink would carry the piece to most of the swarm while
+    the nodes that already received it upload nothing (and set the pace of a fill)."""
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0"}, verified=False)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders == (
+        "a:1",
+    )
+    directory.announce("d", REGISTRY, 100, 10, holder="b:1", pieces={0: b"sha0"}, verified=False)
+    # a is idle again, and so is b: b, which has not given piece 0 yet, comes first.
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0].holders == (
+        "b:1",
+        "a:1",
+    )
+    directory.announce("d", REGISTRY, 100, 10, holder="c:1", pieces={0: b"sha0"}, verified=False)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="e:1")[0].holders[
+        0
+    ] == "c:1"
+    # Copies are counted per piece: for another piece a is as good as anyone.
+    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={1: b"sha1"}, verified=False)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[1], requester="b:1")[1].holders == (
+        "a:1",
+    )
+
+
 def test_a_released_lease_goes_to_the_next_requester_at_once():
     directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
     assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="a:1")[0].fetch
