@@ -11,10 +11,12 @@ known to hold it; a verified record replaces an unverified one that disagrees.
 Uploads are spread: holders are offered those that gave the piece least often first, then
 the least busy, and when that one is already sending to someone and another requester is
 downloading the piece, a newcomer is told to wait for that requester and take the piece from
-it. Without this, the first holder of each new piece uploads it to every other node at once,
-over one link; and without counting copies per piece, the node that fetched a piece from the
-origin (whose uplink is idle whenever it is between two sends) gives it out again and again
-while the nodes that received it sit idle, so its uplink, not the links, sets the pace.
+it, up to a few newcomers per such relay (the one with fewest first). Without this, the first
+holder of each new piece uploads it to every other node at once, over one link; without counting
+copies per piece, the node that fetched a piece from the origin (whose uplink is idle whenever
+it is between two sends) gives it out again and again while the nodes that received it sit
+idle, so its uplink, not the links, sets the pace; and without the cap, a whole swarm queues
+behind one relay at a time, so a piece spreads one node after another instead of as a tree.
 
 Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
 new home after a membership change, fills up again from announcements. Pure: no I/O.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -31,6 +34,8 @@ __all__ = ["Answer", "Directory"]
 
 _DOWNLOAD_TTL = 5.0  # a download from a holder not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
+_WAITERS_PER_RELAY = 4  # newcomers told to wait for one downloading requester, at most
+_WAIT_TTL = 1.0  # a waiter that has not asked again by then is forgotten (waiters poll faster)
 
 
 @dataclass(slots=True)
@@ -41,6 +46,7 @@ class _Piece:
     lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
     downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
     copies: dict[str, int] = field(default_factory=dict)  # holder -> times offered first for it
+    waiters: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (relay, expiry)
 
 
 @dataclass(slots=True)
@@ -126,12 +132,15 @@ class Directory:
     ) -> Answer:
         _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
         _expire_downloads(blob, piece, now)
+        piece.waiters.pop(requester, None)
         self._shuffle(holders)
         # stable: random among equals
         holders.sort(key=lambda h: (piece.copies.get(h, 0), blob.sending.get(h, 0)))
-        relays = [who for who in piece.downloads if who not in holders]
-        if relays and blob.sending.get(holders[0], 0) >= _SENDS_PER_HOLDER:
-            return Answer(piece.sha256, (), False, relays[0])
+        if blob.sending.get(holders[0], 0) >= _SENDS_PER_HOLDER:
+            relay = _least_awaited_relay(piece, holders, now)
+            if relay is not None:
+                piece.waiters[requester] = (relay, now + _WAIT_TTL)
+                return Answer(piece.sha256, (), False, relay)
         piece.downloads[requester] = (holders[0], now + _DOWNLOAD_TTL)
         piece.copies[holders[0]] = piece.copies.get(holders[0], 0) + 1
         blob.sending[holders[0]] = blob.sending.get(holders[0], 0) + 1
@@ -214,6 +223,20 @@ class Directory:
             piece = blob.pieces.get(index)
             if piece is not None and piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None
+
+
+def _least_awaited_relay(piece: _Piece, holders: list[str], now: float) -> str | None:
+    """The requester downloading the piece now (not yet a holder) that fewest others wait
+    for, if it has room for one more; waiters whose relay is done or gone are dropped first."""
+    for who, (relay, expiry) in list(piece.waiters.items()):
+        if expiry <= now or relay in holders or relay not in piece.downloads:
+            del piece.waiters[who]
+    waiting = Counter(relay for relay, _ in piece.waiters.values())
+    relays = [who for who in piece.downloads if who not in holders]
+    if not relays:
+        return None
+    relay = min(relays, key=lambda who: waiting[who])
+    return relay if waiting[relay] < _WAITERS_PER_RELAY else None
 
 
 def _expire_downloads(blob: _Blob, piece: _Piece, now: float) -> None:

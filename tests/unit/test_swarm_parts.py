@@ -186,13 +186,43 @@ def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
         "a:1",
     )
     directory.announce("d", REGISTRY, 100, 10, holder="c:1", pieces={0: b"sha0"}, verified=False)
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="e:1")[0].holders[
-        0
-    ] == "c:1"
+    assert (
+        directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="e:1")[0].holders[0]
+        == "c:1"
+    )
     # Copies are counted per piece: for another piece a is as good as anyone.
     directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={1: b"sha1"}, verified=False)
     assert directory.lookup("d", REGISTRY, 100, 10, indices=[1], requester="b:1")[1].holders == (
         "a:1",
+    )
+
+
+def test_a_relay_takes_a_few_waiters_and_the_rest_spread_as_a_tree():
+    """Were every newcomer told to wait for the one requester downloading a piece, a swarm
+    would get each piece one node after another; past a few waiters per relay, a newcomer
+    downloads at once (and is itself a relay the next ones may wait for)."""
+    clock = Clock()
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
+    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0"}, verified=False)
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders
+    for waiter in ("c:1", "d:1", "e:1", "f:1"):
+        answer = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester=waiter)[0]
+        assert (answer.holders, answer.fetching) == ((), "b:1")
+    # b has its share of waiters: g downloads from a, busy or not...
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="g:1")[0].holders == (
+        "a:1",
+    )
+    # ...and the next newcomer waits for g, which nobody waits for yet.
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="h:1")[0].fetching == (
+        "g:1"
+    )
+    # A waiter asking again keeps one place, not two; one that stopped asking is forgotten.
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0].fetching == (
+        "g:1"
+    )
+    clock.now = 2
+    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="i:1")[0].fetching == (
+        "b:1"
     )
 
 
