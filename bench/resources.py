@@ -23,6 +23,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, every core, from /proc/stat:
+    idle and iowait count as not busy."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # guest time is already inside user and nice
+    return total - fields[3] - fields[4], total
+
+
+def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU (all cores) in use between two `machine_ticks`."""
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
 def status_kib(pid: int, key: str) -> int:
     """A memory figure from /proc/<pid>/status (VmHWM: peak RSS, VmRSS: RSS now), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -70,6 +70,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
             meter = resources.Meter(
                 "swarm fill", [resources.watched(a.agent, a.metrics_url) for a in agents]
             )
+            ticks = resources.machine_ticks()
             through = read_all_at_once(
                 [
                     (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
@@ -77,6 +78,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
                 ],
                 digest,
             )
+            busy = resources.busy_between(ticks, resources.machine_ticks())
             usage = meter.read()
             from_origin = [sample_sum(a.metrics_url, "dfagent_origin_bytes_total") for a in agents]
             uploaded = [sample_sum(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents]
@@ -96,6 +98,9 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         "swarm_top_node_origin_share": max(from_origin) / max(sum(from_origin), 1),
         "swarm_uploaded_bytes_vs_blob": sum(uploaded) / size,
         "swarm_top_node_upload_share": max(uploaded) / max(sum(uploaded), 1),
+        # The whole machine's CPU in use during the fill (agents, readers, the kernel's
+        # shaping): near 1, the machine rather than the links sets the pace.
+        "swarm_machine_cpu_busy": busy,
     }
     return Fill(figures, usage)
 
@@ -105,6 +110,11 @@ def report(result: dict[str, float]) -> str:
         ["| measure | value |", "|---|---|"]
         + [f"| {key} | {number(value)} |" for key, value in result.items()]
     )
+
+
+def _fill_target(figures: dict[str, float]) -> float:
+    """The fill time the swarm is held to: 1.15x S/B up to 4 nodes, 1.25x beyond."""
+    return 1.15 if figures["nodes"] <= 4 else 1.25
 
 
 def section(fill: Fill) -> Section:
@@ -119,7 +129,7 @@ def section(fill: Fill) -> Section:
         table=report(f),
         checks=[
             at_most("origin bytes / S", f["swarm_origin_bytes_vs_blob"], 1.05, "{:.2f}"),
-            at_most("fill time / (S/B)", f["swarm_fill_vs_bound"], 1.3, "{:.2f}"),
+            at_most("fill time / (S/B)", f["swarm_fill_vs_bound"], _fill_target(f), "{:.2f}"),
         ],
         plots=(
             Bars(
