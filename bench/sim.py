@@ -47,9 +47,9 @@ FULL_SIZE_UP_TO = 100  # nodes: beyond this only the small blob is simulated
 # The real 4-node netns runs this simulation is set against (bench/results/2026-12-06-swarm.md,
 # 2026-12-06-lazy.md).
 REAL_4_NODES = {
-    "fill / (S/B)": 1.34,
+    "fill / (S/B)": 1.33,
     "origin bytes / S": 1.00,
-    "top upload share": 0.35,
+    "top upload share": 0.34,
     "lazy read p50 ms": 366.0,
     "lazy read p99 ms": 3737.8,
     "direct fill / (S/B)": 4.18,

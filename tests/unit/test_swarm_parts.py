@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from dfagent.swarm.config import PeerConfig, SwarmConfig
-from dfagent.swarm.directory import Directory
+from dfagent.swarm.directory import Answer, Directory
 from dfagent.swarm.hashing import home_of, ranked
 from dfagent.swarm.membership import Membership
 
@@ -139,35 +139,35 @@ async def test_membership_finds_its_own_address(family_host):
     assert membership.me.endswith(":4123")
 
 
+def _ask(directory: Directory, requester: str, index: int = 0) -> Answer:
+    """What the home tells `requester` about piece `index` of blob "d" (100 bytes, cut in 10)."""
+    return directory.lookup("d", REGISTRY, 100, 10, indices=[index], requester=requester)[index]
+
+
+def _holds(directory: Directory, holder: str, index: int = 0) -> None:
+    pieces = {index: f"sha{index}".encode()}
+    directory.announce("d", REGISTRY, 100, 10, holder=holder, pieces=pieces, verified=False)
+
+
 def test_directory_spreads_uploads_over_requesters_that_have_the_piece_coming():
     clock = Clock()
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
-    directory.announce(
-        "d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0", 1: b"sha1"}, verified=False
-    )
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders == (
-        "a:1",
-    )
+    _holds(directory, "a:1", 0)
+    _holds(directory, "a:1", 1)
+    assert _ask(directory, "b:1").holders == ("a:1",)
     # a is sending piece 0 to b: c waits for b rather than share a's upload link...
-    waiting = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0]
+    waiting = _ask(directory, "c:1")
     assert (waiting.holders, waiting.fetching, waiting.fetch) == ((), "b:1", False)
     # ...but a piece nobody else is downloading still comes from a, busy or not.
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[1], requester="c:1")[1].holders == (
-        "a:1",
-    )
+    assert _ask(directory, "c:1", 1).holders == ("a:1",)
     # Once b has it, b is offered first: a is still sending piece 1 to c.
-    directory.announce("d", REGISTRY, 100, 10, holder="b:1", pieces={0: b"sha0"}, verified=False)
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="d:1")[0].holders == (
-        "b:1",
-        "a:1",
-    )
-    # Downloads never announced are forgotten: their holders are free again.
+    _holds(directory, "b:1")
+    assert _ask(directory, "d:1").holders == ("b:1", "a:1")
+    # Downloads never announced are forgotten: their holders are free again (and each has
+    # given piece 0 once).
     clock.now = 6
     directory.prune()
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="e:1")[0].holders == (
-        "a:1",
-        "b:1",
-    )
+    assert _ask(directory, "e:1").holders == ("a:1", "b:1")
 
 
 def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
@@ -175,26 +175,16 @@ def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
     offered first whenever idle, its uplink would carry the piece to most of the swarm while
     the nodes that already received it upload nothing (and set the pace of a fill)."""
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
-    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0"}, verified=False)
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders == (
-        "a:1",
-    )
-    directory.announce("d", REGISTRY, 100, 10, holder="b:1", pieces={0: b"sha0"}, verified=False)
+    _holds(directory, "a:1")
+    assert _ask(directory, "b:1").holders == ("a:1",)
+    _holds(directory, "b:1")
     # a is idle again, and so is b: b, which has not given piece 0 yet, comes first.
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0].holders == (
-        "b:1",
-        "a:1",
-    )
-    directory.announce("d", REGISTRY, 100, 10, holder="c:1", pieces={0: b"sha0"}, verified=False)
-    assert (
-        directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="e:1")[0].holders[0]
-        == "c:1"
-    )
+    assert _ask(directory, "c:1").holders == ("b:1", "a:1")
+    _holds(directory, "c:1")
+    assert _ask(directory, "e:1").holders[0] == "c:1"
     # Copies are counted per piece: for another piece a is as good as anyone.
-    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={1: b"sha1"}, verified=False)
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[1], requester="b:1")[1].holders == (
-        "a:1",
-    )
+    _holds(directory, "a:1", 1)
+    assert _ask(directory, "b:1", 1).holders == ("a:1",)
 
 
 def test_a_relay_takes_a_few_waiters_and_the_rest_spread_as_a_tree():
@@ -203,27 +193,19 @@ def test_a_relay_takes_a_few_waiters_and_the_rest_spread_as_a_tree():
     downloads at once (and is itself a relay the next ones may wait for)."""
     clock = Clock()
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
-    directory.announce("d", REGISTRY, 100, 10, holder="a:1", pieces={0: b"sha0"}, verified=False)
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].holders
+    _holds(directory, "a:1")
+    assert _ask(directory, "b:1").holders
     for waiter in ("c:1", "d:1", "e:1", "f:1"):
-        answer = directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester=waiter)[0]
+        answer = _ask(directory, waiter)
         assert (answer.holders, answer.fetching) == ((), "b:1")
     # b has its share of waiters: g downloads from a, busy or not...
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="g:1")[0].holders == (
-        "a:1",
-    )
+    assert _ask(directory, "g:1").holders == ("a:1",)
     # ...and the next newcomer waits for g, which nobody waits for yet.
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="h:1")[0].fetching == (
-        "g:1"
-    )
+    assert _ask(directory, "h:1").fetching == "g:1"
     # A waiter asking again keeps one place, not two; one that stopped asking is forgotten.
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="c:1")[0].fetching == (
-        "g:1"
-    )
+    assert _ask(directory, "c:1").fetching == "g:1"
     clock.now = 2
-    assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="i:1")[0].fetching == (
-        "b:1"
-    )
+    assert _ask(directory, "i:1").fetching == "b:1"
 
 
 def test_a_released_lease_goes_to_the_next_requester_at_once():
