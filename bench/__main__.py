@@ -232,7 +232,9 @@ def _arguments() -> argparse.Namespace:
         "--rtt-ms", type=float, default=40, help="the registry link's round trip (stack)"
     )
     parser.add_argument(
-        "--sim-nodes", default="4,8,16,100,1000", help="node counts simulated, comma-separated (sim)"
+        "--sim-nodes",
+        default="4,8,16,100,1000",
+        help="node counts simulated, comma-separated (sim)",
     )
     parser.add_argument(
         "--sim-small-mib",

@@ -43,6 +43,8 @@ from bench.sim_events import Event, Kernel, Step
 from bench.sim_network import Flow, Link, Network
 from dfagent.agent import _LEASE_SECONDS
 from dfagent.engine.fetcher import (
+    _FIRST_POLL_SECONDS,
+    _LAST_POLL_SECONDS,
     _LEASE_WAIT_SECONDS,
     _RUN_BYTES,
     _SEQUENTIAL_SLACK,
@@ -59,7 +61,6 @@ __all__ = ["Cluster", "Params"]
 ORIGIN = "http://10.77.0.1:5000"
 _PEER = PeerConfig()
 _REFRESH = float(SwarmConfig().refresh)
-_FIRST_POLL, _LAST_POLL = 0.005, 0.1  # Engine._from_peers' waits between lookups
 _BUSY = "busy"  # a fetch where every holder answered busy
 
 
@@ -366,7 +367,7 @@ class Cluster:
     def _from_peers(self, node: _Node, index: int, answer: Answer) -> Step:
         """`Engine._from_peers`; why a piece went to the origin after all is counted."""
         waited_until = self.kernel.now + _LEASE_WAIT_SECONDS
-        delay = _FIRST_POLL
+        delay = _FIRST_POLL_SECONDS
         why = "no holder delivered"
         while True:
             if answer.holders:
@@ -376,7 +377,7 @@ class Cluster:
                         why = "every holder stayed busy"
                         break
                     yield delay
-                    delay = min(delay * 2, _LAST_POLL)
+                    delay = min(delay * 2, _LAST_POLL_SECONDS)
                     answer = (yield from self._lookup(node, [index]))[index]
                     continue
                 if got:
@@ -390,7 +391,7 @@ class Cluster:
                 break
             yield self.params.rtt  # is the fetching peer alive? (it always is here)
             yield delay
-            delay = min(delay * 2, _LAST_POLL)
+            delay = min(delay * 2, _LAST_POLL_SECONDS)
             answer = (yield from self._lookup(node, [index]))[index]
             if answer.fetch:
                 why = "the home handed this agent the origin fetch"

@@ -69,6 +69,8 @@ _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the 
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
+# Between two lookups of a piece a peer has or is getting: the first wait, doubled up to the last.
+_FIRST_POLL_SECONDS, _LAST_POLL_SECONDS = 0.005, 0.1
 _STORAGE_WARNING_INTERVAL = 60.0  # a full disk is logged at most this often
 # Whole pieces waiting for the disk. When the origin is faster than the disk, origin reads
 # wait here instead of piling up buffers (memory stays bounded whatever the blob size).
@@ -531,7 +533,7 @@ class Engine:
         """A piece that holders have, or that a peer is fetching from the origin right now."""
         assert self._network is not None
         waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
-        delay = 0.005
+        delay = _FIRST_POLL_SECONDS
         why = "no holder delivered"
         while True:
             if answer.holders:
@@ -544,7 +546,7 @@ class Engine:
                         why = "every holder stayed busy"
                         break
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.1)
+                    delay = min(delay * 2, _LAST_POLL_SECONDS)
                     answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
                     continue
                 if data is not None:
@@ -563,7 +565,7 @@ class Engine:
                 why = f"the fetching peer {answer.fetching} does not answer"
                 break  # its lease would only expire: go to the origin
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, _LAST_POLL_SECONDS)
             answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
             if answer.fetch:
                 why = "the home handed this agent the origin fetch"
