@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,14 @@ OTHER_USER = ("second-puller", "an0ther-pw")
 TOKEN = "t0ken-for-tests-" + "x" * 16  # the swarm's cluster token
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Commands the tests start act on Ctrl-C (SIGINT) as they do in a terminal, also when
+    this run inherited SIGINT ignored (as `./test.sh &` in a script leaves it): a handler here,
+    unlike an ignored signal, is not passed on to the processes started."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
