@@ -30,12 +30,19 @@ __all__ = ["Completions", "PeerServer"]
 log = logging.getLogger(__name__)
 
 
+_PACED_SLICE = 64 * 1024  # with an upload cap, bytes sent at a time
+
+
 class _Pacer:
     """Keeps total uploads under `rate` bytes per second (None: no cap)."""
 
     def __init__(self, rate: int | None) -> None:
         self._rate = rate
         self._next = time.monotonic()
+
+    @property
+    def pacing(self) -> bool:
+        return bool(self._rate)
 
     async def take(self, count: int) -> None:
         if not self._rate:
@@ -130,6 +137,22 @@ class PeerServer:
             return web.Response(status=400, text=f"bad request: {exc}\n")
         return web.Response(status=404, text="no such endpoint\n")
 
+    async def _send_paced(
+        self, request: web.BaseRequest, response: web.StreamResponse, segment: FileSegment
+    ) -> None:
+        """The segment, under the upload cap if there is one: in slices spread over the time
+        the cap allows, once the headers are out. Pacing a whole piece before its headers would
+        leave the requester waiting in silence (it asks a second holder after the hedge delay,
+        and the piece is sent twice) and then put the piece on the link in one burst."""
+        if not self._pacer.pacing:
+            await send_segment(request, response, segment)
+            return
+        end = segment.offset + segment.count
+        for offset in range(segment.offset, end, _PACED_SLICE):
+            count = min(_PACED_SLICE, end - offset)
+            await self._pacer.take(count)
+            await send_segment(request, response, FileSegment(segment.blob, offset, count))
+
     async def _piece(
         self, request: web.BaseRequest, digest: Digest, index: int
     ) -> web.StreamResponse:
@@ -143,13 +166,12 @@ class PeerServer:
         try:
             with blob.pinned():
                 start, end = blob.layout.bounds(index)
-                await self._pacer.take(end - start)
                 response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
                 response.content_length = end - start
                 try:
                     # A hedged request that lost the race hangs up, maybe before the headers.
                     await response.prepare(request)
-                    await send_segment(request, response, FileSegment(blob, start, end - start))
+                    await self._send_paced(request, response, FileSegment(blob, start, end - start))
                 except (DfagentError, OSError):
                     if request.transport is not None:
                         request.transport.close()

@@ -150,6 +150,42 @@ def test_a_peer_killed_mid_transfer(swarm, origin, registry):
     assert send(third.proxy_port, url(origin, digest)).body == data
 
 
+def test_a_paced_holder_answers_at_once_and_spreads_its_bytes(swarm, origin, registry):
+    """Under an upload cap a holder sends a piece's headers at once and its bytes over the time
+    the cap allows: a requester never waits in silence (it would ask a second holder after the
+    hedge delay, and the piece would be sent twice), and the link never takes a whole piece in
+    one burst."""
+    (holder,) = swarm(1, peer={"upload_bandwidth": "1MiB"})
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    assert send(holder.proxy_port, url(origin, digest)).body == data
+    wait_for(lambda: metric(holder, "dfagent_cache_pieces") == 4, "stored")
+    started = time.monotonic()
+    answers: dict[int, tuple[float, bytes, float]] = {}
+
+    def fetch(index: int) -> None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{holder.peer_port}/v1/pieces/{digest}/{index}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            headers_at = time.monotonic() - started
+            body = response.read()
+        answers[index] = (headers_at, body, time.monotonic() - started)
+
+    readers = [threading.Thread(target=fetch, args=(index,)) for index in (1, 2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    for index in (1, 2):
+        headers_at, body, _ = answers[index]
+        assert body == data[index * PIECE : (index + 1) * PIECE]
+        assert headers_at < 0.2, f"piece {index}: no answer for {headers_at:.2f} s"
+    # 512 KiB at 1 MiB/s: the last slice cannot leave before 7/16 s (the first goes at once).
+    assert max(done for _, _, done in answers.values()) >= 0.4
+
+
 def test_a_frozen_holder_is_passed_over(swarm, origin, registry):
     """A holder that accepts connections but never answers (SIGSTOP): the other holder serves
     every piece (asked after the hedge delay), and nothing goes to the origin again."""
