@@ -103,6 +103,9 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
             capped_origin = sum(
                 sample_sum(a.metrics_url, "dfagent_origin_bytes_total") for a in agents
             )
+            capped_uploaded = [
+                sample_sum(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents
+            ]
     figures = {
         "nodes": nodes,
         "blob_mib": size / MIB,
@@ -126,6 +129,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         "capped_fill_s": max(capped),
         "capped_fill_vs_bound": max(capped) / bound,
         "capped_origin_bytes_vs_blob": capped_origin / size,
+        "capped_top_node_upload_share": max(capped_uploaded) / max(sum(capped_uploaded), 1),
     }
     return Fill(figures, usage)
 
