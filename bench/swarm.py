@@ -59,6 +59,11 @@ class Fill:
 UPLOAD_CAP_SHARE = 0.97
 
 
+def _per_agent(agents: list[cluster.Node], name: str) -> list[float]:
+    """A counter's value at each agent."""
+    return [sample_sum(a.metrics_url, name) for a in agents]
+
+
 def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200) -> Fill:
     harness.clean(work)
     data = os.urandom(size)
@@ -73,39 +78,27 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
             [(h, net.origin.address, cluster.REGISTRY_PORT, path) for h in net.hosts], digest
         )
 
+        through_agents = [
+            (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
+            for h in net.hosts
+        ]
         with cluster.agents(work, net.hosts) as agents:
             meter = resources.Meter(
                 "swarm fill", [resources.watched(a.agent, a.metrics_url) for a in agents]
             )
             ticks = resources.machine_ticks()
-            through = read_all_at_once(
-                [
-                    (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
-                    for h in net.hosts
-                ],
-                digest,
-            )
+            through = read_all_at_once(through_agents, digest)
             busy = resources.busy_between(ticks, resources.machine_ticks())
             usage = meter.read()
-            from_origin = [sample_sum(a.metrics_url, "dfagent_origin_bytes_total") for a in agents]
-            uploaded = [sample_sum(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents]
+            from_origin = _per_agent(agents, "dfagent_origin_bytes_total")
+            uploaded = _per_agent(agents, "dfagent_uploaded_bytes_total")
 
         cap = int(UPLOAD_CAP_SHARE * node_mbit * 1e6 / 8)
         (work / "capped").mkdir()
         with cluster.agents(work / "capped", net.hosts, peer={"upload_bandwidth": cap}) as agents:
-            capped = read_all_at_once(
-                [
-                    (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
-                    for h in net.hosts
-                ],
-                digest,
-            )
-            capped_origin = sum(
-                sample_sum(a.metrics_url, "dfagent_origin_bytes_total") for a in agents
-            )
-            capped_uploaded = [
-                sample_sum(a.metrics_url, "dfagent_uploaded_bytes_total") for a in agents
-            ]
+            capped = read_all_at_once(through_agents, digest)
+            capped_origin = _per_agent(agents, "dfagent_origin_bytes_total")
+            capped_uploaded = _per_agent(agents, "dfagent_uploaded_bytes_total")
     figures = {
         "nodes": nodes,
         "blob_mib": size / MIB,
@@ -128,7 +121,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         "capped_upload_share_of_link": UPLOAD_CAP_SHARE,
         "capped_fill_s": max(capped),
         "capped_fill_vs_bound": max(capped) / bound,
-        "capped_origin_bytes_vs_blob": capped_origin / size,
+        "capped_origin_bytes_vs_blob": sum(capped_origin) / size,
         "capped_top_node_upload_share": max(capped_uploaded) / max(sum(capped_uploaded), 1),
     }
     return Fill(figures, usage)
