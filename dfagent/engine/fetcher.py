@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from dfagent.engine.access import AccessGate
@@ -363,10 +363,14 @@ class Engine:
             end = min(end, blob.layout.read_ahead_end(last + 1))
         if end <= last + 1:
             return
+        spans = blob.layout.spans(last + 1, end - 1)
+        if _lead(spans, lambda index: not self._claimable(blob, index)) * 2 >= end - last - 1:
+            # At least half the window is present or on its way: top it up later, in one
+            # request for the rest, not one request per piece as the reader moves on (every
+            # origin request costs its round trip and the registry's time to first byte).
+            return
         shareable = [
-            span.index
-            for span in blob.layout.spans(last + 1, end - 1)
-            if self._piece_shareable(blob, source.origin, span.index)
+            span.index for span in spans if self._piece_shareable(blob, source.origin, span.index)
         ]
         self._start(blob, source, shareable, last + 1)
 
@@ -793,3 +797,13 @@ def _ahead(spans: list[PieceSpan], position: int, budget: int) -> list[PieceSpan
         taken += spans[end].end - spans[end].start
         end += 1
     return spans[position:end]
+
+
+def _lead(spans: list[PieceSpan], covered: Callable[[int], bool]) -> int:
+    """The bytes of `spans` up to the first whose piece is not `covered`."""
+    lead = 0
+    for span in spans:
+        if not covered(span.index):
+            break
+        lead += span.end - span.start
+    return lead
