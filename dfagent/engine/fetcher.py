@@ -555,6 +555,7 @@ class Engine:
                     continue
                 if data is not None:
                     piece.source = "peer"
+                    piece.sha256 = answer.sha256  # the swarm checked the bytes against it
                     piece.write(0, data)
                     if piece.gated:  # proven by the check the swarm ran
                         piece.release()
@@ -734,8 +735,9 @@ class Engine:
             if not self._piece_shareable(blob, piece.origin, piece.index):
                 return  # another registry's word: served to its reader, never stored here
             with blob.pinned():
-                sha256 = await asyncio.to_thread(sha256_of, piece.buffer)
-                await self._store.piece_finished(blob, piece.index, piece.buffer, sha256)
+                sha256 = await self._store.piece_finished(
+                    blob, piece.index, piece.buffer, piece.sha256
+                )
             if piece.source == "origin" and piece.authorization is None:
                 await self._store.add_origin(blob, piece.origin, public=True)
             if self._network is not None:

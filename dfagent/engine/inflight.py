@@ -33,6 +33,7 @@ class InflightPiece:
         "origin",
         "received",
         "released",
+        "sha256",
         "source",
         "start",
         "started_at",
@@ -58,6 +59,7 @@ class InflightPiece:
         self.gated = gated
         self.released = False
         self.source = "origin"  # or "peer": where the bytes came from, for metrics
+        self.sha256: bytes | None = None  # the whole piece's, once a check computed it
         self.error: BaseException | None = None
         self.started_at = time.monotonic()
         self._parts: list[tuple[int, int]] = []  # disjoint, sorted [begin, end) ranges received

@@ -33,8 +33,9 @@ class PieceNetwork(Protocol):
     async def fetch(
         self, blob: StoredBlob, index: int, answer: Answer, *, check: PieceCheck | None = None
     ) -> bytes | None:
-        """The piece from one of `answer.holders`, checked; None when none delivered good
-        bytes (raises PeerError(busy=True) when all were only busy)."""
+        """The piece from one of `answer.holders`, checked (its bytes match `answer.sha256`
+        when that is given, and pass `check`); None when none delivered good bytes (raises
+        PeerError(busy=True) when all were only busy)."""
         ...
 
     async def alive(self, peer: str) -> bool:

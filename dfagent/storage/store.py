@@ -27,7 +27,7 @@ from typing import IO
 
 from dfagent.core.digest import Digest
 from dfagent.errors import DfagentError, StartupError, StorageFull
-from dfagent.integrity import sha256_of_file
+from dfagent.integrity import sha256_of, sha256_of_file
 from dfagent.metrics import Metrics
 from dfagent.nydus import ChunkMap, NydusFormatError
 from dfagent.storage.config import StorageConfig
@@ -395,22 +395,24 @@ class PieceStore:
     # pieces ------------------------------------------------------------------------------
 
     async def piece_finished(
-        self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes
-    ) -> None:
-        """Write a whole piece at its offset, then record it present with its sha256.
+        self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes | None = None
+    ) -> bytes:
+        """Write a whole piece at its offset, then record it present with its sha256 (hashed
+        on the way to disk when not given); returns the sha256.
 
         Raises StorageFull when the disk is full; the piece then stays absent.
         """
-        await self._write_piece(blob, index, data)
+        sha256 = await self._write_piece(blob, index, data, sha256)
         try:
             await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
         except (OSError, StorageFull) as exc:
             raise self._write_failed(index, exc) from exc
         if blob.removed:  # purged while the bytes were on their way to disk
-            return
+            return sha256
         blob.staged.pop(index, None)  # these bytes replaced any staged ones
         self._present(blob, index, sha256, len(data))
         self._verify_when_covered(blob)
+        return sha256
 
     async def piece_staged(
         self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes
@@ -419,18 +421,22 @@ class PieceStore:
         becomes present only once the whole blob matched its digest. Raises StorageFull."""
         if blob.has(index):
             return
-        await self._write_piece(blob, index, data)
+        await self._write_piece(blob, index, data, sha256)
         if blob.removed:
             return
         blob.staged[index] = sha256
         self._verify_when_covered(blob)
 
-    async def _write_piece(self, blob: StoredBlob, index: int, data: bytes | bytearray) -> None:
+    async def _write_piece(
+        self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes | None
+    ) -> bytes:
+        """Write piece `index` in one trip to a worker thread that also hashes it (unless
+        its `sha256` is given); returns the sha256."""
         start, end = blob.layout.bounds(index)
         if len(data) != end - start:
             raise ValueError(f"piece {index} has {len(data)} bytes, expected {end - start}")
         try:
-            await asyncio.to_thread(_pwrite_all, blob.file.fileno(), data, start)
+            return await asyncio.to_thread(_hash_and_write, blob.file.fileno(), data, start, sha256)
         except OSError as exc:
             raise self._write_failed(index, exc) from exc
 
@@ -587,6 +593,13 @@ class PieceStore:
         self._metrics.cache_blobs.set(self._stored_blobs)
         if self._stored_bytes > self._high_water:
             self.over_high_water.set()
+
+
+def _hash_and_write(fd: int, data: bytes | bytearray, offset: int, sha256: bytes | None) -> bytes:
+    if sha256 is None:
+        sha256 = sha256_of(data)
+    _pwrite_all(fd, data, offset)
+    return sha256
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
