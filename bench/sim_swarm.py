@@ -18,12 +18,13 @@ replaced by simulated time):
 - `Engine._acquire`: one lookup per group of neighbouring pieces; pieces with the lease go to
   the origin as one ranged GET per run of neighbours (a run starting mid-piece fetches the
   piece's head by a second request), the others go to `Engine._from_peers`: fetch from the
-  holders offered, else (busy, or another peer fetching it) check that peer is alive, wait
-  5 ms doubling to 100 ms, ask again; the lease or 15 s of waiting send it to the origin.
+  holders offered, else (busy, or another peer fetching it) ask that peer how many bytes
+  reached it, wait 5 ms doubling to 100 ms, ask again; the lease or 15 s of waiting send it
+  to the origin (so would a fetching peer that stalls, which never happens here).
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
   begun to send within the hedge delay; a holder with `max_uploads` uploads answers busy.
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
-- Messages: a lookup, announcement, liveness check or origin HEAD costs a round trip (the
+- Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
   home acts half-way through it); a download starts its bytes one round trip after the
   request. Requests and answers carry no bytes on the links; the home's CPU is not limited.
 - Every peer is honest and alive: no bad pieces (so `drop_holder` is never called), no lease
@@ -389,7 +390,7 @@ class Cluster:
             if self.kernel.now > waited_until:
                 why = "waited the lease wait out"
                 break
-            yield self.params.rtt  # is the fetching peer alive? (it always is here)
+            yield self.params.rtt  # how far did the fetching peer get? (it never stalls here)
             yield delay
             delay = min(delay * 2, _LAST_POLL_SECONDS)
             answer = (yield from self._lookup(node, [index]))[index]

@@ -134,6 +134,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.peer_fallbacks = Counter(
+            "dfagent_peer_fallbacks",
+            "Pieces the swarm was asked for that this agent then took from the origin itself,"
+            " by why: no_holder (none delivered good bytes, and nobody was fetching it), busy"
+            " (every holder stayed busy), stalled (nothing reached the peer fetching it for a"
+            " while), unreachable (that peer stopped answering), released (it gave the fetch"
+            " up), timeout (waited the longest allowed).",
+            ["reason"],
+            registry=r,
+        )
         self.origin_fetches_avoided = Counter(
             "dfagent_origin_fetches_avoided",
             "Pieces fetched from peers instead of the origin.",

@@ -69,6 +69,9 @@ _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the 
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
+# A peer fetching a piece others wait for is given up on once no byte of the blob has reached
+# it for this long (a stalled origin connection, a stuck disk): they go to the origin themselves.
+_STALL_SECONDS = 1.0
 # Between two lookups of a piece a peer has or is getting: the first wait, doubled up to the last.
 _FIRST_POLL_SECONDS, _LAST_POLL_SECONDS = 0.005, 0.1
 _STORAGE_WARNING_INTERVAL = 60.0  # a full disk is logged at most this often
@@ -534,11 +537,12 @@ class Engine:
     async def _from_peers(
         self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, answer: Answer
     ) -> None:
-        """A piece that holders have, or that a peer is fetching from the origin right now."""
+        """A piece that holders have, or that a peer is fetching right now: wait for it while
+        bytes keep reaching that peer, else take it from the origin."""
         assert self._network is not None
         waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
         delay = _FIRST_POLL_SECONDS
-        why = "no holder delivered"
+        watch = _FetchWatch()
         while True:
             if answer.holders:
                 try:
@@ -547,7 +551,7 @@ class Engine:
                     )
                 except PeerError:  # all busy: ask again shortly (maybe more holders by then)
                     if time.monotonic() > waited_until:
-                        why = "every holder stayed busy"
+                        reason, why = "busy", "every holder stayed busy"
                         break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _LAST_POLL_SECONDS)
@@ -563,18 +567,27 @@ class Engine:
                     await self._write_backlog.take(piece.length)
                     self._finished(blob, piece)
                     return
-            if answer.fetching is None or time.monotonic() > waited_until:
-                why = "no holder, and no peer fetching it" if answer.fetching is None else why
+            if answer.fetching is None:
+                reason, why = "no_holder", "no holder delivered, and no peer is fetching it"
                 break
-            if not await self._network.alive(answer.fetching):
-                why = f"the fetching peer {answer.fetching} does not answer"
-                break  # its lease would only expire: go to the origin
+            if time.monotonic() > waited_until:
+                reason, why = "timeout", f"waited {_LEASE_WAIT_SECONDS:.0f} s for {answer.fetching}"
+                break
+            arrived = await self._network.progress(answer.fetching, blob)
+            if arrived is None:  # its lease would only expire
+                reason, why = "unreachable", f"the fetching peer {answer.fetching} does not answer"
+                break
+            if watch.stalled(answer.fetching, arrived, time.monotonic()):
+                reason = "stalled"
+                why = f"no byte reached the fetching peer {answer.fetching} for {_STALL_SECONDS} s"
+                break
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
             delay = min(delay * 2, _LAST_POLL_SECONDS)
             answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
             if answer.fetch:
-                why = "the home handed this agent the origin fetch"
+                reason, why = "released", "the home handed this agent the origin fetch"
                 break
+        self._metrics.peer_fallbacks.labels(reason).inc()
         log.debug(
             "piece goes to the origin after all",
             extra={"digest": str(blob.digest), "piece": piece.index, "reason": why},
@@ -703,6 +716,7 @@ class Engine:
         layout = run.blob.layout
         async for chunk in body.chunks():
             self._metrics.origin_bytes.inc(len(chunk))
+            run.blob.arrived += len(chunk)
             view = memoryview(chunk)[: run.last + 1 - run.position]
             while view:
                 piece = run.pieces[layout.index_of(run.position)]
@@ -783,6 +797,21 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.first = self.position
+
+
+@dataclass(slots=True)
+class _FetchWatch:
+    """Whether bytes keep reaching the peer a reader waits for (see _STALL_SECONDS)."""
+
+    peer: str | None = None
+    arrived: int = -1
+    moved_at: float = 0.0
+
+    def stalled(self, peer: str, arrived: int, now: float) -> bool:
+        if (peer, arrived) != (self.peer, self.arrived):
+            self.peer, self.arrived, self.moved_at = peer, arrived, now
+            return False
+        return now - self.moved_at > _STALL_SECONDS
 
 
 def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:

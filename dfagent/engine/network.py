@@ -38,8 +38,9 @@ class PieceNetwork(Protocol):
         PeerError(busy=True) when all were only busy)."""
         ...
 
-    async def alive(self, peer: str) -> bool:
-        """Whether a peer fetching a piece for us is worth waiting for."""
+    async def progress(self, peer: str, blob: StoredBlob) -> int | None:
+        """How many bytes of `blob` have reached `peer`, a peer fetching a piece this agent
+        waits for (the count moves while its fetches run); None when it does not answer."""
         ...
 
     def release(self, blob: StoredBlob, indices: list[int]) -> None:

@@ -52,6 +52,7 @@ class StoredBlob:
 
     __slots__ = (
         "_file",
+        "arrived",
         "checked",
         "digest",
         "layout",
@@ -110,6 +111,9 @@ class StoredBlob:
         if verified:
             self.checked.set()
         self.pins = 0
+        # Bytes of the blob that reached this process from the origin or peers, counted as
+        # they arrive: peers waiting for this node's fetches watch it move.
+        self.arrived = 0
         self._file: IO[bytes] | None = None
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -85,15 +86,20 @@ class PeerClient:
                 self.unreachable.add(peer)
             raise PeerError(f"{peer}: {exc or type(exc).__name__}", unreachable=gone) from exc
 
-    async def describe(
-        self, home: str, digest_hex: str, origin: str = "", *, patient: bool = False
-    ) -> dict[str, int] | None:
-        """What `home` knows of a blob as `origin` gave it. `patient` waits longer than the
-        fail-fast connect timeout: a busy peer on a loaded host may take a while to answer, and
-        only a peer that truly does not answer counts as dead."""
-        timeout = _PATIENT if patient else None
+    async def describe(self, home: str, digest_hex: str, origin: str) -> dict[str, int] | None:
+        """What `home` knows of a blob as `origin` gave it."""
         path = f"/v1/blobs/sha256:{digest_hex}?{urlencode({'origin': origin})}"
-        return await self._json("GET", home, path, limits=timeout)  # type: ignore[no-any-return]
+        return await self._json("GET", home, path)  # type: ignore[no-any-return]
+
+    async def progress(self, peer: str, digest_hex: str) -> int:
+        """How many bytes of a blob have reached `peer` so far. Patient: it waits longer than
+        the fail-fast connect timeout, since a busy peer on a loaded host may take a while to
+        answer, and only a peer that truly does not answer counts as dead."""
+        path = f"/v1/progress/sha256:{digest_hex}"
+        answer = await self._json("GET", peer, path, limits=_PATIENT)
+        if answer is None:
+            raise PeerError(f"{peer} cannot tell its progress")
+        return int(answer["arrived"])
 
     async def lookup(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._json("POST", home, "/v1/lookup", body)
@@ -128,10 +134,13 @@ class PeerClient:
         digest_hex: str,
         index: int,
         length: int,
+        *,
         sending: asyncio.Event | None = None,
+        arrived: Callable[[int], None] | None = None,
     ) -> bytes:
         """The whole piece from `peer` (exactly `length` bytes), or PeerError. `sending` is
-        set once the peer has agreed to send it."""
+        set once the peer has agreed to send it; `arrived` is told each count of bytes as
+        they come in."""
         assert self._session is not None
         url = f"{self._scheme}://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
         try:
@@ -143,7 +152,16 @@ class PeerClient:
                     raise PeerError(f"{peer} answered {response.status} for piece {index}")
                 if sending is not None:
                     sending.set()
-                data = await response.read()
+                parts = []
+                received = 0
+                async for part in response.content.iter_any():
+                    received += len(part)
+                    if received > length:
+                        raise PeerError(f"{peer} sent more than piece {index}'s {length} bytes")
+                    parts.append(part)
+                    if arrived is not None:
+                        arrived(len(part))
+                data = b"".join(parts)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
                 self.unreachable.add(peer)

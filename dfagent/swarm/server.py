@@ -110,6 +110,9 @@ class PeerServer:
             match request.method, parts:
                 case "GET", ["v1", "pieces", digest, index]:
                     return await self._piece(request, Digest.parse(digest), int(index))
+                case "GET", ["v1", "progress", digest]:
+                    blob = self._store.loaded(Digest.parse(digest).hex)
+                    return web.json_response({"arrived": 0 if blob is None else blob.arrived})
                 case "GET", ["v1", "blobs", digest]:
                     return self._describe(Digest.parse(digest), request.query.get("origin", ""))
                 case "POST", ["v1", "lookup"]:

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
@@ -152,16 +153,17 @@ class Swarm:
         each piece serves as soon as it arrives (see lookup)."""
         return False
 
-    async def alive(self, peer: str) -> bool:
-        """Whether `peer` answers at all (a dead lease holder is not worth waiting for)."""
+    async def progress(self, peer: str, blob: StoredBlob) -> int | None:
+        """How many bytes of `blob` have reached `peer` (see PieceNetwork.progress); None when
+        it does not answer at all (a dead lease holder is not worth waiting for). A peer that
+        answers but cannot tell counts as making no progress."""
         if peer == self.me:
-            return True
+            return blob.arrived
         try:
-            await self._client.describe(peer, "0" * 64, patient=True)
+            return await self._client.progress(peer, blob.digest.hex)
         except PeerError as exc:
-            log.debug("liveness check failed", extra={"peer": peer, "error": str(exc)})
-            return not exc.unreachable  # an answer, even an error, is life
-        return True
+            log.debug("progress check failed", extra={"peer": peer, "error": str(exc)})
+            return None if exc.unreachable else 0
 
     async def fetch(
         self,
@@ -236,7 +238,14 @@ class Swarm:
         """The piece from `holder` if it matches `sha256` and passes `check`; None (and the
         holder reported) if not."""
         try:
-            data = await self._client.piece(holder, blob.digest.hex, index, length, sending)
+            data = await self._client.piece(
+                holder,
+                blob.digest.hex,
+                index,
+                length,
+                sending=sending,
+                arrived=partial(_arrived, blob),
+            )
         except PeerError as exc:
             log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
             raise
@@ -382,3 +391,7 @@ def _scopes(digest: str, verified: bool, origin: str, origins: set[str]) -> list
     if not verified:
         return [(digest, origin, False)]
     return [(digest, known, True) for known in sorted(origins)]
+
+
+def _arrived(blob: StoredBlob, count: int) -> None:
+    blob.arrived += count

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
+import itertools
 import json
 import os
 import random
@@ -408,9 +409,7 @@ def test_a_walk_from_file_to_file_is_read_ahead_across_files(agent, origin, imag
     )
 
 
-def test_a_walk_in_blob_order_reaches_the_origin_in_runs_not_piece_by_piece(
-    agent, origin, image
-):
+def test_a_walk_in_blob_order_reaches_the_origin_in_runs_not_piece_by_piece(agent, origin, image):
     """Read-ahead tops up its window in one request once half of it is used up, so a walk
     through the whole image costs the origin about one request per half window (2 MiB), not
     one per piece (1 MiB) as the reader moves on; and each byte only once."""
@@ -420,7 +419,7 @@ def test_a_walk_in_blob_order_reaches_the_origin_in_runs_not_piece_by_piece(
     pieces = len(image.blob) / (1024 * 1024)
     assert len(gets) <= pieces / 2 + 3, f"{len(gets)} origin requests for {pieces:.0f} pieces"
     ordered = sorted(gets)
-    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])), f"bytes fetched twice: {gets}"
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), f"fetched twice: {gets}"
 
 
 def test_a_reader_of_one_file_is_read_ahead_only_to_its_end(agent, origin, image):

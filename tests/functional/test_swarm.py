@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from aiohttp import web
 
 from dfagent.swarm.hashing import home_of
 from tests.conftest import TOKEN
@@ -205,6 +207,60 @@ def test_a_frozen_holder_is_passed_over(swarm, origin, registry):
     finally:
         frozen.process.send_signal(signal.SIGCONT)
     assert origin.blob_bytes(digest, len(data)) == len(data)
+
+
+def stalling_first_get(origin: CountingOrigin, digest: str, until: threading.Event):
+    """An origin fault: the first GET of the blob sends its headers and 1,000 bytes, then
+    nothing until `until` is set; later GETs are served as usual."""
+    stalled: list[str] = []
+
+    async def fault(request: web.BaseRequest) -> web.StreamResponse | None:
+        if request.method != "GET" or digest not in request.path or stalled:
+            return None
+        stalled.append(request.headers.get("Range", ""))
+        upstream = await origin.forward(request)
+        body = bytes(upstream.body)
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:1000])
+        while not until.is_set():
+            await asyncio.sleep(0.05)
+        await response.write(body[1000:])
+        return response
+
+    return fault
+
+
+def test_a_reader_stops_waiting_for_a_peer_whose_origin_fetch_stalls(swarm, origin, registry):
+    """The peer holding a piece's lease gets a few bytes from the origin, then nothing: a
+    second node that waits for that piece takes it from the origin itself once no byte has
+    reached that peer for a second, not after the 15 s a lease lasts."""
+    first, second = swarm(2)
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    resume = threading.Event()
+    origin.faults.append(stalling_first_get(origin, digest, resume))
+    wanted = {"Range": f"bytes=0-{PIECE - 1}"}
+    stalled: list[bytes] = []
+    stalled_reader = threading.Thread(
+        target=lambda: stalled.append(send(first.proxy_port, url(origin, digest), wanted).body)
+    )
+    stalled_reader.start()
+    try:
+        wait_for(lambda: len(origin.blob_gets(digest)) == 1, "the first node's stalling fetch")
+        time.sleep(0.3)  # its first bytes arrived
+        started = time.monotonic()
+        reply = send(second.proxy_port, url(origin, digest), wanted)
+        waited = time.monotonic() - started
+    finally:
+        resume.set()
+        stalled_reader.join(30)
+    assert reply.body == data[:PIECE]
+    assert waited < 5, f"waited {waited:.1f} s for a peer whose fetch made no progress"
+    assert metric(second, 'dfagent_peer_fallbacks_total{reason="stalled"}') == 1
+    assert len(origin.blob_gets(digest)) == 2, "the second node went to the origin itself"
+    assert stalled == [data[:PIECE]], "the stalled fetch, resumed, still served exact bytes"
 
 
 def test_the_swarm_survives_a_home_restart(swarm, origin, registry):

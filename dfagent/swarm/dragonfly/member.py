@@ -186,8 +186,9 @@ class DragonflyMember:
             self._distrust_piece(task, number)
         return None
 
-    async def alive(self, peer: str) -> bool:
-        return True
+    async def progress(self, peer: str, blob: StoredBlob) -> int | None:
+        """Never asked: a scheduler's answers name no peer fetching for this agent."""
+        return None
 
     def release(self, blob: StoredBlob, indices: list[int]) -> None:
         """Nothing to release: the scheduler keeps no leases."""
