@@ -558,14 +558,7 @@ class Engine:
                     answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
                     continue
                 if data is not None:
-                    piece.source = "peer"
-                    piece.sha256 = answer.sha256  # the swarm checked the bytes against it
-                    piece.write(0, data)
-                    if piece.gated:  # proven by the check the swarm ran
-                        piece.release()
-                    self._metrics.origin_fetches_avoided.inc()
-                    await self._write_backlog.take(piece.length)
-                    self._finished(blob, piece)
+                    await self._delivered(blob, piece, data, answer.sha256)
                     return
             if answer.fetching is None:
                 reason, why = "no_holder", "no holder delivered, and no peer is fetching it"
@@ -577,13 +570,18 @@ class Engine:
             if arrived is None:  # its lease would only expire
                 reason, why = "unreachable", f"the fetching peer {answer.fetching} does not answer"
                 break
-            if watch.stalled(answer.fetching, arrived, time.monotonic()):
-                reason = "stalled"
-                why = f"no byte reached the fetching peer {answer.fetching} for {_STALL_SECONDS} s"
-                break
+            # A peer to which no byte arrives any more is reported with the next lookup: its
+            # fetch passes to this agent, unless another waiter took it over first.
+            stalled = answer.fetching if watch.stalled(answer.fetching, arrived) else None
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
             delay = min(delay * 2, _LAST_POLL_SECONDS)
-            answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
+            answer = (await self._network.lookup(blob, source, [piece.index], stalled=stalled))[
+                piece.index
+            ]
+            if answer.fetch and stalled is not None:
+                reason = "stalled"
+                why = f"no byte reached {stalled} for {_STALL_SECONDS} s; its fetch passed here"
+                break
             if answer.fetch:
                 reason, why = "released", "the home handed this agent the origin fetch"
                 break
@@ -594,6 +592,20 @@ class Engine:
         )
         run = _Run(blob, source, {piece.index: piece}, piece.start, piece.start + piece.length - 1)
         await self._fill(run)
+
+    async def _delivered(
+        self, blob: StoredBlob, piece: InflightPiece, data: bytes, sha256: bytes | None
+    ) -> None:
+        """A peer's copy of the piece passed the swarm's checks (its recorded `sha256`, when
+        there is one, and the chunk proof of a gated piece): readers may have it."""
+        piece.source = "peer"
+        piece.sha256 = sha256
+        piece.write(0, data)
+        if piece.gated:
+            piece.release()
+        self._metrics.origin_fetches_avoided.inc()
+        await self._write_backlog.take(piece.length)
+        self._finished(blob, piece)
 
     def _peer_check(self, blob: StoredBlob, piece: InflightPiece) -> PieceCheck | None:
         """The proof a peer's copy of a piece made of chunks must pass (beyond the sha256 its
@@ -807,11 +819,17 @@ class _FetchWatch:
     arrived: int = -1
     moved_at: float = 0.0
 
-    def stalled(self, peer: str, arrived: int, now: float) -> bool:
+    def stalled(self, peer: str, arrived: int) -> bool:
+        """Note `peer`'s count; True once it has not moved for _STALL_SECONDS (the watch
+        then starts over: a peer is reported stalled at most once a period)."""
+        now = time.monotonic()
         if (peer, arrived) != (self.peer, self.arrived):
             self.peer, self.arrived, self.moved_at = peer, arrived, now
             return False
-        return now - self.moved_at > _STALL_SECONDS
+        if now - self.moved_at <= _STALL_SECONDS:
+            return False
+        self.moved_at = now
+        return True
 
 
 def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:

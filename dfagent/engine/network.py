@@ -25,9 +25,16 @@ class PieceNetwork(Protocol):
         ...
 
     async def lookup(
-        self, blob: StoredBlob, source: BlobSource, indices: list[int]
+        self,
+        blob: StoredBlob,
+        source: BlobSource,
+        indices: list[int],
+        *,
+        stalled: str | None = None,
     ) -> dict[int, Answer]:
-        """Per piece: holders to fetch from, a peer already fetching it, or go to the origin."""
+        """Per piece: holders to fetch from, a peer already fetching it, or go to the origin.
+        `stalled`: a peer this agent was told to wait for, to which no byte arrives any more
+        (its fetch is handed to this agent, or the piece offered afresh)."""
         ...
 
     async def fetch(

@@ -105,10 +105,16 @@ class Directory:
         *,
         indices: Iterable[int],
         requester: str,
+        stalled: str | None = None,
     ) -> dict[int, Answer]:
         """Per piece, for a requester filling the blob with `origin`'s bytes: holders of
         `origin`'s copy (or of a verified copy `origin` is known to hold), else the lease to
-        fetch it from `origin`, else who is fetching it now."""
+        fetch it from `origin`, else who is fetching it now.
+
+        `stalled`: the requester was told to wait for that peer, and no byte reaches it any
+        more. Its lease passes to the requester (others who saw it stall then wait for the
+        requester: one new origin fetch, not one each); a stalled download from a holder is
+        forgotten, so the piece is offered afresh."""
         now = self._clock()
         blob = self._blob(digest, origin, size, layout)
         answers = {}
@@ -117,6 +123,10 @@ class Directory:
                 answers[index] = Answer(None, (), True, None)
                 continue
             piece = blob.pieces.setdefault(index, _Piece())
+            if stalled is not None and stalled != requester:
+                if piece.lease is not None and piece.lease[0] == stalled:
+                    piece.lease = None
+                _forget_download(blob, piece, stalled)
             holders = [p for p, expiry in piece.holders.items() if expiry > now and p != requester]
             if holders:
                 answers[index] = self._from_holders(blob, piece, holders, requester, now)

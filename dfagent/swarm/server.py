@@ -216,6 +216,7 @@ class PeerServer:
             str(body["layout"]),
             indices=[int(i) for i in body["pieces"]],
             requester=str(body["requester"]),
+            stalled=None if body.get("stalled") is None else str(body["stalled"]),
         )
         return {
             "pieces": {

@@ -107,16 +107,28 @@ class Swarm:
         return None if known is None else (int(known["size"]), str(known["layout"]))
 
     async def lookup(
-        self, blob: StoredBlob, source: BlobSource, indices: list[int]
+        self,
+        blob: StoredBlob,
+        source: BlobSource,
+        indices: list[int],
+        *,
+        stalled: str | None = None,
     ) -> dict[int, Answer]:
-        """Per piece: holders to fetch from, or leave to fetch from the origin. With the home
-        unreachable every piece goes to the origin (the swarm only ever makes things faster)."""
+        """Per piece: holders to fetch from, or leave to fetch from the origin (see
+        Directory.lookup for `stalled`). With the home unreachable every piece goes to the
+        origin (the swarm only ever makes things faster)."""
         digest = blob.digest.hex
         home = self.home(digest)
         started = time.monotonic()
         if home == self.me:
             answers = self._directory.lookup(
-                digest, blob.origin, blob.size, blob.layout.key, indices=indices, requester=self.me
+                digest,
+                blob.origin,
+                blob.size,
+                blob.layout.key,
+                indices=indices,
+                requester=self.me,
+                stalled=stalled,
             )
         else:
             body = {
@@ -126,6 +138,7 @@ class Swarm:
                 "layout": blob.layout.key,
                 "pieces": indices,
                 "requester": self.me,
+                "stalled": stalled,
             }
             try:
                 reply = await self._client.lookup(home, body)

@@ -232,11 +232,12 @@ def stalling_first_get(origin: CountingOrigin, digest: str, until: threading.Eve
     return fault
 
 
-def test_a_reader_stops_waiting_for_a_peer_whose_origin_fetch_stalls(swarm, origin, registry):
-    """The peer holding a piece's lease gets a few bytes from the origin, then nothing: a
-    second node that waits for that piece takes it from the origin itself once no byte has
-    reached that peer for a second, not after the 15 s a lease lasts."""
-    first, second = swarm(2)
+def test_readers_stop_waiting_for_a_peer_whose_origin_fetch_stalls(swarm, origin, registry):
+    """The peer holding a piece's lease gets a few bytes from the origin, then nothing. Two
+    other nodes wait for that piece: once no byte has reached that peer for a second (not
+    after the 15 s a lease lasts), one of them takes its fetch over and the other gets the
+    piece from it: one more origin request, not one per waiter."""
+    first, *waiters = swarm(3)
     data = os.urandom(4 * PIECE)
     digest = registry.push_blob("test/swarm", data)
     resume = threading.Event()
@@ -247,19 +248,31 @@ def test_a_reader_stops_waiting_for_a_peer_whose_origin_fetch_stalls(swarm, orig
         target=lambda: stalled.append(send(first.proxy_port, url(origin, digest), wanted).body)
     )
     stalled_reader.start()
+    replies: dict[int, tuple[bytes, float]] = {}
+
+    def wait_and_read(agent: AgentProcess) -> None:
+        started = time.monotonic()
+        body = send(agent.proxy_port, url(origin, digest), wanted).body
+        replies[agent.proxy_port] = (body, time.monotonic() - started)
+
+    readers = [threading.Thread(target=wait_and_read, args=(agent,)) for agent in waiters]
     try:
         wait_for(lambda: len(origin.blob_gets(digest)) == 1, "the first node's stalling fetch")
         time.sleep(0.3)  # its first bytes arrived
-        started = time.monotonic()
-        reply = send(second.proxy_port, url(origin, digest), wanted)
-        waited = time.monotonic() - started
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(30)
     finally:
         resume.set()
         stalled_reader.join(30)
-    assert reply.body == data[:PIECE]
-    assert waited < 5, f"waited {waited:.1f} s for a peer whose fetch made no progress"
-    assert metric(second, 'dfagent_peer_fallbacks_total{reason="stalled"}') == 1
-    assert len(origin.blob_gets(digest)) == 2, "the second node went to the origin itself"
+    for body, waited in replies.values():
+        assert body == data[:PIECE]
+        assert waited < 5, f"waited {waited:.1f} s for a peer whose fetch made no progress"
+    assert len(replies) == 2
+    took_over = [metric(a, 'dfagent_peer_fallbacks_total{reason="stalled"}') for a in waiters]
+    assert sorted(took_over) == [0, 1], "one waiter took the fetch over"
+    assert len(origin.blob_gets(digest)) == 2, "one more origin request, not one per waiter"
     assert stalled == [data[:PIECE]], "the stalled fetch, resumed, still served exact bytes"
 
 

@@ -217,3 +217,34 @@ def test_a_released_lease_goes_to_the_next_requester_at_once():
     assert not directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
     directory.release("d", REGISTRY, [0], "a:1")
     assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="b:1")[0].fetch
+
+
+def _report(directory: Directory, requester: str, stalled: str, index: int = 0) -> Answer:
+    """`requester` asks again about piece `index`, reporting that no byte reaches `stalled`."""
+    return directory.lookup(
+        "d", REGISTRY, 100, 10, indices=[index], requester=requester, stalled=stalled
+    )[index]
+
+
+def test_a_stalled_lease_passes_to_the_first_waiter_that_reports_it():
+    """Every waiter sees the lease holder stall; the first to report it takes the lease (one
+    new origin fetch), the others then wait for that one, not each go to the origin."""
+    directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
+    assert _ask(directory, "a:1").fetch
+    assert _ask(directory, "b:1").fetching == "a:1"
+    assert _ask(directory, "c:1").fetching == "a:1"
+    assert _report(directory, "b:1", stalled="a:1").fetch
+    late = _report(directory, "c:1", stalled="a:1")
+    assert (late.fetch, late.fetching) == (False, "b:1")
+    # The stalled peer asking again is told to wait for its successor, and nobody can hand
+    # itself a lease it holds already.
+    assert _ask(directory, "a:1").fetching == "b:1"
+    assert _report(directory, "b:1", stalled="b:1").fetch
+
+
+def test_a_stalled_download_is_forgotten_and_the_piece_offered_afresh():
+    directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
+    _holds(directory, "a:1")
+    assert _ask(directory, "b:1").holders == ("a:1",)  # b downloads from a...
+    assert _ask(directory, "c:1").fetching == "b:1"  # ...so c waits for b
+    assert _report(directory, "c:1", stalled="b:1").holders == ("a:1",)

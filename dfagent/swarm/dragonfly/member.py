@@ -143,10 +143,16 @@ class DragonflyMember:
         return None  # the size comes from the origin's HEAD, which also proves access
 
     async def lookup(
-        self, blob: StoredBlob, source: BlobSource, indices: list[int]
+        self,
+        blob: StoredBlob,
+        source: BlobSource,
+        indices: list[int],
+        *,
+        stalled: str | None = None,
     ) -> dict[int, Answer]:
         """Pieces made of nydus chunks come from parents that have every Dragonfly piece they
-        touch; anything else from the origin (a whole read uses prove_whole instead)."""
+        touch; anything else from the origin (a whole read uses prove_whole instead). No
+        answer names a peer to wait for, so none is ever `stalled`."""
         to_origin = Answer(None, (), True, None)
         if not self._takes_part(blob):
             return dict.fromkeys(indices, to_origin)
