@@ -138,9 +138,10 @@ class Metrics:
             "dfagent_peer_fallbacks",
             "Pieces the swarm was asked for that this agent then took from the origin itself,"
             " by why: no_holder (none delivered good bytes, and nobody was fetching it), busy"
-            " (every holder stayed busy), stalled (nothing reached the peer fetching it for a"
-            " while), unreachable (that peer stopped answering), released (it gave the fetch"
-            " up), timeout (waited the longest allowed).",
+            " (every holder stayed busy), stalled (no byte reached the peer fetching it for a"
+            " second, and this agent took its fetch over), unreachable (that peer stopped"
+            " answering), released (it gave the fetch up), timeout (waited the longest"
+            " allowed).",
             ["reason"],
             registry=r,
         )

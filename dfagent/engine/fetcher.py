@@ -69,8 +69,9 @@ _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the 
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
-# A peer fetching a piece others wait for is given up on once no byte of the blob has reached
-# it for this long (a stalled origin connection, a stuck disk): they go to the origin themselves.
+# A peer fetching a piece others wait for counts as stalled once no byte of the blob has
+# reached it for this long (a stalled origin connection, a stuck disk): the first waiter to
+# report it takes its fetch over (see Directory.lookup).
 _STALL_SECONDS = 1.0
 # Between two lookups of a piece a peer has or is getting: the first wait, doubled up to the last.
 _FIRST_POLL_SECONDS, _LAST_POLL_SECONDS = 0.005, 0.1
