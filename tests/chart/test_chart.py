@@ -4,6 +4,7 @@ against dfagent itself (its rendered config must pass `dfagent config check`).""
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from dfagent.metrics import Metrics
 from tests.support.tools import require
 
 pytestmark = pytest.mark.slow
@@ -236,3 +238,17 @@ def test_dragonfly_mode_opens_dragonflys_ports_and_leaves_the_peers_service_alon
     for obj in objects.values():
         if obj["kind"] not in CUSTOM_RESOURCES:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_alert_asks_about_metrics_the_agent_exports(helm):
+    """An alert on a metric the agent does not export would stay silent forever."""
+    rule = render(helm, "metrics.prometheusRule.enabled=true")["PrometheusRule/dfagent"]
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    asked = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\bdfagent_\w+", expr)
+    }
+    exported = {family.name for family in Metrics().registry.collect()}
+    assert asked, exprs
+    assert asked <= exported, sorted(asked - exported)
