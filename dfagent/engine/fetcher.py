@@ -71,8 +71,11 @@ _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the 
 _LEASE_WAIT_SECONDS = 15.0
 # A peer fetching a piece others wait for counts as stalled once no byte of the blob has
 # reached it for this long (a stalled origin connection, a stuck disk): the first waiter to
-# report it takes its fetch over (see Directory.lookup).
+# report it takes its fetch over (see Directory.lookup). Before its first byte of the blob it
+# gets longer: a registry may take seconds to answer (a token to fetch, a redirect to follow),
+# and another node asking it would wait as long.
 _STALL_SECONDS = 1.0
+_FIRST_BYTE_STALL_SECONDS = 5.0
 # Between two lookups of a piece a peer has or is getting: the first wait, doubled up to the last.
 _FIRST_POLL_SECONDS, _LAST_POLL_SECONDS = 0.005, 0.1
 _STORAGE_WARNING_INTERVAL = 60.0  # a full disk is logged at most this often
@@ -816,18 +819,20 @@ class _Run:
 class _FetchWatch:
     """Whether bytes keep reaching the peer a reader waits for (see _STALL_SECONDS)."""
 
+    clock: Callable[[], float] = time.monotonic
     peer: str | None = None
     arrived: int = -1
     moved_at: float = 0.0
 
     def stalled(self, peer: str, arrived: int) -> bool:
-        """Note `peer`'s count; True once it has not moved for _STALL_SECONDS (the watch
-        then starts over: a peer is reported stalled at most once a period)."""
-        now = time.monotonic()
+        """Note `peer`'s count; True once it has not moved for _STALL_SECONDS (or
+        _FIRST_BYTE_STALL_SECONDS while it is still 0). The watch then starts over: a peer is
+        reported stalled at most once a period."""
+        now = self.clock()
         if (peer, arrived) != (self.peer, self.arrived):
             self.peer, self.arrived, self.moved_at = peer, arrived, now
             return False
-        if now - self.moved_at <= _STALL_SECONDS:
+        if now - self.moved_at <= (_STALL_SECONDS if arrived else _FIRST_BYTE_STALL_SECONDS):
             return False
         self.moved_at = now
         return True
