@@ -178,15 +178,9 @@ def _pausing_halfway(origin, path_part: str):
     async def slow(request: web.BaseRequest):
         if request.method != "GET" or path_part not in request.path:
             return None
-        upstream = await origin.forward(request)
-        body = bytes(upstream.body)
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body[: len(body) // 2])
-        await asyncio.sleep(1.5)
-        await response.write(body[len(body) // 2 :])
-        return response
+        return await origin.forward_pausing(
+            request, lambda size: size // 2, lambda: asyncio.sleep(1.5)
+        )
 
     return slow
 

@@ -218,16 +218,11 @@ def stalling_first_get(origin: CountingOrigin, digest: str, until: threading.Eve
         if request.method != "GET" or digest not in request.path or stalled:
             return None
         stalled.append(request.headers.get("Range", ""))
-        upstream = await origin.forward(request)
-        body = bytes(upstream.body)
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body[:1000])
+        return await origin.forward_pausing(request, lambda _: 1000, resumed)
+
+    async def resumed() -> None:
         while not until.is_set():
             await asyncio.sleep(0.05)
-        await response.write(body[1000:])
-        return response
 
     return fault
 

@@ -113,6 +113,25 @@ class CountingOrigin:
                 return response
         return await self.forward(request)
 
+    async def forward_pausing(
+        self,
+        request: web.BaseRequest,
+        head: Callable[[int], int],
+        pause: Callable[[], Awaitable[None]],
+    ) -> web.StreamResponse:
+        """Forward `request`, but send the first `head(body length)` bytes of the body, then
+        await `pause()` before the rest (a registry that stalls mid-body)."""
+        upstream = await self.forward(request)
+        body = bytes(upstream.body)
+        first = head(len(body))
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:first])
+        await pause()
+        await response.write(body[first:])
+        return response
+
     async def forward(
         self, request: web.BaseRequest, *, drop_range: bool = False
     ) -> web.StreamResponse:
