@@ -8,10 +8,14 @@ shares that move are recomputed, starting from its two links and spreading along
 whose other end changed, so an event costs about the flows near it, not every flow in the
 network. Bytes move as a fluid: no packets, no slow start, no queueing delay (the request's
 round trip is the caller's to add).
+
+A flow may follow a leader (a relay passing a piece on while it arrives): it then runs no
+faster than its leader until the leader is done, so it never gets ahead of the bytes it relays.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from bench.sim_events import Event, Kernel
@@ -45,6 +49,8 @@ class Flow:
     version: int = 0  # bumps whenever the scheduled arrival is replaced
     marks: list[tuple[float, Event]] = field(default_factory=list)  # (offset, fired then)
     running: bool = True
+    cap: float = float("inf")  # the leader's rate while it runs
+    followers: list[Flow] = field(default_factory=list)
 
     def other(self, link: Link) -> Link:
         return self.receiver if link is self.sender else self.sender
@@ -54,13 +60,22 @@ class Network:
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
         self.settles = 0  # link shares recomputed, in all (the model's own cost)
+        self._recaps: deque[tuple[Flow, float]] = deque()  # (follower, its leader's rate)
+        self._following = False
 
-    def start(self, sender: Link, receiver: Link, size: float) -> Flow:
-        """A flow of `size` bytes; its `done` event fires once the last byte is in."""
+    def start(
+        self, sender: Link, receiver: Link, size: float, *, leader: Flow | None = None
+    ) -> Flow:
+        """A flow of `size` bytes; its `done` event fires once the last byte is in. With a
+        `leader` still running, it runs no faster than the leader (a cut-through relay)."""
         flow = Flow(sender, receiver, size, self._kernel.event(), since=self._kernel.now)
+        if leader is not None and leader.running:
+            flow.cap = leader.rate
+            leader.followers.append(flow)
         sender.flows[flow] = None
         receiver.flows[flow] = None
         self._settle([sender, receiver], {flow: None})
+        self._follow()
         return flow
 
     def reach(self, flow: Flow, offset: float) -> Event:
@@ -94,6 +109,22 @@ class Network:
         flow.sender.flows.pop(flow, None)
         flow.receiver.flows.pop(flow, None)
         self._settle([flow.sender, flow.receiver], {})
+        followers, flow.followers = flow.followers, []
+        self._recaps += ((follower, float("inf")) for follower in followers)  # free to run
+        self._follow()
+
+    def _follow(self) -> None:
+        """Pass rate changes down chains of followers (a loop, not recursion: a chain may be
+        as long as the cluster)."""
+        if self._following:
+            return
+        self._following = True
+        while self._recaps:
+            flow, cap = self._recaps.popleft()
+            if flow.running and cap != flow.cap:
+                flow.cap = cap
+                self._settle([flow.sender, flow.receiver], {flow: None})
+        self._following = False
 
     def _settle(self, links: list[Link], touched: dict[Flow, None]) -> None:
         """Recompute the shares that change from `links` on, then the rates of the flows on
@@ -119,12 +150,13 @@ class Network:
             touched.update(link.flows)
         for flow in touched:
             if flow.running:
-                rate = min(flow.sender.share, flow.receiver.share)
+                rate = min(flow.sender.share, flow.receiver.share, flow.cap)
                 if rate != flow.rate:
                     flow.moved = self._moved(flow)
                     flow.since = self._kernel.now
                     flow.rate = rate
                     self._schedule(flow)
+                    self._recaps += ((follower, rate) for follower in flow.followers)
 
     def _schedule(self, flow: Flow) -> None:
         """Plan the flow's next arrival: its next mark, or its end."""
@@ -155,7 +187,7 @@ def _fair_share(link: Link) -> float:
     largest of them could still grow by what is left."""
     if not link.flows:
         return link.capacity
-    elsewhere = sorted(flow.other(link).share for flow in link.flows)
+    elsewhere = sorted(min(flow.other(link).share, flow.cap) for flow in link.flows)
     left, count = link.capacity, len(elsewhere)
     for share in elsewhere:
         if share * count >= left:

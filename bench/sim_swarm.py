@@ -3,8 +3,8 @@ processes that follow the engine's fetch loops and call the real decision code.
 
 Real code, called as the agents call it:
 - `dfagent.swarm.directory.Directory`, one per agent, on the simulation's clock with a seeded
-  shuffle: every lookup (holders, the origin lease, "another peer is fetching it"), announce
-  and prune goes through it, at the blob's home.
+  shuffle: every lookup (holders, the origin lease, a peer receiving it to take it from),
+  announce, sha256 query and prune goes through it, at the blob's home.
 - `dfagent.swarm.hashing.home_of` over the member list: the blob's home (one per blob).
 - `dfagent.engine.readahead.SequentialReads`: how far a reader's pattern is read ahead.
 - The constants: hedge delay, uploads per holder (`peer.hedge_after`, `peer.max_uploads`),
@@ -18,11 +18,14 @@ replaced by simulated time):
 - `Engine._acquire`: one lookup per group of neighbouring pieces; pieces with the lease go to
   the origin as one ranged GET per run of neighbours (a run starting mid-piece fetches the
   piece's head by a second request), the others go to `Engine._from_peers`: fetch from the
-  holders offered, else (busy, or another peer fetching it) ask that peer how many bytes
-  reached it, wait 5 ms doubling to 100 ms, ask again; the lease or 15 s of waiting send it
-  to the origin (so would a fetching peer that stalls, which never happens here).
+  holders offered, or from the peer receiving the piece now (as it arrives there); else
+  (busy) wait 5 ms doubling to 100 ms and ask again; the lease or 15 s of waiting send it to
+  the origin (so would a peer that stalls, which never happens here).
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
-  begun to send within the hedge delay; a holder with `max_uploads` uploads answers busy.
+  begun to send within the hedge delay; a holder with `max_uploads` uploads answers busy. A
+  relay's flow follows the flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in
+  and runs no faster (bench/sim_network.py); a piece taken from its origin fetcher is checked
+  once the home has its sha256 (`Swarm._recorded`, polled).
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
 - Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
   home acts half-way through it); a download starts its bytes one round trip after the
@@ -55,7 +58,12 @@ from dfagent.engine.readahead import SequentialReads
 from dfagent.swarm.config import PeerConfig, SwarmConfig
 from dfagent.swarm.directory import Answer, Directory
 from dfagent.swarm.hashing import home_of
-from dfagent.swarm.swarm import _ANNOUNCE_DELAY, _REANNOUNCE_BATCH
+from dfagent.swarm.swarm import (
+    _ANNOUNCE_DELAY,
+    _FIRST_RECORD_POLL_SECONDS,
+    _LAST_RECORD_POLL_SECONDS,
+    _REANNOUNCE_BATCH,
+)
 
 __all__ = ["Cluster", "Params"]
 
@@ -63,6 +71,10 @@ ORIGIN = "http://10.77.0.1:5000"
 _PEER = PeerConfig()
 _REFRESH = float(SwarmConfig().refresh)
 _BUSY = "busy"  # a fetch where every holder answered busy
+# A relay passes bytes on in the parts it receives them in: a follower's flow starts once this
+# much of the piece has reached the relay, and runs no faster than the relay's own (so each hop
+# adds about 2.6 ms at 200 Mbit/s).
+_RELAY_LAG_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class _Piece:
     whole: Event | None = None
     streaming: Event | None = None  # fires once an origin flow carries it
     stream: tuple[Flow, int] | None = None  # (origin flow, blob offset where it starts)
+    feed: Event | None = None  # fires with (flow, offset in it) once one flow carries it all
 
 
 @dataclass(eq=False)
@@ -236,7 +249,9 @@ class Cluster:
             if group and group[-1] + 1 != index:
                 self.kernel.spawn(self._acquire(node, group, from_byte))
                 group = []
-            node.inflight[index] = _Piece(index, 1, self.kernel.event(), self.kernel.event())
+            node.inflight[index] = _Piece(
+                index, 1, self.kernel.event(), self.kernel.event(), feed=self.kernel.event()
+            )
             group.append(index)
         if group:
             self.kernel.spawn(self._acquire(node, group, from_byte))
@@ -310,6 +325,8 @@ class Cluster:
                 inflight.stream = (flow, first)
                 assert inflight.streaming is not None
                 inflight.streaming.fire()
+                if first <= index * piece and inflight.feed is not None:
+                    inflight.feed.fire((flow, index * piece - first))
             offset = min(end, (index + 1) * piece) - first
             self.network.reach(flow, offset).then(lambda _, i=index: self._part_in(node, i))
 
@@ -371,7 +388,7 @@ class Cluster:
         delay = _FIRST_POLL_SECONDS
         why = "no holder delivered"
         while True:
-            if answer.holders:
+            if answer.holders or answer.fetching is not None:
                 got = yield from self._fetch(node, index, answer)
                 if got is _BUSY:
                     if self.kernel.now > waited_until:
@@ -400,11 +417,36 @@ class Cluster:
         self.gave_up[why] += 1
         self._origin_run(node, [index], index * self.params.piece)
 
+    def _recorded(self, node: _Node, index: int) -> Step:
+        """`Swarm._recorded`: ask the home until the piece's sha256 is recorded."""
+        delay = _FIRST_RECORD_POLL_SECONDS
+        while True:
+            recorded = yield from self._at_home(
+                node,
+                lambda: self.home.directory.recorded(
+                    self.digest, ORIGIN, self.params.size, self.layout, [index]
+                ),
+                count=False,
+            )
+            if recorded[index] is not None:
+                return
+            yield delay
+            delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
+
     def _fetch(self, node: _Node, index: int, answer: Answer) -> Step:
-        """`Swarm.fetch`: True (the piece is in), None (no holder delivered) or _BUSY."""
-        if answer.sha256 is None:
+        """`Swarm.fetch`: True (the piece is in), None (no peer delivered) or _BUSY. With no
+        holders, from the peer receiving the piece, as it arrives there."""
+        peers = answer.holders or (answer.fetching,)
+        if answer.sha256 is None and answer.holders:
             return None
-        waiting = [self._by_name[holder] for holder in answer.holders]
+        got = yield from self._attempts(node, index, [self._by_name[peer] for peer in peers])
+        if got is True and answer.sha256 is None:
+            yield from self._recorded(node, index)
+        return got
+
+    def _attempts(self, node: _Node, index: int, waiting: list[_Node]) -> Step:
+        """The hedged attempts of `Swarm.fetch`."""
+        asked = len(waiting)
         running: list[_Attempt] = []
         sending = self.kernel.event()
         busy = 0
@@ -426,7 +468,7 @@ class Cluster:
                     for other in running:
                         self._cancel(other)
                     return True
-        if busy and busy == len(answer.holders):
+        if busy and busy == asked:
             return _BUSY
         return None
 
@@ -445,9 +487,31 @@ class Cluster:
         yield self.params.rtt / 2
         if attempt.cancelled:
             return
+        leader = None
+        if index not in holder.received:  # a relay: it passes the piece on as it arrives
+            fed = holder.inflight.get(index)
+            if fed is None or fed.feed is None or fed.whole is None:
+                holder.uploads -= 1  # it gave the piece up: 404
+                attempt.counted = False
+                attempt.done.fire(None)
+                return
+            first = yield self.kernel.first_of([fed.feed, fed.whole])
+            if first is fed.feed and fed.feed.value[0].running:
+                leader, offset = fed.feed.value
+                lag = self.network.reach(leader, min(offset + _RELAY_LAG_BYTES, leader.size))
+                yield self.kernel.first_of([lag, fed.whole])  # (a cancelled flow never reaches)
+                if not leader.running:
+                    leader = None
+            else:  # whole before one flow carried it all (a head fetched apart): sent whole
+                yield fed.whole
+        if attempt.cancelled:
+            return
         sending.fire()
         size = min(self.params.piece, self.params.size - index * self.params.piece)
-        attempt.flow = self.network.start(holder.up, node.down, size)
+        attempt.flow = self.network.start(holder.up, node.down, size, leader=leader)
+        mine = node.inflight.get(index)
+        if mine is not None and mine.feed is not None:
+            mine.feed.fire((attempt.flow, 0))
         yield attempt.flow.done
         holder.uploads -= 1
         attempt.counted = False

@@ -127,7 +127,7 @@ class Agent:
                 PreheatService(engine, prefetcher, store, origin, metrics=self.metrics, swarm=swarm)
             )
             if self.peer is not None:
-                self.peer.completions = preheat
+                self.peer.engine_ready(preheat, engine)
             api = PreheatApi(preheat, token)
 
             gc = GarbageCollector(store, config.storage, self.metrics)

@@ -109,8 +109,8 @@ class Metrics:
         )
         self.peer_requests = Counter(
             "dfagent_peer_requests",
-            "Requests to this agent's peer server, by kind (piece, lookup, announce, busy,"
-            " refused).",
+            "Requests to this agent's peer server, by kind (piece: a held piece sent; relay: a"
+            " piece passed on while it arrived here; lookup, announce, busy, refused).",
             ["kind"],
             registry=r,
         )

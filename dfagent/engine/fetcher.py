@@ -451,6 +451,12 @@ class Engine:
 
     # fetching ----------------------------------------------------------------------------------
 
+    def arriving(self, digest_hex: str, index: int, origin: str) -> InflightPiece | None:
+        """Piece `index` of a blob while it arrives here with `origin`'s bytes (from the
+        origin, or from a peer), for a peer told to take it from this agent meanwhile."""
+        piece = self._inflight.get((digest_hex, index))
+        return piece if piece is not None and piece.origin == origin else None
+
     def _claim(self, blob: StoredBlob, index: int, source: BlobSource) -> InflightPiece | None:
         """Register piece `index` as in flight, or None when it is present or already coming."""
         key = (blob.digest.hex, index)
@@ -541,17 +547,22 @@ class Engine:
     async def _from_peers(
         self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, answer: Answer
     ) -> None:
-        """A piece that holders have, or that a peer is fetching right now: wait for it while
-        bytes keep reaching that peer, else take it from the origin."""
+        """A piece that holders have, or that a peer is receiving right now: take it from them
+        (from the receiving peer as its bytes arrive there), else wait for it while bytes keep
+        reaching that peer, else take it from the origin."""
         assert self._network is not None
         waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
         delay = _FIRST_POLL_SECONDS
         watch = _FetchWatch()
         while True:
-            if answer.holders:
+            if answer.holders or answer.fetching is not None:
                 try:
                     data = await self._network.fetch(
-                        blob, piece.index, answer, check=self._peer_check(blob, piece)
+                        blob,
+                        piece.index,
+                        answer,
+                        check=self._peer_check(blob, piece),
+                        arriving=piece.arriving,
                     )
                 except PeerError:  # all busy: ask again shortly (maybe more holders by then)
                     if time.monotonic() > waited_until:
@@ -564,6 +575,7 @@ class Engine:
                 if data is not None:
                     await self._delivered(blob, piece, data, answer.sha256)
                     return
+                piece.forget_arrivals()
             if answer.fetching is None:
                 reason, why = "no_holder", "no holder delivered, and no peer is fetching it"
                 break

@@ -1,4 +1,5 @@
-"""A piece on its way in: bytes land in a buffer that readers follow as it fills."""
+"""A piece on its way in: bytes land in a buffer that readers (and peers relaying it) follow as
+it fills."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ class InflightPiece:
 
     A `gated` piece (one made of nydus chunks) is read only once it is whole and `release`d:
     its bytes are proven together, before anyone is served.
+
+    A piece coming from a peer is checked only once it is whole, so its bytes reach readers
+    here only then (`write`). While they arrive (`arriving`) they are passed on at once to
+    peers that take the piece from this agent (`relay`): each of those checks the whole piece
+    itself before its own readers see a byte.
     """
 
     __slots__ = (
@@ -31,6 +37,7 @@ class InflightPiece:
         "index",
         "length",
         "origin",
+        "passed",
         "received",
         "released",
         "sha256",
@@ -56,6 +63,7 @@ class InflightPiece:
         self.origin = origin  # the registry whose word these bytes are (provenance)
         self.buffer = bytearray(length)
         self.received = 0
+        self.passed = 0  # bytes from the start that arrived from a peer, unchecked
         self.gated = gated
         self.released = False
         self.source = "origin"  # or "peer": where the bytes came from, for metrics
@@ -89,6 +97,20 @@ class InflightPiece:
         self._parts = merged
         self.received = sum(e - b for b, e in merged)
 
+    def arriving(self, offset: int, data: bytes) -> None:
+        """Bytes of a peer's copy at piece-relative `offset`, as they arrive and before any
+        check: kept only where they continue the unbroken run from the piece's start, for
+        `relay` (readers here get the piece from `write`, once it passed its checks)."""
+        end = offset + len(data)
+        if offset <= self.passed < end <= self.length:
+            self.buffer[self.passed : end] = data[self.passed - offset :]
+            self.passed = end
+            self._wake()
+
+    def forget_arrivals(self) -> None:
+        """The peer's copy failed its checks: relay nothing more of it."""
+        self.passed = 0
+
     def available_until(self, position: int) -> int:
         """The end of the received part that holds `position`, or `position` if none does."""
         for begin, end in self._parts:
@@ -111,6 +133,21 @@ class InflightPiece:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    async def relay(self) -> AsyncIterator[memoryview]:
+        """The whole piece for a peer, as it arrives (from the origin, or unchecked from
+        another peer); raises the piece's error if its fetch fails first."""
+        position = 0
+        view = memoryview(self.buffer)
+        while position < self.length:
+            stop = max(self.available_until(position), self.passed)
+            if stop <= position:
+                if self.error is not None:
+                    raise self.error
+                await self._changed.wait()
+                continue
+            yield view[position:stop]
+            position = stop
 
     async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
         """Bytes `[start, end)` of the piece (piece-relative offsets), as they arrive."""

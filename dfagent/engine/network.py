@@ -38,11 +38,19 @@ class PieceNetwork(Protocol):
         ...
 
     async def fetch(
-        self, blob: StoredBlob, index: int, answer: Answer, *, check: PieceCheck | None = None
+        self,
+        blob: StoredBlob,
+        index: int,
+        answer: Answer,
+        *,
+        check: PieceCheck | None = None,
+        arriving: Callable[[int, bytes], None] | None = None,
     ) -> bytes | None:
-        """The piece from one of `answer.holders`, checked (its bytes match `answer.sha256`
-        when that is given, and pass `check`); None when none delivered good bytes (raises
-        PeerError(busy=True) when all were only busy)."""
+        """The piece from one of `answer.holders` (or, with none, from `answer.fetching` as
+        it arrives there, where the network allows), checked (its bytes match the sha256 its
+        network records, and pass `check`); None when none delivered good bytes (raises
+        PeerError(busy=True) when all were only busy). `arriving(offset, bytes)`, when the
+        network passes pieces on while they arrive, is told each part before any check."""
         ...
 
     async def progress(self, peer: str, blob: StoredBlob) -> int | None:

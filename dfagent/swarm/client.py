@@ -107,6 +107,12 @@ class PeerClient:
             raise PeerError(f"{home} has no directory")
         return answer  # type: ignore[no-any-return]
 
+    async def recorded(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._json("POST", home, "/v1/recorded", body)
+        if answer is None:
+            raise PeerError(f"{home} has no directory")
+        return answer  # type: ignore[no-any-return]
+
     async def release(self, home: str, body: dict[str, Any]) -> None:
         await self._json("POST", home, "/v1/release", body)
 
@@ -132,19 +138,21 @@ class PeerClient:
         self,
         peer: str,
         digest_hex: str,
+        origin: str,
         index: int,
         length: int,
         *,
         sending: asyncio.Event | None = None,
-        arrived: Callable[[int], None] | None = None,
+        arrived: Callable[[bytes], None] | None = None,
     ) -> bytes:
-        """The whole piece from `peer` (exactly `length` bytes), or PeerError. `sending` is
-        set once the peer has agreed to send it; `arrived` is told each count of bytes as
-        they come in."""
+        """The whole piece from `peer` (exactly `length` bytes), or PeerError: one it holds,
+        or one it is receiving from `origin` (directly or through peers) right now, as the
+        bytes arrive there. `sending` is set once the peer has agreed to send it; `arrived`
+        is told each part as it comes in."""
         assert self._session is not None
         url = f"{self._scheme}://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
         try:
-            async with self._session.get(url) as response:
+            async with self._session.get(url, params={"origin": origin}) as response:
                 self.unreachable.discard(peer)
                 if response.status == 429:
                     raise PeerError(f"{peer} is busy", busy=True)
@@ -160,7 +168,7 @@ class PeerClient:
                         raise PeerError(f"{peer} sent more than piece {index}'s {length} bytes")
                     parts.append(part)
                     if arrived is not None:
-                        arrived(len(part))
+                        arrived(part)
                 data = b"".join(parts)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):

@@ -1,6 +1,6 @@
 """The home's book of the blobs it is home for: each piece's sha256 (recorded when the piece
 first left the origin), who holds it, who was told to fetch it from the origin, and who is
-downloading it from which holder right now.
+receiving it from which peer right now.
 
 The book is kept per blob *and origin* (`scheme://host:port` of a registry): a piece fetched
 from origin O is that registry's word until the blob has been checked whole, so it is
@@ -8,15 +8,17 @@ recorded, offered and described only under O, and the first sha256 announced und
 nobody else. A holder whose blob is verified announces it as verified under every registry
 known to hold it; a verified record replaces an unverified one that disagrees.
 
-Uploads are spread: holders are offered those that gave the piece least often first, then
-the least busy, and when that one is already sending to someone and another requester is
-downloading the piece, a newcomer is told to wait for that requester and take the piece from
-it, up to a few newcomers per such relay (the one with fewest first). Without this, the first
-holder of each new piece uploads it to every other node at once, over one link; without counting
-copies per piece, the node that fetched a piece from the origin (whose uplink is idle whenever
-it is between two sends) gives it out again and again while the nodes that received it sit
-idle, so its uplink, not the links, sets the pace; and without the cap, a whole swarm queues
-behind one relay at a time, so a piece spreads one node after another instead of as a tree.
+Uploads are spread, and pieces move on while they arrive. Holders are offered those that gave
+the piece least often first, then the least busy. When every holder is busy sending, or
+nobody holds the piece yet, the requester is told to take it from a peer that is receiving it
+right now (the origin's fetcher, or an earlier requester) as the bytes arrive there: a
+cut-through relay, which the requester checks like any peer's copy. The relay chosen is the one
+passing the piece on to fewest others, so the piece runs down a line of peers, each uploading
+it once, at about the speed of one copy instead of one copy per hop; a line is cut at
+_RELAY_DEPTH, since each hop adds a little delay. Without this, the first holder of each new
+piece uploads it to every other node at once, over one link; and without counting copies per
+piece, the node that fetched a piece from the origin (whose uplink is idle whenever it is
+between two sends) gives it out again and again while the nodes that received it sit idle.
 
 Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
 new home after a membership change, fills up again from announcements. Pure: no I/O.
@@ -32,10 +34,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["Answer", "Directory"]
 
-_DOWNLOAD_TTL = 5.0  # a download from a holder not announced by then is forgotten
+_DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
-_WAITERS_PER_RELAY = 4  # newcomers told to wait for one downloading requester, at most
-_WAIT_TTL = 1.0  # a waiter that has not asked again by then is forgotten (waiters poll faster)
+_RELAY_DEPTH = 16  # peers a piece passes through on its way from its source, at most
 
 
 @dataclass(slots=True)
@@ -46,7 +47,6 @@ class _Piece:
     lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
     downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
     copies: dict[str, int] = field(default_factory=dict)  # holder -> times offered first for it
-    waiters: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (relay, expiry)
 
 
 @dataclass(slots=True)
@@ -64,7 +64,7 @@ class Answer:
     sha256: bytes | None  # recorded digest of the piece, to check peer bytes against
     holders: tuple[str, ...]  # peers to fetch from, in the order to try them
     fetch: bool  # the requester itself is to fetch it from the origin (it holds the lease)
-    fetching: str | None  # another peer is fetching it (from the origin or a holder) now
+    fetching: str | None  # a peer receiving it now: take it from there as it arrives
 
 
 class Directory:
@@ -108,13 +108,14 @@ class Directory:
         stalled: str | None = None,
     ) -> dict[int, Answer]:
         """Per piece, for a requester filling the blob with `origin`'s bytes: holders of
-        `origin`'s copy (or of a verified copy `origin` is known to hold), else the lease to
-        fetch it from `origin`, else who is fetching it now.
+        `origin`'s copy (or of a verified copy `origin` is known to hold), or a peer receiving
+        it now to take it from as it arrives (see _source), else the lease to fetch it from
+        `origin`.
 
-        `stalled`: the requester was told to wait for that peer, and no byte reaches it any
-        more. Its lease passes to the requester (others who saw it stall then wait for the
-        requester: one new origin fetch, not one each); a stalled download from a holder is
-        forgotten, so the piece is offered afresh."""
+        `stalled`: the requester was told to take the piece from that peer, and no byte
+        reaches it any more. Its lease passes to the requester (others who saw it stall then
+        take the piece from the requester: one new origin fetch, not one each); a stalled
+        download is forgotten, so the piece is offered afresh."""
         now = self._clock()
         blob = self._blob(digest, origin, size, layout)
         answers = {}
@@ -128,32 +129,34 @@ class Directory:
                     piece.lease = None
                 _forget_download(blob, piece, stalled)
             holders = [p for p, expiry in piece.holders.items() if expiry > now and p != requester]
-            if holders:
-                answers[index] = self._from_holders(blob, piece, holders, requester, now)
-            elif piece.lease is not None and piece.lease[1] > now and piece.lease[0] != requester:
-                answers[index] = Answer(piece.sha256, (), False, piece.lease[0])
+            if piece.lease is not None and piece.lease[1] <= now:
+                piece.lease = None
+            if piece.lease is not None and piece.lease[0] == requester:
+                piece.lease = None  # asking again: it gave the fetch up
+            if holders or piece.lease is not None:
+                answers[index] = self._source(blob, piece, holders, requester, now)
             else:
+                _forget_download(blob, piece, requester)
                 piece.lease = (requester, now + self._lease_ttl)
                 answers[index] = Answer(piece.sha256, (), True, None)
         return answers
 
-    def _from_holders(
+    def _source(
         self, blob: _Blob, piece: _Piece, holders: list[str], requester: str, now: float
     ) -> Answer:
+        """Where the requester gets a piece that holders have or somebody is receiving: an
+        idle holder (the one that gave it least), else a relay, else a busy holder."""
         _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
         _expire_downloads(blob, piece, now)
-        piece.waiters.pop(requester, None)
         self._shuffle(holders)
         # stable: random among equals
-        holders.sort(key=lambda h: (piece.copies.get(h, 0), blob.sending.get(h, 0)))
-        if blob.sending.get(holders[0], 0) >= _SENDS_PER_HOLDER:
-            relay = _least_awaited_relay(piece, holders, now)
+        holders.sort(key=lambda h: (_busy(blob, h), piece.copies.get(h, 0), blob.sending.get(h, 0)))
+        if not holders or _busy(blob, holders[0]):
+            relay = _relay(piece, holders, requester, blob.sending)
             if relay is not None:
-                piece.waiters[requester] = (relay, now + _WAIT_TTL)
+                _count_download(blob, piece, requester, relay, now)
                 return Answer(piece.sha256, (), False, relay)
-        piece.downloads[requester] = (holders[0], now + _DOWNLOAD_TTL)
-        piece.copies[holders[0]] = piece.copies.get(holders[0], 0) + 1
-        blob.sending[holders[0]] = blob.sending.get(holders[0], 0) + 1
+        _count_download(blob, piece, requester, holders[0], now)
         return Answer(piece.sha256, tuple(holders), False, None)
 
     def announce(
@@ -193,6 +196,17 @@ class Directory:
             if piece.lease is not None and piece.lease[0] == holder:
                 piece.lease = None
         return refused
+
+    def recorded(
+        self, digest: str, origin: str, size: int, layout: str, indices: Iterable[int]
+    ) -> dict[int, bytes | None]:
+        """The sha256 recorded for each piece of `origin`'s copy (None: nobody announced it
+        yet). For a requester that took a piece from its origin fetcher as it arrived, before
+        there was anything to check it against."""
+        blob = self._blobs.get(digest, {}).get(origin)
+        if blob is None or (blob.size, blob.layout) != (size, layout):
+            return dict.fromkeys(indices)
+        return {i: piece.sha256 if (piece := blob.pieces.get(i)) else None for i in indices}
 
     def drop_holder(self, digest: str, index: int, holder: str) -> None:
         """A requester found bad bytes at `holder`: stop sending others there."""
@@ -235,18 +249,45 @@ class Directory:
                 piece.lease = None
 
 
-def _least_awaited_relay(piece: _Piece, holders: list[str], now: float) -> str | None:
-    """The requester downloading the piece now (not yet a holder) that fewest others wait
-    for, if it has room for one more; waiters whose relay is done or gone are dropped first."""
-    for who, (relay, expiry) in list(piece.waiters.items()):
-        if expiry <= now or relay in holders or relay not in piece.downloads:
-            del piece.waiters[who]
-    waiting = Counter(relay for relay, _ in piece.waiters.values())
-    relays = [who for who in piece.downloads if who not in holders]
-    if not relays:
-        return None
-    relay = min(relays, key=lambda who: waiting[who])
-    return relay if waiting[relay] < _WAITERS_PER_RELAY else None
+def _busy(blob: _Blob, peer: str) -> bool:
+    return blob.sending.get(peer, 0) >= _SENDS_PER_HOLDER
+
+
+def _relay(
+    piece: _Piece, holders: list[str], requester: str, sending: dict[str, int]
+) -> str | None:
+    """A peer receiving the piece right now (the origin's fetcher, or a requester told where
+    to get it) for the requester to take it from as it arrives, if there is one: the one that
+    passes it on to fewest others, then the one nearest the piece's source, then the least
+    busy. So a piece runs down a line of peers, each uploading it once; each hop adds a little
+    delay, so a line grows only to _RELAY_DEPTH before a branch starts nearer the source.
+    Never a relay that receives the piece through the requester."""
+    relays = [who for who in piece.downloads if who not in holders and who != requester]
+    if piece.lease is not None and piece.lease[0] != requester:
+        relays.append(piece.lease[0])
+    followers = Counter(source for source, _ in piece.downloads.values())
+    depth = {who: _line(piece, who) for who in relays}
+    relays = [who for who in relays if len(depth[who]) < _RELAY_DEPTH] or relays
+    relays.sort(key=lambda who: (followers[who], len(depth[who]), sending.get(who, 0)))
+    return next((relay for relay in relays if requester not in depth[relay]), None)
+
+
+def _line(piece: _Piece, relay: str) -> list[str]:
+    """The peers `relay` gets the piece through, nearest first (empty for the origin's
+    fetcher, or a requester downloading from a holder)."""
+    line: list[str] = []
+    while relay in piece.downloads:
+        relay = piece.downloads[relay][0]
+        if relay in line or relay in piece.holders:
+            break
+        line.append(relay)
+    return line
+
+
+def _count_download(blob: _Blob, piece: _Piece, requester: str, source: str, now: float) -> None:
+    piece.downloads[requester] = (source, now + _DOWNLOAD_TTL)
+    piece.copies[source] = piece.copies.get(source, 0) + 1
+    blob.sending[source] = blob.sending.get(source, 0) + 1
 
 
 def _expire_downloads(blob: _Blob, piece: _Piece, now: float) -> None:

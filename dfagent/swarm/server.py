@@ -1,5 +1,6 @@
-"""The peer server: pieces for other agents, the directory for the blobs this agent is home
-for, and completions other agents ask for (a preheat spreading through the swarm). Every
+"""The peer server: pieces for other agents (held ones, and ones still arriving here, passed on
+as their bytes come in), the directory for the blobs this agent is home for, and completions
+other agents ask for (a preheat spreading through the swarm). Every
 request must carry the cluster token (`Authorization: Bearer ...`) when one is configured;
 with `peer.tls` the TLS handshake already demands a certificate from the cluster CA."""
 
@@ -10,6 +11,8 @@ import hmac
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -25,7 +28,7 @@ from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.directory import Directory
 
-__all__ = ["Completions", "PeerServer"]
+__all__ = ["Arrivals", "Completions", "PeerServer"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,23 @@ class Completions(Protocol):
     async def state(self, digest: Digest) -> tuple[str, str | None]: ...
 
 
+class ArrivingPiece(Protocol):
+    """A piece on its way into this agent (see InflightPiece)."""
+
+    @property
+    def length(self) -> int: ...
+
+    def relay(self) -> AsyncIterator[memoryview]: ...
+
+
+class Arrivals(Protocol):
+    """Pieces arriving at this agent, for peers told to take them from here meanwhile."""
+
+    def arriving(self, digest_hex: str, index: int, origin: str) -> ArrivingPiece | None:
+        """Piece `index` of a blob while it arrives here with `origin`'s bytes, if it does."""
+        ...
+
+
 class PeerServer:
     def __init__(
         self,
@@ -87,6 +107,11 @@ class PeerServer:
         self._server: asyncio.Server | None = None
         self._http: web.Server | None = None
         self.completions: Completions | None = None  # set once the engine runs
+        self.arrivals: Arrivals | None = None  # likewise
+
+    def engine_ready(self, completions: Completions, arrivals: Arrivals) -> None:
+        self.completions = completions
+        self.arrivals = arrivals
 
     @property
     def port(self) -> int:
@@ -117,6 +142,8 @@ class PeerServer:
                     return self._describe(Digest.parse(digest), request.query.get("origin", ""))
                 case "POST", ["v1", "lookup"]:
                     return web.json_response(self._lookup(await request.json()))
+                case "POST", ["v1", "recorded"]:
+                    return web.json_response(self._recorded(await request.json()))
                 case "POST", ["v1", "announce"]:
                     return web.json_response(self._announce(await request.json()))
                 case "POST", ["v1", "complete"]:
@@ -141,7 +168,7 @@ class PeerServer:
         return web.Response(status=404, text="no such endpoint\n")
 
     async def _send_paced(
-        self, request: web.BaseRequest, response: web.StreamResponse, segment: FileSegment
+        self, request: web.BaseRequest, segment: FileSegment, response: web.StreamResponse
     ) -> None:
         """The segment, under the upload cap if there is one: in slices spread over the time
         the cap allows, once the headers are out. Pacing a whole piece before its headers would
@@ -160,28 +187,50 @@ class PeerServer:
         self, request: web.BaseRequest, digest: Digest, index: int
     ) -> web.StreamResponse:
         blob = self._store.loaded(digest.hex) or await self._store.open_blob(digest)
-        if blob is None or not blob.has(index):
-            return web.Response(status=404, text="piece not held here\n")
+        if blob is not None and blob.has(index):
+            start, end = blob.layout.bounds(index)
+            segment = FileSegment(blob, start, end - start)
+            with blob.pinned():
+                return await self._upload(
+                    request, "piece", segment.count, partial(self._send_paced, request, segment)
+                )
+        origin = request.query.get("origin", "")
+        arriving = (
+            None if self.arrivals is None else self.arrivals.arriving(digest.hex, index, origin)
+        )
+        if arriving is None:
+            return web.Response(status=404, text="piece neither held nor arriving here\n")
+        return await self._upload(
+            request, "relay", arriving.length, partial(_relay, self._pacer, arriving)
+        )
+
+    async def _upload(
+        self,
+        request: web.BaseRequest,
+        kind: str,
+        length: int,
+        send: Callable[[web.StreamResponse], Awaitable[None]],
+    ) -> web.StreamResponse:
+        """Send a piece's `length` bytes (`kind`: held here, or passed on as it arrives),
+        unless this agent already has `peer.max_uploads` uploads running."""
         if self._uploads >= self._max_uploads:
             self._metrics.peer_requests.labels("busy").inc()
             return web.Response(status=429, text="too many uploads; ask another holder\n")
         self._uploads += 1
         try:
-            with blob.pinned():
-                start, end = blob.layout.bounds(index)
-                response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-                response.content_length = end - start
-                try:
-                    # A hedged request that lost the race hangs up, maybe before the headers.
-                    await response.prepare(request)
-                    await self._send_paced(request, response, FileSegment(blob, start, end - start))
-                except (DfagentError, OSError):
-                    if request.transport is not None:
-                        request.transport.close()
-                    return response
-                self._metrics.uploaded_bytes.inc(end - start)
-                self._metrics.peer_requests.labels("piece").inc()
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = length
+            try:
+                # A hedged request that lost the race hangs up, maybe before the headers.
+                await response.prepare(request)
+                await send(response)
+            except (DfagentError, OSError):
+                if request.transport is not None:
+                    request.transport.close()
                 return response
+            self._metrics.uploaded_bytes.inc(length)
+            self._metrics.peer_requests.labels(kind).inc()
+            return response
         finally:
             self._uploads -= 1
 
@@ -230,6 +279,16 @@ class PeerServer:
             }
         }
 
+    def _recorded(self, body: dict[str, Any]) -> dict[str, Any]:
+        recorded = self._directory.recorded(
+            Digest.parse("sha256:" + body["digest"]).hex,
+            str(body["origin"]),
+            int(body["size"]),
+            str(body["layout"]),
+            [int(i) for i in body["pieces"]],
+        )
+        return {"pieces": {str(i): sha.hex() if sha else None for i, sha in recorded.items()}}
+
     def _announce(self, body: dict[str, Any]) -> dict[str, Any]:
         self._metrics.peer_requests.labels("announce").inc()
         refused = {}
@@ -248,3 +307,12 @@ class PeerServer:
             if bad:
                 refused[digest] = bad
         return {"refused": refused}
+
+
+async def _relay(pacer: _Pacer, arriving: ArrivingPiece, response: web.StreamResponse) -> None:
+    """Pass a piece on while it arrives, in slices as the upload cap allows."""
+    async for part in arriving.relay():
+        for offset in range(0, len(part), _PACED_SLICE):
+            data = bytes(part[offset : offset + _PACED_SLICE])
+            await pacer.take(len(data))
+            await response.write(data)

@@ -14,7 +14,6 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
@@ -31,6 +30,10 @@ __all__ = ["Swarm"]
 log = logging.getLogger(__name__)
 
 _ANNOUNCE_DELAY = 0.02  # batch announcements made within this long of each other
+# A piece taken from its origin fetcher as it arrived waits this long, at most, for the sha256
+# that fetcher announces once the piece is stored (asking again after 5 ms, then 10, ...).
+_RECORD_WAIT_SECONDS = 2.0
+_FIRST_RECORD_POLL_SECONDS, _LAST_RECORD_POLL_SECONDS = 0.005, 0.05
 _REANNOUNCE_BATCH = 512
 
 
@@ -185,36 +188,40 @@ class Swarm:
         answer: Answer,
         *,
         check: Callable[[bytes], Awaitable[bool]] | None = None,
+        arriving: Callable[[int, bytes], None] | None = None,
     ) -> bytes | None:
-        """The piece from one of its holders, checked against the recorded sha256 (and by
-        `check`, the proof of a piece made of nydus chunks); None when no holder delivers good
-        bytes. A holder whose bytes fail either is reported to the home. A holder that has not
-        started sending within the hedge delay gets company: the next holder is asked too and
-        the first good answer wins. Once
-        a holder sends, no more are asked (on a capped link a second copy would only halve
-        both). Raises PeerError(busy=True) when every holder was only busy (worth asking
-        again shortly, not the origin)."""
-        if answer.sha256 is None:
-            return None  # nothing to check peer bytes against: never trust them unchecked
+        """The piece from one of its holders, or from the peer receiving it now (as it
+        arrives there), checked against the recorded sha256 (and by `check`, the proof of a
+        piece made of nydus chunks); None when no peer delivers good bytes. A peer whose bytes
+        fail either is reported to the home. A holder that has not started sending within the
+        hedge delay gets company: the next holder is asked too and the first good answer wins.
+        Once a holder sends, no more are asked (on a capped link a second copy would only
+        halve both). `arriving` is told the bytes as they come in, before any check (for
+        peers that take the piece from this agent meanwhile). Raises PeerError(busy=True) when
+        every peer asked was only busy (worth asking again shortly, not the origin)."""
+        peers = answer.holders or ((answer.fetching,) if answer.fetching is not None else ())
+        if answer.sha256 is None and answer.holders:
+            return None  # nothing to check a holder's bytes against: never trust them
         start, end = blob.layout.bounds(index)
-        waiting = list(answer.holders)
+        waiting = list(peers)
         running: dict[asyncio.Task[bytes | None], str] = {}
         busy = 0
-        sending = asyncio.Event()  # some holder has begun to send the piece
+        sending = asyncio.Event()  # some peer has begun to send the piece
         try:
             while waiting or running:
                 if waiting and not (running and sending.is_set()):
-                    holder = waiting.pop(0)
+                    peer = waiting.pop(0)
                     attempt = self._checked(
                         blob,
                         index,
-                        holder,
+                        peer,
                         end - start,
                         answer.sha256,
                         sending=sending,
                         check=check,
+                        arriving=arriving if not running else None,
                     )
-                    running[self._tasks.spawn(attempt, name="peer-piece")] = holder
+                    running[self._tasks.spawn(attempt, name="peer-piece")] = peer
                 hedge = waiting and not sending.is_set()
                 done, _ = await asyncio.wait(
                     running,
@@ -233,35 +240,46 @@ class Swarm:
         finally:
             for task in running:
                 task.cancel()
-        if busy and busy == len(answer.holders):
-            raise PeerError("every holder is busy", busy=True)
+        if busy and busy == len(peers):
+            raise PeerError("every peer asked is busy", busy=True)
         return None
 
     async def _checked(
         self,
         blob: StoredBlob,
         index: int,
-        holder: str,
+        peer: str,
         length: int,
-        sha256: bytes,
+        sha256: bytes | None,
         *,
         sending: asyncio.Event,
         check: Callable[[bytes], Awaitable[bool]] | None,
+        arriving: Callable[[int, bytes], None] | None,
     ) -> bytes | None:
-        """The piece from `holder` if it matches `sha256` and passes `check`; None (and the
-        holder reported) if not."""
+        """The piece from `peer` if it matches `sha256` (None: the one its home records
+        once the peer that fetches it from the origin announces it) and passes `check`; None
+        (and the peer reported) if not."""
+        received = 0
+
+        def arrived(part: bytes) -> None:
+            nonlocal received
+            blob.arrived += len(part)
+            if arriving is not None:
+                arriving(received, part)
+            received += len(part)
+
         try:
             data = await self._client.piece(
-                holder,
-                blob.digest.hex,
-                index,
-                length,
-                sending=sending,
-                arrived=partial(_arrived, blob),
+                peer, blob.digest.hex, blob.origin, index, length, sending=sending, arrived=arrived
             )
         except PeerError as exc:
-            log.debug("peer fetch failed", extra={"peer": holder, "error": str(exc)})
+            log.debug("peer fetch failed", extra={"peer": peer, "error": str(exc)})
             raise
+        if sha256 is None:
+            sha256 = await self._recorded(blob, index)
+            if sha256 is None:
+                log.debug("no sha256 recorded to check a relayed piece", extra={"peer": peer})
+                return None
         if await asyncio.to_thread(sha256_of, data) != sha256:
             why = "its recorded sha256"
         elif check is not None and not await check(data):
@@ -271,10 +289,42 @@ class Swarm:
         self._metrics.peer_bad_pieces.inc()
         log.warning(
             f"peer sent a piece that fails {why}; not used",
-            extra={"peer": holder, "digest": str(blob.digest), "piece": index},
+            extra={"peer": peer, "digest": str(blob.digest), "piece": index},
         )
-        self._tasks.spawn(self._report(blob.digest.hex, index, holder), name="report")
+        self._tasks.spawn(self._report(blob.digest.hex, index, peer), name="report")
         return None
+
+    async def _recorded(self, blob: StoredBlob, index: int) -> bytes | None:
+        """The sha256 the home records for a piece, waiting (up to _RECORD_WAIT_SECONDS) for
+        the peer that fetched it from the origin to announce it."""
+        digest = blob.digest.hex
+        home = self.home(digest)
+        waited_until = time.monotonic() + _RECORD_WAIT_SECONDS
+        delay = _FIRST_RECORD_POLL_SECONDS
+        while True:
+            if home == self.me:
+                sha256 = self._directory.recorded(
+                    digest, blob.origin, blob.size, blob.layout.key, [index]
+                )[index]
+            else:
+                body = {
+                    "digest": digest,
+                    "origin": blob.origin,
+                    "size": blob.size,
+                    "layout": blob.layout.key,
+                    "pieces": [index],
+                }
+                try:
+                    reply = await self._client.recorded(home, body)
+                except PeerError as exc:
+                    log.debug("home unreachable", extra={"home": home, "error": str(exc)})
+                    return None
+                recorded = reply["pieces"].get(str(index))
+                sha256 = bytes.fromhex(recorded) if recorded else None
+            if sha256 is not None or time.monotonic() > waited_until:
+                return sha256
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
 
     async def _report(self, digest_hex: str, index: int, holder: str) -> None:
         home = self.home(digest_hex)
@@ -404,7 +454,3 @@ def _scopes(digest: str, verified: bool, origin: str, origins: set[str]) -> list
     if not verified:
         return [(digest, origin, False)]
     return [(digest, known, True) for known in sorted(origins)]
-
-
-def _arrived(blob: StoredBlob, count: int) -> None:
-    blob.arrived += count

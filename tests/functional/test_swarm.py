@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -209,8 +210,10 @@ def test_a_frozen_holder_is_passed_over(swarm, origin, registry):
     assert origin.blob_bytes(digest, len(data)) == len(data)
 
 
-def stalling_first_get(origin: CountingOrigin, digest: str, until: threading.Event):
-    """An origin fault: the first GET of the blob sends its headers and 1,000 bytes, then
+def stalling_first_get(
+    origin: CountingOrigin, digest: str, until: threading.Event, head: int = 1000
+):
+    """An origin fault: the first GET of the blob sends its headers and `head` bytes, then
     nothing until `until` is set; later GETs are served as usual."""
     stalled: list[str] = []
 
@@ -218,7 +221,7 @@ def stalling_first_get(origin: CountingOrigin, digest: str, until: threading.Eve
         if request.method != "GET" or digest not in request.path or stalled:
             return None
         stalled.append(request.headers.get("Range", ""))
-        return await origin.forward_pausing(request, lambda _: 1000, resumed)
+        return await origin.forward_pausing(request, lambda _: head, resumed)
 
     async def resumed() -> None:
         while not until.is_set():
@@ -269,6 +272,53 @@ def test_readers_stop_waiting_for_a_peer_whose_origin_fetch_stalls(swarm, origin
     assert sorted(took_over) == [0, 1], "one waiter took the fetch over"
     assert len(origin.blob_gets(digest)) == 2, "one more origin request, not one per waiter"
     assert stalled == [data[:PIECE]], "the stalled fetch, resumed, still served exact bytes"
+
+
+def progress(agent: AgentProcess, digest: str) -> int:
+    """Bytes of the blob that have reached `agent` so far (its peer endpoint)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{agent.peer_port}/v1/progress/{digest}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return int(json.load(response)["arrived"])
+
+
+def test_a_piece_moves_on_to_other_nodes_while_it_arrives(swarm, origin, registry):
+    """The origin sends the first node half a piece, then pauses. The nodes that ask for the
+    piece meanwhile are not left waiting for the whole of it: the half already there reaches
+    them (down a line: node 3 gets it through node 2). Once the origin goes on, everyone gets
+    exact bytes, from one origin request."""
+    first, *others = swarm(3)
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    resume = threading.Event()
+    origin.faults.append(stalling_first_get(origin, digest, resume, head=PIECE // 2))
+    wanted = {"Range": f"bytes=0-{PIECE - 1}"}
+    bodies: dict[int, bytes] = {}
+
+    def read(agent: AgentProcess) -> None:
+        bodies[agent.proxy_port] = send(agent.proxy_port, url(origin, digest), wanted).body
+
+    readers = [threading.Thread(target=read, args=(agent,)) for agent in (first, *others)]
+    try:
+        readers[0].start()
+        wait_for(lambda: progress(first, digest) >= PIECE // 2, "half a piece at the first node")
+        for reader in readers[1:]:
+            reader.start()
+        for agent in others:
+            wait_for(lambda a=agent: progress(a, digest) >= PIECE // 2, "the half passed on")
+        assert not bodies, "nobody has the whole piece yet"
+    finally:
+        resume.set()
+        for reader in readers:
+            reader.join(30)
+    assert list(bodies.values()) == [data[:PIECE]] * 3
+    assert len(origin.blob_gets(digest)) == 1
+    for agent in others:
+        assert metric(agent, 'dfagent_served_bytes_total{source="origin"}') == 0
+    relayed = [metric(a, 'dfagent_peer_requests_total{kind="relay"}') for a in (first, *others)]
+    assert relayed[0] >= 1 and sum(relayed) >= 2, f"passed on while arriving: {relayed}"
 
 
 def test_the_swarm_survives_a_home_restart(swarm, origin, registry):

@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from dfagent.swarm.config import PeerConfig, SwarmConfig
-from dfagent.swarm.directory import Answer, Directory
+from dfagent.swarm.directory import _RELAY_DEPTH, Answer, Directory
 from dfagent.swarm.hashing import home_of, ranked
 from dfagent.swarm.membership import Membership
 
@@ -149,25 +149,28 @@ def _holds(directory: Directory, holder: str, index: int = 0) -> None:
     directory.announce("d", REGISTRY, 100, 10, holder=holder, pieces=pieces, verified=False)
 
 
-def test_directory_spreads_uploads_over_requesters_that_have_the_piece_coming():
+def test_a_requester_takes_a_piece_from_a_peer_receiving_it_once_every_holder_is_busy():
     clock = Clock()
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
     _holds(directory, "a:1", 0)
     _holds(directory, "a:1", 1)
     assert _ask(directory, "b:1").holders == ("a:1",)
-    # a is sending piece 0 to b: c waits for b rather than share a's upload link...
-    waiting = _ask(directory, "c:1")
-    assert (waiting.holders, waiting.fetching, waiting.fetch) == ((), "b:1", False)
-    # ...but a piece nobody else is downloading still comes from a, busy or not.
+    # a is sending piece 0 to b: c takes it from b as it arrives there, rather than share
+    # a's upload link...
+    relayed = _ask(directory, "c:1")
+    assert (relayed.holders, relayed.fetching, relayed.fetch) == ((), "b:1", False)
+    assert relayed.sha256 == b"sha0"  # ...and checks it against what a announced
+    # ...but a piece nobody else is receiving still comes from a, busy or not.
     assert _ask(directory, "c:1", 1).holders == ("a:1",)
-    # Once b has it, b is offered first: a is still sending piece 1 to c.
+    # An idle holder comes before any relay: once b has piece 0 (and c has it from b), d gets
+    # it from c, free and the one that gave it least (a is sending piece 1).
     _holds(directory, "b:1")
-    assert _ask(directory, "d:1").holders == ("b:1", "a:1")
-    # Downloads never announced are forgotten: their holders are free again (and each has
-    # given piece 0 once).
+    _holds(directory, "c:1")
+    assert _ask(directory, "d:1").holders == ("c:1", "b:1", "a:1")
+    # Downloads never announced are forgotten: their holders are free again.
     clock.now = 6
     directory.prune()
-    assert _ask(directory, "e:1").holders == ("a:1", "b:1")
+    assert _ask(directory, "e:1").holders[0] == "a:1"
 
 
 def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
@@ -187,25 +190,39 @@ def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
     assert _ask(directory, "b:1", 1).holders == ("a:1",)
 
 
-def test_a_relay_takes_a_few_waiters_and_the_rest_spread_as_a_tree():
-    """Were every newcomer told to wait for the one requester downloading a piece, a swarm
-    would get each piece one node after another; past a few waiters per relay, a newcomer
-    downloads at once (and is itself a relay the next ones may wait for)."""
-    clock = Clock()
-    directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
-    _holds(directory, "a:1")
-    assert _ask(directory, "b:1").holders
-    for waiter in ("c:1", "d:1", "e:1", "f:1"):
-        answer = _ask(directory, waiter)
-        assert (answer.holders, answer.fetching) == ((), "b:1")
-    # b has its share of waiters: g downloads from a, busy or not...
-    assert _ask(directory, "g:1").holders == ("a:1",)
-    # ...and the next newcomer waits for g, which nobody waits for yet.
-    assert _ask(directory, "h:1").fetching == "g:1"
-    # A waiter asking again keeps one place, not two; one that stopped asking is forgotten.
-    assert _ask(directory, "c:1").fetching == "g:1"
-    clock.now = 2
-    assert _ask(directory, "i:1").fetching == "b:1"
+def test_a_new_piece_runs_down_a_line_of_relays_from_its_origin_fetcher():
+    """Each requester takes the piece from the last one in line as it arrives there, so each
+    uploads it once and the line moves at about the pace of one copy. A line is cut at
+    _RELAY_DEPTH (each hop adds a little delay): the next requester starts a new branch near
+    the fetcher."""
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    assert _ask(directory, "fetcher:1").fetch
+    line = [f"n{i}:1" for i in range(_RELAY_DEPTH)]
+    before = "fetcher:1"
+    for peer in line:
+        answer = _ask(directory, peer)
+        assert (answer.fetch, answer.holders, answer.fetching) == (False, (), before)
+        assert answer.sha256 is None  # nothing announced yet: the requester asks later
+        before = peer
+    assert _ask(directory, "branch:1").fetching == "fetcher:1"
+    assert _ask(directory, "next:1").fetching == "branch:1"
+    # Once the fetcher announces the piece, everyone in line can check what it received.
+    assert directory.recorded("d", REGISTRY, 100, 10, [0, 1]) == {0: None, 1: None}
+    _holds(directory, "fetcher:1")
+    assert directory.recorded("d", REGISTRY, 100, 10, [0, 1]) == {0: b"sha0", 1: None}
+    assert directory.recorded("d", LIAR, 100, 10, [0]) == {0: None}
+
+
+def test_a_requester_is_never_told_to_take_a_piece_through_itself():
+    """A requester asking again (its stream broke off) may have followers of its own; taking
+    the piece from one of them would be a loop in which no byte ever arrives."""
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    assert _ask(directory, "fetcher:1").fetch
+    assert _ask(directory, "a:1").fetching == "fetcher:1"
+    assert _ask(directory, "b:1").fetching == "a:1"
+    assert _ask(directory, "c:1").fetching == "b:1"
+    # a asks again: b and c receive the piece through a, so a goes back to the fetcher.
+    assert _ask(directory, "a:1").fetching == "fetcher:1"
 
 
 def test_a_released_lease_goes_to_the_next_requester_at_once():
@@ -228,17 +245,19 @@ def _report(directory: Directory, requester: str, stalled: str, index: int = 0) 
 
 def test_a_stalled_lease_passes_to_the_first_waiter_that_reports_it():
     """Every waiter sees the lease holder stall; the first to report it takes the lease (one
-    new origin fetch), the others then wait for that one, not each go to the origin."""
+    new origin fetch), the others then take the piece from that one, not each go to the
+    origin."""
     directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
     assert _ask(directory, "a:1").fetch
     assert _ask(directory, "b:1").fetching == "a:1"
-    assert _ask(directory, "c:1").fetching == "a:1"
+    assert _ask(directory, "c:1").fetching == "b:1"
+    assert _ask(directory, "d:1").fetching == "c:1"
     assert _report(directory, "b:1", stalled="a:1").fetch
-    late = _report(directory, "c:1", stalled="a:1")
-    assert (late.fetch, late.fetching) == (False, "b:1")
-    # The stalled peer asking again is told to wait for its successor, and nobody can hand
-    # itself a lease it holds already.
-    assert _ask(directory, "a:1").fetching == "b:1"
+    late = _report(directory, "d:1", stalled="a:1")  # c still receives it, now through b
+    assert (late.fetch, late.fetching) == (False, "c:1")
+    # The stalled peer asking again is told to take the piece from the new line, and nobody
+    # can hand itself a lease it holds already.
+    assert _ask(directory, "a:1").fetching in {"c:1", "d:1"}
     assert _report(directory, "b:1", stalled="b:1").fetch
 
 

@@ -23,7 +23,7 @@ import random
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dragonfly_api import common_pb2
@@ -170,8 +170,16 @@ class DragonflyMember:
         return answers
 
     async def fetch(
-        self, blob: StoredBlob, index: int, answer: Answer, *, check: PieceCheck | None = None
+        self,
+        blob: StoredBlob,
+        index: int,
+        answer: Answer,
+        *,
+        check: PieceCheck | None = None,
+        arriving: Callable[[int, bytes], None] | None = None,
     ) -> bytes | None:
+        """A parent's piece, usable only with a chunk proof (`arriving` is not told: a
+        Dragonfly parent's pieces are not passed on before they are whole here)."""
         task = self._tasks.get(blob.digest.hex)
         if task is None or check is None:  # only a proof makes a parent's piece usable
             return None
