@@ -66,3 +66,41 @@ def test_write_outside_the_piece_is_a_bug():
     piece = InflightPiece(0, 0, 2, None, "http://r:80")
     with pytest.raises(AssertionError):
         piece.write(1, b"ab")
+
+
+async def relayed(piece: InflightPiece) -> bytes:
+    return b"".join([bytes(view) async for view in piece.relay()])
+
+
+async def test_a_peers_bytes_are_relayed_as_they_arrive_but_read_here_only_once_written():
+    """Bytes from a peer are unchecked while they arrive: peers taking the piece from this
+    agent get them at once (they check the piece themselves), readers here do not."""
+    data = bytes(range(250)) * 4
+    piece = InflightPiece(0, 0, len(data), None, "http://r:80")
+    relay = piece.relay()
+    reader = asyncio.create_task(collect(piece, 0, len(data)))
+    piece.arriving(0, data[:300])
+    assert bytes(await anext(relay)) == data[:300]
+    piece.arriving(0, data[:300])  # a hedged second copy repeating the start: ignored
+    piece.arriving(200, data[200:700])  # overlapping the end of the run: its new part kept
+    assert bytes(await anext(relay)) == data[300:700]
+    piece.arriving(800, data[800:])  # not joined to the run: nothing to relay yet
+    assert piece.passed == 700
+    await asyncio.sleep(0)
+    assert not reader.done(), "unchecked bytes never reach a reader here"
+    piece.write(0, data)  # the whole piece passed its checks
+    assert bytes(await anext(relay)) == data[700:]
+    assert await reader == data
+
+
+async def test_a_relay_follows_origin_bytes_and_fails_with_the_fetch():
+    piece = InflightPiece(0, 0, 10, None, "http://r:80")
+    piece.write(0, b"abcd")
+    relay = asyncio.create_task(relayed(piece))
+    await asyncio.sleep(0)
+    piece.fail(OriginError("gone"))
+    with pytest.raises(OriginError, match="gone"):
+        await relay
+    whole = InflightPiece(0, 0, 4, None, "http://r:80")
+    whole.write(0, b"abcd")
+    assert await relayed(whole) == b"abcd"

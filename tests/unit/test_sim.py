@@ -61,6 +61,32 @@ def test_a_mark_fires_when_its_byte_arrives() -> None:
     assert reached == [pytest.approx(3.0)]
 
 
+def test_a_follower_runs_no_faster_than_its_leader_and_ends_after_it() -> None:
+    """A relay's flow (a follower) cannot pass on bytes before they reach the relay: it runs
+    at its leader's rate while the leader runs, then at its own links' pace."""
+    kernel = Kernel()
+    network = Network(kernel)
+    leader = network.start(Link(10.0), Link(100.0), 100.0)
+    follower = network.start(Link(100.0), Link(100.0), 100.0, leader=leader)
+    assert (leader.rate, follower.rate) == (10.0, 10.0)
+    ended: dict[str, float] = {}
+    leader.done.then(lambda _: ended.setdefault("leader", kernel.now))
+    follower.done.then(lambda _: ended.setdefault("follower", kernel.now))
+    kernel.run()
+    assert ended["leader"] == pytest.approx(10.0)
+    assert ended["follower"] == pytest.approx(10.0)
+    # A line of followers moves at the pace of its head, however long.
+    kernel = Kernel()
+    network = Network(kernel)
+    head = network.start(Link(10.0), Link(100.0), 100.0)
+    line = [head]
+    for _ in range(50):
+        line.append(network.start(Link(100.0), Link(100.0), 100.0, leader=line[-1]))
+    assert {flow.rate for flow in line} == {10.0}
+    network.cancel(head)
+    assert line[1].rate == 100.0 and line[-1].rate == 100.0
+
+
 _PARAMS = Params(nodes=6, size=24 * MIB, link=25e6, origin=25e6, rtt=0.002, seed=3)
 
 
