@@ -310,9 +310,10 @@ class PeerServer:
 
 
 async def _relay(pacer: _Pacer, arriving: ArrivingPiece, response: web.StreamResponse) -> None:
-    """Pass a piece on while it arrives, in slices as the upload cap allows."""
+    """Pass a piece on while it arrives, in slices as the upload cap allows (views of the
+    arriving piece's buffer, which is never resized, so nothing is copied here)."""
     async for part in arriving.relay():
         for offset in range(0, len(part), _PACED_SLICE):
-            data = bytes(part[offset : offset + _PACED_SLICE])
+            data = part[offset : offset + _PACED_SLICE]
             await pacer.take(len(data))
             await response.write(data)
