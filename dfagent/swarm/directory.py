@@ -15,10 +15,12 @@ right now (the origin's fetcher, or an earlier requester) as the bytes arrive th
 cut-through relay, which the requester checks like any peer's copy. The relay chosen is the one
 passing the piece on to fewest others, so the piece runs down a line of peers, each uploading
 it once, at about the speed of one copy instead of one copy per hop; a line is cut at
-_RELAY_DEPTH, since each hop adds a little delay. Without this, the first holder of each new
-piece uploads it to every other node at once, over one link; and without counting copies per
-piece, the node that fetched a piece from the origin (whose uplink is idle whenever it is
-between two sends) gives it out again and again while the nodes that received it sit idle.
+_RELAY_DEPTH, since each hop adds a little delay, and a branch then starts at the peer
+uploading least (a branch at a peer already passing every piece on would halve its pace).
+Without this, the first holder of each new piece uploads it to every other node at once, over
+one link; and without counting copies per piece, the node that fetched a piece from the
+origin (whose uplink is idle whenever it is between two sends) gives it out again and again
+while the nodes that received it sit idle.
 
 Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
 new home after a membership change, fills up again from announcements. Pure: no I/O.
@@ -258,17 +260,18 @@ def _relay(
 ) -> str | None:
     """A peer receiving the piece right now (the origin's fetcher, or a requester told where
     to get it) for the requester to take it from as it arrives, if there is one: the one that
-    passes it on to fewest others, then the one nearest the piece's source, then the least
-    busy. So a piece runs down a line of peers, each uploading it once; each hop adds a little
-    delay, so a line grows only to _RELAY_DEPTH before a branch starts nearer the source.
-    Never a relay that receives the piece through the requester."""
+    passes it on to fewest others, then the one uploading least of the blob, then the one
+    nearest the piece's source. So a piece runs down a line of peers, each uploading it once;
+    each hop adds a little delay, so a line grows only to _RELAY_DEPTH, and then a branch
+    starts at a peer with upload to spare (one that ends the lines of other pieces). Never a
+    relay that receives the piece through the requester."""
     relays = [who for who in piece.downloads if who not in holders and who != requester]
     if piece.lease is not None and piece.lease[0] != requester:
         relays.append(piece.lease[0])
     followers = Counter(source for source, _ in piece.downloads.values())
     depth = {who: _line(piece, who) for who in relays}
     relays = [who for who in relays if len(depth[who]) < _RELAY_DEPTH] or relays
-    relays.sort(key=lambda who: (followers[who], len(depth[who]), sending.get(who, 0)))
+    relays.sort(key=lambda who: (followers[who], sending.get(who, 0), len(depth[who])))
     return next((relay for relay in relays if requester not in depth[relay]), None)
 
 

@@ -193,8 +193,7 @@ def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
 def test_a_new_piece_runs_down_a_line_of_relays_from_its_origin_fetcher():
     """Each requester takes the piece from the last one in line as it arrives there, so each
     uploads it once and the line moves at about the pace of one copy. A line is cut at
-    _RELAY_DEPTH (each hop adds a little delay): the next requester starts a new branch near
-    the fetcher."""
+    _RELAY_DEPTH (each hop adds a little delay): the next requester starts a new branch."""
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
     assert _ask(directory, "fetcher:1").fetch
     line = [f"n{i}:1" for i in range(_RELAY_DEPTH)]
@@ -204,7 +203,11 @@ def test_a_new_piece_runs_down_a_line_of_relays_from_its_origin_fetcher():
         assert (answer.fetch, answer.holders, answer.fetching) == (False, (), before)
         assert answer.sha256 is None  # nothing announced yet: the requester asks later
         before = peer
-    assert _ask(directory, "branch:1").fetching == "fetcher:1"
+    # A branch starts at the peer uploading least: the fetcher, also passing piece 1 on to
+    # someone, would carry two copies at once; n0 passes on only piece 0.
+    assert _ask(directory, "fetcher:1", 1).fetch
+    assert _ask(directory, "other:1", 1).fetching == "fetcher:1"
+    assert _ask(directory, "branch:1").fetching == "n0:1"
     assert _ask(directory, "next:1").fetching == "branch:1"
     # Once the fetcher announces the piece, everyone in line can check what it received.
     assert directory.recorded("d", REGISTRY, 100, 10, [0, 1]) == {0: None, 1: None}
