@@ -28,6 +28,7 @@ new home after a membership change, fills up again from announcements. Pure: no 
 
 from __future__ import annotations
 
+import heapq
 import random
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ __all__ = ["Answer", "Directory"]
 _DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
 _RELAY_DEPTH = 16  # peers a piece passes through on its way from its source, at most
+_HOLDERS_OFFERED = 8  # holders named in one answer, the best first
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class _Piece:
     holders: dict[str, float] = field(default_factory=dict)  # peer -> expiry
     lease: tuple[str, float] | None = None  # (peer told to fetch from the origin, expiry)
     downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
+    followers: Counter[str] = field(default_factory=Counter)  # peer -> downloads from it now
     copies: dict[str, int] = field(default_factory=dict)  # holder -> times offered first for it
 
 
@@ -150,11 +153,16 @@ class Directory:
         idle holder (the one that gave it least), else a relay, else a busy holder."""
         _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
         _expire_downloads(blob, piece, now)
+        held = set(holders)
         self._shuffle(holders)
         # stable: random among equals
-        holders.sort(key=lambda h: (_busy(blob, h), piece.copies.get(h, 0), blob.sending.get(h, 0)))
+        holders = heapq.nsmallest(
+            _HOLDERS_OFFERED,
+            holders,
+            key=lambda h: (_busy(blob, h), piece.copies.get(h, 0), blob.sending.get(h, 0)),
+        )
         if not holders or _busy(blob, holders[0]):
-            relay = _relay(piece, holders, requester, blob.sending)
+            relay = _relay(piece, held, requester, blob.sending)
             if relay is not None:
                 _count_download(blob, piece, requester, relay, now)
                 return Answer(piece.sha256, (), False, relay)
@@ -255,40 +263,74 @@ def _busy(blob: _Blob, peer: str) -> bool:
     return blob.sending.get(peer, 0) >= _SENDS_PER_HOLDER
 
 
-def _relay(
-    piece: _Piece, holders: list[str], requester: str, sending: dict[str, int]
-) -> str | None:
+def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int]) -> str | None:
     """A peer receiving the piece right now (the origin's fetcher, or a requester told where
     to get it) for the requester to take it from as it arrives, if there is one: the one that
     passes it on to fewest others, then the one uploading least of the blob, then the one
     nearest the piece's source. So a piece runs down a line of peers, each uploading it once;
     each hop adds a little delay, so a line grows only to _RELAY_DEPTH, and then a branch
     starts at a peer with upload to spare (one that ends the lines of other pieces). Never a
-    relay that receives the piece through the requester."""
-    relays = [who for who in piece.downloads if who not in holders and who != requester]
+    relay that receives the piece through the requester (`held`: the piece's holders)."""
+    relays = [who for who in piece.downloads if who not in held and who != requester]
     if piece.lease is not None and piece.lease[0] != requester:
         relays.append(piece.lease[0])
-    followers = Counter(source for source, _ in piece.downloads.values())
-    depth = {who: _line(piece, who) for who in relays}
-    relays = [who for who in relays if len(depth[who]) < _RELAY_DEPTH] or relays
-    relays.sort(key=lambda who: (followers[who], sending.get(who, 0), len(depth[who])))
-    return next((relay for relay in relays if requester not in depth[relay]), None)
+    hops = _Hops(piece, held)
+    ranked = []
+    for position, who in enumerate(relays):
+        deep = hops(who)
+        ranked.append(
+            (deep >= _RELAY_DEPTH, piece.followers[who], sending.get(who, 0), deep, position, who)
+        )
+    while ranked:
+        best = min(ranked)
+        if not _through(piece, best[-1], requester):
+            return best[-1]
+        ranked.remove(best)
+    return None
 
 
-def _line(piece: _Piece, relay: str) -> list[str]:
-    """The peers `relay` gets the piece through, nearest first (empty for the origin's
-    fetcher, or a requester downloading from a holder)."""
-    line: list[str] = []
-    while relay in piece.downloads:
+class _Hops:
+    """Hops from a piece's source (a holder, or the origin's fetcher) to each peer receiving
+    it, for one lookup: each line is walked once."""
+
+    def __init__(self, piece: _Piece, held: set[str]) -> None:
+        self._downloads = piece.downloads
+        self._held = held
+        self._known: dict[str, int] = {}
+
+    def __call__(self, peer: str) -> int:
+        line = []
+        while peer not in self._known:
+            record = self._downloads.get(peer)
+            if record is None or record[0] in self._held:
+                self._known[peer] = 0
+            elif len(line) > len(self._downloads):  # a loop: never made, never followed
+                self._known[peer] = _RELAY_DEPTH
+            else:
+                line.append(peer)
+                peer = record[0]
+        hops = self._known[peer]
+        for relay in reversed(line):
+            hops += 1
+            self._known[relay] = hops
+        return hops
+
+
+def _through(piece: _Piece, relay: str, requester: str) -> bool:
+    """Whether `relay` receives the piece by way of `requester` (asking it would be a loop in
+    which no byte ever arrives)."""
+    for _ in range(len(piece.downloads)):
+        if relay not in piece.downloads:
+            return False
         relay = piece.downloads[relay][0]
-        if relay in line or relay in piece.holders:
-            break
-        line.append(relay)
-    return line
+        if relay == requester:
+            return True
+    return False
 
 
 def _count_download(blob: _Blob, piece: _Piece, requester: str, source: str, now: float) -> None:
     piece.downloads[requester] = (source, now + _DOWNLOAD_TTL)
+    piece.followers[source] += 1
     piece.copies[source] = piece.copies.get(source, 0) + 1
     blob.sending[source] = blob.sending.get(source, 0) + 1
 
@@ -303,6 +345,9 @@ def _forget_download(blob: _Blob, piece: _Piece, requester: str) -> None:
     record = piece.downloads.pop(requester, None)
     if record is None:
         return
+    piece.followers[record[0]] -= 1
+    if not piece.followers[record[0]]:
+        del piece.followers[record[0]]
     left = blob.sending.get(record[0], 0) - 1
     if left > 0:
         blob.sending[record[0]] = left
