@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from dfagent.swarm.config import PeerConfig, SwarmConfig
-from dfagent.swarm.directory import _RELAY_DEPTH, Answer, Directory
+from dfagent.swarm.directory import _HOLDERS_OFFERED, _RELAY_DEPTH, Answer, Directory
 from dfagent.swarm.hashing import home_of, ranked
 from dfagent.swarm.membership import Membership
 
@@ -171,6 +171,18 @@ def test_a_requester_takes_a_piece_from_a_peer_receiving_it_once_every_holder_is
     clock.now = 6
     directory.prune()
     assert _ask(directory, "e:1").holders[0] == "a:1"
+
+
+def test_an_answer_names_a_few_holders_the_best_first():
+    """With a whole cluster holding a piece, an answer names only the few worth trying (an
+    answer naming a thousand holders would cost the home more than the lookup)."""
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    for i in range(20):
+        _holds(directory, f"h{i:02}:1")
+    assert _ask(directory, "a:1").holders[0] == "h00:1"
+    offered = _ask(directory, "b:1").holders
+    assert len(offered) == _HOLDERS_OFFERED
+    assert offered[0] == "h01:1" and "h00:1" not in offered  # h00 is sending to a
 
 
 def test_directory_offers_a_piece_first_by_those_that_gave_it_least():
