@@ -16,15 +16,13 @@ The defaults are the real 4-node netns run's (200 Mbit/s links and origin, 512 M
 pieces); its figures (bench/results/2026-12-06-swarm.md and 2026-12-06-lazy.md) are printed
 beside the simulated ones, and fill, origin bytes, top upload share and lazy p50 are held to
 15% of them. The links here are fluid: a flow's acknowledgements never queue behind the
-receiving node's own uploads. On the netns links (tbf, one queue per direction) they do, and a
-node that uploads at its line rate while it downloads from the origin gets the origin's bytes
-at about 0.8 of it; with the agents' uploads capped a little under the line they do not. So the
-fill figures held to the margin are those of the real run's second fill, uploads capped at 97%
-of the link; the first fill's, with no cap, is shown beside them. 512 MiB is simulated
-up to 100 nodes; every node count also runs with a small blob (16 MiB), the only one at 1,000
-nodes: the home's real Directory is called for every poll of every waiting piece, and a
-1,000-node fill of 512 MiB would take most of an hour here. The whole default run takes about
-two minutes on 2 cores, most of it the 1,000-node run. A run is deterministic for its seed.
+receiving node's own uploads, as they do on the netns links (tbf, one queue per direction);
+since pieces move on while they arrive, the real fill is the same with and without an upload
+cap, and both are shown. 512 MiB is simulated up to 100 nodes; every node count also runs with
+a small blob (16 MiB), the only one at 1,000 nodes (`--sim-small-mib` sets it): a 1,000-node
+fill of 512 MiB would take most of an hour here. The whole default run takes about four
+minutes on 2 cores, most of it the 100-node fill of 512 MiB. A run is deterministic for its
+seed.
 """
 
 from __future__ import annotations
