@@ -134,15 +134,7 @@ class Swarm:
                 stalled=stalled,
             )
         else:
-            body = {
-                "digest": digest,
-                "origin": blob.origin,
-                "size": blob.size,
-                "layout": blob.layout.key,
-                "pieces": indices,
-                "requester": self.me,
-                "stalled": stalled,
-            }
+            body = {**_book(blob, indices), "requester": self.me, "stalled": stalled}
             try:
                 reply = await self._client.lookup(home, body)
             except PeerError as exc:
@@ -307,15 +299,8 @@ class Swarm:
                     digest, blob.origin, blob.size, blob.layout.key, [index]
                 )[index]
             else:
-                body = {
-                    "digest": digest,
-                    "origin": blob.origin,
-                    "size": blob.size,
-                    "layout": blob.layout.key,
-                    "pieces": [index],
-                }
                 try:
-                    reply = await self._client.recorded(home, body)
+                    reply = await self._client.recorded(home, _book(blob, [index]))
                 except PeerError as exc:
                     log.debug("home unreachable", extra={"home": home, "error": str(exc)})
                     return None
@@ -446,6 +431,17 @@ class Swarm:
                 self._metrics.peers_healthy.set(len(set(others) - self._client.unreachable))
             except Exception:
                 log.exception("swarm refresh failed; trying again next interval")
+
+
+def _book(blob: StoredBlob, indices: list[int]) -> dict[str, object]:
+    """What a request to a blob's home says about the book it asks from, and which pieces."""
+    return {
+        "digest": blob.digest.hex,
+        "origin": blob.origin,
+        "size": blob.size,
+        "layout": blob.layout.key,
+        "pieces": indices,
+    }
 
 
 def _scopes(digest: str, verified: bool, origin: str, origins: set[str]) -> list[_Scope]:
