@@ -557,7 +557,7 @@ class Engine:
         while True:
             if answer.holders or answer.fetching is not None:
                 try:
-                    data = await self._network.fetch(
+                    got = await self._network.fetch(
                         blob,
                         piece.index,
                         answer,
@@ -572,8 +572,8 @@ class Engine:
                     delay = min(delay * 2, _LAST_POLL_SECONDS)
                     answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
                     continue
-                if data is not None:
-                    await self._delivered(blob, piece, data, answer.sha256)
+                if got is not None:
+                    await self._delivered(blob, piece, got.data, got.sha256)
                     return
                 piece.forget_arrivals()
             if answer.fetching is None:
@@ -612,8 +612,9 @@ class Engine:
     async def _delivered(
         self, blob: StoredBlob, piece: InflightPiece, data: bytes, sha256: bytes | None
     ) -> None:
-        """A peer's copy of the piece passed the swarm's checks (its recorded `sha256`, when
-        there is one, and the chunk proof of a gated piece): readers may have it."""
+        """A peer's copy of the piece passed the network's checks (against its recorded
+        `sha256`, when the network records one, and the chunk proof of a gated piece): readers
+        may have it."""
         piece.source = "peer"
         piece.sha256 = sha256
         piece.write(0, data)

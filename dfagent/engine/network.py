@@ -7,16 +7,26 @@ byte it delivers is checked by the engine's proofs before a client sees it."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from dfagent.origin.client import BlobSource
 from dfagent.storage.store import StoredBlob
 from dfagent.swarm.directory import Answer
 
-__all__ = ["Answer", "PieceCheck", "PieceNetwork"]
+__all__ = ["Answer", "PeerPiece", "PieceCheck", "PieceNetwork"]
 
 # The proof a peer's copy of a piece made of nydus chunks must pass before it is used.
 PieceCheck = Callable[[bytes], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPiece:
+    """A piece a network delivered and checked: its bytes, and their sha256 when the check
+    computed it (so storing the piece need not hash it again)."""
+
+    data: bytes
+    sha256: bytes | None
 
 
 class PieceNetwork(Protocol):
@@ -45,7 +55,7 @@ class PieceNetwork(Protocol):
         *,
         check: PieceCheck | None = None,
         arriving: Callable[[int, bytes], None] | None = None,
-    ) -> bytes | None:
+    ) -> PeerPiece | None:
         """The piece from one of `answer.holders` (or, with none, from `answer.fetching` as
         it arrives there, where the network allows), checked (its bytes match the sha256 its
         network records, and pass `check`); None when none delivered good bytes (raises

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from dfagent.engine.network import PeerPiece
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
@@ -181,7 +182,7 @@ class Swarm:
         *,
         check: Callable[[bytes], Awaitable[bool]] | None = None,
         arriving: Callable[[int, bytes], None] | None = None,
-    ) -> bytes | None:
+    ) -> PeerPiece | None:
         """The piece from one of its holders, or from the peer receiving it now (as it
         arrives there), checked against the recorded sha256 (and by `check`, the proof of a
         piece made of nydus chunks); None when no peer delivers good bytes. A peer whose bytes
@@ -196,7 +197,7 @@ class Swarm:
             return None  # nothing to check a holder's bytes against: never trust them
         start, end = blob.layout.bounds(index)
         waiting = list(peers)
-        running: dict[asyncio.Task[bytes | None], str] = {}
+        running: dict[asyncio.Task[PeerPiece | None], str] = {}
         busy = 0
         sending = asyncio.Event()  # some peer has begun to send the piece
         try:
@@ -223,12 +224,12 @@ class Swarm:
                 for task in done:
                     running.pop(task)
                     try:
-                        data = task.result()
+                        got = task.result()
                     except PeerError as exc:
                         busy += exc.busy
                         continue
-                    if data is not None:
-                        return data
+                    if got is not None:
+                        return got
         finally:
             for task in running:
                 task.cancel()
@@ -247,7 +248,7 @@ class Swarm:
         sending: asyncio.Event,
         check: Callable[[bytes], Awaitable[bool]] | None,
         arriving: Callable[[int, bytes], None] | None,
-    ) -> bytes | None:
+    ) -> PeerPiece | None:
         """The piece from `peer` if it matches `sha256` (None: the one its home records
         once the peer that fetches it from the origin announces it) and passes `check`; None
         (and the peer reported) if not."""
@@ -277,7 +278,7 @@ class Swarm:
         elif check is not None and not await check(data):
             why = "its chunk proof"
         else:
-            return data
+            return PeerPiece(data, sha256)
         self._metrics.peer_bad_pieces.inc()
         log.warning(
             f"peer sent a piece that fails {why}; not used",

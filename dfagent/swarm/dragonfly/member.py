@@ -30,7 +30,7 @@ from dragonfly_api import common_pb2
 
 from dfagent.dragonfly import vortex
 from dfagent.dragonfly.ids import peer_id, task_id_for_url
-from dfagent.engine.network import Answer, PieceCheck
+from dfagent.engine.network import Answer, PeerPiece, PieceCheck
 from dfagent.errors import DfagentError, VortexError
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
@@ -177,7 +177,7 @@ class DragonflyMember:
         *,
         check: PieceCheck | None = None,
         arriving: Callable[[int, bytes], None] | None = None,
-    ) -> bytes | None:
+    ) -> PeerPiece | None:
         """A parent's piece, usable only with a chunk proof (`arriving` is not told: a
         Dragonfly parent's pieces are not passed on before they are whole here)."""
         task = self._tasks.get(blob.digest.hex)
@@ -194,7 +194,7 @@ class DragonflyMember:
         data = b"".join(parts)
         if await check(data):
             self._credit(task, task.pieces.covering(start, end))
-            return data
+            return PeerPiece(data, None)
         self._metrics.dragonfly_bad_pieces.labels("proof").inc()
         for number in task.pieces.covering(start, end):
             self._distrust_piece(task, number)
