@@ -437,8 +437,6 @@ class Cluster:
         """`Swarm.fetch`: True (the piece is in), None (no peer delivered) or _BUSY. With no
         holders, from the peer receiving the piece, as it arrives there."""
         peers = answer.holders or (answer.fetching,)
-        if answer.sha256 is None and answer.holders:
-            return None
         got = yield from self._attempts(node, index, [self._by_name[peer] for peer in peers])
         if got is True and answer.sha256 is None:
             yield from self._recorded(node, index)

@@ -193,8 +193,6 @@ class Swarm:
         peers that take the piece from this agent meanwhile). Raises PeerError(busy=True) when
         every peer asked was only busy (worth asking again shortly, not the origin)."""
         peers = answer.holders or ((answer.fetching,) if answer.fetching is not None else ())
-        if answer.sha256 is None and answer.holders:
-            return None  # nothing to check a holder's bytes against: never trust them
         start, end = blob.layout.bounds(index)
         waiting = list(peers)
         running: dict[asyncio.Task[PeerPiece | None], str] = {}
