@@ -51,6 +51,7 @@ from dfagent.origin.client import BlobSource, OriginClient, RangeBody
 from dfagent.storage.layout import PieceSpan
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerError
+from dfagent.swarm.directory import STALL_SECONDS
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Engine", "FileSegment", "NotShareable"]
@@ -70,11 +71,10 @@ _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the 
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
 # A peer fetching a piece others wait for counts as stalled once no byte of the blob has
-# reached it for this long (a stalled origin connection, a stuck disk): the first waiter to
-# report it takes its fetch over (see Directory.lookup). Before its first byte of the blob it
-# gets longer: a registry may take seconds to answer (a token to fetch, a redirect to follow),
-# and another node asking it would wait as long.
-_STALL_SECONDS = 1.0
+# reached it for STALL_SECONDS (a stalled origin connection, a stuck disk): the first waiter
+# to report it takes its fetch over (see Directory.lookup). Before its first byte of the blob
+# it gets longer: a registry may take seconds to answer (a token to fetch, a redirect to
+# follow), and another node asking it would wait as long.
 _FIRST_BYTE_STALL_SECONDS = 5.0
 # Between two lookups of a piece a peer has or is getting: the first wait, doubled up to the last.
 _FIRST_POLL_SECONDS, _LAST_POLL_SECONDS = 0.005, 0.1
@@ -596,7 +596,7 @@ class Engine:
             ]
             if answer.fetch and stalled is not None:
                 reason = "stalled"
-                why = f"no byte reached {stalled} for {_STALL_SECONDS} s; its fetch passed here"
+                why = f"no byte reached {stalled} for {STALL_SECONDS} s; its fetch passed here"
                 break
             if answer.fetch:
                 reason, why = "released", "the home handed this agent the origin fetch"
@@ -830,7 +830,7 @@ class _Run:
 
 @dataclass(slots=True)
 class _FetchWatch:
-    """Whether bytes keep reaching the peer a reader waits for (see _STALL_SECONDS)."""
+    """Whether bytes keep reaching the peer a reader waits for (see STALL_SECONDS)."""
 
     clock: Callable[[], float] = time.monotonic
     peer: str | None = None
@@ -838,14 +838,14 @@ class _FetchWatch:
     moved_at: float = 0.0
 
     def stalled(self, peer: str, arrived: int) -> bool:
-        """Note `peer`'s count; True once it has not moved for _STALL_SECONDS (or
+        """Note `peer`'s count; True once it has not moved for STALL_SECONDS (or
         _FIRST_BYTE_STALL_SECONDS while it is still 0). The watch then starts over: a peer is
         reported stalled at most once a period."""
         now = self.clock()
         if (peer, arrived) != (self.peer, self.arrived):
             self.peer, self.arrived, self.moved_at = peer, arrived, now
             return False
-        if now - self.moved_at <= (_STALL_SECONDS if arrived else _FIRST_BYTE_STALL_SECONDS):
+        if now - self.moved_at <= (STALL_SECONDS if arrived else _FIRST_BYTE_STALL_SECONDS):
             return False
         self.moved_at = now
         return True

@@ -35,12 +35,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Answer", "Directory"]
+__all__ = ["STALL_SECONDS", "Answer", "Directory"]
 
 _DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
 _RELAY_DEPTH = 16  # peers a piece passes through on its way from its source, at most
 _HOLDERS_OFFERED = 8  # holders named in one answer, the best first
+# A peer counts as stalled once no byte of the blob has reached it for this long (the engine
+# watches for it). A lease younger than that cannot have been seen stalling: a report against
+# it is news of the peer's earlier role (a relay whose source stalled, before it took over).
+STALL_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -130,7 +134,11 @@ class Directory:
                 continue
             piece = blob.pieces.setdefault(index, _Piece())
             if stalled is not None and stalled != requester:
-                if piece.lease is not None and piece.lease[0] == stalled:
+                if (
+                    piece.lease is not None
+                    and piece.lease[0] == stalled
+                    and now - (piece.lease[1] - self._lease_ttl) >= STALL_SECONDS
+                ):
                     piece.lease = None
                 _forget_download(blob, piece, stalled)
             holders = [p for p, expiry in piece.holders.items() if expiry > now and p != requester]
@@ -270,7 +278,8 @@ def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int
     nearest the piece's source. So a piece runs down a line of peers, each uploading it once;
     each hop adds a little delay, so a line grows only to _RELAY_DEPTH, and then a branch
     starts at a peer with upload to spare (one that ends the lines of other pieces). Never a
-    relay that receives the piece through the requester (`held`: the piece's holders)."""
+    relay that receives the piece through the requester. `held`: the piece's holders, which
+    are sources, not relays."""
     relays = [who for who in piece.downloads if who not in held and who != requester]
     if piece.lease is not None and piece.lease[0] != requester:
         relays.append(piece.lease[0])

@@ -5,7 +5,13 @@ import socket
 import pytest
 
 from dfagent.swarm.config import PeerConfig, SwarmConfig
-from dfagent.swarm.directory import _HOLDERS_OFFERED, _RELAY_DEPTH, Answer, Directory
+from dfagent.swarm.directory import (
+    _HOLDERS_OFFERED,
+    _RELAY_DEPTH,
+    STALL_SECONDS,
+    Answer,
+    Directory,
+)
 from dfagent.swarm.hashing import home_of, ranked
 from dfagent.swarm.membership import Membership
 
@@ -262,18 +268,26 @@ def test_a_stalled_lease_passes_to_the_first_waiter_that_reports_it():
     """Every waiter sees the lease holder stall; the first to report it takes the lease (one
     new origin fetch), the others then take the piece from that one, not each go to the
     origin."""
-    directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
+    clock = Clock()
+    directory = Directory(holder_ttl=30, lease_ttl=15, clock=clock, shuffle=lambda _: None)
     assert _ask(directory, "a:1").fetch
     assert _ask(directory, "b:1").fetching == "a:1"
     assert _ask(directory, "c:1").fetching == "b:1"
     assert _ask(directory, "d:1").fetching == "c:1"
+    clock.now = STALL_SECONDS  # a's lease is old enough to have been seen stalling
     assert _report(directory, "b:1", stalled="a:1").fetch
     late = _report(directory, "d:1", stalled="a:1")  # c still receives it, now through b
     assert (late.fetch, late.fetching) == (False, "c:1")
+    # c saw its source b stall too (b had the bytes a sent it, then nothing) and says so: but
+    # b has held the lease for less than the watch's window, so it keeps it.
+    assert _report(directory, "c:1", stalled="b:1").fetching == "b:1"
     # The stalled peer asking again is told to take the piece from the new line, and nobody
     # can hand itself a lease it holds already.
     assert _ask(directory, "a:1").fetching in {"c:1", "d:1"}
     assert _report(directory, "b:1", stalled="b:1").fetch
+    # Once b's lease is old enough, a report that it stalls passes the lease on.
+    clock.now += STALL_SECONDS
+    assert _report(directory, "c:1", stalled="b:1").fetch
 
 
 def test_a_stalled_download_is_forgotten_and_the_piece_offered_afresh():
