@@ -102,6 +102,7 @@ def _lazy(args: argparse.Namespace) -> Ran:
         node_mbit=args.link_mbit,
         coverage=0.2 if args.smoke else args.coverage,
         readers=2 if args.smoke else args.readers,
+        rounds=2 if args.smoke else args.rounds,
     )
     return lazy.section(result), []
 
@@ -224,7 +225,9 @@ def _arguments() -> argparse.Namespace:
         help="blobs nobody read, two 1 MiB reads each (dragonfly)",
     )
     parser.add_argument("--image-mib", type=int, default=64, help="image size (stack)")
-    parser.add_argument("--rounds", type=int, default=3, help="starts per row (stack)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="starts per row (stack), replays per path (lazy)"
+    )
     parser.add_argument(
         "--registry-mbit", type=float, default=100, help="the registry link's cap (stack)"
     )

@@ -17,10 +17,11 @@ replaced by simulated time):
   less than one run is left; a piece nobody has claimed is claimed before it is fetched.
 - `Engine._acquire`: one lookup per group of neighbouring pieces; pieces with the lease go to
   the origin as one ranged GET per run of neighbours (a run starting mid-piece fetches the
-  piece's head by a second request), the others go to `Engine._from_peers`: fetch from the
-  holders offered, or from the peer receiving the piece now (as it arrives there); else
-  (busy) wait 5 ms doubling to 100 ms and ask again; the lease or 15 s of waiting send it to
-  the origin (so would a peer that stalls, which never happens here).
+  piece's head by a second request, once the first has brought the rest of it), the others
+  go to `Engine._from_peers`: fetch from the holders offered, or from the peer receiving the
+  piece now (as it arrives there); else (busy) wait 5 ms doubling to 100 ms and ask again;
+  the lease or 15 s of waiting send it to the origin (so would a peer that stalls, which
+  never happens here).
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
   begun to send within the hedge delay; a holder with `max_uploads` uploads answers busy. A
   relay's flow follows the flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in
@@ -304,17 +305,29 @@ class Cluster:
 
     def _origin_run(self, node: _Node, run: list[int], from_byte: int) -> None:
         """`Engine._origin_runs` and `_fill`: one ranged GET for neighbouring pieces, from
-        `from_byte` when it falls inside the first one (its head then comes by a second GET)."""
+        `from_byte` when it falls inside the first one (its head then comes by a second GET,
+        once the first has brought the rest of that piece: `Engine._fill_head`)."""
         piece = self.params.piece
         first = run[0] * piece
         last = min(self.params.size, (run[-1] + 1) * piece)
+        head = None
         if first < from_byte < first + piece:
             node.inflight[run[0]].parts = 2
-            self.kernel.spawn(self._get(node, [run[0]], first, from_byte))
+            head = (first, from_byte)
             first = from_byte
-        self.kernel.spawn(self._get(node, run, first, last))
+        self.kernel.spawn(self._get(node, run, first, last, head=head))
 
-    def _get(self, node: _Node, run: list[int], first: int, end: int) -> Step:
+    def _get(
+        self,
+        node: _Node,
+        run: list[int],
+        first: int,
+        end: int,
+        *,
+        head: tuple[int, int] | None = None,
+    ) -> Step:
+        """One ranged GET of blob bytes `first..end-1` into the pieces of `run`; `head`, the
+        bytes of the first piece before `first`, is asked for once that piece's rest is in."""
         yield self.params.rtt
         flow = self.network.start(self.origin, node.down, end - first)
         self.origin_bytes += end - first
@@ -329,6 +342,11 @@ class Cluster:
                     inflight.feed.fire((flow, index * piece - first))
             offset = min(end, (index + 1) * piece) - first
             self.network.reach(flow, offset).then(lambda _, i=index: self._part_in(node, i))
+        if head is not None:
+            low, high = head
+            self.network.reach(flow, min(end, (run[0] + 1) * piece) - first).then(
+                lambda _: self.kernel.spawn(self._get(node, [run[0]], low, high))
+            )
 
     def _part_in(self, node: _Node, index: int, *, from_origin: bool = True) -> None:
         piece = node.inflight[index]

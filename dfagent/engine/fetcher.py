@@ -479,8 +479,8 @@ class Engine:
     ) -> None:
         """Fetch every piece in `indices` that is neither present nor in flight: one origin
         request per run of neighbours. A run whose first piece holds `from_byte` past its start
-        is fetched from that byte (the reader's first byte comes first) while a second request
-        fills the head of the piece."""
+        is fetched from that byte (the reader's first byte comes first); a second request
+        fills the head of the piece once the reader's part of it is in."""
         for group in self._groups(blob, indices):
             self._launch(blob, source, group, from_byte)
 
@@ -684,7 +684,8 @@ class Engine:
     ) -> list[_Run]:
         """Runs of neighbouring claimed pieces, one origin request each. A run whose first
         piece holds `from_byte` past its start begins at that byte (the reader's first byte
-        comes first) while a second request, started here, fills the head of the piece."""
+        comes first); a second request, started here, fills the head of the piece once the
+        reader's part of it is in (see _fill_head)."""
         runs: list[_Run] = []
         for index in sorted(pieces):
             piece = pieces[index]
@@ -696,9 +697,19 @@ class Engine:
             if piece.start < from_byte < piece.start + piece.length:
                 first = from_byte
                 head = _Run(blob, source, {index: piece}, piece.start, from_byte - 1)
-                self._tasks.spawn(self._fill(head), name="fill-head")
+                self._tasks.spawn(self._fill_head(head, piece), name="fill-head")
             runs.append(_Run(blob, source, {index: piece}, first, piece.start + piece.length - 1))
         return runs
+
+    async def _fill_head(self, head: _Run, piece: InflightPiece) -> None:
+        """Fetch the head of a piece that a reader entered part-way, once the reader's part
+        of it is in: the two requests would otherwise split the link while the reader waits
+        (a piece proven whole is read only once whole, so its head is fetched at once)."""
+        if not piece.gated:
+            await piece.received_from(head.last + 1 - piece.start)
+            if piece.error is not None:
+                return
+        await self._fill(head)
 
     def _plan(
         self, blob: StoredBlob, source: BlobSource, group: list[int], from_byte: int

@@ -118,6 +118,11 @@ class InflightPiece:
                 return end
         return position
 
+    async def received_from(self, position: int) -> None:
+        """Return once bytes `[position, length)` are in, or the piece failed."""
+        while self.available_until(position) < self.length and self.error is None:
+            await self._changed.wait()
+
     def release(self) -> None:
         """A whole gated piece was proven: its readers may have it."""
         assert self.whole

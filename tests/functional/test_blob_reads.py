@@ -7,6 +7,8 @@ import asyncio
 import itertools
 import os
 import re
+import threading
+import time
 
 import aiohttp
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
+from tests.support.metrics import wait_for
 from tests.support.registry import Registry
 
 PIECE = 256 * 1024  # small pieces so that short blobs span many of them
@@ -139,6 +142,51 @@ async def test_concurrent_cold_reads_fetch_each_piece_once(small_piece_agent, or
     assert parts[0][0] == 0
     assert all(a[1] == b[0] for a, b in itertools.pairwise(parts)), parts
     assert parts[-1][1] == len(data)  # pieces 0..3; the last piece is the blob's end
+
+
+def test_a_piece_entered_part_way_has_its_head_fetched_after_the_readers_part(
+    small_piece_agent, origin, registry
+):
+    """A read that starts inside a piece gets its own bytes first: the piece's head is asked
+    for only once the reader's part of that piece is in, so the two requests never split the
+    link while the reader waits. Then every byte left the origin once."""
+    data = os.urandom(3 * PIECE)
+    digest = registry.push_blob("test/head", data)
+    first, last = PIECE // 2, PIECE + 999  # the tail of piece 0, the head of piece 1
+    resume = threading.Event()
+
+    async def resumed() -> None:
+        while not resume.is_set():
+            await asyncio.sleep(0.05)
+
+    async def slow_reader_part(request):
+        if request.method == "GET" and request.headers.get("Range", "").startswith(
+            f"bytes={first}-"
+        ):
+            return await origin.forward_pausing(request, lambda _: PIECE // 4, resumed)
+        return None
+
+    origin.faults.append(slow_reader_part)
+    bodies = []
+    reader = threading.Thread(
+        target=lambda: bodies.append(
+            read(small_piece_agent, blob_url(origin, digest, "test/head"), f"bytes={first}-{last}")
+        )
+    )
+    reader.start()
+    try:
+        wait_for(lambda: origin.blob_gets(digest), "the reader's request")
+        time.sleep(0.5)
+        ranges = [seen.range for seen in origin.blob_gets(digest)]
+        assert f"bytes=0-{first - 1}" not in ranges, "the head waits for the reader's part"
+    finally:
+        resume.set()
+        reader.join(30)
+    assert bodies[0].status == 206
+    assert bodies[0].body == data[first : last + 1]
+    head = f"bytes=0-{first - 1}"
+    wait_for(lambda: head in [seen.range for seen in origin.blob_gets(digest)], "the head")
+    assert origin.blob_bytes(digest, len(data)) == 2 * PIECE
 
 
 def test_unsatisfiable_range_is_416_with_size(small_piece_agent, origin, blob):

@@ -42,6 +42,22 @@ async def test_two_fillers_out_of_order():
     assert piece.received == 200
 
 
+async def test_received_from_waits_for_the_rest_of_the_piece_or_its_failure():
+    """What the head of a piece entered part-way waits for (`Engine._fill_head`)."""
+    piece = InflightPiece(0, 0, 100, None, "http://r:80")
+    waiting = asyncio.create_task(piece.received_from(40))
+    piece.write(40, bytes(59))
+    await asyncio.sleep(0)
+    assert not waiting.done(), "one byte short of the end"
+    piece.write(99, b"x")
+    await asyncio.wait_for(waiting, 1)
+    failing = InflightPiece(1, 100, 100, None, "http://r:80")
+    waiting = asyncio.create_task(failing.received_from(40))
+    await asyncio.sleep(0)
+    failing.fail(OriginError("gone"))
+    await asyncio.wait_for(waiting, 1)  # returns: the caller looks at the piece's error
+
+
 async def test_reader_gets_bytes_before_the_piece_is_whole():
     piece = InflightPiece(0, 0, 10, None, "http://r:80")
     piece.write(0, b"abc")
