@@ -9,8 +9,11 @@ whose other end changed, so an event costs about the flows near it, not every fl
 network. Bytes move as a fluid: no packets, no slow start, no queueing delay (the request's
 round trip is the caller's to add).
 
-A flow may follow a leader (a relay passing a piece on while it arrives): it then runs no
-faster than its leader until the leader is done, so it never gets ahead of the bytes it relays.
+A flow may follow a leader (a relay passing a piece on while it arrives): it never gets ahead
+of the bytes that have reached the relay. Caught up with them, it runs no faster than its
+leader; held back by its own links, it falls behind, and once they free up it runs as fast as
+they allow until it has caught up again (a relay sends whatever it has). Once the leader is
+done, the follower is free.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ __all__ = ["Flow", "Link", "Network"]
 
 _TOLERANCE = 1e-6  # relative change of a share worth passing on
 _BYTE = 1e-3  # fluid arithmetic: a flow this close to a mark has reached it
+_CAUGHT_UP = 1.0  # bytes: a follower this close behind its leader's bytes has caught up
+_FREE = float("inf")
 
 
 @dataclass(eq=False, slots=True)
@@ -49,7 +54,10 @@ class Flow:
     version: int = 0  # bumps whenever the scheduled arrival is replaced
     marks: list[tuple[float, Event]] = field(default_factory=list)  # (offset, fired then)
     running: bool = True
-    cap: float = float("inf")  # the leader's rate while it runs
+    cap: float = _FREE  # the leader's rate while caught up with it
+    leader: Flow | None = None
+    base: float = 0.0  # the leader's bytes that this flow's first byte waits for
+    catch_version: int = 0  # bumps whenever the planned catch-up is replaced
     followers: list[Flow] = field(default_factory=list)
 
     def other(self, link: Link) -> Link:
@@ -60,21 +68,31 @@ class Network:
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
         self.settles = 0  # link shares recomputed, in all (the model's own cost)
-        self._recaps: deque[tuple[Flow, float]] = deque()  # (follower, its leader's rate)
+        self._recaps: deque[Flow] = deque()  # followers whose cap may have to change
         self._following = False
 
     def start(
-        self, sender: Link, receiver: Link, size: float, *, leader: Flow | None = None
+        self,
+        sender: Link,
+        receiver: Link,
+        size: float,
+        *,
+        leader: Flow | None = None,
+        base: float | None = None,
     ) -> Flow:
         """A flow of `size` bytes; its `done` event fires once the last byte is in. With a
-        `leader` still running, it runs no faster than the leader (a cut-through relay)."""
+        `leader` still running, its bytes are the leader's from byte `base` on (default: as
+        far as the leader has come), and it never gets ahead of them (a cut-through relay)."""
         flow = Flow(sender, receiver, size, self._kernel.event(), since=self._kernel.now)
         if leader is not None and leader.running:
-            flow.cap = leader.rate
+            flow.leader = leader
+            flow.base = self._moved(leader) if base is None else base
+            flow.cap = self._cap(flow)
             leader.followers.append(flow)
         sender.flows[flow] = None
         receiver.flows[flow] = None
         self._settle([sender, receiver], {flow: None})
+        self._recaps.append(flow)
         self._follow()
         return flow
 
@@ -110,21 +128,53 @@ class Network:
         flow.receiver.flows.pop(flow, None)
         self._settle([flow.sender, flow.receiver], {})
         followers, flow.followers = flow.followers, []
-        self._recaps += ((follower, float("inf")) for follower in followers)  # free to run
+        for follower in followers:  # free to run
+            follower.leader = None
+            self._recaps.append(follower)
         self._follow()
+
+    def _cap(self, flow: Flow) -> float:
+        """A follower caught up with the bytes at its relay runs at its leader's rate; one
+        behind them (or whose leader is done) runs as fast as its links allow."""
+        leader = flow.leader
+        if leader is None or not leader.running:
+            return _FREE
+        behind = self._moved(leader) - flow.base - self._moved(flow)
+        return leader.rate if behind <= _CAUGHT_UP else _FREE
 
     def _follow(self) -> None:
         """Pass rate changes down chains of followers (a loop, not recursion: a chain may be
-        as long as the cluster)."""
+        as long as the cluster), and plan when each follower that is behind catches up."""
         if self._following:
             return
         self._following = True
         while self._recaps:
-            flow, cap = self._recaps.popleft()
-            if flow.running and cap != flow.cap:
+            flow = self._recaps.popleft()
+            if not flow.running:
+                continue
+            cap = self._cap(flow)
+            if cap != flow.cap:
                 flow.cap = cap
                 self._settle([flow.sender, flow.receiver], {flow: None})
+            self._plan_catch_up(flow)
         self._following = False
+
+    def _plan_catch_up(self, flow: Flow) -> None:
+        flow.catch_version += 1
+        leader = flow.leader
+        if flow.cap != _FREE or leader is None or not leader.running:
+            return
+        closing = flow.rate - leader.rate
+        if closing <= 0:
+            return
+        behind = self._moved(leader) - flow.base - self._moved(flow)
+        version = flow.catch_version
+        self._kernel.after(max(0.0, behind / closing), lambda _: self._caught_up(flow, version))
+
+    def _caught_up(self, flow: Flow, version: int) -> None:
+        if version == flow.catch_version and flow.running:
+            self._recaps.append(flow)
+            self._follow()
 
     def _settle(self, links: list[Link], touched: dict[Flow, None]) -> None:
         """Recompute the shares that change from `links` on, then the rates of the flows on
@@ -156,7 +206,9 @@ class Network:
                     flow.since = self._kernel.now
                     flow.rate = rate
                     self._schedule(flow)
-                    self._recaps += ((follower, rate) for follower in flow.followers)
+                    self._recaps += flow.followers
+                    if flow.leader is not None:
+                        self._recaps.append(flow)
 
     def _schedule(self, flow: Flow) -> None:
         """Plan the flow's next arrival: its next mark, or its end."""

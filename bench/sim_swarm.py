@@ -25,7 +25,8 @@ replaced by simulated time):
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
   begun to send within the hedge delay; a holder with `max_uploads` uploads answers busy. A
   relay's flow follows the flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in
-  and runs no faster (bench/sim_network.py); a piece taken from its origin fetcher is checked
+  and never gets closer than that to the bytes at the relay; held back by its own links, it
+  catches up later (bench/sim_network.py). A piece taken from its origin fetcher is checked
   once the home has its sha256 (`Swarm._recorded`, polled).
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
 - Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
@@ -73,8 +74,8 @@ _PEER = PeerConfig()
 _REFRESH = float(SwarmConfig().refresh)
 _BUSY = "busy"  # a fetch where every holder answered busy
 # A relay passes bytes on in the parts it receives them in: a follower's flow starts once this
-# much of the piece has reached the relay, and runs no faster than the relay's own (so each hop
-# adds about 2.6 ms at 200 Mbit/s).
+# much of the piece has reached the relay and stays this far behind the relay's own (so each
+# hop adds about 2.6 ms at 200 Mbit/s).
 _RELAY_LAG_BYTES = 64 * 1024
 
 
@@ -503,7 +504,7 @@ class Cluster:
         yield self.params.rtt / 2
         if attempt.cancelled:
             return
-        leader = None
+        leader, base = None, 0.0
         if index not in holder.received:  # a relay: it passes the piece on as it arrives
             fed = holder.inflight.get(index)
             if fed is None or fed.feed is None or fed.whole is None:
@@ -514,7 +515,8 @@ class Cluster:
             first = yield self.kernel.first_of([fed.feed, fed.whole])
             if first is fed.feed and fed.feed.value[0].running:
                 leader, offset = fed.feed.value
-                lag = self.network.reach(leader, min(offset + _RELAY_LAG_BYTES, leader.size))
+                base = min(offset + _RELAY_LAG_BYTES, leader.size)
+                lag = self.network.reach(leader, base)
                 yield self.kernel.first_of([lag, fed.whole])  # (a cancelled flow never reaches)
                 if not leader.running:
                     leader = None
@@ -524,7 +526,7 @@ class Cluster:
             return
         sending.fire()
         size = min(self.params.piece, self.params.size - index * self.params.piece)
-        attempt.flow = self.network.start(holder.up, node.down, size, leader=leader)
+        attempt.flow = self.network.start(holder.up, node.down, size, leader=leader, base=base)
         mine = node.inflight.get(index)
         if mine is not None and mine.feed is not None:
             mine.feed.fire((attempt.flow, 0))

@@ -87,6 +87,29 @@ def test_a_follower_runs_no_faster_than_its_leader_and_ends_after_it() -> None:
     assert line[1].rate == 100.0 and line[-1].rate == 100.0
 
 
+def test_a_follower_held_back_catches_up_but_never_passes_its_leader() -> None:
+    """A relay sends whatever has reached it: a follower that its own downlink held back runs
+    faster than its leader once that link frees up, until it has caught up; never ahead."""
+    kernel = Kernel()
+    network = Network(kernel)
+    leader = network.start(Link(10.0), Link(100.0), 100.0)
+    downlink = Link(20.0)
+    follower = network.start(Link(100.0), downlink, 100.0, leader=leader)
+    for _ in range(3):  # until t = 5 s the follower gets a quarter of its downlink
+        network.start(Link(100.0), downlink, 25.0)
+    seen: dict[float, tuple[float, float]] = {}
+    for at in (4.0, 6.0, 8.0):
+        kernel.after(at, lambda _, at=at: seen.setdefault(at, (follower.rate, leader.rate)))
+    ended: dict[str, float] = {}
+    leader.done.then(lambda _: ended.setdefault("leader", kernel.now))
+    follower.done.then(lambda _: ended.setdefault("follower", kernel.now))
+    kernel.run()
+    assert seen[4.0] == (pytest.approx(5.0), pytest.approx(10.0)), "held back: falls behind"
+    assert seen[6.0] == (pytest.approx(20.0), pytest.approx(10.0)), "free: catches up"
+    assert seen[8.0] == (pytest.approx(10.0), pytest.approx(10.0)), "caught up at 7.5 s"
+    assert ended == {"leader": pytest.approx(10.0), "follower": pytest.approx(10.0)}
+
+
 _PARAMS = Params(nodes=6, size=24 * MIB, link=25e6, origin=25e6, rtt=0.002, seed=3)
 
 
