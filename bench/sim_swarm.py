@@ -23,11 +23,12 @@ replaced by simulated time):
   the lease or 15 s of waiting send it to the origin (so would a peer that stalls, which
   never happens here).
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
-  begun to send within the hedge delay; a holder with `max_uploads` uploads answers busy. A
-  relay's flow follows the flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in
-  and never gets closer than that to the bytes at the relay; held back by its own links, it
-  catches up later (bench/sim_network.py). A piece taken from its origin fetcher is checked
-  once the home has its sha256 (`Swarm._recorded`, polled).
+  begun to send within the hedge delay; a holder with `max_uploads` uploads holds a request
+  in line for a slot up to the hedge delay, then answers busy. A relay's flow follows the
+  flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in and never gets closer
+  than that to the bytes at the relay; held back by its own links, it catches up later
+  (bench/sim_network.py). A piece taken from its origin fetcher is checked once the home
+  has its sha256 (`Swarm._recorded`, polled).
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
 - Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
   home acts half-way through it); a download starts its bytes one round trip after the
@@ -109,6 +110,7 @@ class _Attempt:
     done: Event
     flow: Flow | None = None
     counted: bool = False  # holds one of the holder's upload slots
+    slot: Event | None = None  # in line for one of them
     cancelled: bool = False
 
 
@@ -122,6 +124,7 @@ class _Node:
     received: set[int] = field(default_factory=set)  # whole (held, or being stored)
     inflight: dict[int, _Piece] = field(default_factory=dict)
     uploads: int = 0
+    waiting: list[Event] = field(default_factory=list)  # requests in line for an upload slot
     uploaded: float = 0.0
     lookups: int = 0  # lookups this node answered as a home
     pending: dict[int, bytes] = field(default_factory=dict)  # announcements not sent yet
@@ -495,11 +498,24 @@ class Cluster:
         yield self.params.rtt / 2
         if attempt.cancelled:
             return
-        if holder.uploads >= _PEER.max_uploads:
-            yield self.params.rtt / 2
-            attempt.done.fire(_BUSY)
-            return
-        holder.uploads += 1
+        if holder.uploads < _PEER.max_uploads:
+            holder.uploads += 1
+        else:  # `UploadSlots`: wait in line for a slot, a while
+            attempt.slot = self.kernel.event()
+            holder.waiting.append(attempt.slot)
+            yield self.kernel.first_of(
+                [attempt.slot, self.kernel.timeout(float(_PEER.hedge_after))]
+            )
+            slot, attempt.slot = attempt.slot, None
+            if attempt.cancelled:  # (_cancel took it out of the line)
+                if slot.fired:
+                    self._free_slot(holder)
+                return
+            if not slot.fired:
+                holder.waiting.remove(slot)
+                yield self.params.rtt / 2
+                attempt.done.fire(_BUSY)
+                return
         attempt.counted = True
         yield self.params.rtt / 2
         if attempt.cancelled:
@@ -508,7 +524,7 @@ class Cluster:
         if index not in holder.received:  # a relay: it passes the piece on as it arrives
             fed = holder.inflight.get(index)
             if fed is None or fed.feed is None or fed.whole is None:
-                holder.uploads -= 1  # it gave the piece up: 404
+                self._free_slot(holder)  # it gave the piece up: 404
                 attempt.counted = False
                 attempt.done.fire(None)
                 return
@@ -531,17 +547,26 @@ class Cluster:
         if mine is not None and mine.feed is not None:
             mine.feed.fire((attempt.flow, 0))
         yield attempt.flow.done
-        holder.uploads -= 1
+        self._free_slot(holder)
         attempt.counted = False
         holder.uploaded += size
         attempt.done.fire(True)
 
+    def _free_slot(self, holder: _Node) -> None:
+        """`UploadSlots.give`: the slot goes to the longest waiting request, if any."""
+        if holder.waiting:
+            holder.waiting.pop(0).fire()
+        else:
+            holder.uploads -= 1
+
     def _cancel(self, attempt: _Attempt) -> None:
         attempt.cancelled = True
+        if attempt.slot is not None and not attempt.slot.fired:
+            attempt.holder.waiting.remove(attempt.slot)
         if attempt.flow is not None:
             self.network.cancel(attempt.flow)
         if attempt.counted:
-            attempt.holder.uploads -= 1
+            self._free_slot(attempt.holder)
             attempt.counted = False
 
 

@@ -213,6 +213,8 @@ class Agent:
             directory,
             self.metrics,
             max_uploads=config.peer.max_uploads,
+            # no use holding a request longer than its sender waits before asking elsewhere too
+            slot_wait=config.peer.hedge_after,
             upload_bandwidth=config.peer.upload_bandwidth,
             tls=server_context(tls) if tls is not None else None,
         )

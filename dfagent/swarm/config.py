@@ -32,7 +32,8 @@ class PeerConfig:
     tls: PeerTLS | None = None
     # Bytes per second this agent uploads to peers in all (null: no cap).
     upload_bandwidth: ByteSize | None = None
-    # Uploads at once; beyond it peers get 429 and ask another holder.
+    # Uploads at once. A request beyond it waits up to hedge_after for a slot, first come
+    # first served; then it gets 429 and its sender asks another holder.
     max_uploads: int = 16
     # A peer that does not accept a connection this fast is passed over (fail fast: the next
     # holder, or the origin).

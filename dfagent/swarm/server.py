@@ -27,6 +27,7 @@ from dfagent.sendfile import send_segment
 from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.directory import Directory
+from dfagent.swarm.slots import UploadSlots
 
 __all__ = ["Arrivals", "Completions", "PeerServer"]
 
@@ -92,6 +93,7 @@ class PeerServer:
         metrics: Metrics,
         *,
         max_uploads: int,
+        slot_wait: float,
         upload_bandwidth: int | None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -101,8 +103,7 @@ class PeerServer:
         self._store = store
         self._directory = directory
         self._metrics = metrics
-        self._max_uploads = max_uploads
-        self._uploads = 0
+        self._slots = UploadSlots(max_uploads, slot_wait)
         self._pacer = _Pacer(upload_bandwidth)
         self._server: asyncio.Server | None = None
         self._http: web.Server | None = None
@@ -212,11 +213,10 @@ class PeerServer:
         send: Callable[[web.StreamResponse], Awaitable[None]],
     ) -> web.StreamResponse:
         """Send a piece's `length` bytes (`kind`: held here, or passed on as it arrives),
-        unless this agent already has `peer.max_uploads` uploads running."""
-        if self._uploads >= self._max_uploads:
+        once one of `peer.max_uploads` upload slots is free (429 if none frees up soon)."""
+        if not await self._slots.take():
             self._metrics.peer_requests.labels("busy").inc()
             return web.Response(status=429, text="too many uploads; ask another holder\n")
-        self._uploads += 1
         try:
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             response.content_length = length
@@ -232,7 +232,7 @@ class PeerServer:
             self._metrics.peer_requests.labels(kind).inc()
             return response
         finally:
-            self._uploads -= 1
+            self._slots.give()
 
     async def _complete(self, body: dict[str, Any]) -> web.StreamResponse:
         if self.completions is None:
