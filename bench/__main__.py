@@ -103,6 +103,8 @@ def _lazy(args: argparse.Namespace) -> Ran:
         coverage=0.2 if args.smoke else args.coverage,
         readers=2 if args.smoke else args.readers,
         rounds=2 if args.smoke else args.rounds,
+        piece=args.piece_kib * 1024,
+        max_uploads=args.max_uploads,
     )
     return lazy.section(result), []
 
@@ -227,6 +229,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--image-mib", type=int, default=64, help="image size (stack)")
     parser.add_argument(
         "--rounds", type=int, default=3, help="starts per row (stack), replays per path (lazy)"
+    )
+    parser.add_argument(
+        "--piece-kib", type=int, default=1024, help="the agents' storage.piece_size (lazy)"
+    )
+    parser.add_argument(
+        "--max-uploads", type=int, default=None, help="the agents' peer.max_uploads (lazy)"
     )
     parser.add_argument(
         "--registry-mbit", type=float, default=100, help="the registry link's cap (stack)"

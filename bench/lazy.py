@@ -29,7 +29,7 @@ from bench.report import Bars, Cdf, Section, at_most, info
 from tests.support.metrics import sample_sum
 
 MIB = 1024 * 1024
-PIECE = MIB  # the agents' storage.piece_size
+PIECE = MIB  # the agents' storage.piece_size, unless told otherwise
 _ALIGN = 4096
 _READER = Path(__file__).with_name("trace_reader.py")
 
@@ -39,8 +39,8 @@ class Read:
     first: int
     length: int
 
-    def pieces(self) -> range:
-        return range(self.first // PIECE, (self.first + self.length - 1) // PIECE + 1)
+    def pieces(self, piece: int = PIECE) -> range:
+        return range(self.first // piece, (self.first + self.length - 1) // piece + 1)
 
 
 def make_trace(size: int, coverage: float, rng: random.Random) -> list[Read]:
@@ -79,6 +79,7 @@ class Lazy:
     readers: int
     reads: int  # per node
     rounds: int
+    piece: int  # the agents' storage.piece_size
     trace_mib: float  # what one node reads
     distinct_pieces: int
     direct: Replay
@@ -134,6 +135,8 @@ def run(
     readers: int = 4,
     seed: int = 8,
     rounds: int = 3,
+    piece: int = PIECE,
+    max_uploads: int | None = None,
 ) -> Lazy:
     harness.clean(work)
     rng = random.Random(seed)
@@ -143,9 +146,14 @@ def run(
         [r.first, r.length, hashlib.sha256(data[r.first : r.first + r.length]).hexdigest()]
         for r in trace
     ]
-    spans = sum(len(r.pieces()) for r in trace)  # pieces one node's reads span, repeats counted
+    spans = sum(
+        len(r.pieces(piece)) for r in trace
+    )  # pieces one node's reads span, repeats counted
     trace_bytes = sum(r.length for r in trace)
     direct, swarm = _Rounds(), _Rounds()
+    overrides: dict[str, dict[str, object]] = {"storage": {"piece_size": piece}}
+    if max_uploads is not None:
+        overrides["peer"] = {"max_uploads": max_uploads}
     with cluster.network(work, nodes, node_mbit) as net:
         digest = net.registry.push_blob("bench/lazy", data)
         del data
@@ -165,7 +173,7 @@ def run(
             )
             direct.count(nodes * len(trace), nodes * spans, nodes * trace_bytes)
 
-            with cluster.agents(here, net.hosts, storage={"piece_size": PIECE}) as agents:
+            with cluster.agents(here, net.hosts, **overrides) as agents:
                 swarm.replay(
                     net.hosts,
                     traces,
@@ -190,8 +198,9 @@ def run(
         readers=readers,
         reads=len(trace),
         rounds=rounds,
+        piece=piece,
         trace_mib=trace_bytes / MIB,
-        distinct_pieces=len({i for r in trace for i in r.pieces()}),
+        distinct_pieces=len({i for r in trace for i in r.pieces(piece)}),
         direct=direct.done(rounds),
         swarm=swarm.done(rounds),
     )
@@ -205,7 +214,7 @@ def report(result: Lazy) -> str:
     lines = [
         f"Each node reads {result.reads} ranges ({result.trace_mib:.0f} MiB, "
         f"{result.trace_mib / result.blob_mib:.0%} of the blob) with {result.readers} readers; "
-        f"they touch {result.distinct_pieces} distinct {PIECE // MIB} MiB pieces. "
+        f"they touch {result.distinct_pieces} distinct {result.piece // 1024} KiB pieces. "
         f"{result.rounds} rounds, each path once per round in turn (direct first); the "
         "percentiles pool every round's reads, the origin figures are per round.",
         "",
