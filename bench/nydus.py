@@ -25,7 +25,7 @@ from tests.support.nydus_registry import (
     pull_bootstrap,
     push_nydus_image,
 )
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 
 REPO = "bench/nydus"
 _DFDAEMON_ORIGIN = "dragonfly_client_download_traffic"  # bytes, by type
@@ -81,7 +81,7 @@ def _profile(
             token = base / "token"
             base.mkdir(parents=True, exist_ok=True)
             token.write_text("bench-cluster-token-0123456789")
-            members = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+            members = [f"127.0.0.1:{port}" for port in free_ports(2)]
             agents = [
                 stack.enter_context(_agent(base / f"agent{i}", {
                     "log": {"level": "info"},

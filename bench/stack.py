@@ -22,7 +22,7 @@ from bench import cluster, harness
 from bench.link import ShapedLink
 from bench.report import Bars, Check, Section, at_most, number, table
 from tests.support.agent import AgentProcess
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 from tests.support.registry import Registry
 from tests.support.stack import (
     Node,
@@ -152,7 +152,7 @@ def _swarm(work: Path) -> Iterator[list[AgentProcess]]:
     work.mkdir(parents=True, exist_ok=True)
     token = work / "token"
     token.write_text("bench-stack-token-0123456789\n")
-    members = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    members = [f"127.0.0.1:{port}" for port in free_ports(2)]
     with contextlib.ExitStack() as stack:
         yield [
             stack.enter_context(

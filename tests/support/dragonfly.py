@@ -24,7 +24,7 @@ import yaml
 
 from tests.support.agent import deep_merge
 from tests.support.metrics import sample_sum
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 from tests.support.processes import end
 from tests.support.tools import find, require
 
@@ -228,7 +228,7 @@ def _start_scheduler(
     stack: contextlib.ExitStack, root: Path, log_level: str, place: Place
 ) -> Scheduler:
     root.mkdir(parents=True)
-    port, metrics = free_port(), free_port()
+    port, metrics = free_ports(2)
     config = {
         "server": {
             "advertiseIP": place.address,
@@ -280,9 +280,8 @@ def _start_daemon(
     root.mkdir(parents=True)
     if len(str(root / "dfdaemon.sock")) > _UNIX_PATH_MAX:
         raise ClusterError(f"{root} is too long a path for dfdaemon's unix socket in it")
-    ports = {
-        key: free_port() for key in ("upload", "tcp", "quic", "proxy", "metrics", "health", "stats")
-    }
+    keys = ("upload", "tcp", "quic", "proxy", "metrics", "health", "stats")
+    ports = dict(zip(keys, free_ports(len(keys)), strict=True))
     local = {"ip": place.address}
     config: dict[str, object] = {
         # the host id is ip-hostname: every daemon on this machine needs a hostname of its own
