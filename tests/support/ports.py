@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+
+# Below the kernel's ephemeral range (32768-60999 by default), from which every outgoing
+# connection takes its local port: a port chosen there and released could be taken by one of
+# the tests' own connections before the service meant for it binds it.
+_FIRST, _LAST = 20000, 32000
+_handed: set[int] = set()  # never hand out the same port twice in one process
+_random = random.SystemRandom()  # apart from the random module's state, which tests may seed
 
 
 def free_port() -> int:
@@ -12,12 +20,19 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports: every socket stays bound until all are chosen (one at a
-    time, the kernel may hand the same port out twice)."""
+    """`count` distinct ports that were free a moment ago. Every socket stays bound until all
+    are chosen."""
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        while len(ports) < count:
+            port = _random.randint(_FIRST, _LAST)
+            if port in _handed:
+                continue
             sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken
+                continue
+            _handed.add(port)
+            ports.append(port)
         return ports
