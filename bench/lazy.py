@@ -65,10 +65,11 @@ class Replay:
     latencies_ms: list[float]  # every read of every round
     round_p99_ms: list[float]
     seconds: float  # until the last node had read its whole trace, in the slowest round
-    origin_requests: float  # ranged GETs, per round
-    origin_piece_fetches: float  # pieces the origin delivered per round (direct: pieces each
-    # read spans)
-    origin_bytes: float  # per round
+    # What the origin saw, per round: ranged GETs, pieces it delivered (direct: the pieces
+    # each read spans), bytes.
+    origin_requests: float
+    origin_piece_fetches: float
+    origin_bytes: float
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ class _Rounds:
     latencies_ms: list[float] = field(default_factory=list)
     round_p99_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    origin: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # GETs, pieces, bytes
+    origin_requests: float = 0.0  # summed over the rounds, as are the two below
+    origin_piece_fetches: float = 0.0
+    origin_bytes: float = 0.0
 
     def replay(
         self,
@@ -117,13 +120,20 @@ class _Rounds:
         self.round_p99_ms.append(percentile(latencies, 99))
         self.seconds = max(self.seconds, *(r["seconds"] for r in results))
 
-    def count(self, requests: float, pieces: float, size: float) -> None:
-        for i, value in enumerate((requests, pieces, size)):
-            self.origin[i] += value
+    def count(self, requests: float, piece_fetches: float, size: float) -> None:
+        self.origin_requests += requests
+        self.origin_piece_fetches += piece_fetches
+        self.origin_bytes += size
 
     def done(self, rounds: int) -> Replay:
-        requests, pieces, size = (value / rounds for value in self.origin)
-        return Replay(self.latencies_ms, self.round_p99_ms, self.seconds, requests, pieces, size)
+        return Replay(
+            self.latencies_ms,
+            self.round_p99_ms,
+            self.seconds,
+            self.origin_requests / rounds,
+            self.origin_piece_fetches / rounds,
+            self.origin_bytes / rounds,
+        )
 
 
 def run(
