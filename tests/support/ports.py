@@ -10,7 +10,7 @@ import socket
 # connection takes its local port: a port chosen there and released could be taken by one of
 # the tests' own connections before the service meant for it binds it.
 _FIRST, _LAST = 20000, 32000
-_handed: set[int] = set()  # never hand out the same port twice in one process
+_handed: set[int] = set()  # handed out lately in this process: not again
 _random = random.SystemRandom()  # apart from the random module's state, which tests may seed
 
 
@@ -25,6 +25,8 @@ def free_ports(count: int) -> list[int]:
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         while len(ports) < count:
+            if len(_handed) > (_LAST - _FIRST) // 2:  # long runs: forget the oldest handouts
+                _handed.clear()
             port = _random.randint(_FIRST, _LAST)
             if port in _handed:
                 continue
