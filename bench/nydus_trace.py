@@ -1,15 +1,18 @@
 """Cold reads in nydusd's own pattern: the ranges a real nydusd asked a registry for while it
 read a working set of a real nydus image (every third file), replayed on one keep-alive
-connection straight to the registry, and through fresh agents that did and did not see the
-image's bootstrap layer. Reports the trace's total time, per-read latency and origin bytes per
-byte asked."""
+connection straight to the registry, through fresh agents that did and did not see the
+image's bootstrap layer, and through a fresh Dragonfly dfdaemon when it is installed (the
+proxy dfagent replaces; it proves no chunk). Reports the trace's total time, per-read latency
+and origin bytes per byte asked."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from bench import harness
@@ -17,6 +20,7 @@ from bench.cold import Reader
 from bench.harness import percentile
 from bench.link import registry_links
 from bench.report import Section, at_most
+from tests.support import dragonfly
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import sample_sum, wait_for
 from tests.support.nydus import Mount, make_tree, nydusd_config
@@ -28,6 +32,7 @@ from tests.support.nydus_registry import (
 )
 
 REPO = "bench/trace"
+_DFDAEMON_ORIGIN = "dragonfly_client_download_traffic"  # bytes, by type
 
 
 @dataclass
@@ -84,18 +89,28 @@ def _replay(
     image: NydusImage,
     trace: list[tuple[int, int]],
 ) -> list[Replay]:
-    """`trace` straight to the registry at `port` and through two fresh agents."""
+    """`trace` straight to the registry at `port`, through two fresh agents and, when it is
+    installed, through a fresh dfdaemon."""
     upstream = f"http://127.0.0.1:{port}"
     path = f"/v2/{REPO}/blobs/{image.blob_digest}"
-    replays = [(Replay("registry direct"), Reader(port, path), None)]
+    replays: list[tuple[Replay, Reader, Callable[[], float] | None]] = [
+        (Replay("registry direct"), Reader(port, path), None)
+    ]
     for name, learns in (("dfagent, bootstrap seen", True), ("dfagent, no chunk map", False)):
         agent = stack.enter_context(harness.agent(work, name.split(",")[1].strip()))
         if learns:
             pull_bootstrap(agent, upstream, image)
             wait_for(lambda a=agent: maps_learned(a) >= 1, "the chunk map")
-        replays.append((Replay(name), Reader(agent.proxy_port, upstream + path), agent.metrics_url))
-    for replay, reader, metrics_url in replays:
-        before = sample_sum(metrics_url, "dfagent_origin_bytes_total") if metrics_url else 0
+        origin = partial(sample_sum, agent.metrics_url, "dfagent_origin_bytes_total")
+        replays.append((Replay(name), Reader(agent.proxy_port, upstream + path), origin))
+    if dragonfly.available() is None:
+        daemon = stack.enter_context(
+            dragonfly.cluster(work / "dragonfly", daemons=1, log_level="warn")
+        ).daemons[0]
+        origin = partial(daemon.metric, _DFDAEMON_ORIGIN, type="BACK_TO_SOURCE")
+        replays.append((Replay("dfdaemon"), Reader(daemon.proxy_port, upstream + path), origin))
+    for replay, reader, origin_bytes in replays:
+        before = origin_bytes() if origin_bytes else 0
         started = time.perf_counter()
         for first, last in trace:
             _, total, body = reader.read(first, last - first + 1)
@@ -104,11 +119,7 @@ def _replay(
             replay.asked_bytes += last - first + 1
             replay.sizes.append(last - first + 1)
         replay.seconds = time.perf_counter() - started
-        replay.origin_bytes = (
-            sample_sum(metrics_url, "dfagent_origin_bytes_total") - before
-            if metrics_url
-            else float(replay.asked_bytes)
-        )
+        replay.origin_bytes = origin_bytes() - before if origin_bytes else float(replay.asked_bytes)
     return [replay for replay, _, _ in replays]
 
 
@@ -135,7 +146,7 @@ def report(results: dict[str, list[Replay]]) -> str:
 
 def section(results: dict[str, list[Replay]]) -> Section:
     checks = []
-    for profile, (base, seen, _) in results.items():
+    for profile, (base, seen, *_) in results.items():
         checks += [
             at_most(f"{profile}: origin / asked", seen.origin_bytes / seen.asked_bytes, 1.05),
             at_most(f"{profile}: trace time vs direct", seen.seconds / base.seconds, 1.1),
@@ -143,7 +154,8 @@ def section(results: dict[str, list[Replay]]) -> Section:
     return Section(
         scenario="nydus-trace",
         title="Cold reads in nydusd's own pattern (a recorded trace), through dfagent (bootstrap "
-        "seen) against straight to the registry",
+        "seen) against straight to the registry (and through Dragonfly's dfdaemon when it is "
+        "installed)",
         table=report(results),
         checks=checks,
     )
