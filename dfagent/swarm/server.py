@@ -120,7 +120,9 @@ class PeerServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._http = web.Server(self._handle, access_log=None)
+        # A peer that hangs up cancels its handler: a relay waiting for bytes that stopped
+        # arriving would otherwise hold its upload slot until they came.
+        self._http = web.Server(self._handle, access_log=None, handler_cancellation=True)
         self._server = await bind("peer", self._listen, self._http, ssl=self._tls)
 
     async def stop(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import os
 import random
@@ -12,6 +14,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -319,6 +322,54 @@ def test_a_piece_moves_on_to_other_nodes_while_it_arrives(swarm, origin, registr
         assert metric(agent, 'dfagent_served_bytes_total{source="origin"}') == 0
     relayed = [metric(a, 'dfagent_peer_requests_total{kind="relay"}') for a in (first, *others)]
     assert relayed[0] >= 1 and sum(relayed) >= 2, f"passed on while arriving: {relayed}"
+
+
+def ask_for_piece(agent: AgentProcess, path: str, *, hang_up_after: float) -> int:
+    """Ask `agent`'s peer endpoint for `path` as a peer would, read what comes for
+    `hang_up_after` seconds, then hang up; the status it answered."""
+    connection = http.client.HTTPConnection("127.0.0.1", agent.peer_port, timeout=5)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        if response.status == 200:
+            connection.sock.settimeout(hang_up_after)
+            with contextlib.suppress(TimeoutError):
+                while response.read(64 * 1024):
+                    pass
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_a_peer_that_hangs_up_on_a_relay_frees_its_upload_slot(swarm, origin, registry):
+    """A node passing on a piece that stopped arriving (its origin connection stalled) is
+    asked for it by peers that give up after a while and hang up. Each hang-up frees the
+    upload slot at once: the node must not answer "busy" to every peer until the stalled
+    fetch ends."""
+    (first,) = swarm(1, peer={"max_uploads": 1})
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    resume = threading.Event()
+    origin.faults.append(stalling_first_get(origin, digest, resume, head=PIECE // 2))
+    wanted = {"Range": f"bytes=0-{PIECE - 1}"}
+    bodies: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: bodies.append(send(first.proxy_port, url(origin, digest), wanted).body)
+    )
+    reader.start()
+    piece = f"/v1/pieces/{digest}/0?" + urllib.parse.urlencode({"origin": origin.url})
+    try:
+        wait_for(lambda: progress(first, digest) >= PIECE // 2, "half a piece at the node")
+        statuses = []
+        for _ in range(3):
+            statuses.append(ask_for_piece(first, piece, hang_up_after=0.3))
+            time.sleep(0.3)  # the node notices the hang-up
+        assert statuses == [200] * 3, f"answers while the piece is stalled: {statuses}"
+    finally:
+        resume.set()
+        reader.join(30)
+    assert bodies == [data[:PIECE]]
+    assert metric(first, 'dfagent_peer_requests_total{kind="busy"}') == 0
 
 
 def test_the_swarm_survives_a_home_restart(swarm, origin, registry):
