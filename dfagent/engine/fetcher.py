@@ -528,7 +528,7 @@ class Engine:
         try:
             answers = await self._network.lookup(blob, source, sorted(pieces))
         except BaseException as exc:
-            self._abandon(_Run(blob, source, pieces, 0, -1), OriginError("swarm lookup cancelled"))
+            self._abandon(_Run.whole(blob, source, pieces), OriginError("swarm lookup cancelled"))
             if isinstance(exc, Exception):
                 log.exception("swarm lookup failed")
                 return
@@ -550,6 +550,31 @@ class Engine:
         """A piece that holders have, or that a peer is receiving right now: take it from them
         (from the receiving peer as its bytes arrive there), else wait for it while bytes keep
         reaching that peer, else take it from the origin."""
+        try:
+            fallback = await self._ask_peers(blob, source, piece, answer)
+        except BaseException as exc:  # its readers (and relays) must not wait for ever
+            failed = isinstance(exc, Exception)
+            error = OriginError("swarm fetch failed" if failed else "swarm fetch cancelled")
+            self._abandon(_Run.whole(blob, source, {piece.index: piece}), error)
+            if failed:
+                log.exception("swarm fetch failed")
+                return
+            raise
+        if fallback is None:
+            return
+        reason, why = fallback
+        self._metrics.peer_fallbacks.labels(reason).inc()
+        log.debug(
+            "piece goes to the origin after all",
+            extra={"digest": str(blob.digest), "piece": piece.index, "reason": why},
+        )
+        await self._fill(_Run.whole(blob, source, {piece.index: piece}))
+
+    async def _ask_peers(
+        self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, answer: Answer
+    ) -> tuple[str, str] | None:
+        """The swarm part of _from_peers: None once the piece came from a peer, else why it
+        goes to the origin after all (the metric's reason, and words for the log)."""
         assert self._network is not None
         waited_until = time.monotonic() + _LEASE_WAIT_SECONDS
         delay = _FIRST_POLL_SECONDS
@@ -574,7 +599,7 @@ class Engine:
                     continue
                 if got is not None:
                     await self._delivered(blob, piece, got.data, got.sha256)
-                    return
+                    return None
                 piece.forget_arrivals()
             if answer.fetching is None:
                 reason, why = "no_holder", "no holder delivered, and no peer is fetching it"
@@ -601,13 +626,7 @@ class Engine:
             if answer.fetch:
                 reason, why = "released", "the home handed this agent the origin fetch"
                 break
-        self._metrics.peer_fallbacks.labels(reason).inc()
-        log.debug(
-            "piece goes to the origin after all",
-            extra={"digest": str(blob.digest), "piece": piece.index, "reason": why},
-        )
-        run = _Run(blob, source, {piece.index: piece}, piece.start, piece.start + piece.length - 1)
-        await self._fill(run)
+        return reason, why
 
     async def _delivered(
         self, blob: StoredBlob, piece: InflightPiece, data: bytes, sha256: bytes | None
@@ -811,9 +830,11 @@ class Engine:
             self._inflight.pop((blob.digest.hex, piece.index), None)
 
     def _abandon(self, run: _Run, error: BaseException) -> None:
+        """Fail the pieces whose bytes from `run` did not all come (a piece whose part of it
+        came is left to the request fetching its other part: see _fill_head)."""
         given_up = []
         for piece in run.pieces.values():
-            if not piece.whole:
+            if not run.delivered(piece):
                 piece.fail(error)
                 given_up.append(piece.index)
                 if self._inflight.get((run.blob.digest.hex, piece.index)) is piece:
@@ -837,6 +858,19 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.first = self.position
+
+    @classmethod
+    def whole(cls, blob: StoredBlob, source: BlobSource, pieces: dict[int, InflightPiece]) -> _Run:
+        """A run of the whole of `pieces` (neighbours)."""
+        first = min(piece.start for piece in pieces.values())
+        last = max(piece.start + piece.length for piece in pieces.values()) - 1
+        return cls(blob, source, pieces, first, last)
+
+    def delivered(self, piece: InflightPiece) -> bool:
+        """Whether every byte this run was to bring into `piece` is in."""
+        begin = max(self.first, piece.start) - piece.start
+        end = min(self.last + 1, piece.start + piece.length) - piece.start
+        return piece.available_until(begin) >= end
 
 
 @dataclass(slots=True)

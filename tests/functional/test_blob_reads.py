@@ -4,6 +4,7 @@ headers, the cache in front of the origin, and single-flight fetching."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
 import os
 import re
@@ -12,6 +13,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,6 +189,74 @@ def test_a_piece_entered_part_way_has_its_head_fetched_after_the_readers_part(
     head = f"bytes=0-{first - 1}"
     wait_for(lambda: head in [seen.range for seen in origin.blob_gets(digest)], "the head")
     assert origin.blob_bytes(digest, len(data)) == 2 * PIECE
+
+
+def test_the_head_of_a_piece_outlives_a_request_that_fails_after_it(
+    small_piece_agent, origin, registry
+):
+    """A read entered piece 0 part-way; its request brought the rest of piece 0, then broke
+    off inside piece 1 for good (the registry refuses to resume it). The head of piece 0 has a
+    request of its own, still on its way: a reader waiting for that head gets it, exact, and
+    piece 0 is kept whole."""
+    data = os.urandom(3 * PIECE)
+    digest = registry.push_blob("test/head", data)
+    first, last = PIECE // 2, PIECE + PIECE // 2
+    head_range = f"bytes=0-{first - 1}"
+    head_may_go = threading.Event()
+
+    async def faults(request: web.BaseRequest) -> web.StreamResponse | None:
+        spec = request.headers.get("Range", "")
+        if request.method != "GET" or digest not in request.path:
+            return None
+        if spec.startswith(f"bytes={first}-"):  # the reader's: piece 0's rest, then it dies
+            upstream = await origin.forward(request)
+            assert isinstance(upstream, web.Response) and upstream.body is not None
+            body = bytes(upstream.body)
+            response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[: PIECE - first + 1000])
+            await asyncio.sleep(1.0)  # the head's request goes out, its reader comes
+            request.transport.close()
+            return response
+        if spec == head_range:
+            while not head_may_go.is_set():
+                await asyncio.sleep(0.05)
+            return None
+        return web.Response(status=500, text="cannot resume")
+
+    url = blob_url(origin, digest, "test/head")
+    # The agent learns the blob first (its first request for a blob is a discovery of its own).
+    assert read(small_piece_agent, url, f"bytes={2 * PIECE}-{3 * PIECE - 1}").body == data[-PIECE:]
+    origin.faults.append(faults)
+    replies: dict[str, object] = {}
+
+    def attempt(name: str, spec: str) -> None:
+        try:
+            replies[name] = read(small_piece_agent, url, spec)
+        except http.client.HTTPException as exc:  # cut after its headers
+            replies[name] = exc
+
+    readers = {
+        name: threading.Thread(target=attempt, args=(name, spec))
+        for name, spec in (("broken", f"bytes={first}-{last}"), ("head", head_range))
+    }
+    readers["broken"].start()
+    try:
+        wait_for(lambda: head_range in [s.range for s in origin.blob_gets(digest)], "the head")
+        readers["head"].start()
+        readers["broken"].join(30)
+        broken = replies["broken"]
+        assert isinstance(broken, Exception) or broken.status >= 500, "its request broke off"
+    finally:
+        head_may_go.set()
+        for reader in readers.values():
+            reader.join(30)
+    assert replies["head"].status == 206
+    assert replies["head"].body == data[:first]
+    gets = len(origin.blob_gets(digest))
+    assert read(small_piece_agent, url, f"bytes=0-{PIECE - 1}").body == data[:PIECE]
+    assert len(origin.blob_gets(digest)) == gets, "piece 0 was kept whole"
 
 
 def test_unsatisfiable_range_is_416_with_size(small_piece_agent, origin, blob):
