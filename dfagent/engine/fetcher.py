@@ -70,9 +70,9 @@ _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the 
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
-# A peer fetching a piece others wait for counts as stalled once no byte of the blob has
+# A peer fetching a piece others wait for counts as stalled once no byte of that piece has
 # reached it for STALL_SECONDS (a stalled origin connection, a stuck disk): the first waiter
-# to report it takes its fetch over (see Directory.lookup). Before its first byte of the blob
+# to report it takes its fetch over (see Directory.lookup). Before its first byte of the piece
 # it gets longer: a registry may take seconds to answer (a token to fetch, a redirect to
 # follow), and another node asking it would wait as long.
 _FIRST_BYTE_STALL_SECONDS = 5.0
@@ -457,6 +457,16 @@ class Engine:
         piece = self._inflight.get((digest_hex, index))
         return piece if piece is not None and piece.origin == origin else None
 
+    def piece_progress(self, digest_hex: str, index: int) -> int:
+        """How many bytes of piece `index` of a blob are here: all of it once held, else those
+        that arrived so far (checked, or from a peer and not checked yet), else none."""
+        blob = self._store.loaded(digest_hex)
+        if blob is not None and blob.has(index):
+            start, end = blob.layout.bounds(index)
+            return end - start
+        piece = self._inflight.get((digest_hex, index))
+        return 0 if piece is None else max(piece.received, piece.passed)
+
     def _claim(self, blob: StoredBlob, index: int, source: BlobSource) -> InflightPiece | None:
         """Register piece `index` as in flight, or None when it is present or already coming."""
         key = (blob.digest.hex, index)
@@ -607,12 +617,12 @@ class Engine:
             if time.monotonic() > waited_until:
                 reason, why = "timeout", f"waited {_LEASE_WAIT_SECONDS:.0f} s for {answer.fetching}"
                 break
-            arrived = await self._network.progress(answer.fetching, blob)
+            arrived = await self._network.progress(answer.fetching, blob, piece.index)
             if arrived is None:  # its lease would only expire
                 reason, why = "unreachable", f"the fetching peer {answer.fetching} does not answer"
                 break
-            # A peer to which no byte arrives any more is reported with the next lookup: its
-            # fetch passes to this agent, unless another waiter took it over first.
+            # A peer to which no byte of the piece arrives any more is reported with the next
+            # lookup: its fetch passes to this agent, unless another waiter took it over first.
             stalled = answer.fetching if watch.stalled(answer.fetching, arrived) else None
             await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
             delay = min(delay * 2, _LAST_POLL_SECONDS)

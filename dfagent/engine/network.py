@@ -63,9 +63,10 @@ class PieceNetwork(Protocol):
         network passes pieces on while they arrive, is told each part before any check."""
         ...
 
-    async def progress(self, peer: str, blob: StoredBlob) -> int | None:
-        """How many bytes of `blob` have reached `peer`, a peer fetching a piece this agent
-        waits for (the count moves while its fetches run); None when it does not answer."""
+    async def progress(self, peer: str, blob: StoredBlob, index: int) -> int | None:
+        """How many bytes of piece `index` of `blob` have reached `peer`, a peer fetching it
+        for this agent to take (the count moves while its fetch runs); None when it does not
+        answer."""
         ...
 
     def release(self, blob: StoredBlob, indices: list[int]) -> None:

@@ -91,15 +91,16 @@ class PeerClient:
         path = f"/v1/blobs/sha256:{digest_hex}?{urlencode({'origin': origin})}"
         return await self._json("GET", home, path)  # type: ignore[no-any-return]
 
-    async def progress(self, peer: str, digest_hex: str) -> int:
-        """How many bytes of a blob have reached `peer` so far. Patient: it waits longer than
-        the fail-fast connect timeout, since a busy peer on a loaded host may take a while to
+    async def progress(self, peer: str, digest_hex: str, index: int) -> int:
+        """How many bytes of piece `index` of a blob have reached `peer` so far (of the whole
+        blob, from an agent that counts only those). Patient: it waits longer than the
+        fail-fast connect timeout, since a busy peer on a loaded host may take a while to
         answer, and only a peer that truly does not answer counts as dead."""
-        path = f"/v1/progress/sha256:{digest_hex}"
+        path = f"/v1/progress/sha256:{digest_hex}?piece={index}"
         answer = await self._json("GET", peer, path, limits=_PATIENT)
         if answer is None:
             raise PeerError(f"{peer} cannot tell its progress")
-        return int(answer["arrived"])
+        return int(answer.get("piece", answer["arrived"]))
 
     async def lookup(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._json("POST", home, "/v1/lookup", body)

@@ -11,7 +11,7 @@ import hmac
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -82,6 +82,10 @@ class Arrivals(Protocol):
         """Piece `index` of a blob while it arrives here with `origin`'s bytes, if it does."""
         ...
 
+    def piece_progress(self, digest_hex: str, index: int) -> int:
+        """How many bytes of piece `index` of a blob are here, held or arriving."""
+        ...
+
 
 class PeerServer:
     def __init__(
@@ -139,8 +143,7 @@ class PeerServer:
                 case "GET", ["v1", "pieces", digest, index]:
                     return await self._piece(request, Digest.parse(digest), int(index))
                 case "GET", ["v1", "progress", digest]:
-                    blob = self._store.loaded(Digest.parse(digest).hex)
-                    return web.json_response({"arrived": 0 if blob is None else blob.arrived})
+                    return web.json_response(self._progress(Digest.parse(digest), request.query))
                 case "GET", ["v1", "blobs", digest]:
                     return self._describe(Digest.parse(digest), request.query.get("origin", ""))
                 case "POST", ["v1", "lookup"]:
@@ -206,6 +209,18 @@ class PeerServer:
         return await self._upload(
             request, "relay", arriving.length, partial(_relay, self._pacer, arriving)
         )
+
+    def _progress(self, digest: Digest, query: Mapping[str, str]) -> dict[str, int]:
+        """Bytes of the blob that have reached this agent so far, and with `piece` asked, of
+        that piece."""
+        blob = self._store.loaded(digest.hex)
+        progress = {"arrived": 0 if blob is None else blob.arrived}
+        if "piece" in query:
+            index = int(query["piece"])
+            progress["piece"] = (
+                0 if self.arrivals is None else self.arrivals.piece_progress(digest.hex, index)
+            )
+        return progress
 
     async def _upload(
         self,

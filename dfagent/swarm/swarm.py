@@ -162,14 +162,13 @@ class Swarm:
         each piece serves as soon as it arrives (see lookup)."""
         return False
 
-    async def progress(self, peer: str, blob: StoredBlob) -> int | None:
-        """How many bytes of `blob` have reached `peer` (see PieceNetwork.progress); None when
-        it does not answer at all (a dead lease holder is not worth waiting for). A peer that
-        answers but cannot tell counts as making no progress."""
-        if peer == self.me:
-            return blob.arrived
+    async def progress(self, peer: str, blob: StoredBlob, index: int) -> int | None:
+        """How many bytes of piece `index` of `blob` have reached `peer` (see
+        PieceNetwork.progress); None when it does not answer at all (a dead lease holder is
+        not worth waiting for). A peer that answers but cannot tell counts as making no
+        progress."""
         try:
-            return await self._client.progress(peer, blob.digest.hex)
+            return await self._client.progress(peer, blob.digest.hex, index)
         except PeerError as exc:
             log.debug("progress check failed", extra={"peer": peer, "error": str(exc)})
             return None if exc.unreachable else 0

@@ -277,6 +277,62 @@ def test_readers_stop_waiting_for_a_peer_whose_origin_fetch_stalls(swarm, origin
     assert stalled == [data[:PIECE]], "the stalled fetch, resumed, still served exact bytes"
 
 
+def test_a_peer_stuck_on_one_piece_is_taken_over_while_its_other_fetches_move(
+    swarm, origin, registry
+):
+    """The lease holder's request for piece 0 stalls while its request for piece 2 trickles
+    on, so bytes of the blob keep reaching it. A node waiting for piece 0 watches that piece,
+    not the blob: it takes the fetch over within seconds, not after the 15 s a lease lasts."""
+    first, waiter = swarm(2)
+    data = os.urandom(4 * PIECE)
+    digest = registry.push_blob("test/swarm", data)
+    resume = threading.Event()
+
+    async def trickle(request: web.BaseRequest) -> web.StreamResponse | None:
+        if not request.headers.get("Range", "").startswith(f"bytes={2 * PIECE}-"):
+            return None
+        upstream = await origin.forward(request)
+        assert isinstance(upstream, web.Response) and upstream.body is not None
+        body = bytes(upstream.body)
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        sent = 0
+        while sent < len(body) and not resume.is_set():
+            await response.write(body[sent : sent + 2048])
+            sent += 2048
+            await asyncio.sleep(0.1)
+        await response.write(body[sent:])
+        return response
+
+    origin.faults += [stalling_first_get(origin, digest, resume), trickle]
+    bodies: dict[str, bytes] = {}
+
+    def read(name: str, agent: AgentProcess, index: int) -> None:
+        wanted = {"Range": f"bytes={index * PIECE}-{(index + 1) * PIECE - 1}"}
+        bodies[name] = send(agent.proxy_port, url(origin, digest), wanted).body
+
+    stuck = threading.Thread(target=read, args=("stuck", first, 0))
+    moving = threading.Thread(target=read, args=("moving", first, 2))
+    stuck.start()
+    try:
+        wait_for(lambda: len(origin.blob_gets(digest)) == 1, "the first node's stalling fetch")
+        moving.start()
+        wait_for(lambda: len(origin.blob_gets(digest)) == 2, "the first node's trickling fetch")
+        started = time.monotonic()
+        read("waiter", waiter, 0)
+        waited = time.monotonic() - started
+        assert progress(first, digest) > 1000 + 4096, "the first node's other fetch moved on"
+    finally:
+        resume.set()
+        stuck.join(30)
+        moving.join(30)
+    assert bodies["waiter"] == data[:PIECE]
+    assert waited < 8, f"waited {waited:.1f} s for a peer stuck on the piece"
+    assert metric(waiter, 'dfagent_peer_fallbacks_total{reason="stalled"}') == 1
+    assert bodies["stuck"] == data[:PIECE] and bodies["moving"] == data[2 * PIECE : 3 * PIECE]
+
+
 def progress(agent: AgentProcess, digest: str) -> int:
     """Bytes of the blob that have reached `agent` so far (its peer endpoint)."""
     request = urllib.request.Request(

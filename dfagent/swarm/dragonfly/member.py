@@ -200,7 +200,7 @@ class DragonflyMember:
             self._distrust_piece(task, number)
         return None
 
-    async def progress(self, peer: str, blob: StoredBlob) -> int | None:
+    async def progress(self, peer: str, blob: StoredBlob, index: int) -> int | None:
         """Never asked: a scheduler's answers name no peer fetching for this agent."""
         return None
 
