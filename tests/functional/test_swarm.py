@@ -419,7 +419,7 @@ def test_a_peer_that_hangs_up_on_a_relay_frees_its_upload_slot(swarm, origin, re
         statuses = []
         for _ in range(3):
             statuses.append(ask_for_piece(first, piece, hang_up_after=0.3))
-            time.sleep(0.3)  # the node notices the hang-up
+            time.sleep(1.0)  # the node notices the hang-up (at once; this is slack)
         assert statuses == [200] * 3, f"answers while the piece is stalled: {statuses}"
     finally:
         resume.set()
