@@ -71,12 +71,7 @@ def test_body_broken_off_is_resumed_byte_exact(agent, origin, blob):
     digest, data = blob
 
     async def break_off(request: web.BaseRequest):
-        upstream = await origin.forward(request)
-        assert isinstance(upstream, web.Response) and upstream.body is not None
-        body = bytes(upstream.body)
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
+        response, body = await origin.forward_headers(request)
         await response.write(body[: len(body) // 3])
         await asyncio.sleep(0.3)  # let the agent take in what it got
         request.transport.close()  # the connection dies a third of the way in

@@ -291,12 +291,7 @@ def test_a_peer_stuck_on_one_piece_is_taken_over_while_its_other_fetches_move(
     async def trickle(request: web.BaseRequest) -> web.StreamResponse | None:
         if not request.headers.get("Range", "").startswith(f"bytes={2 * PIECE}-"):
             return None
-        upstream = await origin.forward(request)
-        assert isinstance(upstream, web.Response) and upstream.body is not None
-        body = bytes(upstream.body)
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
+        response, body = await origin.forward_headers(request)
         sent = 0
         while sent < len(body) and not resume.is_set():
             await response.write(body[sent : sent + 2048])

@@ -121,16 +121,23 @@ class CountingOrigin:
     ) -> web.StreamResponse:
         """Forward `request`, but send the first `head(body length)` bytes of the body, then
         await `pause()` before the rest (a registry that stalls mid-body)."""
-        upstream = await self.forward(request)
-        body = bytes(upstream.body)
+        response, body = await self.forward_headers(request)
         first = head(len(body))
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        response.content_length = len(body)
-        await response.prepare(request)
         await response.write(body[:first])
         await pause()
         await response.write(body[first:])
         return response
+
+    async def forward_headers(self, request: web.BaseRequest) -> tuple[web.StreamResponse, bytes]:
+        """Forward `request` and send the registry's headers back: the response, whose body
+        is the caller's to write (as it pleases: in parts, slowly, or not all), and that body."""
+        upstream = await self.forward(request)
+        assert isinstance(upstream, web.Response) and upstream.body is not None
+        body = bytes(upstream.body)
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        return response, body
 
     async def forward(
         self, request: web.BaseRequest, *, drop_range: bool = False
