@@ -174,6 +174,9 @@ class PieceStore:
         self.over_high_water = asyncio.Event()
         self._tasks = TaskOwner("store")
         self._locks = KeyedLocks()  # open, create and delete of one blob never interleave
+        # Two writes of one piece never interleave: bytes nothing proves yet (staged) must not
+        # land over a piece's proven bytes after they were recorded.
+        self._piece_writes = KeyedLocks()
         self._lock_fd: int | None = None
         self._verifying: set[str] = set()
         # Called when a blob becomes verified, or a verified blob gains an origin: its pieces
@@ -406,15 +409,17 @@ class PieceStore:
 
         Raises StorageFull when the disk is full; the piece then stays absent.
         """
-        sha256 = await self._write_piece(blob, index, data, sha256)
-        try:
-            await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
-        except (OSError, StorageFull) as exc:
-            raise self._write_failed(index, exc) from exc
-        if blob.removed:  # purged while the bytes were on their way to disk
-            return sha256
-        blob.staged.pop(index, None)  # these bytes replaced any staged ones
-        self._present(blob, index, sha256, len(data))
+        async with self._piece_writes.hold(f"{blob.digest.hex}:{index}"):
+            sha256 = await self._write_piece(blob, index, data, sha256)
+            async with self._locks.hold(blob.digest.hex):
+                if blob.removed:  # purged while the bytes were on their way to disk
+                    return sha256
+                try:
+                    await self.index.add_piece(blob.digest.hex, index, len(data), sha256)
+                except (OSError, StorageFull) as exc:
+                    raise self._write_failed(index, exc) from exc
+                blob.staged.pop(index, None)  # these bytes replaced any staged ones
+                self._present(blob, index, sha256, len(data))
         self._verify_when_covered(blob)
         return sha256
 
@@ -423,12 +428,13 @@ class PieceStore:
     ) -> None:
         """Write a whole piece whose bytes nothing proves yet (see StoredBlob.staged); it
         becomes present only once the whole blob matched its digest. Raises StorageFull."""
-        if blob.has(index):
-            return
-        await self._write_piece(blob, index, data, sha256)
-        if blob.removed:
-            return
-        blob.staged[index] = sha256
+        async with self._piece_writes.hold(f"{blob.digest.hex}:{index}"):
+            if blob.has(index) or blob.removed:
+                return
+            await self._write_piece(blob, index, data, sha256)
+            if blob.removed:
+                return
+            blob.staged[index] = sha256
         self._verify_when_covered(blob)
 
     async def _write_piece(

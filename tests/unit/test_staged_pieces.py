@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 
 from dfagent.configtypes import ByteSize
 from dfagent.core.digest import Digest
 from dfagent.metrics import Metrics
+from dfagent.storage import store as store_module
 from dfagent.storage.config import StorageConfig
 from dfagent.storage.store import PieceStore
 
@@ -117,3 +119,53 @@ async def test_a_piece_fetched_over_a_staged_one_replaces_it(tmp_path):
         await asyncio.wait_for(blob.checked.wait(), 10)
         assert blob.verified and not blob.staged
         assert blob.piece_sha256[0] == hashlib.sha256(_piece(data, 0)).digest()
+
+
+def _slow_writes_of(monkeypatch, slow: bytes, seconds: float) -> None:
+    """Writes of exactly `slow` reach the disk `seconds` late (a worker thread scheduled
+    late); other writes as usual."""
+    real = store_module._hash_and_write
+
+    def late(fd, data, offset, sha256):
+        if bytes(data) == slow:
+            time.sleep(seconds)
+        return real(fd, data, offset, sha256)
+
+    monkeypatch.setattr(store_module, "_hash_and_write", late)
+
+
+async def test_a_staged_write_never_lands_over_a_piece_recorded_meanwhile(tmp_path, monkeypatch):
+    """A parent's unproven copy of a piece is being written when the origin's copy of the
+    same piece arrives and is recorded present. Whichever write the threads finish last, the
+    disk holds the recorded, proven bytes."""
+    data, digest = _blob_bytes()
+    wrong = bytes(PIECE)
+    _slow_writes_of(monkeypatch, wrong, 0.3)
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        staging = asyncio.create_task(
+            store.piece_staged(blob, 0, wrong, hashlib.sha256(wrong).digest())
+        )
+        await asyncio.sleep(0.05)  # the parent's write is on its way
+        await store.piece_finished(blob, 0, _piece(data, 0))
+        await staging
+        assert blob.has(0) and 0 not in blob.staged
+        with open(blob.path, "rb") as file:
+            assert file.read(PIECE) == _piece(data, 0)
+
+
+async def test_a_piece_written_into_a_purged_blob_is_let_go(tmp_path, monkeypatch):
+    """The blob is purged while one of its pieces is on its way to disk: the write ends
+    quietly (nothing is recorded for a blob that is gone), not with a database error."""
+    data, digest = _blob_bytes()
+    _slow_writes_of(monkeypatch, _piece(data, 0), 0.2)
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        with blob.pinned():
+            writing = asyncio.create_task(store.piece_finished(blob, 0, _piece(data, 0)))
+            await asyncio.sleep(0.05)
+            await store.purge(blob, "test")
+            await writing
+        assert not blob.has(0)
+        assert store.stored_pieces == 0
+        assert await store.open_blob(digest) is None
