@@ -94,8 +94,12 @@ async def _send_threaded(
     # Duplicate descriptors, closed only once no thread uses them: if the transport or the
     # blob's file closes meanwhile (the client went away, the blob was evicted), their numbers
     # cannot be reused for another connection or file under the thread.
-    sock = os.dup(transport.get_extra_info("socket").fileno())
-    file = os.dup(segment.blob.file.fileno())
+    file = os.dup(segment.blob.file.fileno())  # raises BlobRemoved for a purged blob
+    try:
+        sock = os.dup(transport.get_extra_info("socket").fileno())
+    except BaseException:
+        os.close(file)
+        raise
     job: asyncio.Future[int] | None = None
     try:
         position, end = segment.offset, segment.offset + segment.count
