@@ -70,6 +70,10 @@ class ProxyConfig:
         parts = urlsplit(self.registry_mirror)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append(("registry_mirror", "expected a URL such as https://index.docker.io"))
+        elif parts.username is not None or parts.password is not None:
+            problems.append(
+                ("registry_mirror", "must not carry credentials: clients send their own")
+            )
         for i, pattern in enumerate(self.intercept):
             try:
                 re.compile(pattern)

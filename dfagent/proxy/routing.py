@@ -40,6 +40,10 @@ def route(config: ProxyConfig, method: str, target: str, headers: Mapping[str, s
     rule = _first_match(config.rules, upstream)
     if rule is not None:
         upstream = _apply(rule, upstream)
+    if upstream.user is not None or upstream.password is not None:
+        # They would reach the registry unseen by the access checks (the blob would count as
+        # served to an anonymous caller) and travel on in the URL, to schedulers and logs.
+        raise BadRequest("credentials in the URL are not accepted: send an Authorization header")
     digest = None
     if method in ("GET", "HEAD") and rule is not None:
         # Matched on the raw path, so an encoded slash cannot hide a path in the digest.

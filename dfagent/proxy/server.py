@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 
 from aiohttp import web
@@ -139,7 +140,7 @@ class ProxyServer:
                     "request",
                     extra={
                         "method": request.method,
-                        "target": request.raw_path.split("?", 1)[0],
+                        "target": _loggable(request.raw_path),
                         "kind": kind,
                         "status": status,
                         "ms": round((time.perf_counter() - started) * 1000, 2),
@@ -177,6 +178,15 @@ def _error_response(exc: DfagentError) -> web.Response:
     return response
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def _loggable(target: str) -> str:
+    """A request-target fit for the log: no query string, no credentials in the URL (they are
+    refused, but the refusal is logged)."""
+    return _USERINFO.sub(r"\1", target.split("?", 1)[0])
+
+
 def _log_error(request: web.BaseRequest, exc: DfagentError, status: int) -> None:
     # An origin's 401 is the start of the client's own token dance, not a fault.
     level = logging.DEBUG if isinstance(exc, OriginHTTPError) else logging.WARNING
@@ -185,7 +195,7 @@ def _log_error(request: web.BaseRequest, exc: DfagentError, status: int) -> None
         str(exc),
         extra={
             "method": request.method,
-            "target": request.raw_path.split("?", 1)[0][:200],
+            "target": _loggable(request.raw_path)[:200],
             "status": status,
             "source": exc.source,
         },

@@ -12,7 +12,7 @@ import time
 import pytest
 from aiohttp import web
 
-from tests.conftest import OTHER_USER
+from tests.conftest import OTHER_USER, PASSWORD, USER
 from tests.support.agent import AgentProcess
 from tests.support.client import Reply, send
 from tests.support.counting import CountingOrigin
@@ -62,6 +62,26 @@ def test_cached_private_blob_needs_the_clients_own_credentials(
     checks = [s.authorization for s in private_origin.requests if s.method == "HEAD"]
     wrong_auth = "Basic d3Jvbmc6d3Jvbmc="
     assert checks == [None, wrong_auth, wrong_auth, basic_auth(*OTHER_USER)]
+
+
+def test_credentials_in_the_url_are_refused_not_taken_for_an_anonymous_read(
+    agent, private_origin, auth_registry: Registry
+):
+    """http://user:password@registry/... would reach the registry as Basic auth the access
+    checks never see: the blob would count as served to an anonymous caller, and go to
+    anyone."""
+    data = os.urandom(300_000)
+    digest = auth_registry.push_blob("test/userinfo", data)
+    plain = f"{private_origin.url}/v2/test/userinfo/blobs/{digest}"
+    with_userinfo = plain.replace("http://", f"http://{USER}:{PASSWORD}@")
+    spec = {"Range": "bytes=0-99999"}
+
+    refused = send(agent.proxy_port, with_userinfo, spec)
+    assert refused.status == 400
+    assert b"Authorization header" in refused.body
+    assert not private_origin.requests, "nothing went to the registry"
+    assert send(agent.proxy_port, plain, spec).status == 401  # still private
+    assert PASSWORD not in agent.log()
 
 
 def test_public_blob_is_checked_once(agent, origin, registry: Registry):

@@ -108,6 +108,7 @@ def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
         ("storage: {quota: 1KiB}", "storage.quota", "at least one piece"),
         ("proxy: {listen: 4001}", "proxy.listen", "host:port"),
         ("proxy: {registry_mirror: docker.io}", "proxy.registry_mirror", "URL"),
+        ("proxy: {registry_mirror: 'https://u:p@reg'}", "proxy.registry_mirror", "credentials"),
         ("origin: {connect_timeout: 0s}", "origin.connect_timeout", "positive"),
         ("log: {level: loud}", "log.level", "one of"),
         ("proxy: [1, 2]", "proxy", "mapping"),

@@ -111,6 +111,11 @@ def test_routes(config, method, target, headers, upstream, is_blob):
         ("/v2/a/blobs/x", {"X-Dragonfly-Registry": "reg.io"}, "X-Dragonfly-Registry"),
         ("/v2/a/manifests/x?ns=a/b", {}, "?ns="),
         ("ftp://reg/v2/", {}, "http(s) URL"),
+        # credentials in the URL would bypass the access checks: in any of the three forms
+        ("http://u:p@reg/v2/a/blobs/sha256:" + HEX, {}, "Authorization header"),
+        ("/v2/a/blobs/sha256:" + HEX, {"X-Dragonfly-Registry": "https://u:p@reg"}, "Authorization"),
+        ("/v2/a/blobs/sha256:" + HEX + "?ns=u:p@reg", {}, "Authorization header"),
+        ("http://token@reg/v2/a/manifests/latest", {}, "Authorization header"),
     ],
 )
 def test_bad_requests(target, headers, reason):
