@@ -93,7 +93,7 @@ class AccessGate:
             self.learn_origin(source, blob)
             return
         key = (self._who(source), self._where(source))
-        if source.origin in blob.origins and self._valid(key):
+        if _holds(blob, source.origin) and self._valid(key):
             return
         check = self._checking.get(key)
         if check is None:
@@ -127,7 +127,7 @@ class AccessGate:
     async def _check(self, source: BlobSource, blob: StoredBlob, key: _Key) -> None:
         registry = source.origin
         with blob.pinned():
-            if registry in blob.origins:
+            if _holds(blob, registry):
                 await self._origin.blob_size(source)  # a HEAD with the client's credentials
             else:
                 await self._prove(source, blob)
@@ -162,6 +162,13 @@ class AccessGate:
 
     def _remember(self, key: _Key) -> None:
         _note(self._granted, key, self._clock() + self._ttl)
+
+
+def _holds(blob: StoredBlob, registry: str) -> bool:
+    """Whether `registry` is known to hold the blob: one of its recorded origins, or (for the
+    chunks, which are all a voucher's client may read of an unverified blob) a registry whose
+    proven image metadata names it."""
+    return registry in blob.origins or registry in blob.vouchers
 
 
 def _unexpired(book: dict[_Key, float], key: _Key, now: float) -> bool:

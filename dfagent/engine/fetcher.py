@@ -48,7 +48,7 @@ from dfagent.errors import (
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient, RangeBody
-from dfagent.storage.layout import PieceSpan
+from dfagent.storage.layout import ChunkLayout, PieceSpan
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerError
 from dfagent.swarm.directory import STALL_SECONDS
@@ -182,6 +182,10 @@ class Engine:
         """
         while True:
             blob = await self._store.open_blob(source.digest)
+            if blob is not None and not _vouched(blob):
+                if not await self._store.evict(blob.digest.hex):
+                    raise NotShareable(f"{source.digest} is cached from an unvouched registry")
+                continue
             if blob is None:
                 key = (source.digest.hex, source.authorization, source.origin)
                 found = self._discovering.get(key)
@@ -222,6 +226,7 @@ class Engine:
     ) -> None:
         try:
             chunks = await self._proofs.known(source.digest.hex)
+            _check_provenance(source, chunks)
             # The blob's size is not known yet: a layout as large as can be tells where the
             # piece holding `first_byte` ends, and the key peers must share.
             unsized = self._store.layout(1 << 62, None if chunks is None else chunks.chunk_map)
@@ -904,6 +909,27 @@ class _FetchWatch:
             return False
         self.moved_at = now
         return True
+
+
+def _check_provenance(source: BlobSource, chunks: KnownMap | None) -> None:
+    """A blob with a known chunk map is recorded only under a registry that vouches for the
+    map. Its chunks can come from any voucher, with that voucher's clients' credentials: a
+    registry that merely answers for the blob must not become its provenance (a recorded
+    origin), whose clients would read them. Raises NotShareable: its clients go straight
+    through."""
+    if chunks is not None and source.origin not in chunks.vouchers:
+        raise NotShareable(
+            f"{source.origin} gave no image metadata naming {source.digest}; "
+            "its chunk map came from another registry"
+        )
+
+
+def _vouched(blob: StoredBlob) -> bool:
+    """Whether a blob cut along its chunks came from a registry that vouches for the chunk
+    map, as every such blob is now created. One recorded otherwise (by an older agent) is
+    forgotten on sight: its provenance never proved it holds the blob, yet it counts as an
+    origin of chunks other registries delivered."""
+    return not isinstance(blob.layout, ChunkLayout) or blob.origin in blob.vouchers
 
 
 def _mark_retrieved(future: asyncio.Future[StoredBlob]) -> None:
