@@ -70,6 +70,11 @@ class OriginTimeout(OriginError, TimeoutError):
     pass
 
 
+class OriginSizeMismatch(OriginError):
+    """The origin gave the blob another size than the one it was recorded with: one of the
+    two answers was wrong, and the record cannot be trusted."""
+
+
 class OriginHTTPError(OriginError):
     """The origin answered with an error status that the client must see as it was
     (401 with `WWW-Authenticate`, 403, 404, ...)."""

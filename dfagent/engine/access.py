@@ -128,7 +128,9 @@ class AccessGate:
         registry = source.origin
         with blob.pinned():
             if _holds(blob, registry):
-                await self._origin.blob_size(source)  # a HEAD with the client's credentials
+                # A HEAD with the client's credentials, answered for this blob: a login page a
+                # redirect leads a stranger to answers 200 too, with some other length.
+                await self._origin.blob_size(source, blob.size)
             else:
                 await self._prove(source, blob)
             await self._store.add_origin(blob, registry, public=source.authorization is None)
@@ -152,7 +154,7 @@ class AccessGate:
         """Whether the registry's bytes `first..first+length-1` of the blob equal ours."""
         ours = await asyncio.to_thread(os.pread, blob.file.fileno(), length, first)
         theirs = bytearray()
-        async with self._origin.open_range(source, first, first + length - 1) as body:
+        async with self._origin.open_range(source, first, first + length - 1, blob.size) as body:
             async for chunk in body.chunks():
                 theirs += chunk
         return theirs == ours

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -43,6 +44,7 @@ from dfagent.errors import (
     IntegrityError,
     OriginError,
     OriginHTTPError,
+    OriginSizeMismatch,
     RangeNotSatisfiable,
 )
 from dfagent.integrity import sha256_of
@@ -58,6 +60,7 @@ __all__ = ["Engine", "FileSegment", "NotShareable"]
 
 log = logging.getLogger(__name__)
 
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # the one blob of size 0
 _RUN_BYTES = 4 * 1024 * 1024  # read-ahead window, and the usual size of one origin request
 # Read-ahead on sequential patterns (see SequentialReads): a read within this many bytes of
 # where a pattern's last read ended continues it; a pattern that read the trigger's worth is
@@ -279,15 +282,24 @@ class Engine:
         """The blob's handle, created for `source` if new (cut along `chunks` when known).
         `answered`: the origin itself just answered `source` for it (an anonymous answer makes
         the blob public)."""
+        if size == 0 and source.digest.hex != _EMPTY_SHA256:
+            raise OriginError(f"origin says {source.digest} is empty; it is not")
         public = answered and source.authorization is None
-        return await self._store.create_blob(
-            source.digest,
-            size,
-            source.origin,
-            public=public,
-            chunk_map=None if chunks is None else chunks.chunk_map,
-            vouchers=frozenset() if chunks is None else chunks.vouchers,
-        )
+        try:
+            return await self._store.create_blob(
+                source.digest,
+                size,
+                source.origin,
+                public=public,
+                chunk_map=None if chunks is None else chunks.chunk_map,
+                vouchers=frozenset() if chunks is None else chunks.vouchers,
+            )
+        except OSError as exc:
+            log.warning(
+                "cannot cache a blob; its readers go straight to the origin",
+                extra={"digest": str(source.digest), "size": size, "error": str(exc)},
+            )
+            raise NotShareable(f"cannot cache {source.digest}: {exc}") from exc
 
     # reads -----------------------------------------------------------------------------------
 
@@ -769,17 +781,24 @@ class Engine:
                             await self._drain(body, run)
                         else:
                             async with self._origin.open_range(
-                                run.source, run.position, run.last
+                                run.source, run.position, run.last, run.blob.size
                             ) as fresh:
                                 await self._drain(fresh, run)
                     except OriginError as exc:
                         body = None
-                        if isinstance(exc, OriginHTTPError) or resumes >= self._origin.retries:
+                        if (
+                            isinstance(exc, OriginHTTPError | OriginSizeMismatch)
+                            or resumes >= self._origin.retries
+                        ):
                             raise
                         resumes += 1
                         log.info("origin read broke off; resuming", extra={"error": str(exc)})
             except (DfagentError, OSError) as exc:
                 self._abandon(run, exc)
+                if isinstance(exc, OriginSizeMismatch):
+                    # Whichever answer was wrong, the record's size is no longer the origin's
+                    # word: start again from what the origin says now.
+                    self._tasks.spawn(self._store.purge(run.blob, str(exc)), name="purge")
             except BaseException:
                 self._abandon(run, OriginError("fetch cancelled"))
                 raise

@@ -31,6 +31,7 @@ from dfagent.core.digest import Digest
 from dfagent.errors import (
     OriginError,
     OriginHTTPError,
+    OriginSizeMismatch,
     OriginTimeout,
     RangeNotSatisfiable,
     StartupError,
@@ -50,6 +51,16 @@ _MAX_REMEMBERED_REDIRECTS = 4096
 _MAX_ERROR_BODY = 64 * 1024
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 2.0
+# Larger than any image layer, and than most file systems' largest file: a size beyond it is a
+# broken or hostile answer, not a blob to make room for.
+_MAX_BLOB_BYTES = 1 << 44
+# A body that brings less than this in a whole origin.read_timeout is trickling: each byte
+# would restart the read timeout, and the connection would be held (with every reader of its
+# pieces) for as long as the origin likes.
+_MIN_BYTES_PER_READ_TIMEOUT = 64 * 1024
+# Methods a pass-through may send again after a connection error or a 502/503/504: sending a
+# POST (an upload session) twice is not the same as once.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 USER_AGENT = "dfagent"
 
 
@@ -75,10 +86,13 @@ class RangeBody:
     last: int
     total: int
     _response: aiohttp.ClientResponse
+    _read_timeout: float
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, exactly `last - first + 1` bytes, or OriginError if it ends short."""
+        """The body, exactly `last - first + 1` bytes, or OriginError if it ends short or
+        trickles (see _MIN_BYTES_PER_READ_TIMEOUT)."""
         remaining = self.last - self.first + 1
+        window_start, window_bytes = time.monotonic(), 0
         try:
             async for received in self._response.content.iter_any():
                 # A 200 from offset 0 carries more than we asked for.
@@ -87,6 +101,13 @@ class RangeBody:
                 yield chunk
                 if remaining == 0:
                     return
+                window_bytes += len(chunk)
+                if time.monotonic() - window_start >= self._read_timeout:
+                    if window_bytes < _MIN_BYTES_PER_READ_TIMEOUT:
+                        raise OriginTimeout(
+                            f"origin trickled {window_bytes} bytes in {self._read_timeout:g}s"
+                        )
+                    window_start, window_bytes = time.monotonic(), 0
         except TimeoutError as exc:
             raise OriginTimeout("origin stalled while sending a blob") from exc
         except aiohttp.ClientError as exc:
@@ -98,6 +119,12 @@ class RangeBody:
 class _Redirect:
     url: URL
     expires: float
+
+
+def _plausible(size: int) -> int:
+    if size > _MAX_BLOB_BYTES:
+        raise OriginError(f"origin claims a blob of {size} bytes")
+    return size
 
 
 def _same_origin(a: URL, b: URL) -> bool:
@@ -176,10 +203,10 @@ class OriginClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request upstream unchanged and yield the response, unread.
 
-        Requests without a body are retried on connection errors and 502/503/504.
+        GET, HEAD and OPTIONS are retried on connection errors and 502/503/504.
         """
         attempt = 0
-        retries = self._config.retries if body is None else 0
+        retries = self._config.retries if body is None and method in _SAFE_METHODS else 0
         while True:
             try:
                 response = await self.session.request(
@@ -208,45 +235,64 @@ class OriginClient:
 
     # blob reads ----------------------------------------------------------------------------
 
-    async def blob_size(self, source: BlobSource) -> int:
-        """The blob's size from a HEAD (following redirects)."""
+    async def blob_size(self, source: BlobSource, expected: int | None = None) -> int:
+        """The blob's size from a HEAD (following redirects). `expected`: the size the blob
+        was recorded with; an answer of another size (a login page a redirect led to, say)
+        is no answer for this blob. An answer naming another digest is refused too."""
         async with self._request(source, "HEAD", None, purpose="head") as response:
             length = response.headers.get("Content-Length")
             if response.status != 200 or length is None or not length.isdigit():
                 raise OriginError(f"origin HEAD gave {response.status} without a Content-Length")
-            return int(length)
+            named = response.headers.get("Docker-Content-Digest")
+            if named is not None and named != str(source.digest):
+                raise OriginError(f"origin answered a HEAD of {source.digest} for {named}")
+            size = _plausible(int(length))
+            if expected is not None and size != expected:
+                raise OriginSizeMismatch(
+                    f"origin HEAD says {source.digest} has {size} bytes; it has {expected}"
+                )
+            return size
 
     @asynccontextmanager
     async def open_range(
-        self, source: BlobSource, first: int, last: int
+        self, source: BlobSource, first: int, last: int, size: int | None = None
     ) -> AsyncIterator[RangeBody]:
-        """Open bytes `first..last` (clipped to the blob's end) for reading.
+        """Open bytes `first..last` (clipped to the blob's end) for reading. `size`: the
+        size the blob was recorded with, if any (OriginSizeMismatch when the origin gives
+        another).
 
         Raises RangeNotSatisfiable (with the size) when `first` lies past the end.
         """
         headers = {"Range": f"bytes={first}-{last}"}
         async with self._request(source, "GET", headers, purpose="range") as response:
-            yield self._validate_range(response, first, last)
+            body = self._validate_range(response, first, last)
+            if size is not None and body.total != size:
+                raise OriginSizeMismatch(
+                    f"origin says {source.digest} has {body.total} bytes; it has {size}"
+                )
+            yield body
 
     def _validate_range(self, response: aiohttp.ClientResponse, first: int, last: int) -> RangeBody:
         encoding = response.headers.get("Content-Encoding", "identity").lower()
         if encoding != "identity":
             raise OriginError(f"origin sent a blob with Content-Encoding {encoding}")
+        timeout = self._config.read_timeout
         if response.status == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
             if match is None or match.group(3) == "*":
                 raise OriginError("origin answered 206 without a usable Content-Range")
             got_first, got_last, total = (int(g) for g in match.groups())
-            if got_first != first or got_last != min(last, total - 1):
+            total = _plausible(total)
+            if got_first != first or got_last != min(last, total - 1) or got_first > got_last:
                 sent = f"{got_first}-{got_last}/{total}"
                 raise OriginError(f"origin sent bytes {sent} for a request of {first}-{last}")
-            return RangeBody(got_first, got_last, total, response)
+            return RangeBody(got_first, got_last, total, response, timeout)
         if response.status == 200 and first == 0:
             length = response.headers.get("Content-Length")
             if length is None or not length.isdigit():
                 raise OriginError("origin ignored Range and sent no Content-Length")
-            total = int(length)
-            return RangeBody(0, min(last, total - 1), total, response)
+            total = _plausible(int(length))
+            return RangeBody(0, min(last, total - 1), total, response, timeout)
         if response.status == 200:
             raise OriginError("origin ignored the Range header")
         raise OriginError(f"origin answered {response.status} to a ranged read")
@@ -299,6 +345,10 @@ class OriginClient:
                 attempt += 1
                 await self._backoff(attempt)
                 continue
+            if not _same_origin(response.url, source.url):
+                # The storage a redirect led to refused: its challenge (a token realm of its
+                # own) is not the registry's, and the client must not answer it.
+                raise OriginError(f"the blob's storage at {response.url.host} answered {status}")
             raise OriginHTTPError(status, _error_headers(response), body)
 
     async def _follow(
@@ -319,7 +369,8 @@ class OriginClient:
                 return response
             response.release()
             url = url.join(URL(location))
-            self._remember(_redirect_key(source), url)
+            if method == "GET":  # storage signs a target for one method
+                self._remember(_redirect_key(source), url)
             log.debug("blob redirected", extra={"digest": str(source.digest), "host": url.host})
         raise OriginError(f"more than {_MAX_REDIRECTS} redirects for {source.digest}")
 
@@ -334,7 +385,10 @@ class OriginClient:
         match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", ""))
         if match is None:
             return OriginError("origin answered 416 without the blob size")
-        return RangeNotSatisfiable(int(match.group(1)))
+        try:
+            return RangeNotSatisfiable(_plausible(int(match.group(1))))
+        except OriginError as exc:
+            return exc
 
     @staticmethod
     async def _error_body(response: aiohttp.ClientResponse) -> bytes:

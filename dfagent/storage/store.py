@@ -303,7 +303,12 @@ class PieceStore:
             def make() -> IO[bytes]:
                 path.parent.mkdir(DIR_MODE, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-                os.ftruncate(fd, size)
+                try:
+                    os.ftruncate(fd, size)  # EFBIG past the file system's largest file
+                except OSError:
+                    os.close(fd)
+                    path.unlink(missing_ok=True)
+                    raise
                 return open(fd, "r+b", buffering=0)
 
             layout = self.layout(size, chunk_map)
