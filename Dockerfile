@@ -7,7 +7,7 @@ RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
-# Non-root by default; the chart runs it as root only for a hostPath cache.
+# Non-root; the chart runs it as this user too (only its hostPath init container is root).
 RUN useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin dfagent \
     && mkdir -p /var/cache/dfagent && chown 65532:65532 /var/cache/dfagent
 USER 65532

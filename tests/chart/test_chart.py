@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import kubernetes_validate
 import pytest
@@ -111,7 +111,9 @@ def test_daemonset_matches_the_agent_config(helm, name, tmp_path):
     assert config["swarm"]["dns"] == "dfagent-peers.infra.svc.cluster.local"
     assert objects["Service/dfagent-peers"]["spec"]["clusterIP"] == "None"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["cache"] == config["storage"]["dir"]
+    # storage.dir is the agent's own directory inside the volume, whose top is kubelet's
+    storage_dir = PurePosixPath(config["storage"]["dir"])
+    assert storage_dir.is_relative_to(mounts["cache"]) and str(storage_dir) != mounts["cache"]
     assert config["peer"]["token_file"].startswith(mounts["token"])
 
 
@@ -132,11 +134,26 @@ def test_token_secret_is_generated_once_or_taken_from_an_existing_one(helm):
     } in volumes
 
 
-def test_hostpath_cache_runs_as_root_and_emptydir_does_not(helm):
+def test_the_agent_never_runs_as_root_and_only_a_hostpath_cache_has_a_root_init_container(helm):
+    """kubelet makes a hostPath directory root's, 0755, and fsGroup does not apply to it: an
+    init container, root with CAP_CHOWN alone, gives the agent storage.dir there. An emptyDir
+    (2777 with fsGroup) needs none. tests/functional/test_chart_storage.py starts the agent."""
     default_pod = render(helm)["DaemonSet/dfagent"]["spec"]["template"]["spec"]
-    assert default_pod["securityContext"]["runAsNonRoot"] is True
-    host_pod = render(helm, "cache.type=hostPath")["DaemonSet/dfagent"]["spec"]["template"]["spec"]
-    assert host_pod["securityContext"]["runAsUser"] == 0
+    host_objects = render(helm, "cache.type=hostPath")
+    host_pod = host_objects["DaemonSet/dfagent"]["spec"]["template"]["spec"]
+    for pod in (default_pod, host_pod):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 65532
+        (container,) = pod["containers"]
+        assert "runAsUser" not in container["securityContext"]
+        assert "runAsNonRoot" not in container["securityContext"]
+    assert "initContainers" not in default_pod
+    (init,) = host_pod["initContainers"]
+    assert init["securityContext"]["runAsUser"] == 0
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    config = yaml.safe_load(host_objects["ConfigMap/dfagent"]["data"]["dfagent.yaml"])
+    assert init["command"][-1] == config["storage"]["dir"]
     assert {
         "name": "cache",
         "hostPath": {"path": "/var/cache/dfagent", "type": "DirectoryOrCreate"},

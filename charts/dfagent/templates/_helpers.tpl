@@ -22,7 +22,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default (printf "%s-token" (include "dfagent.fullname" .)) .Values.token.existingSecret -}}
 {{- end -}}
 
-{{- define "dfagent.cachePath" -}}/var/cache/dfagent{{- end -}}
+{{- /* The agent's user and group (the image's USER). */ -}}
+{{- define "dfagent.uid" -}}65532{{- end -}}
+
+{{- /*
+Where the cache volume is mounted, and storage.dir: a directory inside it that the agent owns
+and keeps owner-only. The volume's own top is kubelet's (an emptyDir is root's, mode 2777 with
+fsGroup; a hostPath DirectoryOrCreate root's, 0755), which the agent may not chmod.
+*/ -}}
+{{- define "dfagent.cacheMount" -}}/var/cache/dfagent{{- end -}}
+{{- define "dfagent.cacheDir" -}}{{ include "dfagent.cacheMount" . }}/cache{{- end -}}
 
 {{- define "dfagent.tlsSecret" -}}
 {{- if .Values.tls.existingSecret -}}
@@ -39,7 +48,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $_ := set $peer "tls" (dict "cert" "/etc/dfagent/tls/tls.crt" "key" "/etc/dfagent/tls/tls.key" "ca" "/etc/dfagent/tls/ca.crt") -}}
 {{- end -}}
 {{- $fixed := dict
-  "storage" (dict "dir" (include "dfagent.cachePath" .))
+  "storage" (dict "dir" (include "dfagent.cacheDir" .))
   "peer" $peer
 -}}
 {{- if ne (include "dfagent.swarmMode" .) "dragonfly" -}}
