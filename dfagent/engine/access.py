@@ -66,7 +66,10 @@ class AccessGate:
         self._clock = clock
         self._granted: dict[_Key, float] = {}  # -> expiry
         self._tried: dict[_Key, float] = {}  # public blobs' background proofs -> until when
-        self._checking: dict[_Key, asyncio.Task[None]] = {}
+        self._checking: dict[_Key, asyncio.Task[None]] = {}  # checks clients wait on
+        # Background proofs (learn_origin): apart, since they swallow a refusal that a check a
+        # client waits on must raise.
+        self._learning: dict[_Key, asyncio.Task[None]] = {}
         self._tasks = TaskOwner("access")
 
     async def aclose(self) -> None:
@@ -109,11 +112,11 @@ class AccessGate:
         if not self._enabled or not blob.verified or source.origin in blob.origins:
             return
         key = (self._who(source), self._where(source))
-        if key not in self._checking and not _unexpired(self._tried, key, self._clock()):
+        if key not in self._learning and not _unexpired(self._tried, key, self._clock()):
             _note(self._tried, key, self._clock() + self._ttl)  # once per auth.cache_ttl
-            check = self._tasks.spawn(self._quietly(source, blob, key), name="learn-origin")
-            self._checking[key] = check
-            check.add_done_callback(lambda _: self._checking.pop(key, None))
+            learn = self._tasks.spawn(self._quietly(source, blob, key), name="learn-origin")
+            self._learning[key] = learn
+            learn.add_done_callback(lambda _: self._learning.pop(key, None))
 
     async def _quietly(self, source: BlobSource, blob: StoredBlob, key: _Key) -> None:
         try:
