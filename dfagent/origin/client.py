@@ -360,7 +360,8 @@ class OriginClient:
     ) -> aiohttp.ClientResponse:
         url = redirect.url if redirect is not None else source.url
         for _ in range(_MAX_REDIRECTS + 1):
-            send = {"User-Agent": USER_AGENT, **(headers or {})}
+            # identity: with no Accept-Encoding at all, a proxy on the way may compress.
+            send = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
             if source.authorization and _same_origin(url, source.url):
                 send["Authorization"] = source.authorization
             response = await self.session.request(method, url, headers=send, allow_redirects=False)

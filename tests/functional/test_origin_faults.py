@@ -401,3 +401,13 @@ def test_a_redirect_a_head_got_is_not_reused_for_a_get(agent, origin, registry, 
         assert [s.method for s in storage.requests] == ["HEAD", "GET"], "no GET with HEAD's URL"
     finally:
         storage.stop()
+
+
+def test_blob_reads_ask_for_the_bytes_as_they_are(agent, origin, blob):
+    """No Accept-Encoding at all lets a proxy on the way compress the body (RFC 9110), which a
+    ranged read then refuses: blob reads say identity."""
+    digest, data = blob
+    assert send(agent.proxy_port, url(origin, digest), {"Range": "bytes=0-99"}).body == data[:100]
+    assert send(agent.proxy_port, url(origin, digest), {}, "HEAD").status == 200
+    asked = [h.get("Accept-Encoding") for h in origin.received_headers]
+    assert asked and all(value == "identity" for value in asked), asked
