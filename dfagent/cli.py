@@ -17,7 +17,7 @@ from typing import Any
 from dfagent import __version__
 from dfagent.agent import Agent
 from dfagent.config import Config, dump, load
-from dfagent.control import AgentNotPermitted, AgentRefused, call_agent
+from dfagent.control import AgentLost, AgentNotPermitted, AgentRefused, call_agent
 from dfagent.errors import BadRequest, ConfigError, DfagentError, StartupError
 from dfagent.logs import setup_logging
 from dfagent.maintenance import Maintenance
@@ -50,15 +50,15 @@ EXITS = {
     "2 usage (target, flags, -O path, config), 3 the bytes do not match the digest, "
     "4 refused by the registry (401/403), 5 not found, 130 interrupted (FILE.part is kept "
     "and resumed by the same command)",
-    "preheat": "0 every blob reached every agent, 1 failed (or no agent runs), 2 usage "
-    "(reference, flags, config, or the agent refused the request), 130 interrupted (the job "
-    "goes on in the agent)",
-    "status": "0 shown, 1 no agent runs and the cache cannot be opened, 2 invalid or "
-    "unreadable config, 130 interrupted",
-    "gc": "0 done, 1 no agent runs and the cache cannot be opened, 2 invalid or unreadable "
-    "config, 130 interrupted",
-    "verify": "0 every piece matches, 1 corrupt pieces found (or the cache cannot be opened), "
-    "2 invalid or unreadable config, 130 interrupted",
+    "preheat": "0 every blob reached every agent, 1 failed (or no agent runs, or it stopped "
+    "answering), 2 usage (reference, flags, config, or the agent refused the request), "
+    "130 interrupted (the job goes on in the agent)",
+    "status": "0 shown, 1 no agent runs and the cache cannot be opened (or the agent stopped "
+    "answering), 2 invalid or unreadable config, 130 interrupted",
+    "gc": "0 done, 1 no agent runs and the cache cannot be opened (or the agent stopped "
+    "answering), 2 invalid or unreadable config, 130 interrupted",
+    "verify": "0 every piece matches, 1 corrupt pieces found (or the cache cannot be opened, or "
+    "the agent stopped answering), 2 invalid or unreadable config, 130 interrupted",
     "config check": "0 valid (the effective config is printed), 2 invalid or unreadable",
 }
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except AgentNotPermitted as exc:
+    except (AgentNotPermitted, AgentLost) as exc:  # from any command that asks the agent
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -307,7 +307,7 @@ def _preheat(args: argparse.Namespace) -> int:
     try:
         if not args.no_wait:
             job = asyncio.run(follow(directory, job, progress=progress))
-    except (NoAgent, AgentRefused) as exc:
+    except (NoAgent, AgentRefused, AgentLost) as exc:
         raise CommandFailed(f"preheat {job['id']}: {exc}") from None
     except KeyboardInterrupt:
         raise CommandFailed(

@@ -61,7 +61,7 @@ class Config:
 def parse(text: str) -> Config:
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # an int past 4300 digits, …
         raise ConfigError([("<file>", f"not valid YAML: {exc}")]) from None
     return build(Config, data)
 

@@ -13,6 +13,7 @@ is wrong on its own, so each error is reported once, under the field that is wro
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
@@ -150,12 +151,12 @@ def _scalar(hint: Any, value: object) -> Any:
             raise ValueError(f"expected a whole number, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
+        return _finite(value)
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {type(value).__name__}")
+        if "\0" in value:  # no path, name or pattern holds one; os and socket calls refuse it
+            raise ValueError("cannot contain a NUL character")
         return value
     if isinstance(hint, type) and issubclass(hint, str):  # str enums / literals
         return hint(value)
@@ -165,6 +166,18 @@ def _scalar(hint: Any, value: object) -> Any:
             raise ValueError(f"expected one of {allowed}, got {value!r}")
         return value
     raise TypeError(f"config field type {hint!r} is not supported")  # a bug in a config class
+
+
+def _finite(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("too large for a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
 
 
 def to_plain(value: object) -> object:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 __all__ = ["ByteSize", "Duration", "ListenAddress"]
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE | re.ASCII)
+_MAX_SIZE = 2**63 - 1  # what sqlite and a float (a size x a watermark) still hold
 _SIZE_UNITS = {
     "B": 1,
     "KB": 1000,
@@ -20,7 +23,7 @@ _SIZE_UNITS = {
     "GIB": 1024**3,
     "TIB": 1024**4,
 }
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -33,19 +36,25 @@ class ByteSize(int):
         if isinstance(value, bool):
             raise ValueError("expected a size such as 1MiB, got a boolean")
         if isinstance(value, int):
-            if value < 0:
-                raise ValueError("a size cannot be negative")
-            return cls(value)
+            return cls._checked(value)
         if not isinstance(value, str):
             raise ValueError(f"expected a size such as 1MiB, got {type(value).__name__}")
         match = _SIZE.fullmatch(value.strip())
         if match is None:
             raise ValueError(f"expected a size such as 512KiB, 1MiB or 50GiB, got {value!r}")
         number, unit = match.groups()
-        scaled = float(number) * _SIZE_UNITS[(unit or "B").upper()]
-        if scaled != int(scaled):
+        scaled = Fraction(number) * _SIZE_UNITS[(unit or "B").upper()]  # exact, never inf
+        if scaled.denominator != 1:
             raise ValueError(f"{value!r} is not a whole number of bytes")
-        return cls(int(scaled))
+        return cls._checked(int(scaled))
+
+    @classmethod
+    def _checked(cls, count: int) -> ByteSize:
+        if count < 0:
+            raise ValueError("a size cannot be negative")
+        if count > _MAX_SIZE:
+            raise ValueError(f"too large (at most {_MAX_SIZE} bytes)")
+        return cls(count)
 
     def __str__(self) -> str:
         for unit in ("TiB", "GiB", "MiB", "KiB"):
@@ -65,17 +74,28 @@ class Duration(float):
         if isinstance(value, bool):
             raise ValueError("expected a duration such as 5s, got a boolean")
         if isinstance(value, int | float):
-            if value < 0:
-                raise ValueError("a duration cannot be negative")
-            return cls(value)
+            return cls._checked(value, value)
         if not isinstance(value, str):
             raise ValueError(f"expected a duration such as 5s, got {type(value).__name__}")
         text = value.strip()
         if not text or _DURATION.sub("", text):
             raise ValueError(f"expected a duration such as 500ms, 5s, 10m or 1h, got {value!r}")
-        return cls(
-            sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(text)),
+        return cls._checked(
+            sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(text)), value
         )
+
+    @classmethod
+    def _checked(cls, seconds: float, value: object) -> Duration:
+        """`seconds` as a Duration, unless it is negative, NaN, infinite or beyond a float."""
+        try:
+            seconds = float(seconds)
+        except OverflowError:
+            raise ValueError("too long for a duration") from None
+        if not math.isfinite(seconds):
+            raise ValueError(f"expected a finite duration such as 5s, got {value!r}")
+        if seconds < 0:
+            raise ValueError("a duration cannot be negative")
+        return cls(seconds)
 
     def __str__(self) -> str:
         for unit in ("d", "h", "m", "s"):
@@ -99,11 +119,14 @@ class ListenAddress:
         if not isinstance(value, str):
             raise ValueError(f"expected host:port, got {type(value).__name__}")
         host, sep, port_text = value.rpartition(":")
-        if not sep or not port_text.isdigit():
+        if not sep or not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"expected host:port (IPv6 as [::1]:port), got {value!r}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-            ipaddress.IPv6Address(host)
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"[{host}] is not an IPv6 address") from None
         elif ":" in host:
             raise ValueError(f"write an IPv6 address in brackets, as [{host}]:{port_text}")
         port = int(port_text)

@@ -18,13 +18,25 @@ from dfagent.errors import DfagentError
 from dfagent.maintenance import Maintenance
 from dfagent.serving import drain
 
-__all__ = ["SOCKET_NAME", "AgentRefused", "ControlServer", "call_agent"]
+__all__ = [
+    "SOCKET_NAME",
+    "AgentLost",
+    "AgentNotPermitted",
+    "AgentRefused",
+    "ControlServer",
+    "call_agent",
+]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class AgentRefused(DfagentError):
     """The running agent answered with an error (the message is its reason)."""
+
+
+class AgentLost(DfagentError):
+    """The agent took the request but gave no usable answer: it stopped (or was killed)
+    while answering, or something else holds its socket."""
 
 
 class AgentNotPermitted(DfagentError):
@@ -77,7 +89,8 @@ async def call_agent(
     directory: Path, method: str, path: str, body: Any = None
 ) -> dict[str, Any] | None:
     """Ask the agent running on `directory`; None when no agent answers there. Raises
-    AgentRefused with the agent's reason when it answers with an error."""
+    AgentRefused with the agent's reason when it answers with an error, AgentLost when the
+    connection breaks before a JSON answer."""
     socket = directory / SOCKET_NAME
     try:
         if not socket.exists():
@@ -93,9 +106,26 @@ async def call_agent(
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
             session.request(method, f"http://dfagent{path}", json=body) as response,
         ):
-            answer = json.loads(await response.read())
-            if response.status >= 400:
-                raise AgentRefused(answer.get("error") or f"the agent answered {response.status}")
-            return answer  # type: ignore[no-any-return]
+            status, raw = response.status, await response.read()
     except aiohttp.ClientConnectorError:
         return None
+    except aiohttp.ClientError as exc:  # it closed the connection: killed, or stopping
+        reason = str(exc) or type(exc).__name__
+        raise AgentLost(
+            f"the agent on {directory} stopped answering ({reason}): is it still running?"
+        ) from None
+    answer = _json_object(raw, socket)
+    if status >= 400:
+        raise AgentRefused(answer.get("error") or f"the agent answered {status}")
+    return answer
+
+
+def _json_object(raw: bytes, socket: Path) -> dict[str, Any]:
+    """The agent's answer; AgentLost when it is not JSON (another program holds the socket)."""
+    try:
+        answer = json.loads(raw)
+    except ValueError as exc:
+        raise AgentLost(f"the answer on {socket} is not the agent's: {exc}") from None
+    if not isinstance(answer, dict):
+        raise AgentLost(f"the answer on {socket} is not the agent's: not a JSON object")
+    return answer

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from dfagent.errors import BadRequest
 from dfagent.preheat.request import PreheatRequest
-from dfagent.preheat.service import PreheatService
+from dfagent.preheat.service import PreheatService, TooManyJobs
 
 __all__ = ["PreheatApi"]
 
@@ -40,7 +40,8 @@ class PreheatApi:
         self._job_keys = secrets.token_bytes(32)  # signs the keys loopback clients follow
 
     async def over_network(self, request: web.BaseRequest) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp decodes header bytes that are not UTF-8 to surrogates: get the bytes back.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if self._token is not None and hmac.compare_digest(given, self._token):
             return await self.handle(request)
         if not _from_loopback(request):
@@ -83,7 +84,11 @@ class PreheatApi:
         except BadRequest as exc:
             log.warning("preheat refused", extra={"error": str(exc)})
             return _error(400, str(exc))
-        job = self._service.submit(preheat)
+        try:
+            job = self._service.submit(preheat)
+        except TooManyJobs as exc:
+            log.warning("preheat refused", extra={"error": str(exc)})
+            return _error(429, str(exc))
         answer, location = job.to_json(), f"{_PREFIX}/{job.id}"
         if keyed:
             answer["key"] = self._key(job.id)
@@ -103,9 +108,11 @@ def _from_loopback(request: web.BaseRequest) -> bool:
 
 
 async def _json_body(request: web.BaseRequest) -> object:
-    body = await request.content.read(_MAX_BODY + 1)
-    if len(body) > _MAX_BODY:
-        raise BadRequest(f"the body must be under {_MAX_BODY} bytes")
+    body = bytearray()
+    while chunk := await request.content.read(_MAX_BODY + 1 - len(body)):  # what has arrived
+        body += chunk
+        if len(body) > _MAX_BODY:
+            raise BadRequest(f"the body must be under {_MAX_BODY} bytes")
     try:
         return json.loads(body)
     except ValueError as exc:

@@ -21,7 +21,7 @@ from yarl import URL
 from dfagent.core.digest import Digest
 from dfagent.engine.fetcher import Engine
 from dfagent.engine.prefetch import Prefetcher
-from dfagent.errors import DfagentError, IntegrityError
+from dfagent.errors import DfagentError, IntegrityError, Throttled
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient
 from dfagent.preheat.request import PreheatRequest
@@ -32,14 +32,22 @@ from dfagent.swarm.client import PeerError
 from dfagent.swarm.swarm import Swarm
 from dfagent.tasks import TaskOwner
 
-__all__ = ["PreheatJob", "PreheatService"]
+__all__ = ["JOBS_AT_ONCE", "JOBS_WAITING", "PreheatJob", "PreheatService", "TooManyJobs"]
 
 log = logging.getLogger(__name__)
 
 _KEPT_JOBS = 100  # finished jobs remembered for their status
+# Jobs share the origin connections with nydusd's reads: only this many run at once, and
+# at most JOBS_WAITING more wait (queued) for their turn; beyond that a job is refused.
+JOBS_AT_ONCE = 2
+JOBS_WAITING = 16
 _POLL_SECONDS = 0.5
 _PEER_MISSES = 5  # a peer that does not answer this many polls in a row has failed
 _BLOBS_AT_ONCE = 2  # blobs completed here at the same time
+
+
+class TooManyJobs(Throttled):
+    """Every running and waiting place for preheat jobs is taken (429)."""
 
 
 @dataclass
@@ -64,7 +72,7 @@ class BlobProgress:
 class PreheatJob:
     id: str
     request: PreheatRequest
-    state: str = "resolving"  # resolving, fetching, succeeded, failed
+    state: str = "queued"  # queued, resolving, fetching, succeeded, failed
     error: str | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
@@ -115,6 +123,7 @@ class PreheatService:
         self._metrics = metrics
         self._swarm = swarm
         self._jobs: dict[str, PreheatJob] = {}
+        self._running = asyncio.Semaphore(JOBS_AT_ONCE)
         self._tasks = TaskOwner("preheat")
 
     async def __aenter__(self) -> PreheatService:
@@ -126,6 +135,14 @@ class PreheatService:
     # jobs ----------------------------------------------------------------------------------
 
     def submit(self, request: PreheatRequest) -> PreheatJob:
+        """Start a job, or queue it behind the running ones; TooManyJobs when all places
+        are taken."""
+        unfinished = sum(1 for j in self._jobs.values() if not j.done)
+        if unfinished >= JOBS_AT_ONCE + JOBS_WAITING:
+            raise TooManyJobs(
+                f"{unfinished} preheat jobs are running or queued, the most this agent takes: "
+                "try again when one has finished"
+            )
         job = PreheatJob(secrets.token_hex(8), request)
         self._jobs[job.id] = job
         finished = [j for j in self._jobs.values() if j.done]
@@ -142,33 +159,10 @@ class PreheatService:
         return list(self._jobs.values())
 
     async def _run(self, job: PreheatJob) -> None:
-        request = job.request
         try:
-            registry = RegistryClient(
-                self._origin.session,
-                request.image,
-                request.credentials,
-                plain_http=request.plain_http,
-            )
-            plan = await registry.resolve(request.platforms)
-            job.manifests = plan.manifests
-            job.blobs = [BlobProgress(d) for d in plan.blobs]
-            job.state = "fetching"
-            at_once = asyncio.Semaphore(_BLOBS_AT_ONCE)
-            async with asyncio.TaskGroup() as group:  # also waits for the peers' completions
-                # Nydus bootstraps first: the data blobs they map are then cut along chunks.
-                bootstraps = [b for b in job.blobs if b.descriptor.nydus_bootstrap]
-                fetched = await asyncio.gather(
-                    *(self._blob(registry, plan, b, at_once, group) for b in bootstraps)
-                )
-                await self._engine.chunk_maps_learned([b for b in fetched if b is not None])
-                for progress in job.blobs:
-                    if progress not in bootstraps:
-                        group.create_task(self._blob(registry, plan, progress, at_once, group))
-            failed = [b for b in job.blobs if b.error is not None or _peer_failed(b)]
-            job.state = "failed" if failed else "succeeded"
-            if failed:
-                job.error = f"{len(failed)} of {len(job.blobs)} blobs did not reach every agent"
+            async with self._running:
+                job.state = "resolving"
+                await self._preheat(job)
         except (DfagentError, BadManifest) as exc:
             job.state, job.error = "failed", explain(exc)
         except Exception as exc:  # a bug must still end the job, visibly
@@ -181,6 +175,35 @@ class PreheatService:
                 "preheat finished",
                 extra={"job": job.id, "state": job.state, "error": job.error or "-"},
             )
+
+    async def _preheat(self, job: PreheatJob) -> None:
+        """Resolve the image, then complete every blob here and on every peer."""
+        request = job.request
+        registry = RegistryClient(
+            self._origin.session,
+            request.image,
+            request.credentials,
+            plain_http=request.plain_http,
+        )
+        plan = await registry.resolve(request.platforms)
+        job.manifests = plan.manifests
+        job.blobs = [BlobProgress(d) for d in plan.blobs]
+        job.state = "fetching"
+        at_once = asyncio.Semaphore(_BLOBS_AT_ONCE)
+        async with asyncio.TaskGroup() as group:  # also waits for the peers' completions
+            # Nydus bootstraps first: the data blobs they map are then cut along chunks.
+            bootstraps = [b for b in job.blobs if b.descriptor.nydus_bootstrap]
+            fetched = await asyncio.gather(
+                *(self._blob(registry, plan, b, at_once, group) for b in bootstraps)
+            )
+            await self._engine.chunk_maps_learned([b for b in fetched if b is not None])
+            for progress in job.blobs:
+                if progress not in bootstraps:
+                    group.create_task(self._blob(registry, plan, progress, at_once, group))
+        failed = [b for b in job.blobs if b.error is not None or _peer_failed(b)]
+        job.state = "failed" if failed else "succeeded"
+        if failed:
+            job.error = f"{len(failed)} of {len(job.blobs)} blobs did not reach every agent"
 
     async def _blob(
         self,

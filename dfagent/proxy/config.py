@@ -30,11 +30,18 @@ class Rule:
             re.compile(self.regex)
         except re.error as exc:
             problems.append(("regex", f"not a valid regular expression: {exc}"))
-        if self.redirect is not None and (
-            not self.redirect or "/" in self.redirect or urlsplit(f"//{self.redirect}").port == 0
-        ):
-            problems.append(("redirect", "expected host or host:port"))
+        if self.redirect is not None and not _is_host_and_port(self.redirect):
+            problems.append(("redirect", "expected host or host:port (port 1-65535)"))
         return problems
+
+
+def _is_host_and_port(text: str) -> bool:
+    if not text or "/" in text:
+        return False
+    try:
+        return urlsplit(f"//{text}").port != 0
+    except ValueError:  # a port out of range or not a number, an unclosed [
+        return False
 
 
 DEFAULT_RULES = (Rule(regex=r"blobs/sha256.*"),)
@@ -67,13 +74,19 @@ class ProxyConfig:
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
-        parts = urlsplit(self.registry_mirror)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(("registry_mirror", "expected a URL such as https://index.docker.io"))
-        elif parts.username is not None or parts.password is not None:
-            problems.append(
-                ("registry_mirror", "must not carry credentials: clients send their own")
-            )
+        try:
+            parts = urlsplit(self.registry_mirror)
+            parts.port  # noqa: B018 (parses it: out of range or not a number raises)
+        except ValueError as exc:
+            problems.append(("registry_mirror", f"not a URL: {exc}"))
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                expected = "expected a URL such as https://index.docker.io"
+                problems.append(("registry_mirror", expected))
+            elif parts.username is not None or parts.password is not None:
+                problems.append(
+                    ("registry_mirror", "must not carry credentials: clients send their own")
+                )
         for i, pattern in enumerate(self.intercept):
             try:
                 re.compile(pattern)

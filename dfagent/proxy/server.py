@@ -149,16 +149,19 @@ class ProxyServer:
 
 
 class _Throttle:
-    """A token bucket: `rate` requests per second, bursts of up to one second's worth."""
+    """A token bucket: `rate` requests per second, bursts of up to one second's worth. The
+    bucket holds at least the one token a request takes, so a rate under 1 admits a request
+    every 1/rate seconds."""
 
     def __init__(self, rate: float) -> None:
         self._rate = rate
-        self._tokens = rate
+        self._capacity = max(rate, 1.0)
+        self._tokens = self._capacity
         self._last = time.monotonic()
 
     def allow(self) -> bool:
         now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
         self._last = now
         if self._tokens < 1:
             return False

@@ -52,9 +52,9 @@ def from_docker_config(registry: str, path: Path | None = None) -> Credentials |
     """The credentials docker would use for `registry` (host[:port]); None when it has none."""
     registry = _host_of(registry)  # Docker Hub goes by several names
     path = path or docker_config_path()
-    if path.is_dir():
-        path = path / "config.json"
     try:
+        if path.is_dir():  # stat fails for a path the user may not look into
+            path = path / "config.json"
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
@@ -62,13 +62,22 @@ def from_docker_config(registry: str, path: Path | None = None) -> Credentials |
         raise CredentialsError(f"cannot read docker config {path}: {exc}") from exc
     if not isinstance(config, dict):
         raise CredentialsError(f"docker config {path} is not a JSON object")
-    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
+    helpers, auths = _object(config, "credHelpers", path), _object(config, "auths", path)
+    helper = helpers.get(registry) or config.get("credsStore")
     if helper:
         return _from_helper(str(helper), registry)
-    for key, entry in (config.get("auths") or {}).items():
+    for key, entry in auths.items():
         if _host_of(key) == registry and isinstance(entry, dict):
             return _from_entry(entry, path, key)
     return None
+
+
+def _object(config: dict[str, object], key: str, path: Path) -> dict[str, object]:
+    """`config[key]`, a JSON object when present (null and absent read as empty)."""
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise CredentialsError(f"docker config {path}: {key} must be a JSON object")
+    return value
 
 
 def _host_of(key: str) -> str:

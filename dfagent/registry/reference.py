@@ -7,6 +7,7 @@ image lives on Docker Hub, where a one-component name is an official `library/` 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -20,7 +21,10 @@ DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[(?P<v6>[0-9A-Fa-f:.]+)\])(?::(?P<port>\d{1,5}))?",
+    re.ASCII,
+)
 
 
 class BadReference(ValueError):
@@ -65,8 +69,7 @@ def parse_image(text: str) -> ImageReference:
             raise BadReference(f"{text!r}: {exc}") from None
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
-        if not _HOST.fullmatch(first):
-            raise BadReference(f"{text!r}: {first!r} is not a registry host")
+        _check_registry(first, text)
         registry, path = first, remainder
     else:
         registry, path = DOCKER_HUB, rest
@@ -84,6 +87,21 @@ def parse_image(text: str) -> ImageReference:
     if registry == DOCKER_HUB and len(components) == 1:
         path = f"library/{path}"
     return ImageReference(registry, path, tag, digest)
+
+
+def _check_registry(host: str, text: str) -> None:
+    """Raise BadReference unless `host` is a host name or [IPv6 address], with a port 1-65535."""
+    match = _HOST.fullmatch(host)
+    if match is None:
+        raise BadReference(f"{text!r}: {host!r} is not a registry host")
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise BadReference(f"{text!r}: the port of {host!r} must be from 1 to 65535")
+    if match.group("v6") is not None:
+        try:
+            ipaddress.IPv6Address(match.group("v6"))
+        except ValueError:
+            raise BadReference(f"{text!r}: {host!r} is not a registry host") from None
 
 
 def blob_url(base: URL, repository: str, digest: Digest) -> URL:

@@ -51,7 +51,7 @@ class Membership:
     async def start(self) -> None:
         await self.refresh()
         if not self.me:
-            self.me = _format(self._local_address(), self._port)
+            self.me = _format(await self._local_address(), self._port)
         log.info("swarm membership", extra={"me": self.me, "members": ",".join(self.members())})
 
     def members(self) -> list[str]:
@@ -68,7 +68,8 @@ class Membership:
             return
         try:
             addresses = await self._resolver(self._swarm.dns, self._port)
-        except OSError as exc:  # keep the members we had: DNS hiccups must not empty the swarm
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
+            # Keep the members we had: DNS hiccups must not empty the swarm.
             log.warning(
                 "cannot resolve swarm.dns", extra={"dns": self._swarm.dns, "error": str(exc)}
             )
@@ -83,10 +84,12 @@ class Membership:
             await asyncio.sleep(self._swarm.refresh)
             await self.refresh()
 
-    def _local_address(self) -> str:
-        """The local address that routes to the first other member (no packet is sent)."""
+    async def _local_address(self) -> str:
+        """The local address that routes to the first other member (no packet is sent; a
+        member's host name is resolved, in a thread)."""
         for member in self.members():
-            local = local_address_towards(ListenAddress.parse(member))
+            address = ListenAddress.parse(member)
+            local = await asyncio.to_thread(local_address_towards, address)
             if local is not None:
                 return local
         return "127.0.0.1"

@@ -121,8 +121,6 @@ async def download(
     """Fetch the blob into `output`; a line saying what happened. Raises GetFailed."""
     try:
         return await _download(config, target, output, credentials, progress=progress)
-    except aiohttp.ClientError as exc:  # only the control socket: _fetch handles the proxy's
-        raise GetFailed(f"cannot ask the agent on {config.storage.dir}: {exc}") from exc
     except OSError as exc:  # the output file or its .part
         where = exc.filename or output
         raise GetFailed(f"cannot write {where}: {exc.strerror or exc}") from exc

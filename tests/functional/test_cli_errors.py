@@ -239,10 +239,10 @@ def test_preheat_of_a_registry_that_is_not_there(agent):
 # status, gc, verify ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def silent_agent(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
-    """A control socket that takes requests and never answers (an agent busy for ever);
-    the event is set once a request has arrived."""
+def fake_agent(tmp_path: Path, *, hang_up: bool) -> Iterator[tuple[Path, threading.Event]]:
+    """A control socket that takes requests and never answers: it holds each connection (an
+    agent busy for ever) or, with `hang_up`, closes it (an agent killed while answering). The
+    event is set once a request has arrived."""
     storage = tmp_path / "cache"
     storage.mkdir()
     asked = threading.Event()
@@ -260,6 +260,8 @@ def silent_agent(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
             held.append(connection)
             if connection.recv(4096):
                 asked.set()
+            if hang_up:
+                connection.close()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -268,6 +270,26 @@ def silent_agent(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
     server.close()
     for connection in held:
         connection.close()
+
+
+@pytest.fixture
+def silent_agent(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
+    yield from fake_agent(tmp_path, hang_up=False)
+
+
+@pytest.fixture
+def hanging_up_agent(tmp_path: Path) -> Iterator[tuple[Path, threading.Event]]:
+    yield from fake_agent(tmp_path, hang_up=True)
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["gc"], ["verify"], ["preheat", "r.example/app:1"]]
+)
+def test_an_agent_that_hangs_up_without_answering(hanging_up_agent, command):
+    config, asked = hanging_up_agent
+    result = dfagent(*command, "-c", str(config))
+    assert asked.is_set()
+    one_line_error(result, 1, f"dfagent {command[0]}: ", "stopped answering")
 
 
 @pytest.mark.parametrize("command", ["status", "gc", "verify"])

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import os
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
 from dfagent.control import AgentRefused, call_agent
+from dfagent.preheat.service import JOBS_AT_ONCE, JOBS_WAITING
 from tests.conftest import PASSWORD, TOKEN, USER
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
 from tests.support.metrics import metric, wait_for
+from tests.support.ports import free_port
 from tests.support.registry import Registry
 
 Blobs = dict[str, bytes]  # digest -> bytes
@@ -211,6 +217,7 @@ def test_preheat_api_on_the_health_port(agent, origin, registry):
         ({"image": "r.example/a", "platform": "linux/amd64", "all_platforms": True}, "platform"),
         ({"image": "r.example/a", "username": "only-me"}, "username"),
         ({"image": "r.example/a", "surprise": 1}, "surprise"),
+        ({"image": "localhost:99999/a:1"}, "image"),
     ):
         status, answer, _ = call("POST", url, body)
         assert status == 400, body
@@ -260,7 +267,11 @@ def test_a_loopback_client_sees_only_the_jobs_it_started(agent, origin, registry
 
 @pytest.mark.parametrize(
     ("image", "message"),
-    [("Not/A/Reference", "lower-case"), ("r.example/app@sha256:12", "sha256")],
+    [
+        ("Not/A/Reference", "lower-case"),
+        ("r.example/app@sha256:12", "sha256"),
+        ("localhost:99999/app:1", "1 to 65535"),
+    ],
 )
 def test_preheat_rejects_a_bad_reference_before_asking_the_agent(agent, image, message):
     done = agent.cli("preheat", image)
@@ -306,3 +317,95 @@ def test_preheat_api_over_the_network_needs_the_cluster_token(swarm):
     assert "cluster token" in answer["error"]
     with urllib.request.urlopen(f"http://{address}:{agent.health_port}/healthy") as health:
         assert health.status == 200, "the probes stay open to all"
+
+
+def raw_request(
+    port: int, method: str, path: str, headers: dict[str, bytes], parts: tuple[bytes, ...] = ()
+) -> tuple[int, dict]:
+    """One request with header values as raw bytes and the body sent in `parts`, a moment
+    apart (separate TCP segments): status and JSON answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, path)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(sum(map(len, parts))))
+        connection.endheaders()
+        for part in parts:
+            time.sleep(0.2)
+            connection.send(part)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_an_authorization_header_that_is_not_utf8_is_a_wrong_token(swarm):
+    (agent,) = swarm(1)
+    path = "/api/v1/preheat"
+    wrong = raw_request(agent.health_port, "GET", path, {"Authorization": b"Bearer wrong"})
+    assert wrong[0] == 401
+    not_utf8 = raw_request(agent.health_port, "GET", path, {"Authorization": b"Bearer \xff\xfe"})
+    assert not_utf8 == wrong
+    assert "Traceback" not in agent.log()
+
+
+def test_a_body_that_arrives_in_pieces_is_read_whole(agent):
+    image = f"127.0.0.1:{free_port()}/app:1"
+    body = json.dumps({"image": image, "plain_http": True}).encode()
+    path = "/api/v1/preheat"
+    status, job = raw_request(agent.health_port, "POST", path, {}, (body[:9], body[9:]))
+    assert status == 202, job
+    assert job["image"] == image
+    too_big = body.ljust(64 * 1024 + 1)  # one byte over the limit, all of it read
+    status, answer = raw_request(
+        agent.health_port, "POST", path, {}, (too_big[:40_000], too_big[40_000:])
+    )
+    assert status == 400
+    assert "the body must be under" in answer["error"]
+
+
+@pytest.fixture
+def tarpit() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A registry that takes connections and never answers: host:port, and the connections
+    it holds."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def hold() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=hold, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}", held
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_preheat_jobs_beyond_the_running_and_waiting_places_are_refused(agent_factory, tarpit):
+    """Jobs share the origin connections with nydusd's reads: only a few run at once, a
+    few more wait their turn, and the next is told to come back (429), never dropped."""
+    host, held = tarpit
+    agent = agent_factory(origin={"read_timeout": "1s", "retries": 0})
+    url = f"{agent.health_url}/api/v1/preheat"
+    image = {"image": f"{host}/app:1", "plain_http": True}
+    places = JOBS_AT_ONCE + JOBS_WAITING
+    started = [call("POST", url, image) for _ in range(places)]
+    assert [status for status, _, _ in started] == [202] * places
+    status, answer, _ = call("POST", url, image)
+    assert status == 429
+    assert f"{places} preheat jobs are running or queued" in answer["error"]
+
+    def states() -> list[str]:
+        return [j["state"] for j in over_the_socket(agent, "/api/v1/preheat")["jobs"]]
+
+    assert sorted(states()) == ["queued"] * JOBS_WAITING + ["resolving"] * JOBS_AT_ONCE
+    wait_for(lambda: len(held) >= JOBS_AT_ONCE, "the running jobs to reach the registry")
+    time.sleep(0.3)
+    assert len(held) <= JOBS_AT_ONCE + states().count("failed"), "a job starts as one ends"
+    wait_for(lambda: "failed" in states(), "a running job to time out")  # read_timeout
+    assert call("POST", url, image)[0] == 202, "a finished job frees its place"

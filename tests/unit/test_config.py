@@ -109,6 +109,8 @@ def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
         ("proxy: {listen: 4001}", "proxy.listen", "host:port"),
         ("proxy: {registry_mirror: docker.io}", "proxy.registry_mirror", "URL"),
         ("proxy: {registry_mirror: 'https://u:p@reg'}", "proxy.registry_mirror", "credentials"),
+        ("proxy: {registry_mirror: 'http://[::1'}", "proxy.registry_mirror", "not a URL"),
+        ("proxy: {registry_mirror: 'http://reg:99999'}", "proxy.registry_mirror", "not a URL"),
         ("origin: {connect_timeout: 0s}", "origin.connect_timeout", "positive"),
         ("log: {level: loud}", "log.level", "one of"),
         ("proxy: [1, 2]", "proxy", "mapping"),
@@ -116,11 +118,37 @@ def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
         ("proxy: {rules: [{redirect: x}]}", "proxy.rules[0].regex", "missing"),
         ("storage: {low_watermark: 0}", "storage.low_watermark", "> 0"),
         ("proxy: {idle_timeout: 0s}", "proxy.idle_timeout", "positive"),
+        ("storage: {gc_interval: .nan}", "storage.gc_interval", "finite duration"),
+        ("storage: {max_age: .inf}", "storage.max_age", "finite duration"),
+        (f"storage: {{gc_interval: {'9' * 400}}}", "storage.gc_interval", "too long"),
+        (f"storage: {{gc_interval: {'9' * 400}s}}", "storage.gc_interval", "finite duration"),
+        ("storage: {high_watermark: .nan}", "storage.high_watermark", "finite number"),
+        (f"storage: {{high_watermark: {'9' * 400}}}", "storage.high_watermark", "too large"),
+        (f"storage: {{quota: {'9' * 400}TiB}}", "storage.quota", "too large"),
+        (f"storage: {{quota: {'9' * 400}}}", "storage.quota", "too large"),
+        ('storage: {dir: "/var/cache/a\\0b"}', "storage.dir", "NUL"),
+        ("proxy: {rules: [{regex: x, redirect: 'host:99999'}]}", "proxy.rules[0].redirect", "host"),
+        ("proxy: {rules: [{regex: x, redirect: 'host:x'}]}", "proxy.rules[0].redirect", "host"),
+        ("proxy: {rules: [{regex: x, redirect: '[::1'}]}", "proxy.rules[0].redirect", "host"),
+        ("proxy: {listen: '[zz]:1'}", "proxy.listen", "not an IPv6 address"),
+        ("proxy: {listen: '127.0.0.1:\u0663'}", "proxy.listen", "host:port"),  # Arabic 3
+        ('swarm: {peers: ["a\\0b:1"]}', "swarm.peers[0]", "NUL"),
     ],
 )
 def test_single_problems(text, path, reason):
     found = problems(text)
     assert reason in found[path], found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"a: {'[' * 5000}{']' * 5000}",  # deeper than Python recurses
+        f"storage: {{quota: {'1' * 5000}}}",  # an int past Python's 4300 digits
+    ],
+)
+def test_yaml_that_cannot_be_loaded_is_a_file_problem(text):
+    assert list(problems(text)) == ["<file>"]
 
 
 def test_empty_file_is_the_default():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pathlib
+import re
 import stat
 
 import pytest
@@ -47,10 +49,23 @@ def test_docker_hub_has_its_own_api_host():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "UPPER", "app:", "app:-bad", "r.example/", "app@sha256:short", "a//b", "r.exa mple/a"],
+    [
+        "",
+        "UPPER",
+        "app:",
+        "app:-bad",
+        "r.example/",
+        "app@sha256:short",
+        "a//b",
+        "r.exa mple/a",
+        "localhost:99999/app:1",
+        "[::1]:70000/app",
+        "r.example:0/app",
+        "[1.2.3.4]/app",
+    ],
 )
 def test_bad_references_say_why(text):
-    with pytest.raises(BadReference, match=repr(text)):
+    with pytest.raises(BadReference, match=re.escape(repr(text))):
         parse_image(text)
 
 
@@ -168,6 +183,31 @@ def test_docker_config_credential_helper(tmp_path, monkeypatch):
     config.write_text("{broken")
     with pytest.raises(CredentialsError, match="cannot read docker config"):
         from_docker_config("r.example", config)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"auths": 5}, "auths must be a JSON object"),
+        ({"credHelpers": 5}, "credHelpers must be a JSON object"),
+        ({"auths": ["r.example"]}, "auths must be a JSON object"),
+        ([], "is not a JSON object"),
+    ],
+)
+def test_docker_config_of_the_wrong_shape(tmp_path, content, message):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(content))
+    with pytest.raises(CredentialsError, match=message):
+        from_docker_config("r.example", config)
+
+
+def test_docker_config_the_user_may_not_read(tmp_path, monkeypatch):
+    def owner_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))  # what stat says to others
+
+    monkeypatch.setattr(pathlib.Path, "stat", owner_only)
+    with pytest.raises(CredentialsError, match=r"cannot read docker config .*Permission denied"):
+        from_docker_config("r.example", tmp_path / "docker")
 
 
 @pytest.mark.parametrize(
