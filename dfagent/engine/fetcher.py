@@ -232,7 +232,9 @@ class Engine:
             _check_provenance(source, chunks)
             # The blob's size is not known yet: a layout as large as can be tells where the
             # piece holding `first_byte` ends, and the key peers must share.
-            unsized = self._store.layout(1 << 62, None if chunks is None else chunks.chunk_map)
+            unsized = await asyncio.to_thread(  # a large map takes a while to cut
+                self._store.layout, 1 << 62, None if chunks is None else chunks.chunk_map
+            )
             if self._network is not None:
                 # Peers may have it: learn the size from the swarm, or from a HEAD (no bytes:
                 # which pieces go to the origin is the blob's home's call).

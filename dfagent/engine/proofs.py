@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from dataclasses import dataclass
 
 from dfagent.metrics import Metrics
@@ -56,8 +57,8 @@ class ChunkProofs:
         row = await self._store.index.get_chunk_map(digest_hex)
         if row is None:
             return None
-        try:
-            return KnownMap(ChunkMap.from_bytes(row[0]), row[1])
+        try:  # a map may hold a million chunks: seconds of work, kept off the event loop
+            return KnownMap(await asyncio.to_thread(ChunkMap.from_bytes, row[0]), row[1])
         except NydusFormatError as exc:
             log.warning(
                 "stored chunk map unreadable", extra={"digest": digest_hex, "error": str(exc)}
@@ -104,7 +105,8 @@ class ChunkProofs:
         self, digest_hex: str, chunk_map: ChunkMap, vouchers: frozenset[str], *, bootstrap: str
     ) -> None:
         known = await self._store.index.get_chunk_map(digest_hex)
-        if not await self._store.index.put_chunk_map(digest_hex, chunk_map.to_bytes(), vouchers):
+        packed = await asyncio.to_thread(chunk_map.to_bytes)
+        if not await self._store.index.put_chunk_map(digest_hex, packed, vouchers):
             log.warning(
                 "a bootstrap describes a data blob differently from an earlier one; its registries"
                 " vouch for nothing of that blob",
@@ -119,7 +121,7 @@ class ChunkProofs:
         if (
             blob is not None
             and isinstance(blob.layout, ChunkLayout)
-            and (blob.layout.chunk_map == chunk_map)
+            and await asyncio.to_thread(operator.eq, blob.layout.chunk_map, chunk_map)
         ):
             blob.vouchers |= vouchers
 

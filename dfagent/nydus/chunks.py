@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from dfagent.nydus.errors import NydusFormatError
 
 __all__ = [
+    "MAX_BLOB_SIZE",
     "MAX_CHUNK_SIZE",
     "Chunk",
     "ChunkMap",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 MAX_CHUNK_SIZE = 16 * 1024 * 1024  # the largest chunk RAFS allows, compressed or not
+MAX_BLOB_SIZE = 1 << 44  # 16 TiB: no data blob's chunks plausibly reach further
 DIGEST_SIZE = 32  # blake3 and sha256 alike
 
 
@@ -112,7 +114,7 @@ _MAX_BLOB_ID = 1024
 @dataclass(frozen=True, slots=True)
 class ChunkMap:
     """Every chunk of the data blob `blob_id`, ordered by compressed offset; chunks never
-    overlap in the blob."""
+    overlap in the blob, and lie packed from its start (see `_check_packed`)."""
 
     blob_id: str
     chunks: tuple[Chunk, ...]
@@ -131,6 +133,27 @@ class ChunkMap:
         object.__setattr__(self, "chunks", ordered)
         object.__setattr__(self, "_starts", tuple(c.compressed_offset for c in ordered))
         object.__setattr__(self, "_ends", tuple(c.compressed_end for c in ordered))
+        self._check_packed()
+
+    def _check_packed(self) -> None:
+        """A builder writes a blob's chunks back to back from byte 0. A map may leave some
+        out (files an upper layer deleted, chunks of other images), so the bytes it does not
+        cover must fit the chunks it skips, each at most MAX_CHUNK_SIZE, with one chunk's
+        worth to spare. Far-apart chunks are refused here, before anything is sized by where
+        they lie."""
+        if self.data_end > MAX_BLOB_SIZE:
+            raise NydusFormatError(
+                f"blob {self.blob_id}: chunks reach byte {self.data_end}, past any plausible "
+                f"blob size ({MAX_BLOB_SIZE})"
+            )
+        uncovered = self.data_end - sum(chunk.compressed_size for chunk in self.chunks)
+        indexes = {chunk.index for chunk in self.chunks}
+        skipped = max(indexes, default=-1) + 1 - len(indexes)
+        if uncovered > (skipped + 1) * MAX_CHUNK_SIZE:
+            raise NydusFormatError(
+                f"blob {self.blob_id}: {uncovered} bytes before byte {self.data_end} lie in no "
+                f"chunk, more than the {skipped} chunks the map skips could hold"
+            )
 
     @property
     def data_end(self) -> int:

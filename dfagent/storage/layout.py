@@ -107,11 +107,17 @@ class FixedLayout(PieceLayout):
 
 class ChunkLayout(PieceLayout):
     """Pieces along the chunks of `chunk_map`; bytes outside chunks in pieces of at most
-    `piece_size`. Raises NydusFormatError when the map does not fit a blob of `size` bytes."""
+    `piece_size`. Raises NydusFormatError when the map does not fit a blob of `size` bytes.
+
+    The blob up to `tail` is held as segments, not pieces: a run of chunks (one piece) or the
+    bytes between runs (as many pieces as they need). Memory grows with the chunks, never with
+    the bytes between them."""
 
     __slots__ = (
-        "_chunk_pieces",
         "_file_ends",
+        "_first_pieces",
+        "_mapped",
+        "_runs",
         "_starts",
         "chunk_map",
         "key",
@@ -131,20 +137,27 @@ class ChunkLayout(PieceLayout):
         self.chunk_map = chunk_map
         packed = hashlib.sha256(chunk_map.to_bytes()).hexdigest()[:24]
         self.key = f"chunks:{piece_size}:{CHUNK_RUN_BYTES}:{packed}"
-        starts: list[int] = []
-        chunk_pieces: list[tuple[Chunk, ...]] = []
-        position = 0
+        starts: list[int] = []  # blob offset where each segment starts
+        first_pieces: list[int] = []  # the index of each segment's first piece
+        runs: list[tuple[Chunk, ...]] = []  # each segment's chunks; () between chunks
+        position = pieces = 0
         for run in _contiguous_runs(chunk_map.chunks, CHUNK_RUN_BYTES):
             start = run[0].compressed_offset
-            for offset in range(position, start, piece_size):  # bytes between chunks
-                starts.append(offset)
-                chunk_pieces.append(())
+            if start > position:  # bytes between chunks
+                starts.append(position)
+                first_pieces.append(pieces)
+                runs.append(())
+                pieces += _pieces_in(start - position, piece_size)
             starts.append(start)
-            chunk_pieces.append(run)
+            first_pieces.append(pieces)
+            runs.append(run)
+            pieces += 1
             position = run[-1].compressed_end
         self.tail = position  # bytes from here on are cut into fixed-size pieces
+        self._mapped = pieces
         self._starts = starts
-        self._chunk_pieces = chunk_pieces
+        self._first_pieces = first_pieces
+        self._runs = runs
         # Every file's data starts on a chunk of its own, and only a file's last chunk may be
         # shorter than the chunk size: where such a chunk ends, a file ends.
         full = max((c.uncompressed_size for c in chunk_map.chunks), default=0)
@@ -152,24 +165,33 @@ class ChunkLayout(PieceLayout):
 
     @property
     def count(self) -> int:
-        beyond = max(0, self.size - self.tail)
-        return len(self._starts) + (beyond + self.piece_size - 1) // self.piece_size
+        return self._mapped + _pieces_in(max(0, self.size - self.tail), self.piece_size)
 
     def bounds(self, index: int) -> tuple[int, int]:
-        mapped = len(self._starts)
-        if index < mapped:
-            end = self._starts[index + 1] if index + 1 < mapped else self.tail
-            return self._starts[index], end
-        start = self.tail + (index - mapped) * self.piece_size
+        if index < self._mapped:
+            segment = self._segment_of_piece(index)
+            start = self._starts[segment]
+            end = self._starts[segment + 1] if segment + 1 < len(self._starts) else self.tail
+            if self._runs[segment]:
+                return start, end
+            start += (index - self._first_pieces[segment]) * self.piece_size
+            return start, min(start + self.piece_size, end)
+        start = self.tail + (index - self._mapped) * self.piece_size
         return start, min(start + self.piece_size, self.size)
 
     def index_of(self, offset: int) -> int:
         if offset >= self.tail:
-            return len(self._starts) + (offset - self.tail) // self.piece_size
-        return bisect.bisect_right(self._starts, offset) - 1
+            return self._mapped + (offset - self.tail) // self.piece_size
+        segment = bisect.bisect_right(self._starts, offset) - 1
+        first = self._first_pieces[segment]
+        if self._runs[segment]:
+            return first
+        return first + (offset - self._starts[segment]) // self.piece_size
 
     def chunks(self, index: int) -> tuple[Chunk, ...]:
-        return self._chunk_pieces[index] if index < len(self._chunk_pieces) else ()
+        if index >= self._mapped:
+            return ()
+        return self._runs[self._segment_of_piece(index)]  # a run is a single piece
 
     def read_ahead_end(self, position: int) -> int:
         """The end of the file being read at `position`: a reader that just finished a file
@@ -185,6 +207,14 @@ class ChunkLayout(PieceLayout):
     def file_ends_within(self, first: int, last: int) -> bool:
         after = bisect.bisect_right(self._file_ends, first)
         return after < len(self._file_ends) and self._file_ends[after] <= last
+
+    def _segment_of_piece(self, index: int) -> int:
+        return bisect.bisect_right(self._first_pieces, index) - 1
+
+
+def _pieces_in(size: int, piece_size: int) -> int:
+    """How many pieces of at most `piece_size` bytes `size` bytes are cut into."""
+    return (size + piece_size - 1) // piece_size
 
 
 def _contiguous_runs(chunks: tuple[Chunk, ...], budget: int) -> list[tuple[Chunk, ...]]:

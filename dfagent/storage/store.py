@@ -311,7 +311,7 @@ class PieceStore:
                     raise
                 return open(fd, "r+b", buffering=0)
 
-            layout = self.layout(size, chunk_map)
+            layout = await asyncio.to_thread(self.layout, size, chunk_map)  # maybe a big map
             file = await asyncio.to_thread(make)
             await self.index.put_blob(
                 digest.hex, size, self.piece_size, origin, public, layout=layout.key
@@ -350,8 +350,18 @@ class PieceStore:
         if row.layout not in ("", layout.key):  # "": written before layouts were recorded
             known = await self.index.get_chunk_map(digest.hex)
             if known is not None:
-                chunk_map = ChunkMap.from_bytes(known[0])
-                layout, vouchers = self.layout(row.size, chunk_map), known[1]
+                packed, size = known[0], row.size
+
+                def cut() -> PieceLayout:  # seconds for a large map: not on the event loop
+                    return self.layout(size, ChunkMap.from_bytes(packed))
+
+                try:
+                    layout, vouchers = await asyncio.to_thread(cut), known[1]
+                except NydusFormatError as exc:
+                    log.warning(
+                        "stored chunk map unreadable",
+                        extra={"digest": str(digest), "error": str(exc)},
+                    )
             if layout.key != row.layout:
                 log.warning(
                     "the chunk map an indexed blob was cut by is gone; forgetting the blob",

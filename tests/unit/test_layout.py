@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import tracemalloc
 
 import pytest
 
@@ -117,3 +118,49 @@ def test_read_ahead_stops_where_the_file_being_read_ends():
     assert layout.file_ends_within(1000, 3300)
     assert not layout.file_ends_within(2300, 3249)  # one file, whose end a full chunk hides
     assert not FixedLayout(10_000, 64).file_ends_within(0, 9_999)
+
+
+def pieces_one_by_one(size: int, piece_size: int, chunks: ChunkMap) -> list[tuple[int, int]]:
+    """Piece bounds as the layout promises them, enumerated piece by piece, for chunks too
+    large to share a piece."""
+    bounds, position = [], 0
+    for c in chunks.chunks:
+        start = c.compressed_offset
+        bounds += [(o, min(o + piece_size, start)) for o in range(position, start, piece_size)]
+        bounds.append((start, c.compressed_end))
+        position = c.compressed_end
+    return bounds + [(o, min(o + piece_size, size)) for o in range(position, size, piece_size)]
+
+
+def test_bytes_between_chunks_are_cut_as_if_piece_by_piece():
+    rng = random.Random(11)
+    for _ in range(20):
+        offset, spans = rng.choice([0, 1, 64, 4000]), []
+        for _ in range(rng.randrange(1, 40)):
+            size = rng.choice([CHUNK_RUN_BYTES, 70_000, 100_000])
+            spans.append((offset, size))
+            offset += size + rng.choice([0, 0, 1, 63, 64, 65, 1000, 7 * 64 + 5])
+        layout = ChunkLayout(offset + rng.randrange(200), 64, chunk_map(*spans))
+        expected = pieces_one_by_one(layout.size, 64, layout.chunk_map)
+        assert [layout.bounds(i) for i in range(layout.count)] == expected
+        chunk_bounds = {(c.compressed_offset, c.compressed_end) for c in layout.chunk_map.chunks}
+        for index, (start, end) in enumerate(expected):
+            assert layout.index_of(start) == layout.index_of(end - 1) == index
+            assert bool(layout.chunks(index)) == ((start, end) in chunk_bounds)
+
+
+def test_far_apart_chunks_cost_no_memory_per_piece_between_them():
+    # chunk 64 a GiB into the blob: the 64 chunks before it (an upper layer deleted their
+    # file) may fill that GiB, so the map is plausible; a layout must not hold 2**18 pieces
+    far = ChunkMap("ab" * 32, (chunk(0, 0, 4096), chunk(64, 1 << 30, 4096)))
+    tracemalloc.start()
+    try:
+        layout = ChunkLayout(1 << 62, 4096, far)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024
+    gap_pieces = ((1 << 30) - 4096) // 4096
+    assert layout.index_of(1 << 30) == 1 + gap_pieces
+    assert layout.bounds(gap_pieces) == ((1 << 30) - 4096, 1 << 30)
+    assert layout.chunks(1 + gap_pieces) == (far.chunks[1],) and layout.chunks(5) == ()

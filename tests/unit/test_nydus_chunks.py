@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import struct
 
 import blake3
 import lz4.block
@@ -129,6 +131,30 @@ def test_overlapping_chunks_are_refused():
         ChunkMap("b", (make_chunk(0, 0, 100), make_chunk(1, 99, 10)))
 
 
+MIB16 = 16 * 1024 * 1024  # the largest chunk
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [(0, 1 << 45)],  # the first chunk far from the blob's start
+        [(0, MIB16 + 1)],
+        [(0, 0), (1, 4096 + 2 * MIB16)],  # far from the chunk before it
+        [(0, 0), (3, 4096 + 4 * MIB16)],  # farther than the two skipped chunks explain
+        [(0, 0), ((1 << 24) - 1, (1 << 44) - 100)],  # explained, but past any blob
+    ],
+)
+def test_chunks_far_apart_are_refused(chunks):
+    with pytest.raises(NydusFormatError, match=r"no chunk|plausible"):
+        ChunkMap("b", tuple(make_chunk(index, offset, 4096) for index, offset in chunks))
+
+
+def test_chunks_a_map_skips_may_fill_the_bytes_between_its_own():
+    # an upper layer deleted the files of chunks 1..3: the map goes on after their bytes
+    ChunkMap("b", (make_chunk(0, 0, 4096), make_chunk(4, 4096 + 3 * MIB16, 4096)))
+    ChunkMap("b", (make_chunk(0, MIB16, 4096),))  # some bytes to spare
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -200,6 +226,15 @@ def test_packed_form_refuses_damaged_input(mangle):
     packed = ChunkMap("blob", CHUNKS).to_bytes()
     with pytest.raises(NydusFormatError):
         ChunkMap.from_bytes(mangle(packed))
+
+
+def test_packed_form_refuses_chunks_far_apart():
+    packed = bytearray(ChunkMap("b", (make_chunk(0, 0, 10), make_chunk(1, 10, 10))).to_bytes())
+    offset_at = 10 + 1 + 65 + 4  # header, blob id, the first record; the second's offset
+    assert struct.unpack_from("<Q", packed, offset_at) == (10,)
+    struct.pack_into("<Q", packed, offset_at, 1 << 40)
+    with pytest.raises(NydusFormatError, match="lie in no chunk"):
+        ChunkMap.from_bytes(bytes(packed))
 
 
 def test_packed_form_refuses_unknown_flags():
@@ -275,3 +310,46 @@ def test_verify_rejects_content_shorter_than_recorded():
     )
     with pytest.raises(ChunkMismatch):
         verify_chunk(chunk, stored)
+
+
+def _padded_frames(content: bytes) -> tuple[bytes, list[bytes]]:
+    """A chunk's real zstd frame, and inputs of the same length made of a shorter frame of the
+    same content followed by padding: random bytes, a second frame, a skippable frame."""
+    real = zstandard.ZstdCompressor(level=1).compress(content)
+    short = zstandard.ZstdCompressor(level=19).compress(content)
+    pad = len(real) - len(short)
+    assert pad > 64, "the content recompresses much shorter"
+    second = zstandard.ZstdCompressor().compress(b"other content")
+    skippable = struct.pack("<II", 0x184D2A50, pad - 8) + bytes(pad - 8)
+    return real, [
+        short + os.urandom(pad),
+        short + second + bytes(pad - len(second)),
+        short + skippable,
+    ]
+
+
+def test_verify_rejects_a_frame_followed_by_anything():
+    words = [bytes(random.Random(i).choices(b"abcdefghij", k=5)) for i in range(300)]
+    content = b" ".join(random.Random(1).choices(words, k=12000))[:65536]
+    real, forgeries = _padded_frames(content)
+    chunk = Chunk(
+        0, 0, len(real), 0, len(content), Compression.ZSTD, DigestAlgorithm.BLAKE3,
+        blake3.blake3(content).digest(),
+    )  # fmt: skip
+    assert verify_chunk(chunk, real) == content
+    for forged in forgeries:
+        assert len(forged) == len(real) and forged != real
+        with pytest.raises(ChunkMismatch, match="does not decode"):
+            verify_chunk(chunk, forged)
+
+
+def test_verify_rejects_an_lz4_block_followed_by_anything():
+    content = b"nydus chunk " * 1000
+    block = lz4.block.compress(content, store_size=False)
+    for tail in (b"\0", b"\x10a", bytes(5), os.urandom(64)):
+        chunk = Chunk(
+            0, 0, len(block) + len(tail), 0, len(content), Compression.LZ4_BLOCK,
+            DigestAlgorithm.SHA256, hashlib.sha256(content).digest(),
+        )  # fmt: skip
+        with pytest.raises(ChunkMismatch, match="does not decode"):
+            verify_chunk(chunk, block + tail)

@@ -327,6 +327,20 @@ def test_bad_bootstraps_are_named(image, message):
         parse_bootstrap(image)
 
 
+@pytest.mark.parametrize(
+    ("offset", "message"), [(1 << 36, "lie in no chunk"), (1 << 45, "past any plausible")]
+)
+def test_a_chunk_far_past_the_others_is_refused_when_the_blob_size_is_not_recorded(offset, message):
+    unsized = _patched(IMAGE, 4096 + 88, "<Q", 0)  # the blob table entry's compressed size
+    last = BLOB.chunks[-1]
+    assert parse_bootstrap(unsized).chunk_maps["f" * 64].data_end == (
+        last.compressed_offset + last.compressed_size
+    )
+    far = _patched(unsized, 8192 + 3 * 80 + 48, "<Q", offset)  # the last chunk's offset
+    with pytest.raises(NydusFormatError, match=message):
+        parse_bootstrap(far)
+
+
 def test_a_blob_named_twice_is_refused():
     blob = layout.build_blob(CONTENTS)
     image = bytearray(layout.v6_bootstrap("i" * 64, blob))
