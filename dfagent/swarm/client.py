@@ -4,18 +4,44 @@ downloads from holders. Only the cluster token goes to peers, never a client's c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import re
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
 from dfagent.errors import DfagentError
+from dfagent.swarm.directory import Answer
 
-__all__ = ["PeerClient", "PeerError"]
+__all__ = [
+    "MAX_BLOB_BYTES",
+    "MAX_PIECES_PER_REQUEST",
+    "MalformedAnswer",
+    "PeerClient",
+    "PeerError",
+]
 
 _PATIENT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
+# Larger than any image layer (the origin client's bound too): a size beyond it, from a peer
+# or to a peer, is a broken or hostile answer.
+MAX_BLOB_BYTES = 1 << 44
+# Pieces one request names at most, which a home holds its peers to. The engine asks about a
+# read-ahead window at a time (at most a few hundred pieces), and announces in batches.
+MAX_PIECES_PER_REQUEST = 2048
+# A peer that sends less than this of a piece in a whole peer.read_timeout is trickling: each
+# byte would restart the read timeout, and hold the reader (and every reader waiting for the
+# piece) for as long as the peer likes. Half a paced slice: a holder under an upload cap sends
+# 64 KiB at a time, and one that sends a slice per read timeout is slow, not trickling.
+_MIN_BYTES_PER_READ_TIMEOUT = 32 * 1024
+# An answer to a lookup, announcement or the like: far above any the engine's requests get (at
+# most MAX_PIECES_PER_REQUEST pieces), so only a hostile or broken peer reaches it.
+_MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class PeerError(DfagentError):
@@ -25,6 +51,15 @@ class PeerError(DfagentError):
         super().__init__(message)
         self.busy = busy
         self.unreachable = unreachable  # no answer at all (refused, timed out, reset)
+
+
+class MalformedAnswer(PeerError):
+    """A peer answered, but not as the protocol says (a missing field, a wrong type)."""
+
+    def __init__(self, peer: str, kind: str, why: str) -> None:
+        super().__init__(f"{peer} answered a malformed {kind}: {why}")
+        self.peer = peer
+        self.kind = kind
 
 
 class PeerClient:
@@ -38,6 +73,7 @@ class PeerClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self._tls = tls
         self._scheme = "https" if tls is not None else "http"
+        self._read_timeout = read_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -79,17 +115,21 @@ class PeerClient:
                     return None
                 if r.status != 200:
                     raise PeerError(f"{peer} answered {r.status} to {path}")
-                return await r.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                return json.loads(await _read_at_most(r.content, _MAX_ANSWER_BYTES))
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
             gone = isinstance(exc, aiohttp.ClientConnectionError | TimeoutError)
             if gone:
                 self.unreachable.add(peer)
             raise PeerError(f"{peer}: {exc or type(exc).__name__}", unreachable=gone) from exc
 
-    async def describe(self, home: str, digest_hex: str, origin: str) -> dict[str, int] | None:
-        """What `home` knows of a blob as `origin` gave it."""
+    async def describe(self, home: str, digest_hex: str, origin: str) -> tuple[int, str] | None:
+        """(size, layout key) of a blob as `origin` gave it, if `home` knows."""
         path = f"/v1/blobs/sha256:{digest_hex}?{urlencode({'origin': origin})}"
-        return await self._json("GET", home, path)  # type: ignore[no-any-return]
+        answer = await self._json("GET", home, path)
+        if answer is None:
+            return None
+        with _reading(home, "description"):
+            return _size(_item(answer, "size"), "size"), _text(_item(answer, "layout"), "layout")
 
     async def progress(self, peer: str, digest_hex: str, index: int) -> int:
         """How many bytes of piece `index` of a blob have reached `peer` so far (of the whole
@@ -100,19 +140,28 @@ class PeerClient:
         answer = await self._json("GET", peer, path, limits=_PATIENT)
         if answer is None:
             raise PeerError(f"{peer} cannot tell its progress")
-        return int(answer.get("piece", answer["arrived"]))
+        with _reading(peer, "progress"):
+            name = "piece" if isinstance(answer, dict) and "piece" in answer else "arrived"
+            return _size(_item(answer, name), name)
 
-    async def lookup(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def lookup(self, home: str, body: dict[str, Any]) -> dict[int, Answer]:
+        """What `home` says of each piece `body` asks about (see Directory.lookup)."""
         answer = await self._json("POST", home, "/v1/lookup", body)
         if answer is None:
             raise PeerError(f"{home} has no directory")
-        return answer  # type: ignore[no-any-return]
+        with _reading(home, "lookup"):
+            return _answers(answer, body["pieces"])
 
-    async def recorded(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def recorded(self, home: str, body: dict[str, Any]) -> dict[int, bytes | None]:
+        """The sha256 `home` records for each piece `body` asks about (None: none yet)."""
         answer = await self._json("POST", home, "/v1/recorded", body)
         if answer is None:
             raise PeerError(f"{home} has no directory")
-        return answer  # type: ignore[no-any-return]
+        with _reading(home, "record"):
+            pieces = _item(answer, "pieces")
+            return {
+                i: _sha256(_item(pieces, str(i), "pieces"), f"pieces.{i}") for i in body["pieces"]
+            }
 
     async def release(self, home: str, body: dict[str, Any]) -> None:
         await self._json("POST", home, "/v1/release", body)
@@ -120,17 +169,19 @@ class PeerClient:
     async def announce(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._json("POST", home, "/v1/announce", body)  # type: ignore[no-any-return]
 
-    async def complete(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, peer: str, body: dict[str, Any]) -> tuple[str, str | None]:
         answer = await self._json("POST", peer, "/v1/complete", body)
         if answer is None:
             raise PeerError(f"{peer} cannot complete blobs")
-        return answer  # type: ignore[no-any-return]
+        with _reading(peer, "completion"):
+            return _completion(answer)
 
-    async def completion(self, peer: str, digest_hex: str) -> dict[str, Any]:
+    async def completion(self, peer: str, digest_hex: str) -> tuple[str, str | None]:
         answer = await self._json("GET", peer, f"/v1/complete/sha256:{digest_hex}")
         if answer is None:
             raise PeerError(f"{peer} cannot complete blobs")
-        return answer  # type: ignore[no-any-return]
+        with _reading(peer, "completion"):
+            return _completion(answer)
 
     async def report(self, home: str, body: dict[str, Any]) -> None:
         await self._json("POST", home, "/v1/report", body)
@@ -149,7 +200,8 @@ class PeerClient:
         """The whole piece from `peer` (exactly `length` bytes), or PeerError: one it holds,
         or one it is receiving from `origin` (directly or through peers) right now, as the
         bytes arrive there. `sending` is set once the peer has agreed to send it; `arrived`
-        is told each part as it comes in."""
+        is told each part as it comes in. A peer that trickles (see
+        _MIN_BYTES_PER_READ_TIMEOUT) is given up like one that stalls."""
         assert self._session is not None
         url = f"{self._scheme}://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
         try:
@@ -163,6 +215,7 @@ class PeerClient:
                     sending.set()
                 parts = []
                 received = 0
+                pace = _PaceWatch(self._read_timeout)
                 async for part in response.content.iter_any():
                     received += len(part)
                     if received > length:
@@ -170,6 +223,7 @@ class PeerClient:
                     parts.append(part)
                     if arrived is not None:
                         arrived(part)
+                    pace.arrived(len(part))
                 data = b"".join(parts)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
@@ -178,3 +232,105 @@ class PeerClient:
         if len(data) != length:
             raise PeerError(f"{peer} sent {len(data)} bytes of piece {index}, not {length}")
         return data
+
+
+class _PaceWatch:
+    """The pace of one transfer, in windows of `window` seconds: TimeoutError once a window
+    brought less than _MIN_BYTES_PER_READ_TIMEOUT."""
+
+    def __init__(self, window: float) -> None:
+        self._window = window
+        self._start = time.monotonic()
+        self._bytes = 0
+
+    def arrived(self, count: int) -> None:
+        self._bytes += count
+        now = time.monotonic()
+        if now - self._start < self._window:
+            return
+        if self._bytes < _MIN_BYTES_PER_READ_TIMEOUT:
+            raise TimeoutError(f"trickled {self._bytes} bytes in {self._window:g} s")
+        self._start, self._bytes = now, 0
+
+
+class _Unusable(ValueError):
+    """A part of a peer's answer that is not what the protocol says (named in the message)."""
+
+
+@contextlib.contextmanager
+def _reading(peer: str, kind: str) -> Iterator[None]:
+    """Reading `peer`'s answer of `kind`: an unusable part is a MalformedAnswer."""
+    try:
+        yield
+    except _Unusable as exc:
+        raise MalformedAnswer(peer, kind, str(exc)) from None
+
+
+def _item(value: object, name: str, within: str = "") -> object:
+    """Field `name` of the JSON object `value` (the one at `within`, empty for the answer)."""
+    if not isinstance(value, dict):
+        raise _Unusable(f"{within or 'the answer'} is not a JSON object")
+    if name not in value:
+        raise _Unusable(f"{within}.{name} is missing" if within else f"{name} is missing")
+    return value[name]
+
+
+def _size(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BLOB_BYTES:
+        raise _Unusable(f"{where} is not a number of bytes")
+    return value
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise _Unusable(f"{where} is not a string")
+    return value
+
+
+def _optional_text(value: object, where: str) -> str | None:
+    return None if value is None else _text(value, where)
+
+
+def _sha256(value: object, where: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or _SHA256_HEX.fullmatch(value) is None:
+        raise _Unusable(f"{where} is not a sha256 (64 lower-case hex digits)")
+    return bytes.fromhex(value)
+
+
+def _answers(answer: object, indices: list[int]) -> dict[int, Answer]:
+    """A home's lookup answer for every piece of `indices` (see PeerServer._lookup)."""
+    pieces = _item(answer, "pieces")
+    answers = {}
+    for index in indices:
+        where = f"pieces.{index}"
+        entry = _item(pieces, str(index), "pieces")
+        holders = _item(entry, "holders", where)
+        if not isinstance(holders, list) or not all(isinstance(h, str) for h in holders):
+            raise _Unusable(f"{where}.holders is not a list of peers")
+        fetch = _item(entry, "fetch", where)
+        if not isinstance(fetch, bool):
+            raise _Unusable(f"{where}.fetch is not true or false")
+        answers[index] = Answer(
+            _sha256(_item(entry, "sha256", where), f"{where}.sha256"),
+            tuple(holders),
+            fetch,
+            _optional_text(_item(entry, "fetching", where), f"{where}.fetching"),
+        )
+    return answers
+
+
+def _completion(answer: object) -> tuple[str, str | None]:
+    """(state, error) of a blob a peer completes (see Completions)."""
+    return _text(_item(answer, "state"), "state"), _optional_text(_item(answer, "error"), "error")
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body; ValueError once it passes `limit` bytes."""
+    body = bytearray()
+    while chunk := await content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise ValueError(f"an answer of over {limit} bytes")
+    return bytes(body)

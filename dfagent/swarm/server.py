@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -21,11 +24,12 @@ from yarl import URL
 from dfagent.configtypes import ListenAddress
 from dfagent.core.digest import Digest, InvalidDigest
 from dfagent.engine.fetcher import FileSegment
-from dfagent.errors import DfagentError
+from dfagent.errors import BadRequest, DfagentError
 from dfagent.metrics import Metrics
 from dfagent.sendfile import send_segment
 from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
+from dfagent.swarm.client import MAX_BLOB_BYTES, MAX_PIECES_PER_REQUEST
 from dfagent.swarm.directory import Directory
 from dfagent.swarm.slots import UploadSlots
 
@@ -35,6 +39,15 @@ log = logging.getLogger(__name__)
 
 
 _PACED_SLICE = 64 * 1024  # with an upload cap, bytes sent at a time
+
+# Bounds of what a peer may ask; beyond them a request is broken or hostile (400), and would
+# only fill the directory and hold the event loop.
+_MOST_PIECES = MAX_BLOB_BYTES  # a blob has no more pieces than bytes
+_MOST_PIECES_DIGITS = len(str(_MOST_PIECES))
+_MAX_NAME_CHARS = 512  # an origin (scheme://host:port), a peer (host:port), a layout key
+_MAX_URL_CHARS = 8192
+_FIXED_LAYOUT = re.compile(r"fixed:([1-9][0-9]{0,19})")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class _Pacer:
@@ -133,44 +146,45 @@ class PeerServer:
         await drain(self._server, self._http, 2.0)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp decodes header bytes that are not UTF-8 to surrogates: get the bytes back.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if self._token is not None and not hmac.compare_digest(given, self._token):
             self._metrics.peer_requests.labels("refused").inc()
             return web.Response(status=401, text="this agent needs the cluster token\n")
-        parts = request.path.strip("/").split("/")
         try:
-            match request.method, parts:
-                case "GET", ["v1", "pieces", digest, index]:
-                    return await self._piece(request, Digest.parse(digest), int(index))
-                case "GET", ["v1", "progress", digest]:
-                    return web.json_response(self._progress(Digest.parse(digest), request.query))
-                case "GET", ["v1", "blobs", digest]:
-                    return self._describe(Digest.parse(digest), request.query.get("origin", ""))
-                case "POST", ["v1", "lookup"]:
-                    return web.json_response(self._lookup(await request.json()))
-                case "POST", ["v1", "recorded"]:
-                    return web.json_response(self._recorded(await request.json()))
-                case "POST", ["v1", "announce"]:
-                    return web.json_response(self._announce(await request.json()))
-                case "POST", ["v1", "complete"]:
-                    return await self._complete(await request.json())
-                case "GET", ["v1", "complete", digest]:
-                    return await self._completion(Digest.parse(digest))
-                case "POST", ["v1", "release"]:
-                    body = await request.json()
-                    self._directory.release(
-                        Digest.parse("sha256:" + body["digest"]).hex,
-                        str(body["origin"]),
-                        [int(i) for i in body["pieces"]],
-                        str(body["requester"]),
-                    )
-                    return web.json_response({})
-                case "POST", ["v1", "report"]:
-                    body = await request.json()
-                    self._directory.drop_holder(body["digest"], int(body["index"]), body["holder"])
-                    return web.json_response({})
-        except (InvalidDigest, ValueError, KeyError, TypeError) as exc:
+            return await self._route(request)
+        except BadRequest as exc:
+            log.warning(
+                "peer request refused",
+                extra={"peer": request.remote, "path": request.path, "error": str(exc)},
+            )
             return web.Response(status=400, text=f"bad request: {exc}\n")
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        parts = request.path.strip("/").split("/")
+        match request.method, parts:
+            case "GET", ["v1", "pieces", digest, index]:
+                return await self._piece(request, _path_digest(digest), _index(index, "index"))
+            case "GET", ["v1", "progress", digest]:
+                return web.json_response(self._progress(_path_digest(digest), request.query))
+            case "GET", ["v1", "blobs", digest]:
+                return self._describe(_path_digest(digest), request.query.get("origin", ""))
+            case "POST", ["v1", "lookup"]:
+                return web.json_response(self._lookup(await _json_object(request)))
+            case "POST", ["v1", "recorded"]:
+                return web.json_response(self._recorded(await _json_object(request)))
+            case "POST", ["v1", "announce"]:
+                return web.json_response(self._announce(await _json_object(request)))
+            case "POST", ["v1", "complete"]:
+                return await self._complete(await _json_object(request))
+            case "GET", ["v1", "complete", digest]:
+                return await self._completion(_path_digest(digest))
+            case "POST", ["v1", "release"]:
+                self._release(await _json_object(request))
+                return web.json_response({})
+            case "POST", ["v1", "report"]:
+                self._report(await _json_object(request))
+                return web.json_response({})
         return web.Response(status=404, text="no such endpoint\n")
 
     async def _send_paced(
@@ -216,7 +230,7 @@ class PeerServer:
         blob = self._store.loaded(digest.hex)
         progress = {"arrived": 0 if blob is None else blob.arrived}
         if "piece" in query:
-            index = int(query["piece"])
+            index = _index(query["piece"], "piece")
             progress["piece"] = (
                 0 if self.arrivals is None else self.arrivals.piece_progress(digest.hex, index)
             )
@@ -251,14 +265,12 @@ class PeerServer:
         finally:
             self._slots.give()
 
-    async def _complete(self, body: dict[str, Any]) -> web.StreamResponse:
+    async def _complete(self, body: _Fields) -> web.StreamResponse:
         if self.completions is None:
             return web.Response(status=503, text="not ready\n")
-        url = URL(str(body["url"]))
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("url must be an http(s) URL")
-        digest = Digest.parse(str(body["digest"]))
-        state, error = await self.completions.start(digest, int(body["size"]), url)
+        digest = body.digest("digest", prefixed=True)
+        size = body.number("size", MAX_BLOB_BYTES + 1)
+        state, error = await self.completions.start(digest, size, body.url("url"))
         return web.json_response({"state": state, "error": error})
 
     async def _completion(self, digest: Digest) -> web.StreamResponse:
@@ -273,16 +285,17 @@ class PeerServer:
             return web.json_response({}, status=404)
         return web.json_response({"size": known[0], "layout": known[1]})
 
-    def _lookup(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _lookup(self, body: _Fields) -> dict[str, Any]:
         self._metrics.peer_requests.labels("lookup").inc()
+        book = _Book.read(body)
         answers = self._directory.lookup(
-            Digest.parse("sha256:" + body["digest"]).hex,
-            str(body["origin"]),
-            int(body["size"]),
-            str(body["layout"]),
-            indices=[int(i) for i in body["pieces"]],
-            requester=str(body["requester"]),
-            stalled=None if body.get("stalled") is None else str(body["stalled"]),
+            book.digest,
+            book.origin,
+            book.size,
+            book.layout,
+            indices=body.indices("pieces", book.pieces),
+            requester=body.text("requester"),
+            stalled=body.optional_text("stalled"),
         )
         return {
             "pieces": {
@@ -296,34 +309,196 @@ class PeerServer:
             }
         }
 
-    def _recorded(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _recorded(self, body: _Fields) -> dict[str, Any]:
+        book = _Book.read(body)
         recorded = self._directory.recorded(
-            Digest.parse("sha256:" + body["digest"]).hex,
-            str(body["origin"]),
-            int(body["size"]),
-            str(body["layout"]),
-            [int(i) for i in body["pieces"]],
+            book.digest, book.origin, book.size, book.layout, body.indices("pieces", book.pieces)
         )
         return {"pieces": {str(i): sha.hex() if sha else None for i, sha in recorded.items()}}
 
-    def _announce(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _announce(self, body: _Fields) -> dict[str, Any]:
+        """Every entry is checked before any is recorded: a request is taken whole or refused."""
         self._metrics.peer_requests.labels("announce").inc()
+        holder = body.text("holder")
+        announced = []
+        for entry in body.objects("blobs"):
+            book = _Book.read(entry)
+            announced.append((book, entry.sha256s("pieces", book.pieces), entry.flag("verified")))
+        if sum(len(pieces) for _, pieces, _ in announced) > MAX_PIECES_PER_REQUEST:
+            raise BadRequest(f"blobs: at most {MAX_PIECES_PER_REQUEST} pieces in one request")
         refused = {}
-        for entry in body["blobs"]:
-            digest = Digest.parse("sha256:" + entry["digest"]).hex
-            pieces = {int(i): bytes.fromhex(sha) for i, sha in entry["pieces"].items()}
+        for book, pieces, verified in announced:
             bad = self._directory.announce(
-                digest,
-                str(entry["origin"]),
-                int(entry["size"]),
-                str(entry["layout"]),
-                holder=str(body["holder"]),
+                book.digest,
+                book.origin,
+                book.size,
+                book.layout,
+                holder=holder,
                 pieces=pieces,
-                verified=bool(entry["verified"]),
+                verified=verified,
             )
             if bad:
-                refused[digest] = bad
+                refused[book.digest] = bad
         return {"refused": refused}
+
+    def _release(self, body: _Fields) -> None:
+        self._directory.release(
+            body.digest("digest").hex,
+            body.text("origin"),
+            body.indices("pieces", _MOST_PIECES),
+            body.text("requester"),
+        )
+
+    def _report(self, body: _Fields) -> None:
+        self._directory.drop_holder(
+            body.digest("digest").hex, body.number("index", _MOST_PIECES), body.text("holder")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Book:
+    """The book of the directory a request is about: a blob as an origin gave it, cut into
+    pieces as `layout` says."""
+
+    digest: str
+    origin: str
+    size: int
+    layout: str
+
+    @classmethod
+    def read(cls, body: _Fields) -> _Book:
+        layout = body.text("layout")
+        if layout.startswith("fixed:") and _FIXED_LAYOUT.fullmatch(layout) is None:
+            raise BadRequest("layout: fixed:<piece size in bytes>, a positive whole number")
+        return cls(
+            body.digest("digest").hex,
+            body.text("origin"),
+            body.number("size", MAX_BLOB_BYTES + 1),
+            layout,
+        )
+
+    @property
+    def pieces(self) -> int:
+        """How many pieces the blob has at most: cut into fixed-size pieces, as many as its
+        size needs; cut along nydus chunks, no more than it has bytes (no piece is empty)."""
+        fixed = _FIXED_LAYOUT.fullmatch(self.layout)
+        return -(-self.size // int(fixed.group(1))) if fixed else self.size
+
+
+class _Fields:
+    """A JSON object from a peer, read field by field: a field that is missing, of the wrong
+    type or out of bounds is a BadRequest naming it (`path` names the object within the body;
+    empty for the body itself)."""
+
+    def __init__(self, value: object, path: str = "") -> None:
+        if not isinstance(value, dict):
+            raise BadRequest(f"{path or 'the body'} must be a JSON object")
+        self._value: dict[str, object] = value
+        self._path = path
+
+    def _where(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def _field(self, name: str) -> object:
+        if name not in self._value:
+            raise BadRequest(f"{self._where(name)}: required")
+        return self._value[name]
+
+    def text(self, name: str, limit: int = _MAX_NAME_CHARS) -> str:
+        value = self._field(name)
+        if not isinstance(value, str) or len(value) > limit:
+            raise BadRequest(f"{self._where(name)}: must be a string of at most {limit} characters")
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        return None if self._value.get(name) is None else self.text(name)
+
+    def flag(self, name: str) -> bool:
+        value = self._field(name)
+        if not isinstance(value, bool):
+            raise BadRequest(f"{self._where(name)}: must be true or false")
+        return value
+
+    def number(self, name: str, below: int) -> int:
+        return _whole(self._field(name), self._where(name), below)
+
+    def digest(self, name: str, *, prefixed: bool = False) -> Digest:
+        """A sha256 digest, written `sha256:<hex>` when `prefixed`, else its hex alone."""
+        text = self.text(name)
+        try:
+            return Digest.parse(text if prefixed else f"sha256:{text}")
+        except InvalidDigest as exc:
+            raise BadRequest(f"{self._where(name)}: {exc}") from None
+
+    def url(self, name: str) -> URL:
+        text = self.text(name, _MAX_URL_CHARS)
+        try:
+            url = URL(text)
+        except ValueError as exc:
+            raise BadRequest(f"{self._where(name)}: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise BadRequest(f"{self._where(name)}: must be an http(s) URL")
+        return url
+
+    def indices(self, name: str, below: int) -> list[int]:
+        """Piece indices, each below `below` (and at most MAX_PIECES_PER_REQUEST)."""
+        value, where = self._field(name), self._where(name)
+        if not isinstance(value, list) or len(value) > MAX_PIECES_PER_REQUEST:
+            raise BadRequest(f"{where}: must be a list of at most {MAX_PIECES_PER_REQUEST} indices")
+        return [_whole(index, f"{where}[{n}]", below) for n, index in enumerate(value)]
+
+    def sha256s(self, name: str, below: int) -> dict[int, bytes]:
+        """{piece index: sha256}, written {"<index>": "<64 hex digits>"}."""
+        value, where = self._field(name), self._where(name)
+        if not isinstance(value, dict) or len(value) > MAX_PIECES_PER_REQUEST:
+            raise BadRequest(
+                f'{where}: must be {{"<index>": "<sha256>", ...}}, {MAX_PIECES_PER_REQUEST} at most'
+            )
+        pieces = {}
+        for key, sha256 in value.items():
+            index = _index(key, f"{where} key")
+            if index >= below:
+                raise BadRequest(f"{where}: piece {index} is beyond the blob's {below} pieces")
+            if not isinstance(sha256, str) or _SHA256_HEX.fullmatch(sha256) is None:
+                raise BadRequest(f"{where}.{index}: must be a sha256, 64 lower-case hex digits")
+            pieces[index] = bytes.fromhex(sha256)
+        return pieces
+
+    def objects(self, name: str) -> list[_Fields]:
+        value, where = self._field(name), self._where(name)
+        if not isinstance(value, list) or len(value) > MAX_PIECES_PER_REQUEST:
+            raise BadRequest(f"{where}: must be a list of at most {MAX_PIECES_PER_REQUEST} objects")
+        return [_Fields(entry, f"{where}[{n}]") for n, entry in enumerate(value)]
+
+
+async def _json_object(request: web.BaseRequest) -> _Fields:
+    """The request's body, a JSON object (aiohttp refuses one over 1 MiB with 413)."""
+    try:
+        value = json.loads(await request.read())
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    return _Fields(value)
+
+
+def _whole(value: object, where: str, below: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < below:
+        raise BadRequest(f"{where}: must be a whole number, at least 0 and below {below}")
+    return value
+
+
+def _index(text: str, where: str) -> int:
+    """A piece index written in a path, a query or a JSON key: decimal digits only."""
+    if not (text.isascii() and text.isdigit() and len(text) <= _MOST_PIECES_DIGITS):
+        shown = text if len(text) <= 24 else text[:21] + "..."
+        raise BadRequest(f"{where}: a piece index is a whole number, got {shown!r}")
+    return _whole(int(text), where, _MOST_PIECES)
+
+
+def _path_digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except InvalidDigest as exc:
+        raise BadRequest(str(exc)) from None
 
 
 async def _relay(pacer: _Pacer, arriving: ArrivingPiece, response: web.StreamResponse) -> None:

@@ -12,15 +12,16 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dfagent.engine.network import PeerPiece
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
 from dfagent.storage.store import PieceStore, StoredBlob
-from dfagent.swarm.client import PeerClient, PeerError
+from dfagent.swarm.client import MalformedAnswer, PeerClient, PeerError
 from dfagent.swarm.directory import Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.membership import Membership
@@ -35,7 +36,10 @@ _ANNOUNCE_DELAY = 0.02  # batch announcements made within this long of each othe
 # that fetcher announces once the piece is stored (asking again after 5 ms, then 10, ...).
 _RECORD_WAIT_SECONDS = 2.0
 _FIRST_RECORD_POLL_SECONDS, _LAST_RECORD_POLL_SECONDS = 0.005, 0.05
-_REANNOUNCE_BATCH = 512
+_REANNOUNCE_BATCH = 512  # stored pieces read at a time to announce again
+# Pieces in one announcement request, well within what a home takes (MAX_PIECES_PER_REQUEST):
+# a blob just verified is announced whole, which may be thousands of pieces.
+_ANNOUNCE_BATCH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class Swarm:
         self._pending: dict[_Scope, dict[int, bytes]] = defaultdict(dict)
         self._pending_meta: dict[str, _Held] = {}
         self._flushing = False
+        self._malformed: set[tuple[str, str]] = set()  # (peer, kind of answer) warned of
 
     @property
     def me(self) -> str:
@@ -85,12 +90,10 @@ class Swarm:
         self, peer: str, digest: str, size: int, url: str
     ) -> tuple[str, str | None]:
         """Ask `peer` to fetch the whole blob (from the swarm, else `url`); its (state, error)."""
-        answer = await self._client.complete(peer, {"digest": digest, "size": size, "url": url})
-        return str(answer["state"]), answer.get("error")
+        return await self._client.complete(peer, {"digest": digest, "size": size, "url": url})
 
     async def completion_at(self, peer: str, digest: str) -> tuple[str, str | None]:
-        answer = await self._client.completion(peer, digest.removeprefix("sha256:"))
-        return str(answer["state"]), answer.get("error")
+        return await self._client.completion(peer, digest.removeprefix("sha256:"))
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
@@ -104,11 +107,10 @@ class Swarm:
         if home == self.me:
             return self._directory.describe(digest_hex, origin)
         try:
-            known = await self._client.describe(home, digest_hex, origin)
+            return await self._client.describe(home, digest_hex, origin)
         except PeerError as exc:
-            log.info("home unreachable", extra={"home": home, "error": str(exc)})
+            self._home_failed("home unreachable", home, exc)
             return None
-        return None if known is None else (int(known["size"]), str(known["layout"]))
 
     async def lookup(
         self,
@@ -137,22 +139,11 @@ class Swarm:
         else:
             body = {**_book(blob, indices), "requester": self.me, "stalled": stalled}
             try:
-                reply = await self._client.lookup(home, body)
+                answers = await self._client.lookup(home, body)
             except PeerError as exc:
                 self._metrics.directory_lookups.labels("error").inc()
-                log.info(
-                    "home unreachable; using the origin", extra={"home": home, "error": str(exc)}
-                )
+                self._home_failed("home unreachable; using the origin", home, exc)
                 return {i: Answer(None, (), True, None) for i in indices}
-            answers = {
-                int(i): Answer(
-                    bytes.fromhex(a["sha256"]) if a["sha256"] else None,
-                    tuple(a["holders"]),
-                    bool(a["fetch"]),
-                    a["fetching"],
-                )
-                for i, a in reply["pieces"].items()
-            }
         self._metrics.directory_lookups.labels("ok").inc()
         self._metrics.directory_lookup_seconds.observe(time.monotonic() - started)
         return answers
@@ -298,16 +289,31 @@ class Swarm:
                 )[index]
             else:
                 try:
-                    reply = await self._client.recorded(home, _book(blob, [index]))
+                    recorded = await self._client.recorded(home, _book(blob, [index]))
                 except PeerError as exc:
-                    log.debug("home unreachable", extra={"home": home, "error": str(exc)})
+                    self._home_failed("home unreachable", home, exc, level=logging.DEBUG)
                     return None
-                recorded = reply["pieces"].get(str(index))
-                sha256 = bytes.fromhex(recorded) if recorded else None
+                sha256 = recorded[index]
             if sha256 is not None or time.monotonic() > waited_until:
                 return sha256
             await asyncio.sleep(delay)
             delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
+
+    def _home_failed(
+        self, message: str, home: str, exc: PeerError, *, level: int = logging.INFO
+    ) -> None:
+        """Log a failed exchange with a home at `level`; an answer that is not what the
+        protocol says as a warning, once per home and kind of answer until the next refresh
+        (a home that answers every lookup so would otherwise cost a line per read)."""
+        if isinstance(exc, MalformedAnswer):
+            cause = (exc.peer, exc.kind)
+            if cause not in self._malformed:
+                self._malformed.add(cause)
+                level = logging.WARNING
+                message = "home answered something unusable; using the origin"
+            else:
+                level = logging.DEBUG
+        log.log(level, message, extra={"home": home, "error": str(exc)})
 
     async def _report(self, digest_hex: str, index: int, holder: str) -> None:
         home = self.home(digest_hex)
@@ -365,7 +371,7 @@ class Swarm:
         await self._send(pending, meta)
 
     async def _send(self, pending: dict[_Scope, dict[int, bytes]], meta: dict[str, _Held]) -> None:
-        by_home: dict[str, list[dict[str, object]]] = defaultdict(list)
+        by_home: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for (digest, origin, verified), pieces in pending.items():
             held = meta[digest]
             home = self.home(digest)
@@ -380,23 +386,27 @@ class Swarm:
                     verified=verified,
                 )
                 continue
-            by_home[home].append(
-                {
-                    "digest": digest,
-                    "origin": origin,
-                    "verified": verified,
-                    "size": held.size,
-                    "layout": held.layout,
-                    "pieces": {str(i): sha.hex() for i, sha in pieces.items()},
-                }
-            )
+            blob = {
+                "digest": digest,
+                "origin": origin,
+                "verified": verified,
+                "size": held.size,
+                "layout": held.layout,
+            }
+            indices = list(pieces)
+            for start in range(0, max(len(indices), 1), _ANNOUNCE_BATCH):
+                part = indices[start : start + _ANNOUNCE_BATCH]
+                by_home[home].append({**blob, "pieces": {str(i): pieces[i].hex() for i in part}})
         for home, blobs in by_home.items():
-            try:
-                await self._client.announce(home, {"holder": self.me, "blobs": blobs})
-            except PeerError as exc:
-                log.info(
-                    "announcement lost; repeated later", extra={"home": home, "error": str(exc)}
-                )
+            for batch in _batches(blobs, _ANNOUNCE_BATCH):
+                try:
+                    await self._client.announce(home, {"holder": self.me, "blobs": batch})
+                except PeerError as exc:  # the rest would fare no better
+                    log.info(
+                        "announcement lost; repeated later",
+                        extra={"home": home, "error": str(exc)},
+                    )
+                    break
 
     async def reannounce(self) -> None:
         """Tell every home again what this agent holds (soft state: homes forget otherwise)."""
@@ -420,6 +430,7 @@ class Swarm:
                 async with asyncio.timeout(self._refresh):
                     await self._membership.changed.wait()
             self._membership.changed.clear()
+            self._malformed.clear()  # a fault that lasts is warned of again
             try:
                 await self._membership.refresh()
                 await self.reannounce()
@@ -440,6 +451,22 @@ def _book(blob: StoredBlob, indices: list[int]) -> dict[str, object]:
         "layout": blob.layout.key,
         "pieces": indices,
     }
+
+
+def _batches(blobs: list[dict[str, Any]], limit: int) -> Iterator[list[dict[str, Any]]]:
+    """Announcement entries (of at most `limit` pieces each) grouped into requests of at most
+    `limit` pieces (an entry without any counts as one)."""
+    batch: list[dict[str, Any]] = []
+    count = 0
+    for blob in blobs:
+        pieces = max(len(blob["pieces"]), 1)
+        if batch and count + pieces > limit:
+            yield batch
+            batch, count = [], 0
+        batch.append(blob)
+        count += pieces
+    if batch:
+        yield batch
 
 
 def _scopes(digest: str, verified: bool, origin: str, origins: set[str]) -> list[_Scope]:

@@ -1,0 +1,406 @@
+"""What agents take from each other: a peer server that refuses malformed or unbounded
+requests with a 400 naming the field (never a 500), and a swarm that treats a malformed answer
+from a home as no answer (the origin serves)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from dfagent.configtypes import ListenAddress
+from dfagent.core.digest import Digest
+from dfagent.metrics import Metrics
+from dfagent.swarm import client as peer_client
+from dfagent.swarm.client import PeerClient, PeerError
+from dfagent.swarm.directory import Answer, Directory
+from dfagent.swarm.hashing import home_of
+from dfagent.swarm.server import PeerServer
+from dfagent.swarm.swarm import Swarm
+
+TOKEN = "cluster-token-for-unit-tests"
+DIGEST = "ab" * 32
+ORIGIN = "https://registry:443"
+LAYOUT = "fixed:65536"
+
+
+class _NoStore:
+    """A store that holds nothing (the requests here never reach stored pieces)."""
+
+    def loaded(self, digest_hex: str) -> None:
+        return None
+
+    async def open_blob(self, digest: Digest) -> None:
+        return None
+
+
+class _Completions:
+    async def start(self, digest: Digest, size: int, url: object) -> tuple[str, str | None]:
+        return "running", None
+
+    async def state(self, digest: Digest) -> tuple[str, str | None]:
+        return "idle", None
+
+
+@pytest.fixture
+async def home() -> AsyncIterator[tuple[PeerServer, Directory]]:
+    directory = Directory(holder_ttl=30, lease_ttl=15)
+    server = PeerServer(
+        ListenAddress("127.0.0.1", 0),
+        TOKEN,
+        _NoStore(),  # type: ignore[arg-type]
+        directory,
+        Metrics(),
+        max_uploads=4,
+        slot_wait=0.05,
+        upload_bandwidth=None,
+    )
+    await server.start()
+    server.completions = _Completions()
+    yield server, directory
+    await server.stop()
+
+
+async def ask(
+    port: int, method: str, path: str, body: bytes = b"", authorization: bytes | None = None
+) -> tuple[int, str]:
+    """Send one raw HTTP request (any bytes, as a hostile client may); (status, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    auth = authorization if authorization is not None else f"Bearer {TOKEN}".encode()
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    ).encode()
+    writer.write(head + b"Authorization: " + auth + b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+
+def lookup(pieces: object, **fields: object) -> bytes:
+    body = {
+        "digest": DIGEST,
+        "origin": ORIGIN,
+        "size": 4 * 65536,
+        "layout": LAYOUT,
+        "pieces": pieces,
+        "requester": "127.0.0.1:2",
+        **fields,
+    }
+    return json.dumps(body).encode()
+
+
+def announce(pieces: object, **fields: object) -> bytes:
+    entry = {
+        "digest": DIGEST,
+        "origin": ORIGIN,
+        "size": 4 * 65536,
+        "layout": LAYOUT,
+        "verified": False,
+        "pieces": pieces,
+        **fields,
+    }
+    return json.dumps({"holder": "127.0.0.1:3", "blobs": [entry]}).encode()
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+SHA = hashlib.sha256(b"piece").hexdigest()
+DIGEST_PATH = f"sha256:{DIGEST}"
+INFINITE_SIZE = f'{{"digest": "{DIGEST_PATH}", "size": 1e999, "url": "http://r/x"}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/lookup", lookup([0]).replace(b'"size": 262144', b'"size": 1e999'), "size"),
+        ("POST", "/v1/lookup", lookup([0]).replace(b"[0]", b"[Infinity]"), "pieces[0]"),
+        ("POST", "/v1/lookup", lookup([0]).replace(b"[0]", b"[NaN]"), "pieces[0]"),
+        ("POST", "/v1/lookup", lookup([0.5]), "pieces[0]"),
+        ("POST", "/v1/lookup", lookup([-1]), "pieces[0]"),
+        ("POST", "/v1/lookup", lookup([4]), "pieces[0]"),  # the blob has 4 pieces
+        ("POST", "/v1/lookup", lookup([0], size=-5), "size"),
+        ("POST", "/v1/lookup", lookup([0], size=2**44 + 1), "size"),
+        ("POST", "/v1/lookup", lookup([0], digest=""), "digest"),
+        ("POST", "/v1/lookup", lookup([0], origin=["x"]), "origin"),
+        ("POST", "/v1/lookup", lookup([0], requester=None), "requester"),
+        ("POST", "/v1/lookup", lookup([0], layout="fixed:0"), "layout"),
+        ("POST", "/v1/lookup", lookup(list(range(120_000)), size=2**40), "pieces"),
+        ("POST", "/v1/lookup", b"[1, 2]", "the body"),
+        ("POST", "/v1/lookup", b"[" * 100_000, "not JSON"),
+        ("POST", "/v1/recorded", lookup("0"), "pieces"),
+        ("POST", "/v1/announce", announce(["00"]), "blobs[0].pieces"),
+        ("POST", "/v1/announce", announce({"0": ""}), "blobs[0].pieces.0"),
+        ("POST", "/v1/announce", announce({"0": "zz" * 32}), "blobs[0].pieces.0"),
+        ("POST", "/v1/announce", announce({"-1": SHA}), "blobs[0].pieces"),
+        ("POST", "/v1/announce", announce({"9": SHA}), "blobs[0].pieces"),
+        ("POST", "/v1/announce", announce({"0": SHA}, verified="yes"), "blobs[0].verified"),
+        ("POST", "/v1/announce", announce({"0": SHA}, size=1e300), "blobs[0].size"),
+        ("POST", "/v1/report", b'{"digest": [1], "index": 0, "holder": "h"}', "digest"),
+        ("POST", "/v1/report", body(digest=DIGEST, index=0, holder={}), "holder"),
+        ("POST", "/v1/report", body(digest=DIGEST, index=-1, holder="h"), "index"),
+        ("POST", "/v1/release", body(digest=DIGEST, origin="o", pieces={}, requester=""), "pieces"),
+        ("POST", "/v1/complete", INFINITE_SIZE, "size"),
+        ("POST", "/v1/complete", body(digest=DIGEST_PATH, size=1, url=5), "url"),
+        ("GET", f"/v1/progress/{DIGEST_PATH}?piece=x", b"", "piece"),
+        ("GET", f"/v1/pieces/{DIGEST_PATH}/-1", b"", "index"),
+        ("GET", f"/v1/pieces/{DIGEST_PATH}/1e3", b"", "index"),
+        ("GET", "/v1/blobs/sha256:zz", b"", "digest"),
+    ],
+)  # fmt: skip
+async def test_a_malformed_request_is_a_400_naming_the_field(
+    home, caplog, method, path, body, field
+):
+    server, directory = home
+    with caplog.at_level(logging.INFO):
+        status, reason = await ask(server.port, method, path, body)
+    assert (status, field in reason) == (400, True), reason
+    refused = [r for r in caplog.records if r.getMessage() == "peer request refused"]
+    assert len(refused) == 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert directory.describe(DIGEST, ORIGIN) is None, "nothing of it reached the directory"
+
+
+async def test_a_token_that_is_not_utf8_is_a_wrong_token(home, caplog):
+    server, _ = home
+    with caplog.at_level(logging.INFO):
+        assert (await ask(server.port, "GET", "/v1/blobs/sha256:" + DIGEST, b"", b"Bearer \xff"))[
+            0
+        ] == 401
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_request_within_the_bounds_is_answered(home):
+    """The bounds leave room for everything the engine asks: the most indices one request
+    may name, a blob of 2**44 bytes, a chunk layout (pieces bounded by the bytes)."""
+    most = peer_client.MAX_PIECES_PER_REQUEST
+    server, directory = home
+    indices = list(range(2**30, 2**30 + most))
+    status, reason = await ask(
+        server.port,
+        "POST",
+        "/v1/lookup",
+        lookup(indices, size=2**44, layout="chunks:x", origin="https://other:443"),
+    )
+    assert status == 200, reason
+    assert len(json.loads(reason)["pieces"]) == most
+    status, reason = await ask(server.port, "POST", "/v1/announce", announce({"3": SHA}))
+    assert (status, json.loads(reason)) == (200, {"refused": {}})
+    assert directory.recorded(DIGEST, ORIGIN, 4 * 65536, LAYOUT, [3]) == {3: bytes.fromhex(SHA)}
+
+
+async def test_an_announcement_is_taken_whole_or_refused_whole(home):
+    server, directory = home
+    good = json.loads(announce({"0": SHA}))["blobs"][0]
+    bad = {**good, "pieces": {"1": "not a sha256"}}
+    body = json.dumps({"holder": "127.0.0.1:3", "blobs": [good, bad]}).encode()
+    status, reason = await ask(server.port, "POST", "/v1/announce", body)
+    assert status == 400 and "blobs[1].pieces.1" in reason
+    assert directory.describe(DIGEST, ORIGIN) is None
+
+
+# A home that answers whatever a test says ------------------------------------------------------
+
+
+class _Membership:
+    def __init__(self, me: str, members: list[str]) -> None:
+        self.me = me
+        self._members = members
+
+    def members(self) -> list[str]:
+        return self._members
+
+    def others(self) -> list[str]:
+        return [m for m in self._members if m != self.me]
+
+
+@pytest.fixture
+async def fake_home() -> AsyncIterator[tuple[str, dict[str, Callable[[Any], Any]]]]:
+    """A peer that answers each endpoint with what `answers[endpoint](body)` returns."""
+    answers: dict[str, Callable[[Any], Any]] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        endpoint = request.match_info["endpoint"]
+        body = await request.json() if request.method == "POST" else None
+        answer = answers[endpoint](body)
+        return answer if isinstance(answer, web.Response) else web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/{endpoint}", handle)
+    app.router.add_route("*", "/v1/{endpoint}/{rest:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}", answers  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+def _blob_homed_at(home: str, members: list[str]) -> SimpleNamespace:
+    """A blob of 4 pieces of 64 KiB whose home is `home`."""
+    n = 0
+    while home_of(members, f"{n:064x}") != home:
+        n += 1
+    return SimpleNamespace(
+        digest=Digest(f"{n:064x}"),
+        origin=ORIGIN,
+        size=4 * 65536,
+        layout=SimpleNamespace(key=LAYOUT),
+    )
+
+
+@pytest.fixture
+async def asking_swarm(fake_home) -> AsyncIterator[tuple[Swarm, SimpleNamespace, dict]]:
+    address, answers = fake_home
+    members = ["127.0.0.1:1", address]
+    async with PeerClient(TOKEN, 2, 2) as client:
+        swarm = Swarm(
+            _Membership("127.0.0.1:1", members),  # type: ignore[arg-type]
+            Directory(holder_ttl=30, lease_ttl=15),
+            client,
+            None,  # type: ignore[arg-type]  # (no store: nothing here is stored)
+            Metrics(),
+            refresh=30,
+            hedge_after=0.05,
+        )
+        yield swarm, _blob_homed_at(address, members), answers
+        await swarm.aclose()
+
+
+def _entry(**fields: object) -> dict[str, object]:
+    return {"sha256": None, "holders": [], "fetch": False, "fetching": "127.0.0.1:9", **fields}
+
+
+def _each(entry: object) -> Callable[[Any], Any]:
+    """A lookup answer giving `entry` for every piece asked about."""
+    return lambda asked: {"pieces": {str(i): entry for i in asked["pieces"]}}
+
+
+MALFORMED_LOOKUPS = {
+    "sha256 not hex": _each(_entry(sha256="zz")),
+    "sha256 short": _each(_entry(sha256="ab")),
+    "no pieces": lambda _: {"oops": 1},
+    "pieces a list": lambda _: {"pieces": [1, 2]},
+    "an answer a list": lambda _: [1, 2],
+    "a piece missing": lambda _: {"pieces": {}},
+    "holders a string": _each(_entry(holders="h:1")),
+    "fetch a string": _each(_entry(fetch="no")),
+    "fetching a number": _each(_entry(fetching=7)),
+    "no holders": _each({"fetch": False}),
+    "nested too deep": lambda _: web.Response(text="[" * 100_000, content_type="application/json"),
+    "too large": lambda asked: web.json_response(  # well formed, but 9 MiB
+        {**_each(_entry())(asked), "padding": "x" * (9 << 20)}
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_LOOKUPS.values(), ids=MALFORMED_LOOKUPS)
+async def test_a_malformed_lookup_answer_sends_every_piece_to_the_origin(asking_swarm, answer):
+    swarm, blob, answers = asking_swarm
+    answers["lookup"] = answer
+    got = await swarm.lookup(blob, None, [0, 1])  # type: ignore[arg-type]
+    assert got == {i: Answer(None, (), True, None) for i in (0, 1)}
+
+
+async def test_a_home_answering_garbage_is_warned_of_once(asking_swarm, caplog):
+    swarm, blob, answers = asking_swarm
+    answers["lookup"] = MALFORMED_LOOKUPS["sha256 not hex"]
+    with caplog.at_level(logging.DEBUG, logger="dfagent.swarm"):
+        for _ in range(5):
+            await swarm.lookup(blob, None, [0, 1])  # type: ignore[arg-type]
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "pieces.0.sha256" in getattr(warned[0], "error", "")
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"size": "big", "layout": "fixed:65536"}, {"size": 2**60, "layout": "fixed:65536"},
+     {"size": -1, "layout": "fixed:65536"}, {"size": 10}, [], {"size": 10, "layout": 5}],
+)  # fmt: skip
+async def test_a_malformed_description_is_no_description(asking_swarm, answer):
+    swarm, blob, answers = asking_swarm
+    answers["blobs"] = lambda _: answer
+    assert await swarm.describe(blob.digest.hex, ORIGIN) is None
+
+
+@pytest.mark.parametrize(
+    "answer", [{"arrived": "x"}, {"piece": None, "arrived": 3}, {"arrived": -4}, [5], {}]
+)
+async def test_malformed_progress_counts_as_none(asking_swarm, answer):
+    swarm, blob, answers = asking_swarm
+    answers["progress"] = lambda _: answer
+    peer = swarm.home(blob.digest.hex)
+    assert await swarm.progress(peer, blob, 0) == 0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "answer", [{"state": 5}, {"error": None}, [], {"state": "done", "error": 1}]
+)
+async def test_a_malformed_completion_is_a_peer_error(asking_swarm, answer):
+    swarm, blob, answers = asking_swarm
+    answers["complete"] = lambda _: answer
+    peer = swarm.home(blob.digest.hex)
+    with pytest.raises(PeerError):
+        await swarm.complete_at(peer, str(blob.digest), 10, "http://registry/x")
+    with pytest.raises(PeerError):
+        await swarm.completion_at(peer, str(blob.digest))
+
+
+async def test_a_blob_announced_whole_reaches_its_home_however_many_pieces_it_has(home):
+    """A blob just verified is announced whole: more pieces than one request to a home may
+    name (and more than one request body can hold) go in several requests."""
+    server, directory = home
+    address = f"127.0.0.1:{server.port}"
+    members = ["127.0.0.1:1", address]
+    blob = _blob_homed_at(address, members)
+    count = 16_000  # announced in one request, over 1 MiB
+    blob.size, blob.layout = count * 65536, SimpleNamespace(key=LAYOUT)
+    blob.verified, blob.origins = True, {ORIGIN}
+    blob.piece_sha256 = {i: hashlib.sha256(str(i).encode()).digest() for i in range(count)}
+    async with PeerClient(TOKEN, 2, 2) as client:
+        swarm = Swarm(
+            _Membership("127.0.0.1:1", members),  # type: ignore[arg-type]
+            Directory(holder_ttl=30, lease_ttl=15),
+            client,
+            None,  # type: ignore[arg-type]
+            Metrics(),
+            refresh=30,
+            hedge_after=0.05,
+        )
+        swarm.announce_blob(blob)  # type: ignore[arg-type]
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            recorded = directory.recorded(
+                blob.digest.hex, ORIGIN, blob.size, LAYOUT, [0, count - 1]
+            )
+            if None not in recorded.values():
+                break
+        await swarm.aclose()
+    everything = directory.recorded(blob.digest.hex, ORIGIN, blob.size, LAYOUT, range(count))
+    assert everything == blob.piece_sha256
+
+
+async def test_an_announcement_names_at_most_so_many_pieces(home):
+    server, directory = home
+    most = peer_client.MAX_PIECES_PER_REQUEST
+    entry = json.loads(announce({}))["blobs"][0]
+    entry["size"] = (most + 1) * 65536
+    blobs = [
+        {**entry, "origin": f"https://registry-{n}:443", "pieces": {str(i): SHA for i in part}}
+        for n, part in enumerate((range(0, most // 2), range(most // 2, most + 1)))
+    ]
+    body = json.dumps({"holder": "127.0.0.1:3", "blobs": blobs}).encode()
+    status, reason = await ask(server.port, "POST", "/v1/announce", body)
+    assert status == 400 and reason.startswith(f"bad request: blobs: at most {most} pieces")
+    assert directory.describe(DIGEST, "https://registry-0:443") is None
