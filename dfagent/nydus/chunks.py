@@ -10,10 +10,10 @@ import itertools
 import struct
 from dataclasses import dataclass, field
 
+from dfagent.core.limits import MAX_BLOB_BYTES
 from dfagent.nydus.errors import NydusFormatError
 
 __all__ = [
-    "MAX_BLOB_SIZE",
     "MAX_CHUNK_SIZE",
     "Chunk",
     "ChunkMap",
@@ -23,7 +23,6 @@ __all__ = [
 ]
 
 MAX_CHUNK_SIZE = 16 * 1024 * 1024  # the largest chunk RAFS allows, compressed or not
-MAX_BLOB_SIZE = 1 << 44  # 16 TiB: no data blob's chunks plausibly reach further
 DIGEST_SIZE = 32  # blake3 and sha256 alike
 
 
@@ -141,10 +140,10 @@ class ChunkMap:
         cover must fit the chunks it skips, each at most MAX_CHUNK_SIZE, with one chunk's
         worth to spare. Far-apart chunks are refused here, before anything is sized by where
         they lie."""
-        if self.data_end > MAX_BLOB_SIZE:
+        if self.data_end > MAX_BLOB_BYTES:
             raise NydusFormatError(
                 f"blob {self.blob_id}: chunks reach byte {self.data_end}, past any plausible "
-                f"blob size ({MAX_BLOB_SIZE})"
+                f"blob size ({MAX_BLOB_BYTES})"
             )
         uncovered = self.data_end - sum(chunk.compressed_size for chunk in self.chunks)
         indexes = {chunk.index for chunk in self.chunks}

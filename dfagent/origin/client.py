@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from dfagent.core.digest import Digest
+from dfagent.core.limits import MAX_BLOB_BYTES, PaceWatch
 from dfagent.errors import (
     OriginError,
     OriginHTTPError,
@@ -51,12 +52,7 @@ _MAX_REMEMBERED_REDIRECTS = 4096
 _MAX_ERROR_BODY = 64 * 1024
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 2.0
-# Larger than any image layer, and than most file systems' largest file: a size beyond it is a
-# broken or hostile answer, not a blob to make room for.
-_MAX_BLOB_BYTES = 1 << 44
-# A body that brings less than this in a whole origin.read_timeout is trickling: each byte
-# would restart the read timeout, and the connection would be held (with every reader of its
-# pieces) for as long as the origin likes.
+# A body that brings less than this in a whole origin.read_timeout is trickling (PaceWatch).
 _MIN_BYTES_PER_READ_TIMEOUT = 64 * 1024
 # Methods a pass-through may send again after a connection error or a 502/503/504: sending a
 # POST (an upload session) twice is not the same as once.
@@ -92,7 +88,7 @@ class RangeBody:
         """The body, exactly `last - first + 1` bytes, or OriginError if it ends short or
         trickles (see _MIN_BYTES_PER_READ_TIMEOUT)."""
         remaining = self.last - self.first + 1
-        window_start, window_bytes = time.monotonic(), 0
+        pace = PaceWatch(self._read_timeout, _MIN_BYTES_PER_READ_TIMEOUT)
         try:
             async for received in self._response.content.iter_any():
                 # A 200 from offset 0 carries more than we asked for.
@@ -101,15 +97,9 @@ class RangeBody:
                 yield chunk
                 if remaining == 0:
                     return
-                window_bytes += len(chunk)
-                if time.monotonic() - window_start >= self._read_timeout:
-                    if window_bytes < _MIN_BYTES_PER_READ_TIMEOUT:
-                        raise OriginTimeout(
-                            f"origin trickled {window_bytes} bytes in {self._read_timeout:g}s"
-                        )
-                    window_start, window_bytes = time.monotonic(), 0
+                pace.arrived(len(chunk))
         except TimeoutError as exc:
-            raise OriginTimeout("origin stalled while sending a blob") from exc
+            raise OriginTimeout(f"origin stalled while sending a blob: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise OriginError(f"origin connection failed mid-body: {exc}") from exc
         raise OriginError(f"origin body ended {remaining} bytes short")
@@ -122,7 +112,7 @@ class _Redirect:
 
 
 def _plausible(size: int) -> int:
-    if size > _MAX_BLOB_BYTES:
+    if size > MAX_BLOB_BYTES:
         raise OriginError(f"origin claims a blob of {size} bytes")
     return size
 

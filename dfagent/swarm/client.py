@@ -8,18 +8,17 @@ import contextlib
 import json
 import re
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
+from dfagent.core.limits import MAX_BLOB_BYTES, PaceWatch
 from dfagent.errors import DfagentError
 from dfagent.swarm.directory import Answer
 
 __all__ = [
-    "MAX_BLOB_BYTES",
     "MAX_PIECES_PER_REQUEST",
     "MalformedAnswer",
     "PeerClient",
@@ -27,9 +26,6 @@ __all__ = [
 ]
 
 _PATIENT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
-# Larger than any image layer (the origin client's bound too): a size beyond it, from a peer
-# or to a peer, is a broken or hostile answer.
-MAX_BLOB_BYTES = 1 << 44
 # Pieces one request names at most, which a home holds its peers to. The engine asks about a
 # read-ahead window at a time (at most a few hundred pieces), and announces in batches.
 MAX_PIECES_PER_REQUEST = 2048
@@ -215,7 +211,7 @@ class PeerClient:
                     sending.set()
                 parts = []
                 received = 0
-                pace = _PaceWatch(self._read_timeout)
+                pace = PaceWatch(self._read_timeout, _MIN_BYTES_PER_READ_TIMEOUT)
                 async for part in response.content.iter_any():
                     received += len(part)
                     if received > length:
@@ -232,25 +228,6 @@ class PeerClient:
         if len(data) != length:
             raise PeerError(f"{peer} sent {len(data)} bytes of piece {index}, not {length}")
         return data
-
-
-class _PaceWatch:
-    """The pace of one transfer, in windows of `window` seconds: TimeoutError once a window
-    brought less than _MIN_BYTES_PER_READ_TIMEOUT."""
-
-    def __init__(self, window: float) -> None:
-        self._window = window
-        self._start = time.monotonic()
-        self._bytes = 0
-
-    def arrived(self, count: int) -> None:
-        self._bytes += count
-        now = time.monotonic()
-        if now - self._start < self._window:
-            return
-        if self._bytes < _MIN_BYTES_PER_READ_TIMEOUT:
-            raise TimeoutError(f"trickled {self._bytes} bytes in {self._window:g} s")
-        self._start, self._bytes = now, 0
 
 
 class _Unusable(ValueError):

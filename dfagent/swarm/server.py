@@ -23,13 +23,14 @@ from yarl import URL
 
 from dfagent.configtypes import ListenAddress
 from dfagent.core.digest import Digest, InvalidDigest
+from dfagent.core.limits import MAX_BLOB_BYTES
 from dfagent.engine.fetcher import FileSegment
 from dfagent.errors import BadRequest, DfagentError
 from dfagent.metrics import Metrics
 from dfagent.sendfile import send_segment
 from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
-from dfagent.swarm.client import MAX_BLOB_BYTES, MAX_PIECES_PER_REQUEST
+from dfagent.swarm.client import MAX_PIECES_PER_REQUEST
 from dfagent.swarm.directory import Directory
 from dfagent.swarm.slots import UploadSlots
 
