@@ -13,12 +13,11 @@ is wrong on its own, so each error is reported once, under the field that is wro
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from dfagent.configtypes import ByteSize, Duration, ListenAddress
+from dfagent.configtypes import ByteSize, Duration, ListenAddress, finite
 from dfagent.errors import ConfigError
 
 __all__ = ["Problem", "build", "to_plain"]
@@ -171,13 +170,7 @@ def _scalar(hint: Any, value: object) -> Any:
 def _finite(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise ValueError("too large for a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return number
+    return finite(value, "number", value)
 
 
 def to_plain(value: object) -> object:

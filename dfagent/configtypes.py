@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-__all__ = ["ByteSize", "Duration", "ListenAddress"]
+__all__ = ["ByteSize", "Duration", "ListenAddress", "finite"]
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE | re.ASCII)
 _MAX_SIZE = 2**63 - 1  # what sqlite and a float (a size x a watermark) still hold
@@ -87,12 +87,7 @@ class Duration(float):
     @classmethod
     def _checked(cls, seconds: float, value: object) -> Duration:
         """`seconds` as a Duration, unless it is negative, NaN, infinite or beyond a float."""
-        try:
-            seconds = float(seconds)
-        except OverflowError:
-            raise ValueError("too long for a duration") from None
-        if not math.isfinite(seconds):
-            raise ValueError(f"expected a finite duration such as 5s, got {value!r}")
+        seconds = finite(seconds, "duration", value, " such as 5s")
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
         return cls(seconds)
@@ -139,3 +134,15 @@ class ListenAddress:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def finite(number: float, kind: str, shown: object, example: str = "") -> float:
+    """`number` as a float; ValueError (naming a `kind`, with an `example`, and showing
+    `shown` as written) when it is NaN, infinite or beyond a float."""
+    try:
+        value = float(number)
+    except OverflowError:
+        raise ValueError(f"too large for a {kind}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite {kind}{example}, got {shown!r}")
+    return value

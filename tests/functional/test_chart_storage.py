@@ -18,9 +18,7 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -136,18 +134,9 @@ def owned_and_private(cache: Path, uid: int) -> set[str]:
     return seen
 
 
-@pytest.fixture
-def node() -> Iterator[Path]:
-    """A directory every user may enter (pytest's own temporary directories are root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="dfagent-chart-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.parametrize("values", [[], ["cache.type=hostPath"]], ids=["emptyDir", "hostPath"])
 def test_every_chart_cache_starts_the_agent_as_its_user_with_a_private_cache(
-    values: list[str], node: Path, origin: CountingOrigin, registry: Registry
+    values: list[str], open_dir: Path, origin: CountingOrigin, registry: Registry
 ) -> None:
     pod, config = render(*values)
     (container,) = [c for c in pod["containers"] if c["name"] == "dfagent"]
@@ -156,7 +145,7 @@ def test_every_chart_cache_starts_the_agent_as_its_user_with_a_private_cache(
     uid, agent_user = as_container(pod, container)
     assert uid != 0, "the agent runs as root"
 
-    volume = node / "volume"
+    volume = open_dir / "volume"
     make_volume(pod, volume)
     mount = cache_mount(container)
     storage_dir = PurePosixPath(config["storage"]["dir"])
@@ -164,7 +153,7 @@ def test_every_chart_cache_starts_the_agent_as_its_user_with_a_private_cache(
     cache = volume / storage_dir.relative_to(mount)
 
     storage = {**config["storage"], "dir": str(cache)}
-    agent = AgentProcess(node / "agent", {"storage": storage}, command_prefix=agent_user)
+    agent = AgentProcess(open_dir / "agent", {"storage": storage}, command_prefix=agent_user)
 
     def as_agent(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -15,9 +15,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -43,15 +40,6 @@ pytestmark = pytest.mark.skipif(
 
 _UMASK_0 = ["sh", "-c", 'umask 000 && exec "$0" "$@"']  # the agent under the loosest umask
 _CONNECT = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every user may enter (pytest's own temporary directories are root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="dfagent-private-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def as_nobody(*command: str) -> subprocess.CompletedProcess[bytes]:

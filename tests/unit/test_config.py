@@ -120,7 +120,11 @@ def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
         ("proxy: {idle_timeout: 0s}", "proxy.idle_timeout", "positive"),
         ("storage: {gc_interval: .nan}", "storage.gc_interval", "finite duration"),
         ("storage: {max_age: .inf}", "storage.max_age", "finite duration"),
-        (f"storage: {{gc_interval: {'9' * 400}}}", "storage.gc_interval", "too long"),
+        (
+            f"storage: {{gc_interval: {'9' * 400}}}",
+            "storage.gc_interval",
+            "too large for a duration",
+        ),
         (f"storage: {{gc_interval: {'9' * 400}s}}", "storage.gc_interval", "finite duration"),
         ("storage: {high_watermark: .nan}", "storage.high_watermark", "finite number"),
         (f"storage: {{high_watermark: {'9' * 400}}}", "storage.high_watermark", "too large"),
