@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 
@@ -66,6 +67,18 @@ def _malformed_request_as_warning(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, HttpProcessingError):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg, record.args = "malformed request refused: %s", (exc.message,)
+        record.msg, record.args = "malformed request refused: %s", (_without_secrets(exc.message),)
         record.exc_info = record.exc_text = None
     return True
+
+
+_USERINFO = re.compile(r"//[^/?#\s'\"]*@")
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def _without_secrets(message: str) -> str:
+    """aiohttp's reason for refusing a request, without what it quotes of the request: the
+    excerpt lines under the reason (a header line, with its credentials), and a URL's userinfo
+    and query string (a password, a signature)."""
+    reason = message.split("\n", 1)[0]
+    return _QUERY.sub("?...", _USERINFO.sub("//", reason))

@@ -40,6 +40,7 @@ def route(config: ProxyConfig, method: str, target: str, headers: Mapping[str, s
     rule = _first_match(config.rules, upstream)
     if rule is not None:
         upstream = _apply(rule, upstream)
+    _check_host(upstream)
     if upstream.user is not None or upstream.password is not None:
         # They would reach the registry unseen by the access checks (the blob would count as
         # served to an anonymous caller) and travel on in the URL, to schedulers and logs.
@@ -56,6 +57,15 @@ def route(config: ProxyConfig, method: str, target: str, headers: Mapping[str, s
     return Route(upstream, rule, digest, mirror)
 
 
+def _check_host(url: URL) -> None:
+    """A host a connection can be made to: DNS labels of 1 to 63 characters (else the
+    connection would fail in the IDNA codec, as a 500)."""
+    try:
+        (url.raw_host or "").encode("idna")
+    except UnicodeError:
+        raise BadRequest(f"not a host name: {url.raw_host}") from None
+
+
 def _absolute(target: str) -> URL:
     try:
         url = URL(target, encoded=True)
@@ -70,7 +80,10 @@ def _mirror_upstream(config: ProxyConfig, target: str, headers: Mapping[str, str
     path = URL(target, encoded=True)
     registry = headers.get(REGISTRY)
     if registry:
-        base = URL(registry)
+        try:
+            base = URL(registry)
+        except ValueError:
+            base = URL()
         if base.scheme not in ("http", "https") or not base.host:
             raise BadRequest(f"{REGISTRY} must be a URL such as https://index.docker.io")
     elif namespace := path.query.get("ns"):

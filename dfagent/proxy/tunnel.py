@@ -244,6 +244,10 @@ class FrontProtocol(asyncio.Protocol):
         try:
             async with asyncio.timeout(self._tunnels.connect_timeout):
                 _, upstream = await loop.create_connection(lambda: _Pipe(self._tunnels), host, port)
+        except UnicodeError:  # the IDNA codec: an empty label, or one over 63 characters
+            log.warning("CONNECT refused", extra={"target": f"{host}:{port}"})
+            self._refuse(400, f"not a host name: {host}")
+            return
         except (OSError, TimeoutError) as exc:
             log.warning("CONNECT failed", extra={"target": f"{host}:{port}", "error": str(exc)})
             self._refuse(502, f"cannot connect to {host}:{port}")

@@ -61,10 +61,23 @@ def test_upstream_from_configured_registry_mirror(
     assert origin.blob_gets(digest)
 
 
-def test_bad_registry_header_is_400(agent):
-    reply = send(agent.proxy_port, "/v2/x/manifests/latest", {"X-Dragonfly-Registry": "ftp://nope"})
+@pytest.mark.parametrize("registry", ["ftp://nope", "http://127.0.0.1:99999", "http://[::1"])
+def test_bad_registry_header_is_400(agent, registry):
+    reply = send(agent.proxy_port, "/v2/x/manifests/latest", {"X-Dragonfly-Registry": registry})
     assert reply.status == 400
     assert "X-Dragonfly-Registry" in reply.body.decode()
+    assert "Traceback" not in agent.log()
+
+
+@pytest.mark.parametrize("host", ["a..b", "a" * 70 + ".example"])
+@pytest.mark.parametrize("path", ["/v2/", "/v2/x/blobs/sha256:" + "1" * 64])
+def test_a_host_that_is_no_host_name_is_400(agent, host, path):
+    """An empty DNS label, or one over 63 characters, failed in the IDNA codec: a 500 with a
+    traceback, for a pass-through and for a blob alike."""
+    reply = send(agent.proxy_port, f"http://{host}{path}", {"Range": "bytes=0-9"})
+    assert reply.status == 400
+    assert b"not a host name" in reply.body
+    assert "Traceback" not in agent.log()
 
 
 def test_use_tls_rule_upgrades_absolute_form_to_https(agent_factory, tls_registry: Registry):
@@ -121,7 +134,9 @@ def test_connect_to_a_closed_port_is_502(agent):
     assert b"X-Dragonfly-Error-Type: proxy" in answer
 
 
-@pytest.mark.parametrize("target", [b"nohost", b"host:99999", b"host:", b"[::1:80"])
+@pytest.mark.parametrize(
+    "target", [b"nohost", b"host:99999", b"host:", b"[::1:80", b"a..b:443", b"a" * 70 + b".x:443"]
+)
 def test_malformed_connect_is_400(agent, target):
     answer = _raw(agent.proxy_port, b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ")

@@ -84,6 +84,26 @@ def test_credentials_in_the_url_are_refused_not_taken_for_an_anonymous_read(
     assert PASSWORD not in agent.log()
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        # aiohttp refuses these itself, quoting the request in its reason
+        b"GET http://puller:S3cretPW@127.0.0.1:99999/v2/r/blobs/sha256:%s?X-Amz-Signature=S1GS3CRET"
+        b" HTTP/1.1\r\nHost: x\r\n\r\n" % (b"1" * 64),
+        b"GET /v2/r/blobs/sha256:%s HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Basic cHVsbGVyOlMzY3JldFBX\x01\r\n\r\n" % (b"1" * 64),
+    ],
+    ids=["url", "header"],
+)
+def test_a_malformed_request_never_puts_its_credentials_in_the_log(agent, request_head):
+    with socket.create_connection(("127.0.0.1", agent.proxy_port), timeout=5) as client:
+        client.sendall(request_head)
+        assert client.recv(65536).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    wait_for(lambda: "malformed request refused" in agent.log(), "the refusal logged")
+    for secret in ("S3cretPW", "S1GS3CRET", "cHVsbGVyOlMzY3JldFBX"):
+        assert secret not in agent.log()
+
+
 def test_public_blob_is_checked_once(agent, origin, registry: Registry):
     data = os.urandom(100_000)
     digest = registry.push_blob("test/public", data)
