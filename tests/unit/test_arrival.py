@@ -47,3 +47,13 @@ async def test_a_piece_nobody_delivered_gives_nothing_even_to_late_readers():
     arrival.end(whole=True)  # an end is final
     assert await asyncio.wait_for(reader, 1) is None
     assert await arrival.first(2) is None
+
+
+async def test_asking_for_more_than_the_piece_gives_the_whole_piece():
+    arrival = Arrival(4)  # as a slice of the piece would
+    whole = asyncio.create_task(arrival.first(6))
+    arrival.add(b"abcd")
+    await asyncio.sleep(0.01)
+    assert not whole.done(), "served before the transfer's check"
+    arrival.end(whole=True)
+    assert await asyncio.wait_for(whole, 1) == b"abcd"

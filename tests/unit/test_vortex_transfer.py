@@ -25,6 +25,7 @@ from dfagent.dragonfly.vortex import (
 )
 from dfagent.dragonfly.vortex.wire import encode_close, encode_header, read_header
 from dfagent.errors import VortexError
+from dfagent.swarm.slots import UploadSlots
 
 TASK = "a" * 64
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -278,6 +279,39 @@ async def test_idle_connection_is_closed():
         writer.close()
         await settle(outcomes)
     assert outcomes == [None]
+
+
+async def test_a_client_that_takes_nothing_is_cut_off():
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(64):  # 64 MiB, far more than the sockets buffer
+            yield bytes(1024 * 1024)
+
+    lookup = holding({0: b""}, length=64 * 1024 * 1024, digest="", content=endless())
+    async with serving(lookup, send_timeout=0.2) as (port, outcomes):
+        _, writer = await exchange(port, DownloadPiece(TASK, 0).encode())
+        await settle(outcomes)  # well before the idle timeout, and reading nothing
+        writer.close()
+    assert outcomes == [None]
+
+
+async def test_requests_beyond_the_upload_slots_are_answered_busy():
+    release = asyncio.Event()
+
+    async def held_back() -> AsyncIterator[bytes]:
+        await release.wait()
+        yield DATA
+
+    lookup = holding({0: DATA}, content=held_back())
+    async with serving(lookup, slots=UploadSlots(1, 0.05)) as (port, outcomes):
+        first = asyncio.create_task(fetch_piece("127.0.0.1", port, TASK, 0, read_timeout=5))
+        await asyncio.sleep(0.1)  # the first upload holds the only slot
+        with pytest.raises(VortexError, match="INTERNAL: too many uploads") as busy:
+            await fetch_piece("127.0.0.1", port, TASK, 0, read_timeout=5)
+        release.set()
+        assert (await asyncio.wait_for(first, 5))[1] == DATA
+        await settle(outcomes, 2)
+    assert not busy.value.not_found
+    assert outcomes == [None, None]
 
 
 async def test_client_refuses_other_answers():

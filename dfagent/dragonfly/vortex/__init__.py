@@ -2,7 +2,14 @@
 fetches one piece, and a server side that answers a connection's requests."""
 
 from dfagent.dragonfly.vortex.client import PieceReply, download_piece, fetch_piece
-from dfagent.dragonfly.vortex.server import IDLE_TIMEOUT, Lookup, ServedPiece, serve_connection
+from dfagent.dragonfly.vortex.server import (
+    IDLE_TIMEOUT,
+    SEND_TIMEOUT,
+    Lookup,
+    ServedPiece,
+    Slots,
+    serve_connection,
+)
 from dfagent.dragonfly.vortex.wire import (
     HEADER_SIZE,
     MAX_METADATA_LENGTH,
@@ -23,6 +30,7 @@ __all__ = [
     "IDLE_TIMEOUT",
     "MAX_METADATA_LENGTH",
     "MAX_PIECE_LENGTH",
+    "SEND_TIMEOUT",
     "TASK_ID_SIZE",
     "DownloadPiece",
     "ErrorCode",
@@ -32,6 +40,7 @@ __all__ = [
     "PieceMetadata",
     "PieceReply",
     "ServedPiece",
+    "Slots",
     "Tag",
     "TrafficType",
     "crc32_digest",

@@ -38,9 +38,10 @@ class Arrival:
 
     async def first(self, count: int) -> bytes | None:
         """The piece's first `count` bytes once they are here (None when no parent delivered
-        them). Bytes before the end of a piece are not yet checked in transit: a caller that
-        uses them early proves them itself."""
-        whole = count >= self.length  # all of it: only once checked in transit
+        them); like a slice, all of it when `count` is more. Bytes before the end of a piece
+        are not yet checked in transit: a caller that uses them early proves them itself."""
+        count = min(count, self.length)
+        whole = count == self.length  # all of it: only once checked in transit
         while not self._ended and (whole or len(self._buffer) < count):
             await self._grew.wait()
         if len(self._buffer) < count or (self._ended and not self._whole):

@@ -23,11 +23,12 @@ import random
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from dragonfly_api import common_pb2
 
+from dfagent.core.limits import PaceWatch
 from dfagent.dragonfly import vortex
 from dfagent.dragonfly.ids import peer_id, task_id_for_url
 from dfagent.engine.network import Answer, PeerPiece, PieceCheck
@@ -41,6 +42,7 @@ from dfagent.swarm.dragonfly.config import DragonflyConfig
 from dfagent.swarm.dragonfly.layout import DragonflyPieces
 from dfagent.swarm.dragonfly.parents import ParentLinks
 from dfagent.swarm.dragonfly.scheduler import (
+    MAX_PARENTS,
     Assignment,
     Parent,
     PeerStream,
@@ -61,6 +63,11 @@ _CHECK_SECONDS = 120.0  # for the whole-blob check after a fill
 _MAX_TASKS = 4096  # peer tasks followed at once (blobs read and not yet whole here)
 _RETRY_SECONDS = 10.0  # a task the scheduler lost is registered again after this long
 _BURST_SECONDS = 0.02  # a parent's list of pieces has ended when it is quiet this long
+# A parent that sends less of a piece than this in a whole dragonfly.piece_timeout is
+# trickling: each byte would restart the read timeout and hold the piece (and every read
+# waiting for it) for as long as the parent likes. As the builtin swarm's peers are held to.
+_MIN_BYTES_PER_PIECE_TIMEOUT = 32 * 1024
+_MAX_PORT = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,9 @@ class _Task:
     stream: PeerStream | None = None
     back_to_source: bool = True
     parents: dict[str, Parent] = field(default_factory=dict)
+    # The jobs learning what each parent has (SyncPieces): cancelled when the parent is
+    # dropped or the task forgotten, whatever the parent does with its stream.
+    syncs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # What each parent said it has: Dragonfly piece number -> (ip, Vortex TCP port).
     holdings: dict[str, dict[int, tuple[str, int]]] = field(default_factory=dict)
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # first word from parents
@@ -186,8 +196,8 @@ class DragonflyMember:
         start, end = blob.layout.bounds(index)
         parts = []
         for number in task.pieces.covering(start, end):
-            first, _ = task.pieces.bounds(number)
-            data = await self._first(task, number, end - first)  # not a byte more
+            first, last = task.pieces.bounds(number)
+            data = await self._first(task, number, min(end, last) - first)  # not a byte more
             if data is None:
                 return None
             parts.append(data[max(start - first, 0) :])
@@ -296,11 +306,18 @@ class DragonflyMember:
             index += 1
         return index
 
-    def back_to_source(self, digest_hex: str, task_id: str) -> None:
+    @contextlib.contextmanager
+    def back_to_source(self, digest_hex: str, task_id: str) -> Iterator[None]:
         """The scheduler asked this seed member to fetch the blob from its origin for task
-        `task_id`: its next registration is that task's, and says so (the scheduler then
-        sends no parents)."""
+        `task_id`: while in the block, the blob's next registration is that task's, and says
+        so (the scheduler then sends no parents). Leaving the block (the seed is done, or
+        failed) forgets what the registration did not use."""
         self._seeding[digest_hex] = task_id
+        try:
+            yield
+        finally:
+            if self._seeding.get(digest_hex) == task_id:
+                del self._seeding[digest_hex]
 
     # peer tasks ------------------------------------------------------------------------------
 
@@ -397,23 +414,40 @@ class DragonflyMember:
         later read of a blob not whole registers again."""
         if self._tasks.get(task.digest) is task:
             del self._tasks[task.digest]
+        for sync in task.syncs.values():
+            sync.cancel()
+        task.syncs.clear()
         if task.stream is not None and not task.stream.closed:
             self._jobs.spawn(task.stream.close(), name="dragonfly-close")
 
     def _follow(self, task: _Task, assignment: Assignment) -> None:
+        """Learn what the assignment's new parents have, up to MAX_PARENTS at once (no task
+        of a forgotten blob)."""
         for parent in assignment.parents:
+            if len(task.parents) >= MAX_PARENTS or self._tasks.get(task.digest) is not task:
+                return
             if parent.peer_id not in task.parents:
                 task.parents[parent.peer_id] = parent
-                self._jobs.spawn(self._sync(task, parent), name="dragonfly-sync")
+                sync = self._jobs.spawn(self._sync(task, parent), name="dragonfly-sync")
+                task.syncs[parent.peer_id] = sync
 
     async def _sync(self, task: _Task, parent: Parent) -> None:
-        """Learn, as they become whole there, which pieces `parent` has."""
+        """Learn, as they become whole there, which pieces `parent` has. A piece the task
+        does not have, or one without a Vortex port, is ignored."""
         held = task.holdings.setdefault(parent.peer_id, {})
         numbers = range(task.pieces.count)
+        ignored = False
         try:
             async for piece in self._links.sync_pieces(
                 parent, self.identity.host_id, task.task_id, numbers
             ):
+                if piece.number not in numbers or not 0 < piece.tcp_port <= _MAX_PORT:
+                    if not ignored:
+                        ignored = True
+                        log.info("a parent named a piece the task does not have, or no port",
+                                 extra={"parent": parent.peer_id, "piece": piece.number,
+                                        "port": piece.tcp_port})  # fmt: skip
+                    continue
                 held[piece.number] = (piece.ip or parent.ip, piece.tcp_port)
                 task.synced.set()
                 task.news()
@@ -429,6 +463,9 @@ class DragonflyMember:
         """Stop using `parent`; ask the scheduler for others when none is left."""
         task.holdings.pop(parent.peer_id, None)
         task.parents.pop(parent.peer_id, None)
+        sync = task.syncs.pop(parent.peer_id, None)
+        if sync is not None and sync is not asyncio.current_task():
+            sync.cancel()
         task.news()
         if task.parents or task.stream is None or task.stream.closed:
             return
@@ -562,7 +599,7 @@ class DragonflyMember:
                     reply = await vortex.download_piece(
                         *address, task.task_id, number, read_timeout=self._config.piece_timeout
                     )
-                    digest = await _receive(reply, arrival)
+                    digest = await _receive(reply, arrival, self._config.piece_timeout)
                 except (VortexError, OSError, TimeoutError) as exc:
                     self._metrics.dragonfly_bad_pieces.labels("transfer").inc()
                     log.info("a parent did not deliver a piece", extra={
@@ -602,13 +639,19 @@ class DragonflyMember:
             self._cached_bytes -= len(dropped)
 
 
-async def _receive(reply: vortex.PieceReply, arrival: Arrival) -> str:
+async def _receive(reply: vortex.PieceReply, arrival: Arrival, window: float) -> str:
     """Feed a parent's piece into `arrival` as it comes; its digest once all of it matched.
-    VortexError when it is not the piece's length, breaks off or fails its digest."""
+    VortexError when it is not the piece's length, breaks off, fails its digest, or trickles
+    (less than _MIN_BYTES_PER_PIECE_TIMEOUT in a `window`)."""
     async with reply:
         if reply.metadata.length != arrival.length:
             number, length = reply.metadata.number, reply.metadata.length
             raise VortexError(f"piece {number} has {length} bytes there, not {arrival.length}")
+        pace = PaceWatch(window, _MIN_BYTES_PER_PIECE_TIMEOUT)
         async for data in reply:
             arrival.add(data)
+            try:
+                pace.arrived(len(data))
+            except TimeoutError as exc:
+                raise VortexError(f"piece {reply.metadata.number}: {exc}") from None
     return reply.metadata.digest

@@ -19,24 +19,36 @@ class ParentError(DfagentError):
 
 
 class ParentLinks:
-    """One channel per parent address, reused by every task."""
+    """One channel per parent address, shared by every task's stream to it while any is open;
+    closed when the last of them ends, so parents no task follows any more hold nothing."""
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._streams: dict[str, int] = {}  # address -> streams open on its channel
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._streams.clear()
 
-    def _stub(self, parent: Parent) -> dfdaemon_pb2_grpc.DfdaemonUploadStub:
-        address = (
-            f"[{parent.ip}]:{parent.port}" if ":" in parent.ip else f"{parent.ip}:{parent.port}"
-        )
+    def _open(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
-        return dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+        self._streams[address] = self._streams.get(address, 0) + 1
+        return channel
+
+    async def _release(self, address: str) -> None:
+        """A stream on `address`'s channel ended; the last one closes the channel (if
+        `aclose` did not already)."""
+        left = self._streams.pop(address, 0) - 1
+        if left > 0:
+            self._streams[address] = left
+            return
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
 
     async def sync_pieces(
         self, parent: Parent, host_id: str, task_id: str, numbers: Iterable[int]
@@ -46,7 +58,9 @@ class ParentLinks:
         request = dfdaemon_pb2.SyncPiecesRequest(
             host_id=host_id, task_id=task_id, interested_piece_numbers=list(numbers)
         )
-        call = self._stub(parent).SyncPieces(request)
+        address = _address(parent)
+        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(self._open(address))
+        call = stub.SyncPieces(request)
         try:
             async for piece in call:
                 yield piece
@@ -54,3 +68,8 @@ class ParentLinks:
             raise ParentError(f"SyncPieces: {exc.code().name}: {exc.details()}") from None
         finally:
             call.cancel()
+            await self._release(address)
+
+
+def _address(parent: Parent) -> str:
+    return f"[{parent.ip}]:{parent.port}" if ":" in parent.ip else f"{parent.ip}:{parent.port}"

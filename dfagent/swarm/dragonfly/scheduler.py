@@ -24,11 +24,14 @@ from dfagent.metrics import Metrics
 from dfagent.swarm.dragonfly.config import SchedulerTLS
 from dfagent.tasks import TaskOwner
 
-__all__ = ["Assignment", "Parent", "PeerStream", "SchedulerError", "Schedulers"]
+__all__ = ["MAX_PARENTS", "Assignment", "Parent", "PeerStream", "SchedulerError", "Schedulers"]
 
 log = logging.getLogger(__name__)
 
 _CALL_SECONDS = 5.0
+# Parents taken from one answer, and followed by one task at once: a Dragonfly scheduler
+# sends its candidateParentLimit (4 by default; the manager allows at most 20).
+MAX_PARENTS = 20
 
 
 class SchedulerError(DfagentError):
@@ -59,7 +62,8 @@ class Assignment:
 
 
 def parents_of(peers: Sequence[common_pb2.Peer]) -> tuple[Parent, ...]:
-    return tuple(Parent(p.id, p.host.id, p.host.ip, p.host.port, p) for p in peers)
+    """The first MAX_PARENTS of a scheduler's candidate parents."""
+    return tuple(Parent(p.id, p.host.id, p.host.ip, p.host.port, p) for p in peers[:MAX_PARENTS])
 
 
 class Schedulers:

@@ -11,6 +11,7 @@ only through the request, and its other peers wait on that task."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Protocol
 from urllib.parse import unquote
 
@@ -27,6 +28,10 @@ from dfagent.origin.client import BlobSource
 __all__ = ["SeedError", "Seeder", "Seeds", "task_id_of"]
 
 
+# Seed downloads under way at once: each holds an origin fetch and the task id it is for.
+_MAX_SEEDS = 256
+
+
 class SeedError(DfagentError):
     """A download the scheduler asked for cannot be done here; the message says why."""
 
@@ -40,14 +45,20 @@ class Seeds(Protocol):
 
 
 class Seeder:
-    """Fetches whole blobs from their origins when the scheduler asks."""
+    """Fetches whole blobs from their origins when the scheduler asks, at most _MAX_SEEDS at
+    once. `back_to_source(digest_hex, task_id)` is the member's: while its context is open, the
+    blob's registration is task `task_id`'s."""
 
     def __init__(
-        self, engine: Engine, prefetcher: Prefetcher, back_to_source: Callable[[str, str], None]
+        self,
+        engine: Engine,
+        prefetcher: Prefetcher,
+        back_to_source: Callable[[str, str], AbstractContextManager[None]],
     ) -> None:
         self._engine = engine
         self._prefetcher = prefetcher
         self._back_to_source = back_to_source
+        self._running = 0
 
     async def seed(
         self, download: common_pb2.Download, started: Callable[[int], Awaitable[None]]
@@ -64,17 +75,26 @@ class Seeder:
             digest = Digest.parse(unquote(reference))
         except InvalidDigest as exc:
             raise SeedError(str(exc)) from None
-        self._back_to_source(digest.hex, task_id_of(download))
-        source = BlobSource(parsed, digest)
-        blob = await self._engine.blob(source, for_client=False)
-        await started(blob.size)
-        await self._prefetcher.complete(blob, source, paced=False)
+        task_id = task_id_of(download, digest)
+        if self._running >= _MAX_SEEDS:
+            raise SeedError(f"{_MAX_SEEDS} seed downloads are under way already")
+        self._running += 1
+        try:
+            with self._back_to_source(digest.hex, task_id):
+                source = BlobSource(parsed, digest)
+                blob = await self._engine.blob(source, for_client=False)
+                await started(blob.size)
+                await self._prefetcher.complete(blob, source, paced=False)
+        finally:
+            self._running -= 1
 
 
-def task_id_of(download: common_pb2.Download) -> str:
-    """The id dfdaemon gives the task of `download`. SeedError for a download this agent does
-    not cut into pieces as dfdaemon would (its own piece length), names by content, or whose
-    id it cannot be sure of."""
+def task_id_of(download: common_pb2.Download, digest: Digest) -> str:
+    """The id dfdaemon gives the task of `download`, which fetches blob `digest` (the one in
+    the URL's path). SeedError for a download this agent does not cut into pieces as dfdaemon
+    would (its own piece length), names by content, whose id it cannot be sure of, or that
+    dfdaemon names by another blob's digest (one in its query, say): those bytes would be
+    served as that other blob's."""
     if download.HasField("piece_length"):
         raise SeedError("a download with its own piece length is not taken")
     if download.HasField("content_for_calculating_task_id"):
@@ -83,6 +103,8 @@ def task_id_of(download: common_pb2.Download) -> str:
         if download.enable_task_id_based_blob_digest:
             by_digest = task_id_for_blob(download.url)
             if by_digest is not None:
+                if by_digest != digest.hex:
+                    raise SeedError(f"{download.url!r} names its task {by_digest!r}, not {digest}")
                 return by_digest
         return task_id_for_url(
             download.url,

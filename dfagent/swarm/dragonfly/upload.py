@@ -2,7 +2,9 @@
 (gRPC `DfdaemonUpload.SyncPieces`, its host's state with `SyncHost`) and fetch them over Vortex.
 
 Only pieces present in the cache (not staged) of blobs an origin served anonymously are
-offered; a private blob's bytes never leave this agent for the cluster."""
+offered; a private blob's bytes never leave this agent for the cluster. At most _MAX_UPLOADS
+pieces go out at once, each read from disk a slice at a time, so that requesters, however many
+and however slow, hold a bounded share of memory."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.dragonfly.health import health_handler
 from dfagent.swarm.dragonfly.layout import DragonflyPieces
 from dfagent.swarm.dragonfly.seed import Seeds
+from dfagent.swarm.slots import UploadSlots
 from dfagent.tasks import TaskOwner
 
 __all__ = ["HeldPieces", "UploadServer"]
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 _SYNC_IDLE_SECONDS = 300.0  # a SyncPieces stream waiting this long for a piece ends
 _SYNC_HOST_SECONDS = 5.0
 _MAX_NAMED = 65536  # task ids named by URL that are remembered (oldest forgotten first)
+_MAX_UPLOADS = 16  # Vortex pieces sent at once (as the builtin swarm's peer.max_uploads)
+_SLOT_WAIT = 2.0  # a request waits this long for an upload slot, then is answered busy
+_READ_SIZE = 1024 * 1024  # bytes of a piece read from disk at a time for an upload
 
 
 class HeldPieces:
@@ -82,10 +88,36 @@ class HeldPieces:
     async def read(self, blob: StoredBlob, number: int) -> bytes:
         start, end = DragonflyPieces.of(blob.size).bounds(number)
         with blob.pinned():
-            data = await asyncio.to_thread(os.pread, blob.file.fileno(), end - start, start)
-        if len(data) != end - start:
-            raise OSError(f"{blob.digest}: short read at {start}")
-        return data
+            return await asyncio.to_thread(_read, blob.file.fileno(), start, end - start)
+
+    async def crc32(self, blob: StoredBlob, number: int) -> int:
+        """The CRC-32 of piece `number`, read a slice at a time."""
+        start, end = DragonflyPieces.of(blob.size).bounds(number)
+        with blob.pinned():
+            return await asyncio.to_thread(_crc32, blob.file.fileno(), start, end)
+
+    async def chunks(self, blob: StoredBlob, number: int) -> AsyncIterator[bytes]:
+        """Piece `number`'s bytes, read a slice at a time (the blob stays pinned until the
+        last is read, or the iterator is closed)."""
+        start, end = DragonflyPieces.of(blob.size).bounds(number)
+        with blob.pinned():
+            fd = blob.file.fileno()
+            for offset in range(start, end, _READ_SIZE):
+                yield await asyncio.to_thread(_read, fd, offset, min(_READ_SIZE, end - offset))
+
+
+def _read(fd: int, offset: int, count: int) -> bytes:
+    data = os.pread(fd, count, offset)
+    if len(data) != count:
+        raise OSError(f"short read at {offset}")
+    return data
+
+
+def _crc32(fd: int, start: int, end: int) -> int:
+    crc = 0
+    for offset in range(start, end, _READ_SIZE):
+        crc = zlib.crc32(_read(fd, offset, min(_READ_SIZE, end - offset)), crc)
+    return crc
 
 
 class _Upload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):
@@ -178,11 +210,16 @@ class UploadServer:
         host: Callable[[], common_pb2.Host],
         ip: str,
         metrics: Metrics,
+        max_uploads: int = _MAX_UPLOADS,
+        slot_wait: float = _SLOT_WAIT,
+        send_timeout: float = vortex.SEND_TIMEOUT,
     ) -> None:
         self._upload_address = upload
         self._tcp_address = tcp
         self._held = held
         self._metrics = metrics
+        self._slots = UploadSlots(max_uploads, slot_wait)
+        self._send_timeout = send_timeout
         self._grpc = grpc.aio.server()
         self._service = _Upload(held, host, ip, lambda: self.tcp_port)
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self._service, self._grpc)
@@ -217,18 +254,15 @@ class UploadServer:
         await self._service.jobs.aclose()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await vortex.serve_connection(reader, writer, self._piece)
+        await vortex.serve_connection(
+            reader, writer, self._piece, send_timeout=self._send_timeout, slots=self._slots
+        )
 
     async def _piece(self, task_id: str, number: int) -> vortex.ServedPiece | None:
         blob = await self._held.blob(task_id)
         if blob is None or not self._held.whole(blob, number):
             return None
-        data = await self._held.read(blob, number)
-        start, _ = DragonflyPieces.of(blob.size).bounds(number)
-        self._metrics.dragonfly_upload_bytes.inc(len(data))
-        digest = vortex.crc32_digest(zlib.crc32(data))
-        return vortex.ServedPiece(start, len(data), digest, "", _once(data))
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+        start, end = DragonflyPieces.of(blob.size).bounds(number)
+        digest = vortex.crc32_digest(await self._held.crc32(blob, number))
+        self._metrics.dragonfly_upload_bytes.inc(end - start)
+        return vortex.ServedPiece(start, end - start, digest, "", self._held.chunks(blob, number))
