@@ -25,6 +25,7 @@ from dfagent.errors import BadRequest, DfagentError, RangeNotSatisfiable
 from dfagent.origin.client import BlobSource
 from dfagent.proxy.headers import DOWNLOAD_FINISHED, PREFETCH, TASK_ID
 from dfagent.proxy.routing import Route
+from dfagent.proxy.stall import cut_when_stalled
 from dfagent.sendfile import send_segment
 from dfagent.storage.store import StoredBlob
 
@@ -37,9 +38,12 @@ async def serve_blob(
     request: web.BaseRequest,
     route: Route,
     engine: Engine,
+    *,
     prefetcher: Prefetcher,
     prefetch: bool,
+    stall_limit: float,
 ) -> web.StreamResponse:
+    """`stall_limit`: seconds a client may take no byte of the body before it is cut off."""
     assert route.digest is not None
     range_header = request.headers.get("Range")
     try:
@@ -61,6 +65,7 @@ async def serve_blob(
             engine=engine,
             prefetcher=prefetcher,
             prefetch=prefetch,
+            stall_limit=stall_limit,
         )
 
 
@@ -73,6 +78,7 @@ async def _answer(
     engine: Engine,
     prefetcher: Prefetcher,
     prefetch: bool,
+    stall_limit: float,
 ) -> web.StreamResponse:
     digest = blob.digest
     headers = _blob_headers(digest)
@@ -103,7 +109,8 @@ async def _answer(
         part = await anext(segments)  # errors before this line still get a status
         await response.prepare(request)
         try:
-            await _send(request, response, part, segments)
+            with cut_when_stalled(request.transport, stall_limit):
+                await _send(request, response, part, segments)
         except (DfagentError, OSError) as exc:
             log.warning(
                 "blob response cut after headers",

@@ -120,7 +120,12 @@ class ProxyServer:
                     raise Throttled(f"over proxy.rate_limit ({self._config.rate_limit}/s)")
                 try:
                     response = await serve_blob(
-                        request, target, self._engine, self._prefetcher, self._config.prefetch
+                        request,
+                        target,
+                        self._engine,
+                        prefetcher=self._prefetcher,
+                        prefetch=self._config.prefetch,
+                        stall_limit=float(self._config.idle_timeout),
                     )
                     return response
                 except NotShareable:

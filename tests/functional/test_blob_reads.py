@@ -4,10 +4,12 @@ headers, the cache in front of the origin, and single-flight fetching."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import itertools
 import os
 import re
+import socket
 import threading
 import time
 
@@ -326,3 +328,25 @@ def test_empty_blob(small_piece_agent, origin, registry):
     assert ranged.headers["Content-Range"] == "bytes */0"
     head = send(small_piece_agent.proxy_port, url, method="HEAD")
     assert (head.status, head.headers["Content-Length"]) == (200, "0")
+
+
+def test_a_client_that_stops_reading_is_cut_off(agent_factory, registry):
+    """A reader that takes no byte for proxy.idle_timeout no longer holds its connection, nor
+    the blob's pin (which keeps eviction away), for good."""
+    agent = agent_factory(proxy={"idle_timeout": "2s"})
+    data = os.urandom(48 << 20)  # far more than the socket buffers on both sides hold
+    digest = registry.push_blob("test/stalled", data)
+    url = f"{registry.url}/v2/test/stalled/blobs/{digest}"
+    assert send(agent.proxy_port, url).body == data  # cached
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", agent.proxy_port))
+        client.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(6)  # reads nothing: three times the limit
+        client.settimeout(10)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(1 << 20):
+                received += len(chunk)
+    assert received < len(data), "the connection was cut, not held until the client read on"
+    assert "client took no bytes; response cut off" in agent.log()
