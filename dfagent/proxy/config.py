@@ -67,7 +67,8 @@ class ProxyConfig:
     ca_key: str | None = None
     # A client must send its first request head within this long (slow clients hold nothing).
     head_timeout: Duration = Duration(10)
-    # An idle keep-alive connection is closed after this long.
+    # An idle keep-alive connection, or a CONNECT tunnel through which no byte moves, is closed
+    # after this long; a client that takes no byte of a blob for this long is cut off.
     idle_timeout: Duration = Duration(120)
     # How long in-flight responses may run on after SIGTERM before they are cut.
     shutdown_grace: Duration = Duration(10)

@@ -63,6 +63,7 @@ class ProxyServer:
             self._intercept = Interceptor(config.intercept, self._certificates)
         self._tunnels = TunnelRegistry(
             origin.connect_timeout,
+            float(config.idle_timeout),
             lambda status: self._count("connect", status),
             self._intercept,
         )

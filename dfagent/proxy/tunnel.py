@@ -2,7 +2,9 @@
 
 `FrontProtocol` reads the start of every new connection. A CONNECT head is answered here and
 the connection becomes a byte pipe to `host:port`; anything else is handed, with the bytes
-read so far, to the aiohttp request handler that serves ordinary proxy requests.
+read so far, to the aiohttp request handler that serves ordinary proxy requests. A tunnel in
+which no byte moves either way for the idle timeout is closed, like an idle keep-alive
+connection (a side that stops reading stops the bytes towards it, so it counts as idle too).
 """
 
 from __future__ import annotations
@@ -29,6 +31,33 @@ _AUTHORITY = re.compile(
 )
 
 
+class _IdleWatch:
+    """Closes a tunnel once no byte has moved through it for `timeout` seconds: one timer per
+    tunnel, pushed back lazily (a byte only notes the time)."""
+
+    def __init__(self, timeout: float, target: str, close: Callable[[], None]) -> None:
+        self._timeout = timeout
+        self._target = target
+        self._close = close
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    def moved(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self._last
+        if idle < self._timeout:
+            self._timer = self._loop.call_later(self._timeout - idle, self._check)
+            return
+        log.info("tunnel idle; closed", extra={"target": self._target, "seconds": self._timeout})
+        self._close()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 class _Pipe(asyncio.Protocol):
     """One side of a tunnel: what arrives on this side's transport is written to the peer's."""
 
@@ -37,6 +66,7 @@ class _Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.got_eof = False
+        self.idle: _IdleWatch | None = None  # shared with the peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -44,6 +74,8 @@ class _Pipe(asyncio.Protocol):
         self._registry.open.add(self.transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.idle is not None:
+            self.idle.moved()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
 
@@ -66,11 +98,15 @@ class _Pipe(asyncio.Protocol):
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.pause_reading()
 
-    def resume_writing(self) -> None:
+    def resume_writing(self) -> None:  # the client took bytes: the tunnel is not idle
+        if self.idle is not None:
+            self.idle.moved()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.resume_reading()
 
     def close_both(self) -> None:
+        if self.idle is not None:
+            self.idle.stop()
         for side in (self, self.peer):
             if side is not None and side.transport is not None and not side.transport.is_closing():
                 side.transport.close()
@@ -109,15 +145,18 @@ class Interceptor:
 
 
 class TunnelRegistry:
-    """Open tunnel transports, so that shutdown can close them."""
+    """Open tunnel transports, so that shutdown can close them; and how tunnels are opened
+    and kept (`idle_timeout`: a tunnel through which nothing moves this long is closed)."""
 
     def __init__(
         self,
         connect_timeout: float,
+        idle_timeout: float,
         on_result: Callable[[int], None],
         intercept: Interceptor | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         self.on_result = on_result
         self.intercept = intercept
         self.open: set[asyncio.Transport] = set()
@@ -257,6 +296,9 @@ class FrontProtocol(asyncio.Protocol):
             upstream.transport.close()
             return
         client.peer, upstream.peer = upstream, client
+        client.idle = upstream.idle = _IdleWatch(
+            self._tunnels.idle_timeout, f"{host}:{port}", client.close_both
+        )
         self._transport.set_protocol(client)
         client.connection_made(self._transport)
         self._transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")

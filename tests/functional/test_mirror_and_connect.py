@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
+import threading
+import time
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -305,3 +309,55 @@ def test_oversized_request_heads_are_refused(agent):
     answer = _raw(agent.proxy_port, many)
     assert answer[9:12] == b"400", answer[:100]  # more than 128 header fields
     assert "Traceback" not in agent.log()
+
+
+@contextlib.contextmanager
+def _echo_server() -> Iterator[int]:
+    """A TCP server on loopback that sends back what it gets; its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def _tunnel(proxy_port: int, target_port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    sock.sendall(f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1024)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    return sock
+
+
+def test_a_tunnel_through_which_nothing_moves_is_closed_after_the_idle_timeout(agent_factory):
+    agent = agent_factory(proxy={"idle_timeout": "1s"})
+    with (
+        _echo_server() as port,
+        _tunnel(agent.proxy_port, port) as idle,
+        _tunnel(agent.proxy_port, port) as busy,
+    ):
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:  # the busy one talks every 0.3 s
+            busy.sendall(b"ping")
+            assert busy.recv(16) == b"ping"
+            time.sleep(0.3)
+        idle.settimeout(5)
+        assert idle.recv(16) == b""  # closed by the agent, not by a timeout here
+        busy.sendall(b"still there")
+        assert busy.recv(16) == b"still there"
+    assert "tunnel idle; closed" in agent.log()
