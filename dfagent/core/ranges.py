@@ -10,12 +10,15 @@ __all__ = [
     "MalformedRange",
     "RangeRequest",
     "UnsatisfiableRange",
+    "if_range_holds",
+    "names_bytes",
     "parse_range_header",
 ]
 
 # The range unit is case-insensitive (RFC 9110 §14.1); digits and letters are ASCII only.
 _SPEC = re.compile(r"bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*", re.IGNORECASE | re.ASCII)
 _MAX_DIGITS = 19  # fits a signed 64-bit offset; longer numbers are rejected, not parsed
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 
 
 class MalformedRange(ValueError):
@@ -68,6 +71,22 @@ class RangeRequest:
             raise UnsatisfiableRange(size)
         last = size - 1 if self.last is None else min(self.last, size - 1)
         return ByteRange(self.first, last, size)
+
+
+def names_bytes(value: str) -> bool:
+    """Whether a Range header is in bytes, the only unit there is for blobs. A header in
+    another unit (`items=0-9`) is ignored and the whole blob sent, as RFC 9110 §14.2 has it;
+    one that names no unit is malformed, for parse_range_header to say why."""
+    unit, equals, _ = value.partition("=")
+    unit = unit.strip()
+    return not equals or unit.lower() == "bytes" or _TOKEN.fullmatch(unit) is None
+
+
+def if_range_holds(value: str | None, etag: str) -> bool:
+    """Whether a Range applies, given the request's If-Range (RFC 9110 §13.1.5): none, or the
+    blob's own strong entity tag `etag`. A date (blobs are sent without Last-Modified) or any
+    other tag means the client's part is of something else: it gets the whole blob."""
+    return value is None or value.strip() == etag
 
 
 def parse_range_header(value: str) -> RangeRequest:

@@ -17,6 +17,8 @@ from dfagent.core.ranges import (
     MalformedRange,
     RangeRequest,
     UnsatisfiableRange,
+    if_range_holds,
+    names_bytes,
     parse_range_header,
 )
 from dfagent.engine.fetcher import Engine, FileSegment
@@ -45,11 +47,7 @@ async def serve_blob(
 ) -> web.StreamResponse:
     """`stall_limit`: seconds a client may take no byte of the body before it is cut off."""
     assert route.digest is not None
-    range_header = request.headers.get("Range")
-    try:
-        wanted = parse_range_header(range_header) if range_header is not None else None
-    except MalformedRange as exc:
-        raise BadRequest(str(exc)) from None
+    wanted = _wanted_range(request, _etag(route.digest))
     source = BlobSource(route.upstream, route.digest, request.headers.get("Authorization"))
     # A blob seen for the first time learns its size from the GET of the first byte wanted
     # (none for HEAD or a suffix range: those ask the origin with a HEAD).
@@ -138,11 +136,33 @@ async def _send(
         part = following
 
 
+def _wanted_range(request: web.BaseRequest, etag: str) -> RangeRequest | None:
+    """The byte range a request asks for; None for the whole blob. Only a GET has a range
+    (RFC 9110 §14.2), and only in bytes; If-Range naming anything but this blob voids it.
+    A malformed byte range is a BadRequest."""
+    value = request.headers.get("Range")
+    if (
+        request.method != "GET"
+        or value is None
+        or not names_bytes(value)
+        or not if_range_holds(request.headers.get("If-Range"), etag)
+    ):
+        return None
+    try:
+        return parse_range_header(value)
+    except MalformedRange as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _etag(digest: Digest) -> str:
+    return f'"{digest}"'
+
+
 def _blob_headers(digest: Digest) -> dict[str, str]:
     return {
         "Content-Type": "application/octet-stream",
         "Docker-Content-Digest": str(digest),
-        "Etag": f'"{digest}"',
+        "Etag": _etag(digest),
         "Accept-Ranges": "bytes",
         TASK_ID: digest.hex,
     }

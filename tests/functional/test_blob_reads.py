@@ -270,7 +270,7 @@ def test_unsatisfiable_range_is_416_with_size(small_piece_agent, origin, blob):
     [
         ("bytes=5-2", "before its start"),
         ("bytes=0-1,4-5", "single byte range"),
-        ("items=0-1", "bytes=first-last"),
+        ("0-1", "bytes=first-last"),
         ("bytes=-", "first byte or a suffix"),
         ("bytes=99999999999999999999-", "too large"),
     ],
@@ -281,6 +281,30 @@ def test_malformed_range_is_400_with_reason(small_piece_agent, origin, blob, spe
     assert reply.status == 400
     assert reason in reply.body.decode()
     assert reply.headers["X-Dragonfly-Error-Type"] == "proxy"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        ("GET", {"Range": "items=0-1"}, 200),  # another unit: ignored (RFC 9110 §14.2)
+        ("HEAD", {"Range": "bytes=5-2"}, 200),  # no range for a HEAD, malformed or not
+        ("HEAD", {"Range": "bytes=0-1"}, 200),
+        ("GET", {"Range": "bytes=10-19", "If-Range": '"sha256:{hex}"'}, 206),  # this blob
+        ("GET", {"Range": "bytes=10-19", "If-Range": '"sha256:' + "0" * 64 + '"'}, 200),
+        ("GET", {"Range": "bytes=10-19", "If-Range": 'W/"sha256:{hex}"'}, 200),  # weak: no match
+        ("GET", {"Range": "bytes=10-19", "If-Range": "Sun, 06 Dec 2026 10:00:00 GMT"}, 200),
+    ],
+)
+def test_a_range_applies_only_to_a_get_in_bytes_of_this_blob(
+    small_piece_agent, origin, blob, method, headers, status
+):
+    digest, data = blob
+    headers = {k: v.replace("{hex}", digest.removeprefix("sha256:")) for k, v in headers.items()}
+    reply = send(small_piece_agent.proxy_port, blob_url(origin, digest), headers, method)
+    assert reply.status == status
+    expected = data[10:20] if status == 206 else data
+    assert reply.body == (b"" if method == "HEAD" else expected)
+    assert int(reply.headers["Content-Length"]) == len(expected)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ from dfagent.core.ranges import (
     MalformedRange,
     RangeRequest,
     UnsatisfiableRange,
+    if_range_holds,
+    names_bytes,
     parse_range_header,
 )
 
@@ -94,3 +96,36 @@ def test_the_range_unit_is_case_insensitive(unit):
 def test_only_ascii_letters_and_digits(header):
     with pytest.raises(MalformedRange):
         parse_range_header(header)
+
+
+@pytest.mark.parametrize(
+    ("value", "in_bytes"),
+    [
+        ("bytes=0-1", True),
+        ("BYTES = 0-1", True),
+        ("items=0-1", False),
+        ("lines=5-", False),
+        ("0-1", True),  # no unit at all: malformed, not another unit
+        ("bytes", True),
+        ("=0-1", True),
+        ("it ems=0-1", True),
+    ],
+)
+def test_names_bytes(value, in_bytes):
+    assert names_bytes(value) is in_bytes
+
+
+@pytest.mark.parametrize(
+    ("value", "holds"),
+    [
+        (None, True),
+        ('"sha256:ab"', True),
+        (' "sha256:ab" ', True),
+        ('"sha256:cd"', False),
+        ('W/"sha256:ab"', False),
+        ("Sun, 06 Dec 2026 10:00:00 GMT", False),
+        ("", False),
+    ],
+)
+def test_if_range_holds_only_for_the_blobs_own_tag(value, holds):
+    assert if_range_holds(value, '"sha256:ab"') is holds
