@@ -155,11 +155,9 @@ class PeerServer:
         try:
             return await self._route(request)
         except BadRequest as exc:
-            log.warning(
-                "peer request refused",
-                extra={"peer": request.remote, "path": request.path, "error": str(exc)},
-            )
-            return web.Response(status=400, text=f"bad request: {exc}\n")
+            return _refused(request, 400, f"bad request: {exc}")
+        except web.HTTPRequestEntityTooLarge:
+            return _refused(request, 413, f"the body is over {request.client_max_size} bytes")
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         parts = request.path.strip("/").split("/")
@@ -472,8 +470,17 @@ class _Fields:
         return [_Fields(entry, f"{where}[{n}]") for n, entry in enumerate(value)]
 
 
+def _refused(request: web.BaseRequest, status: int, reason: str) -> web.Response:
+    log.warning(
+        "peer request refused",
+        extra={"peer": request.remote, "path": request.path, "error": reason},
+    )
+    return web.Response(status=status, text=f"{reason}\n")
+
+
 async def _json_object(request: web.BaseRequest) -> _Fields:
-    """The request's body, a JSON object (aiohttp refuses one over 1 MiB with 413)."""
+    """The request's body, a JSON object (one over aiohttp's client_max_size, 1 MiB, raises
+    HTTPRequestEntityTooLarge)."""
     try:
         value = json.loads(await request.read())
     except (ValueError, RecursionError) as exc:

@@ -171,6 +171,16 @@ async def test_a_malformed_request_is_a_400_naming_the_field(
     assert directory.describe(DIGEST, ORIGIN) is None, "nothing of it reached the directory"
 
 
+async def test_an_oversized_body_is_a_413_and_logged(home, caplog):
+    server, directory = home
+    with caplog.at_level(logging.INFO):
+        status, reason = await ask(server.port, "POST", "/v1/announce", b" " * (1024 * 1024 + 1))
+    assert status == 413 and "over 1048576 bytes" in reason, reason
+    assert [r.getMessage() for r in caplog.records].count("peer request refused") == 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert directory.describe(DIGEST, ORIGIN) is None
+
+
 async def test_a_token_that_is_not_utf8_is_a_wrong_token(home, caplog):
     server, _ = home
     with caplog.at_level(logging.INFO):
