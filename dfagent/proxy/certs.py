@@ -1,12 +1,12 @@
 """Leaf certificates for intercepted CONNECT tunnels, signed by the configured CA, one per
-host, made on first use and kept for the life of the agent."""
+host, made on first use and kept (in memory only) for the life of the agent."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import ipaddress
-import shutil
+import os
 import ssl
 import tempfile
 from pathlib import Path
@@ -36,12 +36,8 @@ class LeafCertificates:
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise StartupError("proxy.ca_key: expected an EC or RSA private key")
         self._ca_key = key
-        self._dir = Path(tempfile.mkdtemp(prefix="dfagent-leaves-"))  # mode 0700
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._making: dict[str, asyncio.Future[ssl.SSLContext]] = {}
-
-    def close(self) -> None:
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     async def context_for(self, host: str) -> ssl.SSLContext:
         """A server-side TLS context presenting a certificate for `host`."""
@@ -85,18 +81,22 @@ class LeafCertificates:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self._ca_key, hashes.SHA256())
         )
-        stem = self._dir / f"{len(self._contexts)}-{abs(hash(host))}"
-        cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
-        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_path.chmod(0o600)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(cert_path, key_path)
+        # The ssl module loads a chain only from files: they exist (the key owner-only, in a
+        # 0700 directory) just for that call, so no leaf key stays on disk, even after the
+        # agent is killed.
+        with tempfile.TemporaryDirectory(prefix="dfagent-leaf-") as directory:
+            cert_path, key_path = Path(directory, "leaf.crt"), Path(directory, "leaf.key")
+            cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(
+                    key.private_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PrivateFormat.PKCS8,
+                        serialization.NoEncryption(),
+                    )
+                )
+            context.load_cert_chain(cert_path, key_path)
         return context

@@ -55,12 +55,11 @@ class ProxyServer:
         self._http: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._throttle = _Throttle(config.rate_limit) if config.rate_limit else None
-        self._certificates: LeafCertificates | None = None
         self._intercept: Interceptor | None = None
         if config.intercept:
             assert config.ca_cert is not None and config.ca_key is not None
-            self._certificates = LeafCertificates(config.ca_cert, config.ca_key)
-            self._intercept = Interceptor(config.intercept, self._certificates)
+            certificates = LeafCertificates(config.ca_cert, config.ca_key)
+            self._intercept = Interceptor(config.intercept, certificates)
         self._tunnels = TunnelRegistry(
             origin.connect_timeout,
             float(config.idle_timeout),
@@ -93,8 +92,6 @@ class ProxyServer:
         grace period, cut the rest."""
         await drain(self._server, self._http, self._config.shutdown_grace)
         await self._tunnels.aclose()
-        if self._certificates is not None:
-            self._certificates.close()
 
     def _target(self, request: web.BaseRequest) -> str:
         """The request-target; inside an intercepted tunnel, as the absolute https URL."""

@@ -247,7 +247,12 @@ async def test_intercepted_connect_is_served_and_cached(
     assert metric(agent, 'dfagent_proxy_requests_total{kind="blob",status="2xx"}') == 2
 
 
-async def test_intercepted_tunnel_presents_a_certificate_for_the_host(agent_factory, tmp_path):
+async def test_intercepted_tunnel_presents_a_certificate_for_the_host(
+    agent_factory, tmp_path, monkeypatch
+):
+    temporary = tmp_path / "agent-tmp"  # where the agent's temporary files go
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     agent, trust = _intercepting(agent_factory, tmp_path, "registry.example")
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.proxy_port)
     writer.write(b"CONNECT registry.example:443 HTTP/1.1\r\n\r\n")
@@ -256,6 +261,7 @@ async def test_intercepted_tunnel_presents_a_certificate_for_the_host(agent_fact
     peer = writer.get_extra_info("peercert")
     assert ("DNS", "registry.example") in peer["subjectAltName"]
     writer.close()
+    assert not list(temporary.rglob("*")), "the leaf key stays on disk"
 
 
 async def test_a_request_sent_with_the_last_handshake_bytes_is_served(
