@@ -178,6 +178,12 @@ class Metrics:
             ["how"],
             registry=r,
         )
+        self.chunk_maps_contested = Counter(
+            "dfagent_chunk_maps_contested",
+            "Nydus data blobs two bootstraps described differently, with nothing to prove either"
+            " map: no chunk map is used for them (they are read like blobs that are not nydus).",
+            registry=r,
+        )
         self.chunk_map_vouchers = Counter(
             "dfagent_chunk_map_vouchers",
             "Registries that came to vouch for a chunk map (a bootstrap layer they hold gave it);"

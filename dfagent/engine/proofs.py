@@ -4,8 +4,15 @@ piece made of chunks holds exactly what the image describes.
 A map comes from a bootstrap layer whose own sha256 was checked whole (it passed through the
 proxy, or a preheat fetched it). It is the word of the registries that served that layer (its
 `vouchers`): bytes matching it are what those registries' image says the data blob holds, so
-they may serve those registries' clients whoever delivered them. Maps never change once known:
-a bootstrap that describes a blob differently is logged and its registry vouches for nothing.
+they may serve those registries' clients whoever delivered them.
+
+A map never changes once known. A bootstrap that describes a data blob differently is logged
+and its registries vouch for nothing of that blob when a verified copy here proves the known
+map (every piece of a blob cut along its chunks was proven against them). Otherwise nothing
+says which of the two is the image's own: the blob becomes *contested*, no map is used for it,
+and it is read like any blob that is not nydus (its whole-blob check stays). So whoever can
+push an image can take chunk-by-chunk proofs away from a blob, never its reads: a map planted
+first would fail every read of the blob.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dfagent.nydus import (
     chunk_maps_of_layer,
     verify_chunk,
 )
+from dfagent.storage.index import MapRecord
 from dfagent.storage.layout import ChunkLayout
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.tasks import TaskOwner
@@ -104,16 +112,31 @@ class ChunkProofs:
     async def _record(
         self, digest_hex: str, chunk_map: ChunkMap, vouchers: frozenset[str], *, bootstrap: str
     ) -> None:
-        known = await self._store.index.get_chunk_map(digest_hex)
         packed = await asyncio.to_thread(chunk_map.to_bytes)
-        if not await self._store.index.put_chunk_map(digest_hex, packed, vouchers):
-            log.warning(
-                "a bootstrap describes a data blob differently from an earlier one; its registries"
-                " vouch for nothing of that blob",
-                extra={"digest": f"sha256:{digest_hex}", "bootstrap": bootstrap},
-            )
+        known = await self._store.index.get_chunk_map(digest_hex)
+        recorded = await self._store.index.put_chunk_map(digest_hex, packed, vouchers)
+        where = {"digest": f"sha256:{digest_hex}", "bootstrap": bootstrap}
+        if recorded is MapRecord.CONTESTED:
+            log.info("a bootstrap names a contested data blob; no chunk map for it", extra=where)
             return
-        if known is None:
+        if recorded is MapRecord.CONFLICT:
+            if await self._store.cut_along_proven_chunks(digest_hex):
+                log.warning(
+                    "a bootstrap describes a data blob differently from the chunk map its"
+                    " verified copy here proves; its registries vouch for nothing of that blob",
+                    extra=where,
+                )
+                return
+            await self._store.index.contest_chunk_map(digest_hex)
+            self._metrics.chunk_maps_contested.inc()
+            log.warning(
+                "two bootstraps describe a data blob differently; no chunk map is used for it"
+                " (it is read like a blob that is not nydus)",
+                extra=where,
+            )
+            await self._store.uncut(digest_hex)
+            return
+        if recorded is MapRecord.NEW:
             self._metrics.chunk_maps.labels("bootstrap").inc()
             await self._store.recut(digest_hex)
         self._metrics.chunk_map_vouchers.inc(len(vouchers - (known[1] if known else set())))

@@ -6,7 +6,9 @@ one of them served it to an anonymous caller (`public`).
 
 `chunk_maps` holds the packed chunk map (ChunkMap.to_bytes) of nydus data blobs, learned from
 verified bootstrap layers, with the registries whose layers vouch for it (`vouchers`). A map
-outlives its blob's pieces: it is pruned by age, never while its blob is stored.
+outlives its blob's pieces: it is pruned by age, never while its blob is stored. A row with an
+empty map marks a *contested* blob: bootstraps described it in two ways and nothing proved
+either, so no map is used for it (and none is learned for it while the row lasts).
 
 sqlite3 in WAL mode on one dedicated thread; every call is `await index.<method>(...)`.
 A row in `pieces` means the piece's bytes are on disk: rows are written only after the bytes
@@ -16,6 +18,7 @@ A row in `pieces` means the piece's bytes are on disk: rows are written only aft
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import sqlite3
 import time
@@ -28,7 +31,7 @@ from typing import TypeVar
 from dfagent.errors import StartupError, StorageFull
 from dfagent.storage.private import FILE_MODE
 
-__all__ = ["BlobRow", "BlobSummary", "Index", "PieceRow"]
+__all__ = ["BlobRow", "BlobSummary", "Index", "MapRecord", "PieceRow"]
 
 T = TypeVar("T")
 
@@ -105,6 +108,15 @@ class BlobSummary:
     last_access: float
     verified: bool
     chunk_mapped: bool  # cut along the chunks of a nydus chunk map
+
+
+class MapRecord(enum.Enum):
+    """What recording a chunk map did."""
+
+    NEW = "new"  # the blob's first map
+    SAME = "same"  # that map was recorded already (its vouchers joined)
+    CONFLICT = "conflict"  # another map is recorded; it stays (see Index.contest_chunk_map)
+    CONTESTED = "contested"  # the blob is contested: no map is recorded for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,16 +361,20 @@ class Index:
             ).fetchall()
         )
 
-    async def put_chunk_map(self, digest: str, packed: bytes, vouchers: frozenset[str]) -> bool:
+    async def put_chunk_map(
+        self, digest: str, packed: bytes, vouchers: frozenset[str]
+    ) -> MapRecord:
         """Record blob `digest`'s packed chunk map and the registries vouching for it. When the
         same map is already recorded, its vouchers are joined and it counts as learned now;
-        when a different one is, that one stays and the answer is False."""
+        a different map recorded, or a contested blob, is left as it is."""
+        if not packed:
+            raise ValueError("an empty chunk map marks a contested blob; it is no map")
         for voucher in vouchers:
             if not voucher or any(character.isspace() for character in voucher):
                 raise ValueError(f"voucher {voucher!r} is empty or holds white space")
         now = time.time()
 
-        def put(db: sqlite3.Connection) -> bool:
+        def put(db: sqlite3.Connection) -> MapRecord:
             with db:
                 row = db.execute(
                     "SELECT packed, vouchers FROM chunk_maps WHERE digest = ?", (digest,)
@@ -369,26 +385,40 @@ class Index:
                         "VALUES (?, ?, ?, ?)",
                         (digest, packed, " ".join(sorted(vouchers)), now),
                     )
-                    return True
+                    return MapRecord.NEW
+                if not row[0]:
+                    return MapRecord.CONTESTED
                 if row[0] != packed:
-                    return False
+                    return MapRecord.CONFLICT
                 joined = " ".join(sorted(vouchers | set(row[1].split())))
                 db.execute(
                     "UPDATE chunk_maps SET vouchers = ?, learned = ? WHERE digest = ?",
                     (joined, now, digest),
                 )
-                return True
+                return MapRecord.SAME
 
         return await self.run(put)
 
+    async def contest_chunk_map(self, digest: str) -> None:
+        """Mark blob `digest` contested: its map, if any, goes, and no map is recorded for it
+        until the mark is pruned like a map."""
+        await self.run(
+            lambda db: db.execute(
+                "INSERT INTO chunk_maps (digest, packed, vouchers, learned) VALUES (?, ?, '', ?) "
+                "ON CONFLICT (digest) DO UPDATE SET packed = excluded.packed, vouchers = '', "
+                "learned = excluded.learned",
+                (digest, b"", time.time()),
+            )
+        )
+
     async def get_chunk_map(self, digest: str) -> tuple[bytes, frozenset[str]] | None:
-        """(packed map, vouchers) of blob `digest`, or None."""
+        """(packed map, vouchers) of blob `digest`, or None (none known, or contested)."""
         row = await self.run(
             lambda db: db.execute(
                 "SELECT packed, vouchers FROM chunk_maps WHERE digest = ?", (digest,)
             ).fetchone()
         )
-        return None if row is None else (row[0], frozenset(row[1].split()))
+        return None if row is None or not row[0] else (row[0], frozenset(row[1].split()))
 
     async def prune_chunk_maps(self, keep: int) -> int:
         """Delete the maps beyond the `keep` most recently learned, except those whose blob is

@@ -26,7 +26,7 @@ from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.counting import CountingOrigin, Fault
 from tests.support.metrics import metric, metrics, wait_for
-from tests.support.nydus import make_tree
+from tests.support.nydus import bootstrap_layer, make_tree
 from tests.support.nydus_registry import (
     NydusImage,
     digest_of,
@@ -444,3 +444,78 @@ def test_a_reader_of_one_file_is_read_ahead_only_to_its_end(agent, origin, image
     time.sleep(0.5)  # a read-ahead would have been asked for at the last read
     assert all(end <= after for _, end in get_ranges(origin, image)), get_ranges(origin, image)
     assert origin.blob_bytes(image.blob_digest, len(image.blob)) == asked_bytes
+
+
+def chunk_holding(image: NydusImage, offset: int) -> int:
+    """The position in `image.chunks` of the chunk holding blob byte `offset`."""
+    return next(
+        n for n, c in enumerate(image.chunks) if c.compressed_offset <= offset < c.compressed_end
+    )
+
+
+def forged(image: NydusImage, registry: Registry, out: Path, chunk: int) -> NydusImage:
+    """Another image, pushed by anyone who can push, whose bootstrap describes `image`'s data
+    blob with one chunk digest changed: a planted chunk map."""
+    raw = bytearray(image.bootstrap.read_bytes())
+    wanted = image.chunks[chunk].digest
+    assert raw.count(wanted) == 1, "the chunk's digest appears once in the bootstrap"
+    raw[raw.index(wanted)] ^= 0xFF
+    out.mkdir(parents=True, exist_ok=True)
+    bootstrap = out / "image.boot"
+    bootstrap.write_bytes(bytes(raw))
+    planted = NydusImage(
+        repo="mallory/app",
+        tag="latest",
+        bootstrap=bootstrap,
+        bootstrap_layer=bootstrap_layer(bootstrap),
+        blob=image.blob,
+        chunks=image.chunks,
+    )
+    planted.push_to(registry)
+    return planted
+
+
+def contested(agent: AgentProcess) -> float:
+    return metric(agent, "dfagent_chunk_maps_contested_total")
+
+
+@pytest.mark.parametrize("planted_first", [True, False], ids=["planted-first", "planted-after"])
+def test_a_planted_chunk_map_costs_the_blob_its_chunk_proofs_never_its_reads(
+    agent, origin, registry, image, tmp_path, planted_first
+):
+    """Two bootstraps describe one data blob differently and nothing here proves either: the
+    blob is read like one that is not nydus (proven whole), in either order. A map planted
+    first used to fail every read of the chunk it lies about."""
+    (start, end), offset = flip_target(image)
+    lied_about = next(
+        c.index for c in image.chunks if c.compressed_offset <= offset < c.compressed_end
+    )
+    planted = forged(image, registry, tmp_path / "planted", lied_about)
+    for bootstrap in [planted, image] if planted_first else [image, planted]:
+        pull_bootstrap(agent, origin.url, bootstrap)
+    wait_for(lambda: "a data blob differently" in agent.log(), "the second map looked at")
+    for url in (image.blob_url(origin.url), planted.blob_url(origin.url)):
+        read_exact(agent, image, url, start, end)
+    assert failures(agent, "origin") == 0  # no proof against either map was even tried
+    assert (maps_learned(agent), contested(agent)) == (1, 1)
+    assert "Traceback" not in agent.log()
+
+
+def test_a_chunk_map_a_verified_copy_proves_stands_against_a_planted_one(
+    agent, origin, registry, image, tmp_path
+):
+    (start, end), offset = flip_target(image)
+    lied_about = next(
+        c.index for c in image.chunks if c.compressed_offset <= offset < c.compressed_end
+    )
+    learn_map(agent, origin, image)
+    reply = send(agent.proxy_port, image.blob_url(origin.url))  # the whole blob, chunk-proven
+    assert reply.status == 200 and reply.body == image.blob
+    wait_for(  # the bootstrap layer and the data blob
+        lambda: metric(agent, "dfagent_blob_verify_seconds_count") == 2, "the blob verified whole"
+    )
+    planted = forged(image, registry, tmp_path / "planted", lied_about)
+    pull_bootstrap(agent, origin.url, planted)
+    wait_for(lambda: "its verified copy here proves" in agent.log(), "the planted map refused")
+    assert contested(agent) == 0
+    read_exact(agent, image, image.blob_url(origin.url), start, end)

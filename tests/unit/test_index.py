@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from dfagent.nydus import Chunk, ChunkMap, Compression, DigestAlgorithm
-from dfagent.storage.index import Index
+from dfagent.storage.index import Index, MapRecord
 
 OLD_SCHEMA = """
 CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
@@ -86,7 +86,8 @@ async def test_an_index_of_version_3_is_migrated_to_hold_chunk_maps(tmp_path):
     try:
         assert (await index.get_blob("ab")).origin == "https://a:443"
         assert await index.get_chunk_map("ab") is None
-        assert await index.put_chunk_map("ab", packed_map("ab"), frozenset({"https://a:443"}))
+        recorded = await index.put_chunk_map("ab", packed_map("ab"), frozenset({"https://a:443"}))
+        assert recorded is MapRecord.NEW
         assert await index.get_chunk_map("ab") == (packed_map("ab"), frozenset({"https://a:443"}))
     finally:
         await index.close()
@@ -96,27 +97,40 @@ async def test_an_index_of_version_3_is_migrated_to_hold_chunk_maps(tmp_path):
 
 async def test_a_chunk_map_gains_vouchers_but_is_never_replaced(index):
     packed = packed_map("cd")
-    assert await index.put_chunk_map("cd", packed, frozenset({"https://a:443"}))
+    assert await index.put_chunk_map("cd", packed, frozenset({"https://a:443"})) is MapRecord.NEW
     stored, vouchers = await index.get_chunk_map("cd")
     assert ChunkMap.from_bytes(stored) == ChunkMap.from_bytes(packed)
     assert vouchers == frozenset({"https://a:443"})
-    assert await index.put_chunk_map("cd", packed, frozenset({"https://b:5000", "https://a:443"}))
-    assert await index.get_chunk_map("cd") == (
-        packed,
-        frozenset({"https://a:443", "https://b:5000"}),
+    both = frozenset({"https://b:5000", "https://a:443"})
+    assert await index.put_chunk_map("cd", packed, both) is MapRecord.SAME
+    assert await index.get_chunk_map("cd") == (packed, both)
+    other = packed_map("cd", 4)
+    assert (
+        await index.put_chunk_map("cd", other, frozenset({"https://c:443"})) is MapRecord.CONFLICT
     )
-    assert not await index.put_chunk_map("cd", packed_map("cd", 4), frozenset({"https://c:443"}))
-    assert await index.get_chunk_map("cd") == (
-        packed,
-        frozenset({"https://a:443", "https://b:5000"}),
-    )
-    assert await index.put_chunk_map("ef", packed_map("ef"), frozenset())
+    assert await index.get_chunk_map("cd") == (packed, both)
+    assert await index.put_chunk_map("ef", packed_map("ef"), frozenset()) is MapRecord.NEW
     assert await index.get_chunk_map("ef") == (packed_map("ef"), frozenset())
     assert await index.get_chunk_map("gh") is None
     for bad in ("", "two words", "tab\there"):
         with pytest.raises(ValueError, match="voucher"):
             await index.put_chunk_map("gh", packed, frozenset({bad}))
+    with pytest.raises(ValueError, match="contested"):
+        await index.put_chunk_map("gh", b"", frozenset())
     assert await index.get_chunk_map("gh") is None
+
+
+async def test_a_contested_blob_has_no_chunk_map_and_learns_none(index):
+    packed = packed_map("cd")
+    await index.put_chunk_map("cd", packed, frozenset({"https://a:443"}))
+    await index.contest_chunk_map("cd")
+    await index.contest_chunk_map("ef")  # a blob no map was known for
+    for digest in ("cd", "ef"):
+        assert await index.get_chunk_map(digest) is None
+        for candidate in (packed, packed_map(digest, 4)):
+            recorded = await index.put_chunk_map(digest, candidate, frozenset({"https://a:443"}))
+            assert recorded is MapRecord.CONTESTED
+            assert await index.get_chunk_map(digest) is None
 
 
 async def learned_at(index: Index, times: dict[str, float]) -> None:
