@@ -401,13 +401,23 @@ class Index:
 
     async def contest_chunk_map(self, digest: str) -> None:
         """Mark blob `digest` contested: its map, if any, goes, and no map is recorded for it
-        until the mark is pruned like a map."""
+        (put_chunk_map) until the mark is pruned like a map, or replaced."""
+        await self._set_chunk_map(digest, b"", frozenset())
+
+    async def replace_chunk_map(self, digest: str, packed: bytes, vouchers: frozenset[str]) -> None:
+        """Record blob `digest`'s chunk map in place of the one recorded, or of a contested
+        mark (the caller proved this one right)."""
+        if not packed:
+            raise ValueError("an empty chunk map marks a contested blob; it is no map")
+        await self._set_chunk_map(digest, packed, vouchers)
+
+    async def _set_chunk_map(self, digest: str, packed: bytes, vouchers: frozenset[str]) -> None:
         await self.run(
             lambda db: db.execute(
-                "INSERT INTO chunk_maps (digest, packed, vouchers, learned) VALUES (?, ?, '', ?) "
-                "ON CONFLICT (digest) DO UPDATE SET packed = excluded.packed, vouchers = '', "
-                "learned = excluded.learned",
-                (digest, b"", time.time()),
+                "INSERT INTO chunk_maps (digest, packed, vouchers, learned) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (digest) DO UPDATE SET packed = excluded.packed, "
+                "vouchers = excluded.vouchers, learned = excluded.learned",
+                (digest, packed, " ".join(sorted(vouchers)), time.time()),
             )
         )
 

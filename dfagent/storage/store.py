@@ -586,15 +586,6 @@ class PieceStore:
             return False
         return await self.evict(digest_hex)
 
-    async def cut_along_proven_chunks(self, digest_hex: str) -> bool:
-        """Whether a verified copy of the blob is held cut along its chunks: then every chunk
-        of its recorded map was proven against the bytes its sha256 proves."""
-        loaded = self._blobs.get(digest_hex)
-        if loaded is not None:
-            return loaded.verified and isinstance(loaded.layout, ChunkLayout)
-        row = await self.index.get_blob(digest_hex)
-        return row is not None and row.verified and row.layout.startswith("chunks:")
-
     async def uncut(self, digest_hex: str) -> None:
         """Forget an unverified blob cut along the chunks of a map that is no longer trusted,
         even while it is read: its pieces could not be proven any more. Read again, it is cut

@@ -516,6 +516,23 @@ def test_a_chunk_map_a_verified_copy_proves_stands_against_a_planted_one(
     )
     planted = forged(image, registry, tmp_path / "planted", lied_about)
     pull_bootstrap(agent, origin.url, planted)
-    wait_for(lambda: "its verified copy here proves" in agent.log(), "the planted map refused")
+    wait_for(lambda: "its verified copy here bears out" in agent.log(), "the planted map refused")
+    assert contested(agent) == 0
+    read_exact(agent, image, image.blob_url(origin.url), start, end)
+
+
+def test_a_verified_copy_settles_which_map_is_the_images(agent, origin, registry, image, tmp_path):
+    """The blob read whole before any bootstrap was seen (ordinary pieces, verified): a planted
+    map learned first gives way to the one the verified bytes bear out."""
+    (start, end), offset = flip_target(image)
+    reply = send(agent.proxy_port, image.blob_url(origin.url))
+    assert reply.status == 200 and reply.body == image.blob
+    wait_for(lambda: metric(agent, "dfagent_blob_verify_seconds_count") == 1, "verified whole")
+    planted = forged(image, registry, tmp_path / "planted", chunk_holding(image, offset))
+    pull_bootstrap(agent, origin.url, planted)
+    wait_for(lambda: maps_learned(agent) == 1, "the planted map learned")
+    pull_bootstrap(agent, origin.url, image)
+    wait_for(lambda: maps_learned(agent) == 2, "the image's own map in its place")
+    assert "borne out by the blob's verified copy here" in agent.log()
     assert contested(agent) == 0
     read_exact(agent, image, image.blob_url(origin.url), start, end)
