@@ -141,11 +141,13 @@ def _wanted_range(request: web.BaseRequest, etag: str) -> RangeRequest | None:
     (RFC 9110 §14.2), and only in bytes; If-Range naming anything but this blob voids it.
     A malformed byte range is a BadRequest."""
     value = request.headers.get("Range")
+    if_range = request.headers.getall("If-Range", [])
     if (
         request.method != "GET"
         or value is None
         or not names_bytes(value)
-        or not if_range_holds(request.headers.get("If-Range"), etag)
+        or len(if_range) > 1  # a single-value field: several name nothing for certain
+        or not if_range_holds(if_range[0] if if_range else None, etag)
     ):
         return None
     try:

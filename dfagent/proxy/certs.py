@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import os
+import secrets
 import ssl
 import tempfile
 from pathlib import Path
@@ -36,6 +37,12 @@ class LeafCertificates:
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise StartupError("proxy.ca_key: expected an EC or RSA private key")
         self._ca_key = key
+        try:  # where each leaf is loaded from (see _make): refused now, not at the first CONNECT
+            tempfile.TemporaryDirectory(prefix="dfagent-leaf-").cleanup()
+        except OSError as exc:
+            raise StartupError(
+                f"proxy.intercept: no temporary directory to load leaf certificates from: {exc}"
+            ) from exc
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._making: dict[str, asyncio.Future[ssl.SSLContext]] = {}
 
@@ -83,9 +90,9 @@ class LeafCertificates:
         )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        # The ssl module loads a chain only from files: they exist (the key owner-only, in a
-        # 0700 directory) just for that call, so no leaf key stays on disk, even after the
-        # agent is killed.
+        # The ssl module loads a chain only from files: they exist just for that call, in a 0700
+        # directory, and the key in them is encrypted with a password that lives only here.
+        password = secrets.token_bytes(32)
         with tempfile.TemporaryDirectory(prefix="dfagent-leaf-") as directory:
             cert_path, key_path = Path(directory, "leaf.crt"), Path(directory, "leaf.key")
             cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
@@ -95,8 +102,8 @@ class LeafCertificates:
                     key.private_bytes(
                         serialization.Encoding.PEM,
                         serialization.PrivateFormat.PKCS8,
-                        serialization.NoEncryption(),
+                        serialization.BestAvailableEncryption(password),
                     )
                 )
-            context.load_cert_chain(cert_path, key_path)
+            context.load_cert_chain(cert_path, key_path, password=password)
         return context

@@ -67,9 +67,12 @@ class ProxyConfig:
     ca_key: str | None = None
     # A client must send its first request head within this long (slow clients hold nothing).
     head_timeout: Duration = Duration(10)
-    # An idle keep-alive connection, or a CONNECT tunnel through which no byte moves, is closed
-    # after this long; a client that takes no byte of a blob for this long is cut off.
+    # An idle keep-alive connection is closed after this long; a client that takes no byte of
+    # a blob for this long is cut off.
     idle_timeout: Duration = Duration(120)
+    # A blind CONNECT tunnel through which no byte moves this long is cut off (longer than
+    # idle_timeout: a request inside may wait on a slow server, as a large upload's last PUT).
+    tunnel_idle_timeout: Duration = Duration(900)
     # How long in-flight responses may run on after SIGTERM before they are cut.
     shutdown_grace: Duration = Duration(10)
 
@@ -101,6 +104,8 @@ class ProxyConfig:
             problems.append(("head_timeout", "must be positive"))
         if self.idle_timeout <= 0:
             problems.append(("idle_timeout", "must be positive"))
+        if self.tunnel_idle_timeout <= 0:
+            problems.append(("tunnel_idle_timeout", "must be positive"))
         if self.shutdown_grace < 0:
             problems.append(("shutdown_grace", "cannot be negative"))
         return problems

@@ -62,7 +62,7 @@ class ProxyServer:
             self._intercept = Interceptor(config.intercept, certificates)
         self._tunnels = TunnelRegistry(
             origin.connect_timeout,
-            float(config.idle_timeout),
+            float(config.tunnel_idle_timeout),
             lambda status: self._count("connect", status),
             self._intercept,
         )

@@ -1,8 +1,10 @@
-"""A client that takes no byte of a response for a while is cut off: a reader that stopped
-reading must not hold its connection, nor the blob it pins against eviction, for good.
+"""Connections through which nothing moves for a while are cut off: a client that takes no byte
+of a response must not hold its connection, nor the blob it pins against eviction, for good;
+nor may a CONNECT tunnel in which neither side sends or takes anything.
 
-Progress is what the client acknowledges (Linux's `tcpi_bytes_acked`), whichever way the bytes
-go out (`sendfile` on the loop, in a sender thread, or written from memory)."""
+Progress is what the other end acknowledges (Linux's `tcpi_bytes_acked`), whichever way the
+bytes go out (`sendfile` on the loop, in a sender thread, or written from memory), and what the
+owner of the watch reports it read (`IdleWatch.moved`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
-__all__ = ["cut_when_stalled"]
+__all__ = ["IdleWatch", "cut_when_stalled"]
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +32,66 @@ def cut_when_stalled(transport: asyncio.BaseTransport | None, limit: float) -> I
     if transport is None or sock is None or _acked(sock) is None:
         yield
         return
-    watch = _Watch(transport, sock, limit)
+    watch = IdleWatch([transport], limit, "client took no bytes; response cut off")
     try:
         yield
     finally:
         watch.stop()
 
 
-class _Watch:
-    """Samples what the client acknowledged every quarter of `limit` (a timer, not a task)."""
+class IdleWatch:
+    """Cuts `transports` (shut down, then aborted: unsent bytes do not hold them open) once
+    nothing moved for `limit` seconds: no byte acknowledged by the other end of any of them,
+    and no `moved()` call. Samples every quarter of `limit` (a timer, not a task)."""
 
-    def __init__(self, transport: asyncio.BaseTransport, sock: socket.socket, limit: float) -> None:
+    def __init__(
+        self,
+        transports: list[asyncio.BaseTransport],
+        limit: float,
+        message: str,
+        **context: str,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._transport = transport
-        self._sock = sock
+        self._transports = transports
         self._limit = limit
-        self._acked = _acked(sock)
+        self._message = message
+        self._context = context
+        self._moved = 0
+        self._progress = self._sample()
         self._since = self._loop.time()
         self._timer = self._loop.call_later(limit / 4, self._check)
+
+    def moved(self) -> None:
+        """Bytes were read from one of the transports."""
+        self._moved += 1
 
     def stop(self) -> None:
         self._timer.cancel()
 
+    def _sample(self) -> int:
+        acked = (_acked(t.get_extra_info("socket")) for t in self._transports)
+        return self._moved + sum(a for a in acked if a is not None)
+
     def _check(self) -> None:
-        acked = _acked(self._sock)
-        if acked is None:
-            return
-        now = self._loop.time()
-        if acked != self._acked:
-            self._acked, self._since = acked, now
+        progress, now = self._sample(), self._loop.time()
+        if progress != self._progress:
+            self._progress, self._since = progress, now
         elif now - self._since >= self._limit:
-            log.warning("client took no bytes; response cut off", extra={"seconds": self._limit})
-            # shutdown first: a sender thread's duplicate of the socket would keep it open
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._transport.abort()
+            log.warning(self._message, extra={"seconds": self._limit, **self._context})
+            for transport in self._transports:
+                # shutdown first: a sender thread's duplicate of the socket would keep it open
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                transport.abort()
             return
         self._timer = self._loop.call_later(self._limit / 4, self._check)
 
 
-def _acked(sock: socket.socket) -> int | None:
+def _acked(sock: socket.socket | None) -> int | None:
+    if sock is None:
+        return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
     except (OSError, AttributeError):

@@ -3,8 +3,9 @@
 `FrontProtocol` reads the start of every new connection. A CONNECT head is answered here and
 the connection becomes a byte pipe to `host:port`; anything else is handed, with the bytes
 read so far, to the aiohttp request handler that serves ordinary proxy requests. A tunnel in
-which no byte moves either way for the idle timeout is closed, like an idle keep-alive
-connection (a side that stops reading stops the bytes towards it, so it counts as idle too).
+which no byte moves for `proxy.tunnel_idle_timeout` (none read from either side, none taken by
+either side) is cut off: a side that stops reading stops the bytes towards it, so it counts as
+idle too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import cast
 
 from dfagent.proxy.certs import LeafCertificates
+from dfagent.proxy.stall import IdleWatch
 from dfagent.tasks import TaskOwner
 
 __all__ = ["FrontProtocol", "Interceptor", "TunnelRegistry"]
@@ -31,33 +33,6 @@ _AUTHORITY = re.compile(
 )
 
 
-class _IdleWatch:
-    """Closes a tunnel once no byte has moved through it for `timeout` seconds: one timer per
-    tunnel, pushed back lazily (a byte only notes the time)."""
-
-    def __init__(self, timeout: float, target: str, close: Callable[[], None]) -> None:
-        self._timeout = timeout
-        self._target = target
-        self._close = close
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._timer = self._loop.call_later(timeout, self._check)
-
-    def moved(self) -> None:
-        self._last = self._loop.time()
-
-    def _check(self) -> None:
-        idle = self._loop.time() - self._last
-        if idle < self._timeout:
-            self._timer = self._loop.call_later(self._timeout - idle, self._check)
-            return
-        log.info("tunnel idle; closed", extra={"target": self._target, "seconds": self._timeout})
-        self._close()
-
-    def stop(self) -> None:
-        self._timer.cancel()
-
-
 class _Pipe(asyncio.Protocol):
     """One side of a tunnel: what arrives on this side's transport is written to the peer's."""
 
@@ -66,7 +41,7 @@ class _Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.got_eof = False
-        self.idle: _IdleWatch | None = None  # shared with the peer
+        self.idle: IdleWatch | None = None  # shared with the peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -98,9 +73,7 @@ class _Pipe(asyncio.Protocol):
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.pause_reading()
 
-    def resume_writing(self) -> None:  # the client took bytes: the tunnel is not idle
-        if self.idle is not None:
-            self.idle.moved()
+    def resume_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.resume_reading()
 
@@ -296,8 +269,12 @@ class FrontProtocol(asyncio.Protocol):
             upstream.transport.close()
             return
         client.peer, upstream.peer = upstream, client
-        client.idle = upstream.idle = _IdleWatch(
-            self._tunnels.idle_timeout, f"{host}:{port}", client.close_both
+        assert upstream.transport is not None
+        client.idle = upstream.idle = IdleWatch(
+            [self._transport, upstream.transport],
+            self._tunnels.idle_timeout,
+            "nothing moved through a tunnel; cut off",
+            target=f"{host}:{port}",
         )
         self._transport.set_protocol(client)
         client.connection_made(self._transport)

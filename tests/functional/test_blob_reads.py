@@ -307,6 +307,21 @@ def test_a_range_applies_only_to_a_get_in_bytes_of_this_blob(
     assert int(reply.headers["Content-Length"]) == len(expected)
 
 
+def test_two_if_range_fields_void_the_range(small_piece_agent, origin, blob):
+    digest, data = blob
+    connection = http.client.HTTPConnection("127.0.0.1", small_piece_agent.proxy_port, timeout=30)
+    try:
+        connection.putrequest("GET", blob_url(origin, digest), skip_accept_encoding=True)
+        connection.putheader("Range", "bytes=10-19")
+        for _ in range(2):  # the blob's own tag, twice: still not one validator
+            connection.putheader("If-Range", f'"{digest}"')
+        connection.endheaders()
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, data)
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize(
     "reference",
     [

@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import pytest
@@ -318,14 +318,9 @@ def test_oversized_request_heads_are_refused(agent):
 
 
 @contextlib.contextmanager
-def _echo_server() -> Iterator[int]:
-    """A TCP server on loopback that sends back what it gets; its port."""
+def _server(serve: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on loopback running `serve` on each connection (in a thread); its port."""
     listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
 
     def accept() -> None:
         with contextlib.suppress(OSError):
@@ -337,7 +332,15 @@ def _echo_server() -> Iterator[int]:
     try:
         yield listener.getsockname()[1]
     finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         listener.close()
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
 
 
 def _tunnel(proxy_port: int, target_port: int) -> socket.socket:
@@ -345,15 +348,18 @@ def _tunnel(proxy_port: int, target_port: int) -> socket.socket:
     sock.sendall(f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode())
     answer = b""
     while b"\r\n\r\n" not in answer:
-        answer += sock.recv(1024)
+        answer += sock.recv(1)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     return sock
 
 
-def test_a_tunnel_through_which_nothing_moves_is_closed_after_the_idle_timeout(agent_factory):
-    agent = agent_factory(proxy={"idle_timeout": "1s"})
+IDLE = {"proxy": {"tunnel_idle_timeout": "1s"}}
+
+
+def test_a_tunnel_through_which_nothing_moves_is_cut_off(agent_factory):
+    agent = agent_factory(**IDLE)
     with (
-        _echo_server() as port,
+        _server(_echo) as port,
         _tunnel(agent.proxy_port, port) as idle,
         _tunnel(agent.proxy_port, port) as busy,
     ):
@@ -366,4 +372,46 @@ def test_a_tunnel_through_which_nothing_moves_is_closed_after_the_idle_timeout(a
         assert idle.recv(16) == b""  # closed by the agent, not by a timeout here
         busy.sendall(b"still there")
         assert busy.recv(16) == b"still there"
-    assert "tunnel idle; closed" in agent.log()
+    assert "nothing moved through a tunnel; cut off" in agent.log()
+
+
+def test_a_tunnel_whose_client_stopped_reading_is_cut_off(agent_factory):
+    """The agent's buffers towards the client are full, so nothing moves: the tunnel goes, its
+    unsent bytes with it, and the server's next send fails."""
+    agent = agent_factory(**IDLE)
+    outcome: list[BaseException] = []
+
+    def flood(conn: socket.socket) -> None:
+        conn.settimeout(20)
+        try:
+            with conn:
+                while True:
+                    conn.sendall(b"x" * 65536)
+        except (OSError, TimeoutError) as exc:  # reset by the agent, or (the bug) stuck
+            outcome.append(exc)
+
+    with _server(flood) as port, _tunnel(agent.proxy_port, port):
+        wait_for(lambda: outcome, "the flooding server's connection ended", timeout=15)
+    assert not isinstance(outcome[0], TimeoutError), "the agent never let go of the tunnel"
+
+
+def test_a_tunnel_read_slowly_is_not_idle(agent_factory):
+    """A client that takes bytes slowly, while the agent has long stopped reading the server
+    (its buffers towards the client are full), is moving: the tunnel stays."""
+    agent = agent_factory(**IDLE)
+    data = os.urandom(8 * 1024 * 1024)
+
+    def send_all(conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(data)
+
+    received = bytearray()
+    with _server(send_all) as port, _tunnel(agent.proxy_port, port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        started = time.monotonic()
+        while chunk := sock.recv(32 * 1024):
+            received += chunk
+            time.sleep(0.01)  # about 3 MB/s: the whole takes longer than the idle timeout
+    assert time.monotonic() - started > 2
+    assert received == data
+    assert "nothing moved through a tunnel" not in agent.log()

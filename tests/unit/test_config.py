@@ -118,6 +118,7 @@ def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
         ("proxy: {rules: [{redirect: x}]}", "proxy.rules[0].regex", "missing"),
         ("storage: {low_watermark: 0}", "storage.low_watermark", "> 0"),
         ("proxy: {idle_timeout: 0s}", "proxy.idle_timeout", "positive"),
+        ("proxy: {tunnel_idle_timeout: 0s}", "proxy.tunnel_idle_timeout", "positive"),
         ("storage: {gc_interval: .nan}", "storage.gc_interval", "finite duration"),
         ("storage: {max_age: .inf}", "storage.max_age", "finite duration"),
         (
