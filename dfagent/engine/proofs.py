@@ -6,14 +6,14 @@ proxy, or a preheat fetched it). It is the word of the registries that served th
 `vouchers`): bytes matching it are what those registries' image says the data blob holds, so
 they may serve those registries' clients whoever delivered them.
 
-When a bootstrap describes a data blob differently from the map already known, a verified
-copy of the blob held here settles it: the map whose every chunk that copy bears out stays (or
-comes in), and a bootstrap describing it otherwise vouches for nothing of that blob. With no
-verified copy nothing says which is the image's own: the blob becomes *contested*, no map is
-used for it, and it is read like any blob that is not nydus (its whole-blob check stays),
-until a verified copy bears out the map a bootstrap gives. So whoever can push an image can
-take chunk-by-chunk proofs away from a blob for a while, never its reads: a map planted first
-would otherwise fail every read of the blob.
+A map never changes once known. A bootstrap that describes a data blob otherwise vouches for
+nothing of that blob when the two maps agree wherever both list a chunk (images built on one
+another map the same blob with different files), or when a verified copy of the blob is held
+here. Otherwise they contradict each other and nothing here says which is the image's own:
+the blob becomes *contested*, no map is used for it, copies cut along the old one are
+forgotten, and it is read like a blob that is not nydus (its whole-blob check stays). So
+whoever can push an image can take chunk-by-chunk proofs away from a blob, not its reads: a
+contradicting map planted first would otherwise fail every read of the chunks it lies about.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-import os
 from dataclasses import dataclass
 
-from dfagent.core.digest import Digest
 from dfagent.metrics import Metrics
 from dfagent.nydus import (
     Chunk,
@@ -36,7 +34,7 @@ from dfagent.nydus import (
 )
 from dfagent.storage.index import MapRecord
 from dfagent.storage.layout import ChunkLayout
-from dfagent.storage.store import BlobRemoved, PieceStore, StoredBlob
+from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.tasks import TaskOwner
 
 __all__ = ["ChunkProofs", "KnownMap"]
@@ -118,11 +116,12 @@ class ChunkProofs:
         packed = await asyncio.to_thread(chunk_map.to_bytes)
         known = await self._store.index.get_chunk_map(digest_hex)
         recorded = await self._store.index.put_chunk_map(digest_hex, packed, vouchers)
-        if recorded in (MapRecord.CONFLICT, MapRecord.CONTESTED):
-            if recorded is MapRecord.CONFLICT and known is None:  # recorded meanwhile
-                known = await self._store.index.get_chunk_map(digest_hex)
-            where = {"digest": f"sha256:{digest_hex}", "bootstrap": bootstrap}
-            await self._settle(digest_hex, chunk_map, packed, vouchers, known=known, where=where)
+        where = {"digest": f"sha256:{digest_hex}", "bootstrap": bootstrap}
+        if recorded is MapRecord.CONTESTED:
+            log.info("a bootstrap names a contested data blob; no chunk map for it", extra=where)
+            return
+        if recorded is MapRecord.CONFLICT:
+            await self._conflict(digest_hex, chunk_map, where)
             return
         if recorded is MapRecord.NEW:
             self._metrics.chunk_maps.labels("bootstrap").inc()
@@ -136,69 +135,32 @@ class ChunkProofs:
         ):
             blob.vouchers |= vouchers
 
-    async def _settle(
-        self,
-        digest_hex: str,
-        chunk_map: ChunkMap,
-        packed: bytes,
-        vouchers: frozenset[str],
-        *,
-        known: tuple[bytes, frozenset[str]] | None,
-        where: dict[str, str],
-    ) -> None:
-        """A bootstrap describes a blob otherwise than the map `known` (None: the blob is
-        contested): keep the map a verified copy here bears out, else contest the blob."""
-        if known is not None:
-            known_map = await asyncio.to_thread(ChunkMap.from_bytes, known[0])
-            if await self._borne_out(digest_hex, known_map):
-                log.warning(
-                    "a bootstrap describes a data blob otherwise than the chunk map its verified"
-                    " copy here bears out; its registries vouch for nothing of that blob",
-                    extra=where,
-                )
-                return
-        if await self._borne_out(digest_hex, chunk_map):
-            await self._store.index.replace_chunk_map(digest_hex, packed, vouchers)
-            self._metrics.chunk_maps.labels("bootstrap").inc()
-            log.warning(
-                "a bootstrap's chunk map, borne out by the blob's verified copy here, replaces"
-                " the map the blob had, or settles a contested one",
+    async def _conflict(self, digest_hex: str, chunk_map: ChunkMap, where: dict[str, str]) -> None:
+        """A bootstrap describes a blob otherwise than the map recorded for it."""
+        recorded = await self._store.index.get_chunk_map(digest_hex)
+        if recorded is None:  # contested meanwhile
+            return
+        try:
+            agree = await asyncio.to_thread(
+                lambda: ChunkMap.from_bytes(recorded[0]).agrees_with(chunk_map)
+            )
+        except NydusFormatError:
+            agree = False
+        if agree or await self._store.held_verified(digest_hex):
+            log.info(
+                "a bootstrap describes a data blob otherwise than its known chunk map; its"
+                " registries vouch for nothing of that blob",
                 extra=where,
             )
-            return
-        if known is None:
-            log.info("a bootstrap names a contested data blob; no chunk map for it", extra=where)
             return
         await self._store.index.contest_chunk_map(digest_hex)
         self._metrics.chunk_maps_contested.inc()
         log.warning(
-            "two bootstraps describe a data blob differently; no chunk map is used for it"
-            " (it is read like a blob that is not nydus)",
+            "two bootstraps contradict each other on a data blob's chunks; no chunk map is used"
+            " for it (it is read like a blob that is not nydus)",
             extra=where,
         )
         await self._store.uncut(digest_hex)
-
-    async def _borne_out(self, digest_hex: str, chunk_map: ChunkMap) -> bool:
-        """Whether a verified copy of the blob is held here and every chunk of `chunk_map`
-        matches its bytes (one cut along that map proved them all as they came in)."""
-        blob = await self._store.open_blob(Digest.parse(f"sha256:{digest_hex}"))
-        if blob is None or not blob.verified:
-            return False
-        try:
-            with blob.pinned():
-                if isinstance(blob.layout, ChunkLayout) and await asyncio.to_thread(
-                    operator.eq, blob.layout.chunk_map, chunk_map
-                ):
-                    return True
-                await asyncio.to_thread(_verify_stored, blob, chunk_map)  # a whole pass
-        except ChunkMismatch:
-            return False
-        except (BlobRemoved, OSError) as exc:
-            log.warning(
-                "could not read a verified blob", extra={"digest": digest_hex, "error": str(exc)}
-            )
-            return False
-        return True
 
     # proving -------------------------------------------------------------------------------
 
@@ -233,14 +195,6 @@ class ChunkProofs:
 def _read_layer(blob: StoredBlob) -> dict[str, ChunkMap]:
     with open(blob.path, "rb") as file:
         return chunk_maps_of_layer(file, blob.size)
-
-
-def _verify_stored(blob: StoredBlob, chunk_map: ChunkMap) -> None:
-    """Every chunk of `chunk_map` against the blob's stored bytes (ChunkMismatch if one
-    differs, or lies past the end)."""
-    fd = blob.file.fileno()
-    for chunk in chunk_map.chunks:
-        verify_chunk(chunk, os.pread(fd, chunk.compressed_size, chunk.compressed_offset))
 
 
 def _verify_all(chunks: tuple[Chunk, ...], data: bytes | bytearray, start: int) -> None:

@@ -159,6 +159,25 @@ class ChunkMap:
         """The blob byte just past the last chunk (0 for a blob without chunks)."""
         return self._ends[-1] if self._ends else 0
 
+    def agrees_with(self, other: ChunkMap) -> bool:
+        """Whether both maps could be the blob's own: wherever their chunks overlap they are
+        the same chunk, proven the same way. One may leave out chunks the other lists (files
+        an upper layer deleted), so maps of one blob from two images often differ and agree."""
+        if self.blob_id != other.blob_id:
+            return False
+        mine, theirs, i, j = self.chunks, other.chunks, 0, 0
+        while i < len(mine) and j < len(theirs):
+            a, b = mine[i], theirs[j]
+            if a.compressed_end <= b.compressed_offset:
+                i += 1
+            elif b.compressed_end <= a.compressed_offset:
+                j += 1
+            elif _proven_by(a) != _proven_by(b):
+                return False
+            else:
+                i, j = i + 1, j + 1
+        return True
+
     def covering(self, start: int, end: int) -> tuple[Chunk, ...]:
         """The chunks holding any of blob bytes `start .. end - 1`, in blob order."""
         if end <= start:
@@ -244,3 +263,15 @@ class ChunkMap:
                 )
             )
         return cls(blob_id, tuple(chunks))
+
+
+def _proven_by(chunk: Chunk) -> tuple[object, ...]:
+    """What a chunk proof checks of a chunk: where its bytes lie, how they decode, to what."""
+    return (
+        chunk.compressed_offset,
+        chunk.compressed_size,
+        chunk.uncompressed_size,
+        chunk.compression,
+        chunk.digest_algorithm,
+        chunk.digest,
+    )

@@ -386,7 +386,8 @@ class Index:
                         (digest, packed, " ".join(sorted(vouchers)), now),
                     )
                     return MapRecord.NEW
-                if not row[0]:
+                if not row[0]:  # still contested: the mark counts as learned now
+                    db.execute("UPDATE chunk_maps SET learned = ? WHERE digest = ?", (now, digest))
                     return MapRecord.CONTESTED
                 if row[0] != packed:
                     return MapRecord.CONFLICT
@@ -401,23 +402,13 @@ class Index:
 
     async def contest_chunk_map(self, digest: str) -> None:
         """Mark blob `digest` contested: its map, if any, goes, and no map is recorded for it
-        (put_chunk_map) until the mark is pruned like a map, or replaced."""
-        await self._set_chunk_map(digest, b"", frozenset())
-
-    async def replace_chunk_map(self, digest: str, packed: bytes, vouchers: frozenset[str]) -> None:
-        """Record blob `digest`'s chunk map in place of the one recorded, or of a contested
-        mark (the caller proved this one right)."""
-        if not packed:
-            raise ValueError("an empty chunk map marks a contested blob; it is no map")
-        await self._set_chunk_map(digest, packed, vouchers)
-
-    async def _set_chunk_map(self, digest: str, packed: bytes, vouchers: frozenset[str]) -> None:
+        (put_chunk_map) until the mark is pruned like a map."""
         await self.run(
             lambda db: db.execute(
-                "INSERT INTO chunk_maps (digest, packed, vouchers, learned) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (digest) DO UPDATE SET packed = excluded.packed, "
-                "vouchers = excluded.vouchers, learned = excluded.learned",
-                (digest, packed, " ".join(sorted(vouchers)), time.time()),
+                "INSERT INTO chunk_maps (digest, packed, vouchers, learned) VALUES (?, ?, '', ?) "
+                "ON CONFLICT (digest) DO UPDATE SET packed = excluded.packed, vouchers = '', "
+                "learned = excluded.learned",
+                (digest, b"", time.time()),
             )
         )
 

@@ -298,6 +298,8 @@ class PieceStore:
             blob = await self._load(digest)
             if blob is not None:
                 return blob
+            if chunk_map is not None and await self.index.get_chunk_map(digest.hex) is None:
+                chunk_map = None  # contested since it was looked up: fixed pieces, no vouchers
             path = self.blob_path(digest.hex)
 
             def make() -> IO[bytes]:
@@ -586,10 +588,18 @@ class PieceStore:
             return False
         return await self.evict(digest_hex)
 
+    async def held_verified(self, digest_hex: str) -> bool:
+        """Whether a copy of the blob checked whole against its digest is held here."""
+        loaded = self._blobs.get(digest_hex)
+        if loaded is not None:
+            return loaded.verified
+        row = await self.index.get_blob(digest_hex)
+        return row is not None and row.verified
+
     async def uncut(self, digest_hex: str) -> None:
         """Forget an unverified blob cut along the chunks of a map that is no longer trusted,
-        even while it is read: its pieces could not be proven any more. Read again, it is cut
-        into fixed pieces."""
+        even while it is read (those reads are cut off): its pieces could not be proven any
+        more. Read again, it is cut into fixed pieces."""
         async with self._locks.hold(digest_hex):
             row = await self.index.get_blob(digest_hex)
             if row is not None and not row.verified and row.layout.startswith("chunks:"):

@@ -164,15 +164,3 @@ async def test_pruning_drops_the_oldest_maps_whose_blob_is_not_stored(index):
     assert await mapped(index) == {"c"}
     with pytest.raises(ValueError, match="keep"):
         await index.prune_chunk_maps(keep=-1)
-
-
-async def test_a_chunk_map_proven_elsewhere_replaces_the_recorded_one_or_a_contest(index):
-    first, second = packed_map("cd"), packed_map("cd", 4)
-    await index.put_chunk_map("cd", first, frozenset({"https://a:443"}))
-    await index.replace_chunk_map("cd", second, frozenset({"https://b:443"}))
-    assert await index.get_chunk_map("cd") == (second, frozenset({"https://b:443"}))
-    await index.contest_chunk_map("cd")
-    await index.replace_chunk_map("cd", first, frozenset())
-    assert await index.get_chunk_map("cd") == (first, frozenset())
-    with pytest.raises(ValueError, match="contested"):
-        await index.replace_chunk_map("cd", b"", frozenset())

@@ -155,6 +155,29 @@ def test_chunks_a_map_skips_may_fill_the_bytes_between_its_own():
     ChunkMap("b", (make_chunk(0, MIB16, 4096),))  # some bytes to spare
 
 
+def test_maps_that_list_different_chunks_of_a_blob_agree_where_they_overlap():
+    whole = ChunkMap("b", tuple(make_chunk(i, i * 100, 100) for i in range(4)))
+    upper = ChunkMap("b", (make_chunk(0, 0, 100), make_chunk(2, 200, 100)))  # files deleted
+    assert whole.agrees_with(upper) and upper.agrees_with(whole)
+    assert whole.agrees_with(whole) and ChunkMap("b", ()).agrees_with(whole)
+    assert not whole.agrees_with(ChunkMap("c", whole.chunks))  # another blob's
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        make_chunk(2, 200, 100, content=b"y" * 100),  # another digest
+        make_chunk(2, 200, 90),  # another size
+        make_chunk(2, 210, 90),  # straddling two chunks of the other map
+        make_chunk(2, 200, 100, algorithm=DigestAlgorithm.BLAKE3),
+    ],
+)
+def test_maps_that_contradict_each_other_on_a_chunk_do_not_agree(replacement):
+    whole = ChunkMap("b", tuple(make_chunk(i, i * 100, 100) for i in range(4)))
+    liar = ChunkMap("b", (make_chunk(0, 0, 100), replacement))
+    assert not whole.agrees_with(liar) and not liar.agrees_with(whole)
+
+
 @pytest.mark.parametrize(
     "changes",
     [

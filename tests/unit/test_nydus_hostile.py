@@ -10,6 +10,7 @@ import struct
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -119,3 +120,21 @@ async def test_a_blob_cut_by_a_stored_map_now_refused_is_forgotten(tmp_path):
     async with PieceStore(config, Metrics()) as store:
         assert await store.open_blob(DIGEST) is None
         assert await store.index.get_blob(DIGEST.hex) is None
+
+
+async def test_maps_that_agree_stand_together_and_a_contradicting_one_contests_the_blob(tmp_path):
+    metrics = Metrics()
+    config = StorageConfig(dir=str(tmp_path), piece_size=ByteSize(1 << 20), scrub_interval=None)
+    whole = ten_chunks()
+    fewer = ChunkMap(DIGEST.hex, whole.chunks[::2])  # an image whose upper layer deleted files
+    liar = ChunkMap(DIGEST.hex, (*whole.chunks[:9], replace(whole.chunks[9], digest=b"\1" * 32)))
+    async with PieceStore(config, metrics) as store:
+        proofs = ChunkProofs(store, metrics)
+        for n, chunk_map in enumerate([whole, fewer]):
+            await proofs._record(DIGEST.hex, chunk_map, frozenset({HOME}), bootstrap=f"b{n}")
+        assert await store.index.get_chunk_map(DIGEST.hex) == (whole.to_bytes(), {HOME})
+        await proofs._record(DIGEST.hex, liar, frozenset({HOME}), bootstrap="b2")
+        assert await store.index.get_chunk_map(DIGEST.hex) is None
+        await proofs._record(DIGEST.hex, whole, frozenset({HOME}), bootstrap="b3")  # too late
+        assert await store.index.get_chunk_map(DIGEST.hex) is None
+    assert metrics.registry.get_sample_value("dfagent_chunk_maps_contested_total") == 1
