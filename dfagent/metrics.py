@@ -180,8 +180,9 @@ class Metrics:
         )
         self.chunk_maps_contested = Counter(
             "dfagent_chunk_maps_contested",
-            "Nydus data blobs two bootstraps described differently, with nothing to prove either"
-            " map: no chunk map is used for them (they are read like blobs that are not nydus).",
+            "Contests: a bootstrap contradicted the chunk map known for a nydus data blob, with"
+            " nothing here to prove either; no map is used for it (it is read like a blob that is"
+            " not nydus).",
             registry=r,
         )
         self.chunk_map_vouchers = Counter(

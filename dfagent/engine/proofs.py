@@ -8,8 +8,8 @@ they may serve those registries' clients whoever delivered them.
 
 A map never changes once known. A bootstrap that describes a data blob otherwise vouches for
 nothing of that blob when the two maps agree wherever both list a chunk (images built on one
-another map the same blob with different files), or when a verified copy of the blob is held
-here. Otherwise they contradict each other and nothing here says which is the image's own:
+another map the same blob with different files), or when a copy cut along the known map was
+verified whole here. Otherwise they contradict each other and nothing says which is the image's own:
 the blob becomes *contested*, no map is used for it, copies cut along the old one are
 forgotten, and it is read like a blob that is not nydus (its whole-blob check stays). So
 whoever can push an image can take chunk-by-chunk proofs away from a blob, not its reads: a
@@ -146,21 +146,19 @@ class ChunkProofs:
             )
         except NydusFormatError:
             agree = False
-        if agree or await self._store.held_verified(digest_hex):
+        if agree or not await self._store.contest_chunk_map(digest_hex):
             log.info(
                 "a bootstrap describes a data blob otherwise than its known chunk map; its"
                 " registries vouch for nothing of that blob",
                 extra=where,
             )
             return
-        await self._store.index.contest_chunk_map(digest_hex)
         self._metrics.chunk_maps_contested.inc()
         log.warning(
             "two bootstraps contradict each other on a data blob's chunks; no chunk map is used"
             " for it (it is read like a blob that is not nydus)",
             extra=where,
         )
-        await self._store.uncut(digest_hex)
 
     # proving -------------------------------------------------------------------------------
 

@@ -588,26 +588,26 @@ class PieceStore:
             return False
         return await self.evict(digest_hex)
 
-    async def held_verified(self, digest_hex: str) -> bool:
-        """Whether a copy of the blob checked whole against its digest is held here."""
-        loaded = self._blobs.get(digest_hex)
-        if loaded is not None:
-            return loaded.verified
-        row = await self.index.get_blob(digest_hex)
-        return row is not None and row.verified
-
-    async def uncut(self, digest_hex: str) -> None:
-        """Forget an unverified blob cut along the chunks of a map that is no longer trusted,
-        even while it is read (those reads are cut off): its pieces could not be proven any
-        more. Read again, it is cut into fixed pieces."""
+    async def contest_chunk_map(self, digest_hex: str) -> bool:
+        """Two bootstraps contradict each other on the blob's chunks: mark it contested in the
+        index and forget an unverified copy cut along the known map, even while it is read
+        (a stored piece's reads are cut off) -- unless a copy cut along that map was verified
+        whole here: every chunk of it then matched the blob the digest proves, and the map
+        stays. True when the blob was contested."""
         async with self._locks.hold(digest_hex):
+            loaded = self._blobs.get(digest_hex)
             row = await self.index.get_blob(digest_hex)
-            if row is not None and not row.verified and row.layout.startswith("chunks:"):
+            along_chunks = row is not None and row.layout.startswith("chunks:")
+            if along_chunks and (loaded.verified if loaded is not None else row.verified):
+                return False
+            await self.index.contest_chunk_map(digest_hex)
+            if along_chunks:
                 log.info(
                     "forgetting a blob cut along a contested chunk map",
                     extra={"digest": f"sha256:{digest_hex}"},
                 )
                 await self._drop(digest_hex)
+            return True
 
     async def forget(self, digest_hex: str) -> None:
         """Delete a blob's index rows and data file."""

@@ -520,3 +520,20 @@ def test_a_verified_copy_keeps_its_chunk_map_against_a_contradicting_one(
     wait_for(lambda: "vouch for nothing of that blob" in agent.log(), "the planted map refused")
     assert contested(agent) == 0
     read_exact(agent, image, image.blob_url(origin.url), start, end)
+
+
+def test_a_verified_copy_in_ordinary_pieces_proves_no_map(agent, origin, registry, image, tmp_path):
+    """Read whole before any bootstrap was seen, the blob's verified copy is in ordinary
+    pieces: it proved no chunk against a map, so a planted map learned first gives way when
+    the image's own contradicts it (kept, it would fail reads once the copy is gone)."""
+    (start, end), offset = flip_target(image)
+    reply = send(agent.proxy_port, image.blob_url(origin.url))
+    assert reply.status == 200 and reply.body == image.blob
+    wait_for(lambda: metric(agent, "dfagent_blob_verify_seconds_count") == 1, "verified whole")
+    planted = forged(image, registry, tmp_path / "planted", chunk_holding(image, offset))
+    pull_bootstrap(agent, origin.url, planted)
+    wait_for(lambda: maps_learned(agent) == 1, "the planted map learned")
+    pull_bootstrap(agent, origin.url, image)
+    wait_for(lambda: contested(agent) == 1, "the blob contested")
+    read_exact(agent, image, image.blob_url(origin.url), start, end)  # the verified copy stays
+    assert metric(agent, 'dfagent_served_bytes_total{source="local"}') >= end - start
