@@ -39,6 +39,7 @@ from dfagent.engine.inflight import InflightPiece
 from dfagent.engine.network import Answer, PieceCheck, PieceNetwork
 from dfagent.engine.proofs import ChunkProofs, KnownMap
 from dfagent.engine.readahead import SequentialReads
+from dfagent.engine.refute import MapDoubts
 from dfagent.errors import (
     DfagentError,
     IntegrityError,
@@ -133,6 +134,7 @@ class Engine:
     ) -> None:
         self._access = access
         self._proofs = proofs
+        self._doubts = MapDoubts(store, origin, proofs, metrics)
         self._network = network
         self._store = store
         self._origin = origin
@@ -160,6 +162,7 @@ class Engine:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._access.aclose()
         await self._proofs.aclose()
+        await self._doubts.aclose()
         await self._tasks.aclose()  # fetches stop; pieces already whole are still written
         await self._writes.drain(_WRITE_DRAIN_SECONDS)
 
@@ -627,7 +630,7 @@ class Engine:
                     answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
                     continue
                 if got is not None:
-                    await self._delivered(blob, piece, got.data, got.sha256)
+                    await self._delivered(blob, source, piece, got.data, got.sha256)
                     return None
                 piece.forget_arrivals()
             if answer.fetching is None:
@@ -658,7 +661,12 @@ class Engine:
         return reason, why
 
     async def _delivered(
-        self, blob: StoredBlob, piece: InflightPiece, data: bytes, sha256: bytes | None
+        self,
+        blob: StoredBlob,
+        source: BlobSource,
+        piece: InflightPiece,
+        data: bytes,
+        sha256: bytes | None,
     ) -> None:
         """A peer's copy of the piece passed the network's checks (against its recorded
         `sha256`, when the network records one, and the chunk proof of a gated piece): readers
@@ -670,7 +678,7 @@ class Engine:
             piece.release()
         self._metrics.origin_fetches_avoided.inc()
         await self._write_backlog.take(piece.length)
-        self._finished(blob, piece)
+        self._finished(blob, source, piece)
 
     def _peer_check(self, blob: StoredBlob, piece: InflightPiece) -> PieceCheck | None:
         """The proof a peer's copy of a piece made of chunks must pass (beyond the sha256 its
@@ -819,24 +827,26 @@ class Engine:
                 take = min(len(view), piece.length - offset)
                 if piece.write(offset, view[:take]) and piece.error is None:
                     await self._write_backlog.take(piece.length)
-                    self._finished(run.blob, piece)
+                    self._finished(run.blob, run.source, piece)
                 view = view[take:]
                 run.position += take
             if run.position > run.last:
                 return
 
-    def _finished(self, blob: StoredBlob, piece: InflightPiece) -> None:
+    def _finished(self, blob: StoredBlob, source: BlobSource, piece: InflightPiece) -> None:
         self._metrics.piece_fetch_seconds.labels(piece.source).observe(
             time.monotonic() - piece.started_at
         )
-        self._writes.spawn(self._persist(blob, piece), name="persist")
+        self._writes.spawn(self._persist(blob, source, piece), name="persist")
 
-    async def _persist(self, blob: StoredBlob, piece: InflightPiece) -> None:
+    async def _persist(self, blob: StoredBlob, source: BlobSource, piece: InflightPiece) -> None:
         try:
             if piece.gated and not piece.released:
                 if not await self._proofs.prove(blob, piece.index, piece.buffer, piece.source):
                     failed = f"piece {piece.index} of {blob.digest} failed its chunk proof"
                     piece.fail(IntegrityError(failed))
+                    if piece.source == "origin":  # the origin lies, or the map does
+                        self._doubts.doubt(blob, source, piece.index)
                     if self._network is not None:
                         self._network.release(blob, [piece.index])
                     return

@@ -162,32 +162,45 @@ class ChunkProofs:
 
     # proving -------------------------------------------------------------------------------
 
+    async def holds(self, blob: StoredBlob, index: int, data: bytes | bytearray) -> bool:
+        """Whether `data` holds exactly the chunks the map describes for piece `index` (no
+        count, no log: see prove)."""
+        return await self._mismatch(blob, index, data) is None
+
     async def prove(
         self, blob: StoredBlob, index: int, data: bytes | bytearray, source: str
     ) -> bool:
         """Whether piece `index` of `blob`, bytes `data` from `source` (origin, peer, disk),
         holds exactly the chunks the map describes. A failure is counted and logged once."""
-        chunks = blob.layout.chunks(index)
-        start = blob.layout.bounds(index)[0]
-        try:
-            await asyncio.to_thread(_verify_all, chunks, data, start)
-        except ChunkMismatch as exc:
+        mismatch = await self._mismatch(blob, index, data)
+        if mismatch is not None:
             self._metrics.chunk_verify_failures.labels(source).inc()
             log.error(
                 "nydus chunk does not match the image's digest; not served",
                 extra={
                     "digest": str(blob.digest),
                     "piece": index,
-                    "chunk": exc.chunk_index,
+                    "chunk": mismatch.chunk_index,
                     "source": source,
-                    "reason": exc.reason,
+                    "reason": mismatch.reason,
                 },
             )
             return False
-        for chunk in chunks:
+        for chunk in blob.layout.chunks(index):
             self._metrics.chunks_verified.labels(chunk.digest_algorithm.value).inc()
         blob.proven.add(index)
         return True
+
+    @staticmethod
+    async def _mismatch(
+        blob: StoredBlob, index: int, data: bytes | bytearray
+    ) -> ChunkMismatch | None:
+        chunks = blob.layout.chunks(index)
+        try:
+            await asyncio.to_thread(_verify_all, chunks, data, blob.layout.bounds(index)[0])
+        except ChunkMismatch as exc:
+            return exc
+        return None
 
 
 def _read_layer(blob: StoredBlob) -> dict[str, ChunkMap]:

@@ -588,17 +588,18 @@ class PieceStore:
             return False
         return await self.evict(digest_hex)
 
-    async def contest_chunk_map(self, digest_hex: str) -> bool:
-        """Two bootstraps contradict each other on the blob's chunks: mark it contested in the
-        index and forget an unverified copy cut along the known map, even while it is read
-        (a stored piece's reads are cut off) -- unless a copy cut along that map was verified
-        whole here: every chunk of it then matched the blob the digest proves, and the map
-        stays. True when the blob was contested."""
+    async def contest_chunk_map(self, digest_hex: str, *, refuted: bool = False) -> bool:
+        """The blob's chunk map is in doubt: mark the blob contested in the index and forget a
+        copy cut along the map, even while it is read (a stored piece's reads are cut off).
+        Unless the map was `refuted` (the blob proven whole contradicts it), a copy cut along
+        the map and verified whole here keeps it: every chunk of that copy matched the blob
+        the digest proves. True when the blob was contested."""
         async with self._locks.hold(digest_hex):
             loaded = self._blobs.get(digest_hex)
             row = await self.index.get_blob(digest_hex)
             along_chunks = row is not None and row.layout.startswith("chunks:")
-            if along_chunks and (loaded.verified if loaded is not None else row.verified):
+            verified = loaded.verified if loaded is not None else row is not None and row.verified
+            if along_chunks and verified and not refuted:
                 return False
             await self.index.contest_chunk_map(digest_hex)
             if along_chunks:

@@ -537,3 +537,31 @@ def test_a_verified_copy_in_ordinary_pieces_proves_no_map(agent, origin, registr
     wait_for(lambda: contested(agent) == 1, "the blob contested")
     read_exact(agent, image, image.blob_url(origin.url), start, end)  # the verified copy stays
     assert metric(agent, 'dfagent_served_bytes_total{source="local"}') >= end - start
+
+
+def test_a_planted_map_alone_is_refuted_by_the_blob_itself(
+    agent, origin, registry, image, tmp_path
+):
+    """Only the planted bootstrap is seen here. Its lie fails the first read of that chunk
+    (502: the origin or the map lies), then the blob read whole matches its digest and
+    contradicts the map: the map goes, and reads get the blob's bytes."""
+    (start, end), offset = flip_target(image)
+    planted = forged(image, registry, tmp_path / "planted", chunk_holding(image, offset))
+    learn_map(agent, origin, planted)
+    url = image.blob_url(origin.url)
+    assert send(agent.proxy_port, url, asked(start, end)).status == 502
+    wait_for(lambda: contested(agent) == 1, "the map refuted by the blob")
+    read_exact(agent, image, url, start, end)
+    assert "contradicts its chunk map" in agent.log()
+
+
+def test_a_lying_origin_never_refutes_a_true_map(agent, origin, image):
+    """The origin flips a byte of a chunk in every answer: the blob it gives whole does not
+    match its digest, so the map stands and the chunk is never served."""
+    (start, end), offset = flip_target(image)
+    learn_map(agent, origin, image)
+    origin.faults.append(flipping(origin, image, offset, times=None))
+    assert send(agent.proxy_port, image.blob_url(origin.url), asked(start, end)).status == 502
+    wait_for(lambda: "its chunk proof stands" in agent.log(), "the whole blob read and refused")
+    assert contested(agent) == 0
+    assert send(agent.proxy_port, image.blob_url(origin.url), asked(start, end)).status == 502
