@@ -6,8 +6,9 @@ the map, the map is wrong: the blob is contested (read without a map, see ChunkP
 of failing every read of those chunks. If they do not, the origin lies and the proof stands.
 
 Nothing read here is stored or served: the whole read only hashes, and keeps the one piece it
-re-checks. It runs in the background, once per blob per _RECHECK_SECONDS, so neither a lying
-map nor a lying origin can make this agent read a blob over and over.
+re-checks. It runs in the background, once per blob per _RECHECK_SECONDS and _READS_AT_ONCE
+blobs at a time, so neither a lying map nor a lying origin can make this agent read blobs over
+and over.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 _RECHECK_SECONDS = 600.0  # a blob whose map was doubted is not read whole again before this
 _DOUBTS_KEPT = 1024  # blobs remembered as doubted; beyond this the oldest are forgotten
 _HASH_BATCH = 1024 * 1024  # bytes hashed at a time, off the event loop
+_READS_AT_ONCE = 2  # whole reads running together; the others wait their turn
 
 
 class MapDoubts:
@@ -42,6 +44,7 @@ class MapDoubts:
         self._proofs = proofs
         self._metrics = metrics
         self._doubted: dict[str, float] = {}  # digest hex -> when its map was last doubted
+        self._reading = asyncio.Semaphore(_READS_AT_ONCE)
         self._tasks = TaskOwner("map-doubts")
 
     async def aclose(self) -> None:
@@ -61,7 +64,8 @@ class MapDoubts:
     async def _settle(self, blob: StoredBlob, source: BlobSource, index: int) -> None:
         where = {"digest": str(blob.digest), "piece": index}
         try:
-            whole, piece = await self._read_whole(blob, source, index)
+            async with self._reading:
+                whole, piece = await self._read_whole(blob, source, index)
         except (DfagentError, OSError) as exc:
             log.info("could not read a doubted blob whole", extra={**where, "error": str(exc)})
             return
