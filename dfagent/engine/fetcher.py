@@ -162,9 +162,9 @@ class Engine:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._access.aclose()
         await self._proofs.aclose()
-        await self._doubts.aclose()
         await self._tasks.aclose()  # fetches stop; pieces already whole are still written
         await self._writes.drain(_WRITE_DRAIN_SECONDS)
+        await self._doubts.aclose()  # after the writes: a failing proof may still doubt
 
     # blob identity and size ----------------------------------------------------------------
 

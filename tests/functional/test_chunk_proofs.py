@@ -565,3 +565,22 @@ def test_a_lying_origin_never_refutes_a_true_map(agent, origin, image):
     wait_for(lambda: "its chunk proof stands" in agent.log(), "the whole blob read and refused")
     assert contested(agent) == 0
     assert send(agent.proxy_port, image.blob_url(origin.url), asked(start, end)).status == 502
+
+
+def test_an_origin_lying_only_to_ranged_reads_never_refutes_a_true_map(agent, origin, image):
+    """The origin flips a chunk's byte in ranged answers but gives the blob whole honestly:
+    the whole read matches the digest, and the piece in it passes the true map, so the map
+    stands (the flipped bytes were the origin's lie) and the chunk is never served."""
+    (start, end), offset = flip_target(image)
+    learn_map(agent, origin, image)
+    flip = flipping(origin, image, offset, times=None)
+    whole = f"bytes=0-{len(image.blob) - 1}"
+
+    async def ranged_only(request: web.BaseRequest) -> web.StreamResponse | None:
+        return None if request.headers.get("Range") == whole else await flip(request)
+
+    origin.faults.append(ranged_only)
+    assert send(agent.proxy_port, image.blob_url(origin.url), asked(start, end)).status == 502
+    wait_for(lambda: "pass their chunk proof now" in agent.log(), "the whole blob read")
+    assert contested(agent) == 0
+    assert send(agent.proxy_port, image.blob_url(origin.url), asked(start, end)).status == 502
