@@ -9,11 +9,11 @@ they may serve those registries' clients whoever delivered them.
 A map never changes once known. A bootstrap that describes a data blob otherwise vouches for
 nothing of that blob when the two maps agree wherever both list a chunk (images built on one
 another map the same blob with different files), or when a copy cut along the known map was
-verified whole here. Otherwise they contradict each other and nothing says which is the image's own:
-the blob becomes *contested*, no map is used for it, copies cut along the old one are
-forgotten, and it is read like a blob that is not nydus (its whole-blob check stays). So
-whoever can push an image can take chunk-by-chunk proofs away from a blob, not its reads: a
-contradicting map planted first would otherwise fail every read of the chunks it lies about.
+verified whole here. Otherwise they contradict each other and nothing says which is the
+image's own: the blob becomes *contested*, no map is used for it, a copy cut along the old one
+is forgotten, and it is read like a blob that is not nydus (its whole-blob check stays). So
+whoever can push an image can take chunk-by-chunk proofs away from a blob, not its reads. A
+map that lies alone is caught by the blob itself (dfagent.engine.refute).
 """
 
 from __future__ import annotations
