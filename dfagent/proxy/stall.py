@@ -49,12 +49,15 @@ class IdleWatch:
         transports: list[asyncio.BaseTransport],
         limit: float,
         message: str,
+        *,
+        level: int = logging.WARNING,
         **context: str,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._transports = transports
         self._limit = limit
         self._message = message
+        self._level = level
         self._context = context
         self._moved = 0
         self._progress = self._sample()
@@ -77,7 +80,7 @@ class IdleWatch:
         if progress != self._progress:
             self._progress, self._since = progress, now
         elif now - self._since >= self._limit:
-            log.warning(self._message, extra={"seconds": self._limit, **self._context})
+            log.log(self._level, self._message, extra={"seconds": self._limit, **self._context})
             for transport in self._transports:
                 # shutdown first: a sender thread's duplicate of the socket would keep it open
                 sock = transport.get_extra_info("socket")

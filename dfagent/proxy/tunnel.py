@@ -274,6 +274,7 @@ class FrontProtocol(asyncio.Protocol):
             [self._transport, upstream.transport],
             self._tunnels.idle_timeout,
             "nothing moved through a tunnel; cut off",
+            level=logging.INFO,  # an idle tunnel is no fault
             target=f"{host}:{port}",
         )
         self._transport.set_protocol(client)
