@@ -138,3 +138,16 @@ async def test_maps_that_agree_stand_together_and_a_contradicting_one_contests_t
         await proofs._record(DIGEST.hex, whole, frozenset({HOME}), bootstrap="b3")  # too late
         assert await store.index.get_chunk_map(DIGEST.hex) is None
     assert metrics.registry.get_sample_value("dfagent_chunk_maps_contested_total") == 1
+
+
+async def test_a_blob_created_after_its_map_was_contested_is_cut_into_fixed_pieces(tmp_path):
+    """A discovery that looked the map up before the contest must not cut the blob by it."""
+    config = StorageConfig(dir=str(tmp_path), piece_size=ByteSize(1 << 20), scrub_interval=None)
+    async with PieceStore(config, Metrics()) as store:
+        await store.index.put_chunk_map(DIGEST.hex, ten_chunks().to_bytes(), frozenset({HOME}))
+        assert await store.contest_chunk_map(DIGEST.hex)
+        blob = await store.create_blob(
+            DIGEST, SIZE, HOME, chunk_map=ten_chunks(), vouchers=frozenset({HOME})
+        )
+        assert not isinstance(blob.layout, ChunkLayout)
+        assert blob.vouchers == frozenset()
