@@ -5,6 +5,9 @@ summary of every figure beside its target; write the report (markdown and PNG pl
 swarm). The report goes to bench/results/<date>.md for `all` and <date>-<scenario>.md for
 one scenario; `--smoke` (tiny sizes, only checks that the harness works) writes it under
 bench/work/results instead, so that it never replaces a real one.
+
+A scenario's work (blobs, caches, agents' logs) goes in bench/work/<scenario>; it is removed
+when the scenario passes and kept when it fails, or always with `--keep-work`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bench import (
     chunks,
     cold,
     dragonfly_side,
+    harness,
     lazy,
     nydus,
     nydus_trace,
@@ -257,6 +261,12 @@ def _arguments() -> argparse.Namespace:
         "--sim-rtt-ms", type=float, default=2, help="round trip between any two hosts (sim)"
     )
     parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep bench/work/<scenario> after a scenario that passed (it always stays after one "
+        "that failed)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="where the report goes (default: bench/results, see above)"
     )
     args = parser.parse_args()
@@ -283,6 +293,9 @@ def main() -> int:
             traceback.print_exc()
             failures += 1
             section, usage = report.failed(name, error), []
+            harness.settle_work(keep=True)
+        else:
+            harness.settle_work(keep=args.keep_work)
         sections.append(dataclasses.replace(section, seconds=time.monotonic() - started))
         measured += usage
         _show(section)

@@ -163,7 +163,21 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
+_made: list[Path] = []  # work directories made since the last settle_work()
+
+
 def clean(path: Path) -> Path:
+    """An empty work directory at `path` (what an earlier run left there goes)."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+    _made.append(path)
     return path
+
+
+def settle_work(*, keep: bool) -> None:
+    """Once a scenario ends: remove the work directories it made (blobs, caches and logs of
+    several GiB), unless `keep` (it failed, and its logs say why; or the user asked)."""
+    while _made:
+        path = _made.pop()
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)

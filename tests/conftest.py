@@ -26,13 +26,26 @@ TOKEN = "t0ken-for-tests-" + "x" * 16  # the swarm's cluster token
 
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
+# A whole run's temporary files (passed tests' go at once) and the benchmark smoke run's work
+# peaked at about 2 GiB together, measured; a full disk fails tests at random instead.
+_DISK_NEEDED = 3 << 30
+_WORK_DIRECTORIES = (Path(tempfile.gettempdir()), Path(__file__).parent.parent / "bench")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Commands the tests start act on Ctrl-C (SIGINT) as they do in a terminal, also when
     this run inherited SIGINT ignored (as `./test.sh &` in a script leaves it): a handler here,
-    unlike an ignored signal, is not passed on to the processes started."""
+    unlike an ignored signal, is not passed on to the processes started. And a disk too full
+    for the run is said at once."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    for directory in _WORK_DIRECTORIES:
+        free = shutil.disk_usage(directory).free
+        if free < _DISK_NEEDED:
+            raise pytest.UsageError(
+                f"{directory}: {free / 2**30:.1f} GiB free, the tests need about "
+                f"{_DISK_NEEDED / 2**30:.0f} GiB there"
+            )
 
 
 @pytest.fixture(scope="session")
