@@ -114,6 +114,7 @@ class Agent:
                     ),
                     proofs=proofs,
                     verify_reads=config.storage.verify_reads,
+                    background_bandwidth=config.origin.prefetch_bandwidth,
                     network=network,
                 )
             )

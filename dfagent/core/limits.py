@@ -3,9 +3,11 @@ come: beyond them an answer is broken or hostile, whoever gave it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
-__all__ = ["MAX_BLOB_BYTES", "PaceWatch"]
+__all__ = ["MAX_BLOB_BYTES", "PaceWatch", "Pacer"]
 
 # Larger than any image layer, and than most file systems' largest file.
 MAX_BLOB_BYTES = 1 << 44
@@ -31,3 +33,29 @@ class PaceWatch:
         if self._bytes < self._least:
             raise TimeoutError(f"trickled {self._bytes} bytes in {self._window:g} s")
         self._start, self._bytes = now, 0
+
+
+class Pacer:
+    """Keeps bytes moved under `rate` per second (None: no cap). `take(count)` before moving
+    `count` bytes waits until the bytes taken before them fit the budget; time spent idle
+    earns no credit, so a pacer never bursts."""
+
+    def __init__(
+        self, rate: int | None, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        self._rate = rate
+        self._sleep = sleep
+        self._next = time.monotonic()
+
+    @property
+    def pacing(self) -> bool:
+        return bool(self._rate)
+
+    async def take(self, count: int) -> None:
+        if not self._rate:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + count / self._rate
+        if start > now:
+            await self._sleep(start - now)

@@ -130,11 +130,14 @@ class Engine:
         access: AccessGate,
         proofs: ChunkProofs,
         verify_reads: bool = False,
+        background_bandwidth: int | None = None,
         network: PieceNetwork | None = None,
     ) -> None:
+        """`background_bandwidth`: bytes per second a check no reader waits for may take from
+        an origin (a doubted chunk map's whole read)."""
         self._access = access
         self._proofs = proofs
-        self._doubts = MapDoubts(store, origin, proofs, metrics)
+        self._doubts = MapDoubts(store, origin, proofs, metrics, bandwidth=background_bandwidth)
         self._network = network
         self._store = store
         self._origin = origin

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator
 
+from dfagent.core.limits import Pacer
 from dfagent.engine.fetcher import Engine
 from dfagent.errors import DfagentError
 from dfagent.origin.client import BlobSource
@@ -88,7 +88,7 @@ class Prefetcher:
         """Fetch every piece `blob` lacks; the bytes fetched. Raises DfagentError when a
         source fails (pieces stored until then stay)."""
         bandwidth = self._bandwidth if paced else None
-        started = time.monotonic()
+        pacer = Pacer(bandwidth, sleep=self._sleep)
         fetched = 0
         with blob.pinned():
             # Runs small enough that pacing between them keeps close to the budget.
@@ -100,11 +100,9 @@ class Prefetcher:
                 if not missing:
                     continue
                 await self._engine.until_quiet()  # readers first
-                fetched += await self._engine.fetch_missing(blob, source, missing)
-                if bandwidth:  # pace: never ahead of the bandwidth budget
-                    ahead = fetched / bandwidth - (time.monotonic() - started)
-                    if ahead > 0:
-                        await self._sleep(ahead)
+                run = await self._engine.fetch_missing(blob, source, missing)
+                fetched += run
+                await pacer.take(run)
         if blob.removed:
             raise DfagentError(f"{blob.digest} was dropped (evicted, or failed its digest check)")
         return fetched

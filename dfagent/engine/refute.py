@@ -7,9 +7,10 @@ of failing every read of those chunks. If they do not, the origin lies and the p
 
 Nothing read here is stored or served: the whole read only hashes, and keeps the one piece it
 re-checks. It is bounded, so that neither a lying map nor a lying origin can make this agent
-read blobs over and over: one whole read per blob and origin per _RECHECK_SECONDS, at most
-_READS_AT_ONCE at a time and _WAITING waiting, each within a deadline, none of a blob over
-_MAX_DOUBTED_BYTES.
+read blobs over and over, or crowd out its readers: one whole read per blob and origin per
+_RECHECK_SECONDS, at most _READS_AT_ONCE at a time and _WAITING waiting, paced to the
+background bandwidth (`origin.prefetch_bandwidth`, one budget for the reads running), each
+within a deadline, none of a blob over _MAX_DOUBTED_BYTES.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import operator
 import time
 
+from dfagent.core.limits import Pacer
 from dfagent.engine.proofs import ChunkProofs
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient
@@ -37,7 +40,9 @@ _DOUBTS_KEPT = 1024  # (blob, origin) pairs remembered; beyond this the oldest a
 _READS_AT_ONCE = 2  # whole reads running together
 _WAITING = 16  # doubts waiting for a turn; more are dropped (the next failing read doubts again)
 _MAX_DOUBTED_BYTES = 16 << 30  # a larger blob is not read whole for this
-_MIN_BYTES_PER_SECOND = 1 << 20  # a whole read slower than this on average is given up
+# A whole read slower than this on average is given up (or than a fair share of the paced
+# rate, when that is lower).
+_MIN_BYTES_PER_SECOND = 1 << 20
 _DEADLINE_SLACK = 60.0
 _HASH_BATCH = 1024 * 1024  # bytes hashed at a time, off the event loop
 
@@ -46,9 +51,18 @@ _Key = tuple[str, str]  # (digest hex, origin)
 
 class MapDoubts:
     def __init__(
-        self, store: PieceStore, origin: OriginClient, proofs: ChunkProofs, metrics: Metrics
+        self,
+        store: PieceStore,
+        origin: OriginClient,
+        proofs: ChunkProofs,
+        metrics: Metrics,
+        *,
+        bandwidth: int | None,
     ) -> None:
         self._store = store
+        self._pacer = Pacer(bandwidth)  # one budget for the whole reads running
+        fair_share = bandwidth / (2 * _READS_AT_ONCE) if bandwidth else math.inf
+        self._least_rate = min(_MIN_BYTES_PER_SECOND, fair_share)
         self._origin = origin
         self._proofs = proofs
         self._metrics = metrics
@@ -92,7 +106,7 @@ class MapDoubts:
         where = {"digest": str(blob.digest), "piece": index, "origin": source.origin}
         try:
             async with self._reading:
-                deadline = _DEADLINE_SLACK + blob.size / _MIN_BYTES_PER_SECOND
+                deadline = _DEADLINE_SLACK + blob.size / self._least_rate
                 async with asyncio.timeout(deadline):
                     whole, piece = await self._read_whole(blob, source, index)
             if whole != blob.digest.hex:
@@ -139,6 +153,7 @@ class MapDoubts:
         position = 0
         async with self._origin.open_range(source, 0, blob.size - 1, blob.size) as body:
             async for data in body.chunks():
+                await self._pacer.take(len(data))
                 low, high = max(start, position), min(end, position + len(data))
                 if low < high:
                     piece += data[low - position : high - position]

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from dfagent.core.digest import Digest
+from dfagent.core.limits import Pacer
 from dfagent.integrity import sha256_of_file
 from dfagent.metrics import Metrics
 from dfagent.storage.config import StorageConfig
@@ -75,6 +76,7 @@ class Scrubber:
         async with self._lock:
             report = ScrubReport(repaired=repair)
             started = time.monotonic()
+            pacer = Pacer(rate, sleep=self._sleep)  # the walk never ahead of `rate`
             after = ("", -1)
             while rows := await self._store.index.pieces_after(*after, _BATCH):
                 after = (rows[-1].digest, rows[-1].index)
@@ -92,10 +94,7 @@ class Scrubber:
                     report.bytes += row.length
                     self._metrics.scrubbed_pieces.inc()
                     self._metrics.scrubbed_bytes.inc(row.length)
-                    if rate:  # pace the walk: never ahead of `rate` bytes per second
-                        ahead = report.bytes / rate - (time.monotonic() - started)
-                        if ahead > 0:
-                            await self._sleep(ahead)
+                    await pacer.take(row.length)
             report.seconds = time.monotonic() - started
             self._metrics.scrub_passes.inc()
             return report

@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +22,7 @@ from yarl import URL
 
 from dfagent.configtypes import ListenAddress
 from dfagent.core.digest import Digest, InvalidDigest
-from dfagent.core.limits import MAX_BLOB_BYTES
+from dfagent.core.limits import MAX_BLOB_BYTES, Pacer
 from dfagent.engine.fetcher import FileSegment
 from dfagent.errors import BadRequest, DfagentError
 from dfagent.metrics import Metrics
@@ -49,27 +48,6 @@ _MAX_NAME_CHARS = 512  # an origin (scheme://host:port), a peer (host:port), a l
 _MAX_URL_CHARS = 8192
 _FIXED_LAYOUT = re.compile(r"fixed:([1-9][0-9]{0,19})")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class _Pacer:
-    """Keeps total uploads under `rate` bytes per second (None: no cap)."""
-
-    def __init__(self, rate: int | None) -> None:
-        self._rate = rate
-        self._next = time.monotonic()
-
-    @property
-    def pacing(self) -> bool:
-        return bool(self._rate)
-
-    async def take(self, count: int) -> None:
-        if not self._rate:
-            return
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + count / self._rate
-        if start > now:
-            await asyncio.sleep(start - now)
 
 
 class Completions(Protocol):
@@ -122,7 +100,7 @@ class PeerServer:
         self._directory = directory
         self._metrics = metrics
         self._slots = UploadSlots(max_uploads, slot_wait)
-        self._pacer = _Pacer(upload_bandwidth)
+        self._pacer = Pacer(upload_bandwidth)
         self._server: asyncio.Server | None = None
         self._http: web.Server | None = None
         self.completions: Completions | None = None  # set once the engine runs
@@ -509,7 +487,7 @@ def _path_digest(text: str) -> Digest:
         raise BadRequest(str(exc)) from None
 
 
-async def _relay(pacer: _Pacer, arriving: ArrivingPiece, response: web.StreamResponse) -> None:
+async def _relay(pacer: Pacer, arriving: ArrivingPiece, response: web.StreamResponse) -> None:
     """Pass a piece on while it arrives, in slices as the upload cap allows (views of the
     arriving piece's buffer, which is never resized, so nothing is copied here)."""
     async for part in arriving.relay():

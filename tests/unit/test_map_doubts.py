@@ -1,11 +1,13 @@
 """A doubted chunk map costs whole reads of the blob, so they are bounded: one per blob and
-origin (until a while has passed), none once the agent is closing."""
+origin (until a while has passed), paced to the background bandwidth, none once the agent is
+closing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -22,11 +24,13 @@ DIGEST = Digest(hashlib.sha256(DATA).hexdigest())
 
 
 class WholeOrigin:
-    """An origin that gives the blob whole (slowly enough for doubts to overlap), counting
-    the whole reads per registry."""
+    """An origin that gives the blob whole in `parts` (slowly enough for doubts to overlap),
+    counting the whole reads per registry and noting when each was read to its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, parts: int = 1) -> None:
+        self.parts = parts
         self.reads: list[str] = []
+        self.read_out: list[float] = []
 
     @contextlib.asynccontextmanager
     async def open_range(
@@ -37,7 +41,10 @@ class WholeOrigin:
 
         async def chunks() -> AsyncIterator[bytes]:
             await asyncio.sleep(0.05)
-            yield DATA
+            step = -(-len(DATA) // self.parts)
+            for at in range(0, len(DATA), step):
+                yield DATA[at : at + step]
+            self.read_out.append(time.monotonic())
 
         yield SimpleNamespace(chunks=chunks)
 
@@ -47,8 +54,8 @@ class PassingProofs:
         return data == DATA[:100]  # the piece cut from the whole read
 
 
-def doubts_with(origin: WholeOrigin) -> MapDoubts:
-    return MapDoubts(None, origin, PassingProofs(), Metrics())  # type: ignore[arg-type]
+def doubts_with(origin: WholeOrigin, bandwidth: int | None = None) -> MapDoubts:
+    return MapDoubts(None, origin, PassingProofs(), Metrics(), bandwidth=bandwidth)  # type: ignore[arg-type]
 
 
 BLOB = SimpleNamespace(
@@ -81,3 +88,16 @@ async def test_a_closing_agent_reads_nothing_whole():
     doubts.doubt(BLOB, source("a.example"), 0)  # type: ignore[arg-type]
     await asyncio.sleep(0.1)
     assert origin.reads == []
+
+
+async def test_a_whole_read_keeps_to_the_background_bandwidth():
+    origin = WholeOrigin(parts=10)
+    rate = len(DATA) * 4  # bytes per second: the nine parts after the first take 0.225 s
+    doubts = doubts_with(origin, bandwidth=rate)
+    started = time.monotonic()
+    doubts.doubt(BLOB, source("a.example"), 0)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        while not origin.read_out:
+            await asyncio.sleep(0.01)
+    assert origin.read_out[0] - started >= 0.05 + 0.2  # unpaced, just the origin's 0.05 s
+    await doubts.aclose()
