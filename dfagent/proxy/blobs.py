@@ -31,7 +31,7 @@ from dfagent.proxy.stall import cut_when_stalled
 from dfagent.sendfile import send_segment
 from dfagent.storage.store import StoredBlob
 
-__all__ = ["serve_blob"]
+__all__ = ["serve_blob", "voided_range_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,12 @@ def _wanted_range(request: web.BaseRequest, etag: str) -> RangeRequest | None:
         return parse_range_header(value)
     except MalformedRange as exc:
         raise BadRequest(str(exc)) from None
+
+
+def voided_range_headers(request: web.BaseRequest, digest: Digest) -> tuple[str, ...]:
+    """Range and If-Range, when this agent ignores them (see _wanted_range): a blob read passed
+    straight to the registry without them is answered as a cached one would be, whole."""
+    return ("range", "if-range") if _wanted_range(request, _etag(digest)) is None else ()
 
 
 def _etag(digest: Digest) -> str:

@@ -20,9 +20,10 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 
 async def pass_through(
-    request: web.BaseRequest, route: Route, origin: OriginClient
+    request: web.BaseRequest, route: Route, origin: OriginClient, *, drop: tuple[str, ...] = ()
 ) -> web.StreamResponse:
-    headers = end_to_end(request.headers, drop=("host",))
+    """`drop`: request headers (lower case) not to pass on."""
+    headers = end_to_end(request.headers, drop=("host", *drop))
     body = request.content.iter_any() if request.body_exists else None
     async with origin.forward(request.method, route.upstream, headers, body) as upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)

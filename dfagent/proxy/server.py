@@ -24,7 +24,7 @@ from dfagent.errors import (
 from dfagent.logs import REQUEST_ID
 from dfagent.metrics import Metrics
 from dfagent.origin.client import OriginClient
-from dfagent.proxy.blobs import serve_blob
+from dfagent.proxy.blobs import serve_blob, voided_range_headers
 from dfagent.proxy.certs import LeafCertificates
 from dfagent.proxy.config import ProxyConfig
 from dfagent.proxy.headers import ERROR_TYPE
@@ -113,6 +113,7 @@ class ProxyServer:
         try:
             target = route(self._config, request.method, self._target(request), request.headers)
             kind = "blob" if target.digest is not None else "passthrough"
+            drop: tuple[str, ...] = ()
             if target.digest is not None:
                 if self._throttle is not None and not self._throttle.allow():
                     raise Throttled(f"over proxy.rate_limit ({self._config.rate_limit}/s)")
@@ -128,7 +129,8 @@ class ProxyServer:
                     return response
                 except NotShareable:
                     kind = "uncached"
-            response = await pass_through(request, target, self._origin)
+                    drop = voided_range_headers(request, target.digest)
+            response = await pass_through(request, target, self._origin, drop=drop)
             return response
         except DfagentError as exc:
             response = _error_response(exc)

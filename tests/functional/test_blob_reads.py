@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.support.agent import AgentProcess
 from tests.support.client import send
 from tests.support.counting import CountingOrigin
-from tests.support.metrics import wait_for
+from tests.support.metrics import metric, wait_for
 from tests.support.registry import Registry
 
 PIECE = 256 * 1024  # small pieces so that short blobs span many of them
@@ -295,12 +295,24 @@ def test_malformed_range_is_400_with_reason(small_piece_agent, origin, blob, spe
         ("GET", {"Range": "bytes=10-19", "If-Range": "Sun, 06 Dec 2026 10:00:00 GMT"}, 200),
     ],
 )
+@pytest.mark.parametrize("path", ["cached", "passed-through"])
 def test_a_range_applies_only_to_a_get_in_bytes_of_this_blob(
-    small_piece_agent, origin, blob, method, headers, status
+    small_piece_agent, origin, registry, blob, method, headers, status, path
 ):
+    """Alike whether the agent serves the blob or passes the read to the registry (which, left
+    to itself, answers a HEAD with a range 206 and `items=` 416)."""
     digest, data = blob
+    if path == "passed-through":  # cached from another registry, unverified: not shared
+        other = CountingOrigin(registry.url).start()
+        try:
+            assert read(small_piece_agent, blob_url(other, digest), "bytes=0-0").status == 206
+        finally:
+            other.stop()
     headers = {k: v.replace("{hex}", digest.removeprefix("sha256:")) for k, v in headers.items()}
+    uncached = 'dfagent_proxy_requests_total{kind="uncached",status="2xx"}'
+    before = metric(small_piece_agent, uncached)
     reply = send(small_piece_agent.proxy_port, blob_url(origin, digest), headers, method)
+    assert metric(small_piece_agent, uncached) - before == (path == "passed-through")
     assert reply.status == status
     expected = data[10:20] if status == 206 else data
     assert reply.body == (b"" if method == "HEAD" else expected)
