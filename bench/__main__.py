@@ -3,8 +3,9 @@ summary of every figure beside its target; write the report (markdown and PNG pl
 
 `all` runs every scenario; `resources` runs the two whose agents it measures (cache-hit and
 swarm). The report goes to bench/results/<date>.md for `all` and <date>-<scenario>.md for
-one scenario; `--smoke` (tiny sizes, only checks that the harness works) writes it under
-bench/work/results instead, so that it never replaces a real one.
+one scenario, with each knob set away from its default added (<date>-swarm-nodes-8.md);
+`--smoke` (tiny sizes, only checks that the harness works) writes it under bench/work/results
+instead, so that it never replaces a real one.
 
 A scenario's work (blobs, caches, agents' logs) goes in bench/work/<scenario>; it is removed
 when the scenario passes and kept when it fails, or always with `--keep-work`.
@@ -186,6 +187,9 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
 GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
 
 
+_UNNAMED = frozenset({"scenario", "smoke", "keep_work", "out"})  # they name no measurement
+
+
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python3 -m bench",
@@ -272,6 +276,13 @@ def _arguments() -> argparse.Namespace:
     args = parser.parse_args()
     if args.nodes < 2:
         parser.error("--nodes: a swarm needs at least 2")
+    # Knobs set away from their defaults name the report, so that a run with other knobs never
+    # replaces another's (`--nodes 8`: <date>-swarm-nodes-8.md).
+    args.knobs = [
+        f"{name.replace('_', '-')}-{value}"
+        for name, value in vars(args).items()
+        if name not in _UNNAMED and value != parser.get_default(name)
+    ]
     return args
 
 
@@ -306,6 +317,7 @@ def main() -> int:
     stem = run.started.date().isoformat()
     if args.scenario != "all":
         stem += f"-{args.scenario}"
+    stem += "".join(f"-{knob}" for knob in args.knobs)
     path = report.write(run, sections, directory, stem)
     print(f"## Summary\n\n{report.summary(sections)}\n\nReport: {path}")
     return 1 if failures else 0
