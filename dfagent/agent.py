@@ -118,9 +118,7 @@ class Agent:
                     network=network,
                 )
             )
-            prefetcher = await stack.enter_async_context(
-                Prefetcher(engine, config.origin.prefetch_bandwidth)
-            )
+            prefetcher = await stack.enter_async_context(Prefetcher(engine))
             if isinstance(network, DragonflyMember) and config.dragonfly.seed:
                 assert self._upload is not None
                 self._upload.serve_seeds(Seeder(engine, prefetcher, network.back_to_source))

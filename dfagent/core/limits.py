@@ -51,6 +51,10 @@ class Pacer:
     def pacing(self) -> bool:
         return bool(self._rate)
 
+    @property
+    def rate(self) -> int | None:
+        return self._rate or None
+
     async def take(self, count: int) -> None:
         if not self._rate:
             return

@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from dfagent.core.limits import Pacer
 from dfagent.engine.access import AccessGate
 from dfagent.engine.inflight import InflightPiece
 from dfagent.engine.network import Answer, PieceCheck, PieceNetwork
@@ -133,11 +134,12 @@ class Engine:
         background_bandwidth: int | None = None,
         network: PieceNetwork | None = None,
     ) -> None:
-        """`background_bandwidth`: bytes per second a check no reader waits for may take from
-        an origin (a doubted chunk map's whole read)."""
+        """`background_bandwidth`: bytes per second that origin reads nobody waits for may take
+        together (`background`: completions, a doubted chunk map's whole reads)."""
         self._access = access
         self._proofs = proofs
-        self._doubts = MapDoubts(store, origin, proofs, metrics, bandwidth=background_bandwidth)
+        self.background = Pacer(background_bandwidth)
+        self._doubts = MapDoubts(store, origin, proofs, metrics, pacer=self.background)
         self._network = network
         self._store = store
         self._origin = origin

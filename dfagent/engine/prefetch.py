@@ -1,17 +1,17 @@
 """Completion: fetch every missing piece of a blob, one run of pieces at a time.
 
 In the background after a ranged read (`proxy.prefetch: true` or a request header
-`X-Dragonfly-Prefetch: true`): paced to `origin.prefetch_bandwidth`, and only while no reader
-is waiting on the origin. For a preheat, as fast as the sources allow, still yielding to
+`X-Dragonfly-Prefetch: true`): within `origin.prefetch_bandwidth` (the engine's budget of
+origin reads nobody waits for, shared by every completion), and only while no reader is
+waiting on the origin. For a preheat, as fast as the sources allow, still yielding to
 readers. A peer asks for completions too (a preheat spreading through the swarm); it learns
 how one went from `state`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from dfagent.core.limits import Pacer
 from dfagent.engine.fetcher import Engine
@@ -29,16 +29,8 @@ _REMEMBERED_FAILURES = 1024
 
 
 class Prefetcher:
-    def __init__(
-        self,
-        engine: Engine,
-        bandwidth: int | None,
-        *,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._bandwidth = bandwidth
-        self._sleep = sleep
         self._tasks = TaskOwner("prefetch")
         self._running: set[str] = set()
         self._failures: dict[str, str] = {}  # digest hex -> why its last completion stopped
@@ -87,22 +79,21 @@ class Prefetcher:
     async def complete(self, blob: StoredBlob, source: BlobSource, *, paced: bool) -> int:
         """Fetch every piece `blob` lacks; the bytes fetched. Raises DfagentError when a
         source fails (pieces stored until then stay)."""
-        bandwidth = self._bandwidth if paced else None
-        pacer = Pacer(bandwidth, sleep=self._sleep)
+        pacer = self._engine.background if paced else Pacer(None)
         fetched = 0
         with blob.pinned():
             # Runs small enough that pacing between them keeps close to the budget.
-            run_bytes = min(_RUN_BYTES, bandwidth // 4) if bandwidth else _RUN_BYTES
+            run_bytes = min(_RUN_BYTES, pacer.rate // 4) if pacer.rate else _RUN_BYTES
             for first, stop in _runs(blob, run_bytes):
                 if blob.removed:
                     break
                 missing = [i for i in range(first, stop) if not blob.has(i)]
                 if not missing:
                     continue
+                spans = map(blob.layout.bounds, missing)
+                await pacer.take(sum(end - start for start, end in spans))  # before, not after
                 await self._engine.until_quiet()  # readers first
-                run = await self._engine.fetch_missing(blob, source, missing)
-                fetched += run
-                await pacer.take(run)
+                fetched += await self._engine.fetch_missing(blob, source, missing)
         if blob.removed:
             raise DfagentError(f"{blob.digest} was dropped (evicted, or failed its digest check)")
         return fetched

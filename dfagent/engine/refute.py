@@ -8,9 +8,9 @@ of failing every read of those chunks. If they do not, the origin lies and the p
 Nothing read here is stored or served: the whole read only hashes, and keeps the one piece it
 re-checks. It is bounded, so that neither a lying map nor a lying origin can make this agent
 read blobs over and over, or crowd out its readers: one whole read per blob and origin per
-_RECHECK_SECONDS, at most _READS_AT_ONCE at a time and _WAITING waiting, paced to the
-background bandwidth (`origin.prefetch_bandwidth`, one budget for the reads running), each
-within a deadline, none of a blob over _MAX_DOUBTED_BYTES.
+_RECHECK_SECONDS, at most _READS_AT_ONCE at a time and _WAITING waiting, within the
+budget of origin reads nobody waits for (`origin.prefetch_bandwidth`, shared with background
+completions), each within a deadline, none of a blob over _MAX_DOUBTED_BYTES.
 """
 
 from __future__ import annotations
@@ -57,11 +57,12 @@ class MapDoubts:
         proofs: ChunkProofs,
         metrics: Metrics,
         *,
-        bandwidth: int | None,
+        pacer: Pacer,
     ) -> None:
+        """`pacer`: the budget of origin reads nobody waits for, shared with completions."""
         self._store = store
-        self._pacer = Pacer(bandwidth)  # one budget for the whole reads running
-        fair_share = bandwidth / (2 * _READS_AT_ONCE) if bandwidth else math.inf
+        self._pacer = pacer
+        fair_share = pacer.rate / (2 * _READS_AT_ONCE) if pacer.rate else math.inf
         self._least_rate = min(_MIN_BYTES_PER_SECOND, fair_share)
         self._origin = origin
         self._proofs = proofs

@@ -23,7 +23,8 @@ class OriginConfig:
     ca_file: str | None = None
     # Do not verify origin certificates. Only for testing; never in production.
     insecure_skip_verify: bool = False
-    # Bytes per second that background completion (prefetch) may take from origins (null: no cap).
+    # Bytes per second that origin reads nobody waits for (background completions, a doubted
+    # chunk map's whole reads) may take together (null: no cap).
     prefetch_bandwidth: ByteSize | None = ByteSize(32 * 1024 * 1024)
 
     def check(self) -> list[tuple[str, str]]:
@@ -36,4 +37,6 @@ class OriginConfig:
             problems.append(("read_timeout", "must be positive"))
         if self.max_connections < 1:
             problems.append(("max_connections", "must be at least 1"))
+        if self.prefetch_bandwidth is not None and self.prefetch_bandwidth < 64 * 1024:
+            problems.append(("prefetch_bandwidth", "must be at least 64KiB (per second)"))
         return problems

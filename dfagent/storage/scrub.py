@@ -81,6 +81,7 @@ class Scrubber:
             while rows := await self._store.index.pieces_after(*after, _BATCH):
                 after = (rows[-1].digest, rows[-1].index)
                 for row in rows:
+                    await pacer.take(row.length)
                     if not await self._check(row):
                         report.bad.append((row.digest, row.index))
                         self._metrics.scrub_bad_pieces.inc()
@@ -94,7 +95,6 @@ class Scrubber:
                     report.bytes += row.length
                     self._metrics.scrubbed_pieces.inc()
                     self._metrics.scrubbed_bytes.inc(row.length)
-                    await pacer.take(row.length)
             report.seconds = time.monotonic() - started
             self._metrics.scrub_passes.inc()
             return report

@@ -435,14 +435,25 @@ def test_prefetch_keeps_to_its_bandwidth(agent_factory, origin, registry: Regist
     agent = agent_factory(storage={"piece_size": "256KiB"}, origin={"prefetch_bandwidth": "1MiB"})
     data = os.urandom(8 * PIECE)  # 2 MiB: two seconds at 1 MiB/s
     digest = registry.push_blob("test/paced", data)
-    started = time.monotonic()
+    asked_at: list[float] = []
+
+    async def note_when_asked(request: web.BaseRequest) -> None:
+        if request.method == "GET" and digest in request.path:
+            asked_at.append(time.monotonic())
+
+    origin.faults.append(note_when_asked)
     send(
         agent.proxy_port,
         blob_url(origin, "test/paced", digest),
         {"Range": "bytes=0-0", "X-Dragonfly-Prefetch": "true"},
     )
     wait_for(lambda: status(agent)["verified_blobs"] == 1, "background completion", timeout=20)
-    assert time.monotonic() - started >= 1.0  # the first 1 MiB may go at once, the rest waits
+    # The read fetched piece 0; completion fetches the other seven a piece (a quarter of a
+    # second's budget) at a time, each only once the budget of those before it is spent.
+    completion = asked_at[1:]
+    assert len(completion) == 7
+    for earlier, at in enumerate(completion):
+        assert at - completion[0] >= 0.25 * earlier - 0.05, [t - asked_at[0] for t in asked_at]
 
 
 def test_eviction_skips_a_blob_being_read(agent_factory, origin, registry: Registry):

@@ -112,6 +112,7 @@ def test_no_cross_field_conflict_with_a_field_that_is_already_wrong(text):
         ("proxy: {registry_mirror: 'http://[::1'}", "proxy.registry_mirror", "not a URL"),
         ("proxy: {registry_mirror: 'http://reg:99999'}", "proxy.registry_mirror", "not a URL"),
         ("origin: {connect_timeout: 0s}", "origin.connect_timeout", "positive"),
+        ("origin: {prefetch_bandwidth: 1KiB}", "origin.prefetch_bandwidth", "at least 64KiB"),
         ("log: {level: loud}", "log.level", "one of"),
         ("proxy: [1, 2]", "proxy", "mapping"),
         ("- a\n- b", "<top>", "mapping"),

@@ -15,6 +15,7 @@ from typing import Any
 from yarl import URL
 
 from dfagent.core.digest import Digest
+from dfagent.core.limits import Pacer
 from dfagent.engine.refute import MapDoubts
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
@@ -55,7 +56,8 @@ class PassingProofs:
 
 
 def doubts_with(origin: WholeOrigin, bandwidth: int | None = None) -> MapDoubts:
-    return MapDoubts(None, origin, PassingProofs(), Metrics(), bandwidth=bandwidth)  # type: ignore[arg-type]
+    pacer = Pacer(bandwidth)
+    return MapDoubts(None, origin, PassingProofs(), Metrics(), pacer=pacer)  # type: ignore[arg-type]
 
 
 BLOB = SimpleNamespace(
