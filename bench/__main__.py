@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shlex
 import sys
 import time
@@ -279,11 +280,17 @@ def _arguments() -> argparse.Namespace:
     # Knobs set away from their defaults name the report, so that a run with other knobs never
     # replaces another's (`--nodes 8`: <date>-swarm-nodes-8.md).
     args.knobs = [
-        f"{name.replace('_', '-')}-{value}"
+        f"{name.replace('_', '-')}-{_file_name_part(value)}"
         for name, value in vars(args).items()
         if name not in _UNNAMED and value != parser.get_default(name)
     ]
     return args
+
+
+def _file_name_part(value: object) -> str:
+    """A knob's value as it can stand in a file name (`--sim-nodes 4,8` -> `4,8`, 1e3 -> 1000)."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^\w.,+-]", "_", text)
 
 
 def _show(section: report.Section) -> None:

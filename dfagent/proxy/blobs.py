@@ -31,7 +31,7 @@ from dfagent.proxy.stall import cut_when_stalled
 from dfagent.sendfile import send_segment
 from dfagent.storage.store import StoredBlob
 
-__all__ = ["serve_blob", "voided_range_headers"]
+__all__ = ["range_headers_judged_here", "serve_blob"]
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,13 @@ def _wanted_range(request: web.BaseRequest, etag: str) -> RangeRequest | None:
         raise BadRequest(str(exc)) from None
 
 
-def voided_range_headers(request: web.BaseRequest, digest: Digest) -> tuple[str, ...]:
-    """Range and If-Range, when this agent ignores them (see _wanted_range): a blob read passed
-    straight to the registry without them is answered as a cached one would be, whole."""
-    return ("range", "if-range") if _wanted_range(request, _etag(digest)) is None else ()
+def range_headers_judged_here(request: web.BaseRequest, digest: Digest) -> tuple[str, ...]:
+    """The request headers a blob read passed straight to the registry goes without, so that it
+    is answered as a cached read would be: If-Range, judged here against the blob's own tag
+    (a registry's tag may differ), and Range when this agent ignores it (see _wanted_range)."""
+    if _wanted_range(request, _etag(digest)) is None:
+        return ("range", "if-range")
+    return ("if-range",)
 
 
 def _etag(digest: Digest) -> str:

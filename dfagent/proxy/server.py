@@ -24,7 +24,7 @@ from dfagent.errors import (
 from dfagent.logs import REQUEST_ID
 from dfagent.metrics import Metrics
 from dfagent.origin.client import OriginClient
-from dfagent.proxy.blobs import serve_blob, voided_range_headers
+from dfagent.proxy.blobs import range_headers_judged_here, serve_blob
 from dfagent.proxy.certs import LeafCertificates
 from dfagent.proxy.config import ProxyConfig
 from dfagent.proxy.headers import ERROR_TYPE
@@ -129,7 +129,7 @@ class ProxyServer:
                     return response
                 except NotShareable:
                     kind = "uncached"
-                    drop = voided_range_headers(request, target.digest)
+                    drop = range_headers_judged_here(request, target.digest)
             response = await pass_through(request, target, self._origin, drop=drop)
             return response
         except DfagentError as exc:
