@@ -135,11 +135,11 @@ class Engine:
         network: PieceNetwork | None = None,
     ) -> None:
         """`background_bandwidth`: bytes per second that origin reads nobody waits for may take
-        together (`background`: completions, a doubted chunk map's whole reads)."""
+        together (`background_pacer`: completions, a doubted chunk map's whole reads)."""
         self._access = access
         self._proofs = proofs
-        self.background = Pacer(background_bandwidth)
-        self._doubts = MapDoubts(store, origin, proofs, metrics, pacer=self.background)
+        self.background_pacer = Pacer(background_bandwidth)
+        self._doubts = MapDoubts(store, origin, proofs, metrics, pacer=self.background_pacer)
         self._network = network
         self._store = store
         self._origin = origin

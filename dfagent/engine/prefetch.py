@@ -79,7 +79,7 @@ class Prefetcher:
     async def complete(self, blob: StoredBlob, source: BlobSource, *, paced: bool) -> int:
         """Fetch every piece `blob` lacks; the bytes fetched. Raises DfagentError when a
         source fails (pieces stored until then stay)."""
-        pacer = self._engine.background if paced else Pacer(None)
+        pacer = self._engine.background_pacer if paced else Pacer(None)
         fetched = 0
         with blob.pinned():
             # Runs small enough that pacing between them keeps close to the budget.
