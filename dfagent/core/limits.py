@@ -48,10 +48,6 @@ class Pacer:
         self._next = time.monotonic()
 
     @property
-    def pacing(self) -> bool:
-        return bool(self._rate)
-
-    @property
     def rate(self) -> int | None:
         return self._rate or None
 

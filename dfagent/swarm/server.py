@@ -171,7 +171,7 @@ class PeerServer:
         the cap allows, once the headers are out. Pacing a whole piece before its headers would
         leave the requester waiting in silence (it asks a second holder after the hedge delay,
         and the piece is sent twice) and then put the piece on the link in one burst."""
-        if not self._pacer.pacing:
+        if self._pacer.rate is None:
             await send_segment(request, response, segment)
             return
         end = segment.offset + segment.count
