@@ -29,6 +29,7 @@ new home after a membership change, fills up again from announcements. Pure: no 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import Counter
@@ -56,6 +57,12 @@ class _Piece:
     downloads: dict[str, tuple[str, float]] = field(default_factory=dict)  # who -> (from, expiry)
     followers: Counter[str] = field(default_factory=Counter)  # peer -> downloads from it now
     copies: dict[str, int] = field(default_factory=dict)  # holder -> times offered first for it
+    # No download expires before this (a lower bound: lookups skip the expiry scan until then).
+    first_expiry: float = math.inf
+    # Hops from the source to each peer receiving the piece (see _Hops), kept between lookups
+    # while the holders stay `hops_held`; a changed download record drops what it changes.
+    hops: dict[str, int] = field(default_factory=dict)
+    hops_held: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -284,12 +291,18 @@ def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int
     if piece.lease is not None and piece.lease[0] != requester:
         relays.append(piece.lease[0])
     hops = _Hops(piece, held)
-    ranked = []
-    for position, who in enumerate(relays):
-        deep = hops(who)
-        ranked.append(
-            (deep >= _RELAY_DEPTH, piece.followers[who], sending.get(who, 0), deep, position, who)
+    known, followers = piece.hops, piece.followers
+    ranked = [
+        (
+            (deep := known[who] if who in known else hops(who)) >= _RELAY_DEPTH,
+            followers.get(who, 0),
+            sending.get(who, 0),
+            deep,
+            position,
+            who,
         )
+        for position, who in enumerate(relays)
+    ]
     while ranked:
         best = min(ranked)
         if not _through(piece, best[-1], requester):
@@ -300,12 +313,18 @@ def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int
 
 class _Hops:
     """Hops from a piece's source (a holder, or the origin's fetcher) to each peer receiving
-    it, for one lookup: each line is walked once."""
+    it: each line is walked once, and what was walked is kept in the piece for later lookups
+    (a home with a thousand peers on one piece would otherwise walk them all on every lookup)
+    until its holders change or a download record changes a line (_count_download,
+    _forget_download)."""
 
     def __init__(self, piece: _Piece, held: set[str]) -> None:
+        if piece.hops_held != held:
+            piece.hops = {}
+            piece.hops_held = frozenset(held)
         self._downloads = piece.downloads
         self._held = held
-        self._known: dict[str, int] = {}
+        self._known = piece.hops
 
     def __call__(self, peer: str) -> int:
         line = []
@@ -338,22 +357,38 @@ def _through(piece: _Piece, relay: str, requester: str) -> bool:
 
 
 def _count_download(blob: _Blob, piece: _Piece, requester: str, source: str, now: float) -> None:
-    piece.downloads[requester] = (source, now + _DOWNLOAD_TTL)
+    _line_changes(piece, requester)
+    expiry = now + _DOWNLOAD_TTL
+    piece.downloads[requester] = (source, expiry)
+    piece.first_expiry = min(piece.first_expiry, expiry)
     piece.followers[source] += 1
     piece.copies[source] = piece.copies.get(source, 0) + 1
     blob.sending[source] = blob.sending.get(source, 0) + 1
 
 
 def _expire_downloads(blob: _Blob, piece: _Piece, now: float) -> None:
+    if now < piece.first_expiry:
+        return
     for who, (_, expiry) in list(piece.downloads.items()):
         if expiry <= now:
             _forget_download(blob, piece, who)
+    piece.first_expiry = min((expiry for _, expiry in piece.downloads.values()), default=math.inf)
+
+
+def _line_changes(piece: _Piece, peer: str) -> None:
+    """`peer`'s download record is about to change: drop the hops it decides (its own, and
+    those of every peer that receives the piece through it)."""
+    if piece.followers.get(peer):
+        piece.hops.clear()
+    else:
+        piece.hops.pop(peer, None)
 
 
 def _forget_download(blob: _Blob, piece: _Piece, requester: str) -> None:
     record = piece.downloads.pop(requester, None)
     if record is None:
         return
+    _line_changes(piece, requester)
     piece.followers[record[0]] -= 1
     if not piece.followers[record[0]]:
         del piece.followers[record[0]]

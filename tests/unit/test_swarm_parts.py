@@ -234,6 +234,32 @@ def test_a_new_piece_runs_down_a_line_of_relays_from_its_origin_fetcher():
     assert directory.recorded("d", LIAR, 100, 10, [0]) == {0: None}
 
 
+def test_a_line_shortened_by_a_forgotten_download_grows_again_from_its_end():
+    """The hops from the source are kept between lookups; a download forgotten at the head
+    of a line (here its record expired) brings every peer after it a hop nearer the source,
+    and the full line has room again: the next requester joins its end, not a branch at a
+    busier peer."""
+    clock = Clock()
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
+    assert _ask(directory, "fetcher:1").fetch
+    line = [f"n{i}:1" for i in range(_RELAY_DEPTH)]
+    assert _ask(directory, line[0]).fetching == "fetcher:1"
+    clock.now = 0.1
+    for peer in line[1:]:
+        _ask(directory, peer)
+    assert _ask(directory, "fetcher:1", 1).fetch
+    assert _ask(directory, "other:1", 1).fetching == "fetcher:1"  # the fetcher is busier now
+    clock.now = 0.2
+    branch = _ask(directory, "branch:1").fetching
+    assert branch != line[-1]  # the line is full: a branch
+    assert _ask(directory, "late:1").fetching == "branch:1"
+    clock.now = 5.05  # n0's download expires, the rest of the line's do not
+    again = directory.lookup(
+        "d", REGISTRY, 100, 10, indices=[0], requester="late:1", stalled="branch:1"
+    )[0]
+    assert again.fetching == line[-1]
+
+
 def test_a_requester_is_never_told_to_take_a_piece_through_itself():
     """A requester asking again (its stream broke off) may have followers of its own; taking
     the piece from one of them would be a loop in which no byte ever arrives."""
