@@ -63,6 +63,11 @@ class _Piece:
     # while the holders stay `hops_held`; a changed download record drops what it changes.
     hops: dict[str, int] = field(default_factory=dict)
     hops_held: frozenset[str] = frozenset()
+    # Peers receiving the piece that pass it on to nobody (the ends of lines), and when each
+    # began to receive it (the order of `downloads`): where a new requester usually goes.
+    ends: set[str] = field(default_factory=set)
+    since: dict[str, int] = field(default_factory=dict)
+    downloads_made: int = 0
 
 
 @dataclass(slots=True)
@@ -287,10 +292,19 @@ def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int
     starts at a peer with upload to spare (one that ends the lines of other pieces). Never a
     relay that receives the piece through the requester. `held`: the piece's holders, which
     are sources, not relays."""
+    hops = _Hops(piece, held)
+    return _line_end(piece, held, requester, sending, hops) or _ranked_relay(
+        piece, held, requester, sending, hops
+    )
+
+
+def _ranked_relay(
+    piece: _Piece, held: set[str], requester: str, sending: dict[str, int], hops: _Hops
+) -> str | None:
+    """_relay's choice, made by ranking every peer receiving the piece."""
     relays = [who for who in piece.downloads if who not in held and who != requester]
     if piece.lease is not None and piece.lease[0] != requester:
         relays.append(piece.lease[0])
-    hops = _Hops(piece, held)
     known, followers = piece.hops, piece.followers
     ranked = [
         (
@@ -309,6 +323,31 @@ def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int
             return best[-1]
         ranked.remove(best)
     return None
+
+
+def _line_end(
+    piece: _Piece, held: set[str], requester: str, sending: dict[str, int], hops: _Hops
+) -> str | None:
+    """The relay _relay chooses when some line has room at its end (a peer passing the piece
+    on to nobody, fewer than _RELAY_DEPTH hops from its source), found among those ends
+    rather than among every peer receiving the piece. None when no line has room, or when the
+    best end receives the piece through the requester (then _ranked_relay decides)."""
+    ends: list[tuple[str, float]] = [
+        (who, piece.since[who]) for who in piece.ends if who not in held and who != requester
+    ]
+    lease = piece.lease
+    if lease is not None and lease[0] != requester and not piece.followers.get(lease[0]):
+        ends.append((lease[0], math.inf))  # the origin's fetcher ranks after every download
+    best: tuple[tuple[int, int, float], str] | None = None
+    known = piece.hops
+    for who, since in ends:
+        if (deep := known[who] if who in known else hops(who)) < _RELAY_DEPTH:
+            rank = (sending.get(who, 0), deep, since)
+            if best is None or rank < best[0]:
+                best = (rank, who)
+    if best is None or _through(piece, best[1], requester):
+        return None
+    return best[1]
 
 
 class _Hops:
@@ -360,8 +399,13 @@ def _count_download(blob: _Blob, piece: _Piece, requester: str, source: str, now
     _line_changes(piece, requester)
     expiry = now + _DOWNLOAD_TTL
     piece.downloads[requester] = (source, expiry)
+    piece.since[requester] = piece.downloads_made
+    piece.downloads_made += 1
     piece.first_expiry = min(piece.first_expiry, expiry)
+    if not piece.followers.get(requester):
+        piece.ends.add(requester)
     piece.followers[source] += 1
+    piece.ends.discard(source)
     piece.copies[source] = piece.copies.get(source, 0) + 1
     blob.sending[source] = blob.sending.get(source, 0) + 1
 
@@ -389,9 +433,13 @@ def _forget_download(blob: _Blob, piece: _Piece, requester: str) -> None:
     if record is None:
         return
     _line_changes(piece, requester)
+    piece.ends.discard(requester)
+    del piece.since[requester]
     piece.followers[record[0]] -= 1
     if not piece.followers[record[0]]:
         del piece.followers[record[0]]
+        if record[0] in piece.downloads:
+            piece.ends.add(record[0])
     left = blob.sending.get(record[0], 0) - 1
     if left > 0:
         blob.sending[record[0]] = left

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import random
 import socket
+from typing import ClassVar
 
 import pytest
 
+from dfagent.swarm import directory as directory_module
 from dfagent.swarm.config import PeerConfig, SwarmConfig
 from dfagent.swarm.directory import (
     _HOLDERS_OFFERED,
@@ -322,3 +325,72 @@ def test_a_stalled_download_is_forgotten_and_the_piece_offered_afresh():
     assert _ask(directory, "b:1").holders == ("a:1",)  # b downloads from a...
     assert _ask(directory, "c:1").fetching == "b:1"  # ...so c waits for b
     assert _report(directory, "c:1", stalled="b:1").holders == ("a:1",)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_what_the_home_keeps_between_lookups_matches_its_book(seed, monkeypatch):
+    """The ends of lines, when each download began and the hops kept between lookups are
+    derived from the downloads; after any mix of lookups, stalls, announcements, dropped
+    holders and expiries they must say what the downloads say. And a relay found among the
+    ends of lines is the one ranking every peer receiving the piece would choose."""
+    ends_chosen = 0
+    line_end = directory_module._line_end
+
+    def checked(piece, held, requester, sending, hops):
+        nonlocal ends_chosen
+        chosen = line_end(piece, held, requester, sending, hops)
+        if chosen is not None:
+            ends_chosen += 1
+            ranked = directory_module._ranked_relay(piece, held, requester, sending, hops)
+            assert chosen == ranked
+        return chosen
+
+    monkeypatch.setattr(directory_module, "_line_end", checked)
+    rng = random.Random(seed)
+    clock = Clock()
+    directory = Directory(holder_ttl=8, lease_ttl=6, clock=clock, shuffle=rng.shuffle)
+    peers = [f"p{i}:1" for i in range(12)]
+    for _ in range(1500):
+        peer, index, roll = rng.choice(peers), rng.randrange(3), rng.random()
+        if roll < 0.6:
+            stalled = rng.choice(peers) if rng.random() < 0.1 else None
+            directory.lookup(
+                "d", REGISTRY, 100, 10, indices=[index], requester=peer, stalled=stalled
+            )
+        elif roll < 0.8:
+            _holds(directory, peer, index)
+        elif roll < 0.85:
+            directory.drop_holder("d", index, peer)
+        elif roll < 0.9:
+            directory.prune()
+        else:
+            clock.now += rng.uniform(0, 2)
+        for piece in directory._blobs.get("d", {}).get(REGISTRY, _NO_BOOK).pieces.values():
+            idle = {who for who in piece.downloads if not piece.followers.get(who)}
+            assert piece.ends == idle
+            assert piece.since.keys() == piece.downloads.keys()
+            assert list(piece.downloads) == sorted(piece.downloads, key=piece.since.get)
+            for who, hops in piece.hops.items():
+                fresh = _hops_from_source(piece.downloads, piece.hops_held, who)
+                assert fresh is None or hops == fresh
+    assert ends_chosen > 100
+
+
+class _NoBook:
+    pieces: ClassVar[dict] = {}
+
+
+_NO_BOOK = _NoBook()
+
+
+def _hops_from_source(downloads, held, peer) -> int | None:
+    """Hops from the source to `peer`, walked afresh; None on a line that loops (the home
+    ranks such a peer last, whatever number it keeps for it)."""
+    hops = 0
+    seen = set()
+    while (record := downloads.get(peer)) is not None and record[0] not in held:
+        if peer in seen:
+            return None
+        seen.add(peer)
+        hops, peer = hops + 1, record[0]
+    return hops
