@@ -180,9 +180,10 @@ class Metrics:
         )
         self.chunk_maps_contested = Counter(
             "dfagent_chunk_maps_contested",
-            "Contests: a bootstrap contradicted the chunk map known for a nydus data blob, with"
-            " nothing here to prove either; no map is used for it (it is read like a blob that is"
-            " not nydus).",
+            "Times a nydus data blob's chunk map was set aside: a bootstrap contradicted the map"
+            " known for it, with nothing here to prove either, or the blob, read whole and proven"
+            " by its digest, contradicted the map; no map is used for it (it is read like a blob"
+            " that is not nydus). A blob contested again counts again.",
             registry=r,
         )
         self.chunk_map_vouchers = Counter(
