@@ -134,10 +134,12 @@ def _stack(args: argparse.Namespace) -> Ran:
 
 def _sim(args: argparse.Namespace) -> Ran:
     if args.smoke:
-        plan = sim.runs((4, 16), 16 * MIB, 16 * MIB)
+        plan = sim.runs((4, 16), 16 * MIB, 16 * MIB, 16)
     else:
         counts = tuple(int(n) for n in args.sim_nodes.split(","))
-        plan = sim.runs(counts, _blob_mib(args, 512) * MIB, args.sim_small_mib * MIB)
+        plan = sim.runs(
+            counts, _blob_mib(args, 512) * MIB, args.sim_small_mib * MIB, args.sim_full_up_to
+        )
     rtt = args.sim_rtt_ms / 1000
     results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers)
     return sim.section(results, args.link_mbit, rtt), []
@@ -260,7 +262,15 @@ def _arguments() -> argparse.Namespace:
         "--sim-small-mib",
         type=int,
         default=16,
-        help="the blob every node count is also simulated with; above 100 nodes the only one",
+        help="the blob every node count is also simulated with; above --sim-full-up-to nodes "
+        "the only one",
+    )
+    parser.add_argument(
+        "--sim-full-up-to",
+        type=int,
+        default=100,
+        help="node counts up to this are also simulated with the full blob (sim; 1,000 nodes "
+        "with 512 MiB take about 34 minutes on their own)",
     )
     parser.add_argument(
         "--sim-rtt-ms", type=float, default=2, help="round trip between any two hosts (sim)"

@@ -154,3 +154,17 @@ def test_a_read_of_a_pieces_head_waits_for_the_second_request() -> None:
     kernel.run(until=sim.all_of(kernel, [tail, head]))
     assert len(ended) == 2
     assert 1 in node.received
+
+
+def test_the_full_blob_is_simulated_up_to_the_node_count_asked() -> None:
+    """Every count runs with the small blob; the full one only up to `full_up_to` nodes (the
+    1,000-node fill of 512 MiB takes minutes), and never twice when the two are the same."""
+    assert sim.runs((4, 100, 1000), 512, 16, 100) == [
+        (4, 512),
+        (100, 512),
+        (4, 16),
+        (100, 16),
+        (1000, 16),
+    ]
+    assert sim.runs((4, 1000), 512, 16, 1000) == [(4, 512), (1000, 512), (4, 16), (1000, 16)]
+    assert sim.runs((4, 16), 16, 16, 1000) == [(4, 16), (16, 16)]
