@@ -145,6 +145,11 @@ class Directory:
                 answers[index] = Answer(None, (), True, None)
                 continue
             piece = blob.pieces.setdefault(index, _Piece())
+            # An agent asks only for what it does not hold: one still on record as a holder
+            # lost its copy (evicted, or its cache failed a check). Offered on, it would send
+            # others away empty-handed, and a relay told to take the piece from it while it
+            # takes the piece from that relay would wait on a loop in which no byte arrives.
+            piece.holders.pop(requester, None)
             if stalled is not None and stalled != requester:
                 if (
                     piece.lease is not None
@@ -153,7 +158,7 @@ class Directory:
                 ):
                     piece.lease = None
                 _forget_download(blob, piece, stalled)
-            holders = [p for p, expiry in piece.holders.items() if expiry > now and p != requester]
+            holders = [p for p, expiry in piece.holders.items() if expiry > now]
             if piece.lease is not None and piece.lease[1] <= now:
                 piece.lease = None
             if piece.lease is not None and piece.lease[0] == requester:
@@ -371,7 +376,7 @@ class _Hops:
             record = self._downloads.get(peer)
             if record is None or record[0] in self._held:
                 self._known[peer] = 0
-            elif len(line) > len(self._downloads):  # a loop: never made, never followed
+            elif len(line) > len(self._downloads):  # a loop (never made): not walked forever
                 self._known[peer] = _RELAY_DEPTH
             else:
                 line.append(peer)

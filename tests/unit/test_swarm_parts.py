@@ -274,6 +274,22 @@ def test_a_requester_is_never_told_to_take_a_piece_through_itself():
     assert _ask(directory, "a:1").fetching == "fetcher:1"
 
 
+def test_a_holder_that_asks_for_its_piece_again_is_no_longer_offered():
+    """An agent asks only for pieces it does not hold: one on record as a holder that asks
+    lost its copy. Others are told to take the piece from it as it arrives again, not to
+    fetch a held copy it no longer has (nor to be taken into a line through it: the
+    randomized test below sees such lines loop otherwise)."""
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    _holds(directory, "h:1")
+    assert _ask(directory, "h:1").fetch  # its copy was evicted: nobody else holds the piece
+    again = _ask(directory, "b:1")
+    assert (again.holders, again.fetching) == ((), "h:1")
+    assert _ask(directory, "h:1", 1).fetch  # its record for another piece is untouched
+    _holds(directory, "b:1")
+    _holds(directory, "h:1")  # holds it again: offered again
+    assert _ask(directory, "c:1").holders == ("b:1", "h:1")
+
+
 def test_a_released_lease_goes_to_the_next_requester_at_once():
     directory = Directory(holder_ttl=30, lease_ttl=15, clock=Clock(), shuffle=lambda _: None)
     assert directory.lookup("d", REGISTRY, 100, 10, indices=[0], requester="a:1")[0].fetch
@@ -371,19 +387,16 @@ def test_what_the_home_keeps_between_lookups_matches_its_book(seed, monkeypatch)
             assert piece.since.keys() == piece.downloads.keys()
             assert list(piece.downloads) == sorted(piece.downloads, key=piece.since.get)
             for who, hops in piece.hops.items():
-                fresh = _hops_from_source(piece.downloads, piece.hops_held, who)
-                assert fresh is None or hops == fresh
+                assert hops == _hops_from_source(piece.downloads, piece.hops_held, who)
     assert ends_chosen > 100
 
 
-def _hops_from_source(downloads, held, peer) -> int | None:
-    """Hops from the source to `peer`, walked afresh; None on a line that loops (the home
-    ranks such a peer last, whatever number it keeps for it)."""
+def _hops_from_source(downloads, held, peer) -> int:
+    """Hops from the source to `peer`, walked afresh; a line never loops."""
     hops = 0
     seen = set()
     while (record := downloads.get(peer)) is not None and record[0] not in held:
-        if peer in seen:
-            return None
+        assert peer not in seen, f"the downloads of a piece loop through {peer}"
         seen.add(peer)
         hops, peer = hops + 1, record[0]
     return hops
