@@ -20,7 +20,7 @@ receiving node's own uploads, as they do on the netns links (tbf, one queue per 
 since pieces move on while they arrive, the real fill is the same with and without an upload
 cap, and both are shown. 512 MiB is simulated up to 100 nodes by default (`--sim-full-up-to`
 raises it); every node count also runs with a small blob (16 MiB, `--sim-small-mib`), the only
-one beyond. The whole default run takes about a minute and a half on 2 cores, over half of it
+one beyond. The whole default run takes about a minute on 2 cores, over half of it
 100 nodes with 512 MiB; 1,000 nodes with 512 MiB take about 34 minutes more (9 the fill, 25
 the lazy trace, whose home answers over 6,000 lookups a simulated second). A run is
 deterministic for its seed.
@@ -29,6 +29,7 @@ deterministic for its seed.
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class Figures:
     home_lookups_per_s: float
     home_directory_load: float  # Directory.lookup CPU seconds per second, at the home
     top_upload_share: float
+    downlink_use: float  # median sample of the fill (see Links)
+    paced_by_relay: float  # median sample of the fill (see Links)
     lazy_p50_ms: float
     lazy_p99_ms: float
     lazy_direct_p50_ms: float | None
@@ -105,6 +108,30 @@ class Fill:
     directory_seconds: float
     uploads: list[float]  # per node
     complete: bool  # every node ended with every piece
+    links: list[Links]  # sampled every SAMPLE_EVERY of S/B
+
+
+@dataclass(frozen=True)
+class Links:
+    """The nodes' downlinks at one moment of a fill."""
+
+    use: float  # bytes/s coming in, over what the downlinks could take
+    paced: float  # share of the flows coming in that run at their relay's pace (see Flow)
+
+
+SAMPLE_EVERY = 0.05  # of S/B: how often a fill's links are sampled
+
+
+def sample_links(cluster: Cluster, every: float, samples: list[Links]) -> Step:
+    """Every `every` simulated seconds, how busy the nodes' downlinks are and what holds the
+    flows into them back: a fill whose flows mostly run at their relay's pace, with downlinks
+    to spare, is paced by how pieces spread, not by the links."""
+    capacity = sum(node.down.capacity for node in cluster.nodes)
+    while True:
+        yield every
+        flows = [flow for node in cluster.nodes for flow in node.down.flows]
+        paced = sum(flow.paced_by_leader for flow in flows) / len(flows) if flows else 0.0
+        samples.append(Links(sum(flow.rate for flow in flows) / capacity, paced))
 
 
 def all_of(kernel: Kernel, processes: list[Event]) -> Event:
@@ -129,6 +156,8 @@ def fill(params: Params) -> Fill:
         cluster.kernel.spawn(cluster.read(node, 0, params.size - 1, sequential=True))
         for node in cluster.nodes
     ]
+    links: list[Links] = []
+    cluster.kernel.spawn(sample_links(cluster, SAMPLE_EVERY * params.size / params.link, links))
     cluster.kernel.run(until=all_of(cluster.kernel, readers))
     seconds = cluster.kernel.now
     everything = set(range(cluster.pieces))
@@ -140,6 +169,7 @@ def fill(params: Params) -> Fill:
         directory_seconds=cluster.directory_seconds,
         uploads=[node.uploaded for node in cluster.nodes],
         complete=all(node.received == everything for node in cluster.nodes),
+        links=links,
     )
 
 
@@ -270,6 +300,8 @@ def simulate(
         home_lookups_per_s=swarm.home_lookups / swarm.seconds,
         home_directory_load=swarm.directory_seconds / swarm.seconds,
         top_upload_share=max(swarm.uploads) / max(sum(swarm.uploads), 1),
+        downlink_use=statistics.median(sample.use for sample in swarm.links),
+        paced_by_relay=statistics.median(sample.paced for sample in swarm.links),
         lazy_p50_ms=percentile(trace.latencies_ms, 50),
         lazy_p99_ms=percentile(trace.latencies_ms, 99),
         lazy_direct_p50_ms=None if direct is None else percentile(direct, 50),
@@ -313,6 +345,8 @@ def report(results: list[Figures]) -> str:
             f"{f.home_lookups_per_s:,.0f}",
             f"{f.home_directory_load:.2f}",
             f"{f.top_upload_share:.3f}",
+            f"{f.downlink_use:.0%}",
+            f"{f.paced_by_relay:.0%}",
             f"{f.lazy_p50_ms:.0f} ({_maybe(f.lazy_direct_p50_ms, '{:.0f}')})",
             f"{f.lazy_p99_ms:.0f} ({_maybe(f.lazy_direct_p99_ms, '{:.0f}')})",
             f"{f.lazy_origin_fetches_per_piece:.2f}",
@@ -331,6 +365,8 @@ def report(results: list[Figures]) -> str:
         "home lookups/s",
         "home Directory CPU s/s",
         "top upload share",
+        "downlink use",
+        "flows at their relay's pace",
         "lazy p50 ms (direct)",
         "lazy p99 ms (direct)",
         "lazy origin fetches / piece",
@@ -343,7 +379,12 @@ def report(results: list[Figures]) -> str:
         "(it waited out the 15 s lease wait). 'Home Directory CPU s/s': seconds this machine "
         "spent in the home's Directory.lookup per simulated second (above 1, a real home's "
         "core is saturated by the directory alone, before HTTP; the simulation does not limit "
-        "it, so beyond that point it is optimistic). Lazy columns: the nydus-like trace.",
+        "it, so beyond that point it is optimistic). 'Downlink use' and 'flows at their "
+        f"relay's pace': the median of samples taken every {SAMPLE_EVERY:.0%} of S/B through "
+        "the fill, of the "
+        "bytes/s coming into the nodes over what their downlinks could take, and of the share "
+        "of those flows that run at the pace of the relay passing them on, below what their "
+        "links allow. Lazy columns: the nydus-like trace.",
     ]
     return "\n\n".join([table(header, rows), *notes])
 

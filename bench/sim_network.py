@@ -63,6 +63,11 @@ class Flow:
     def other(self, link: Link) -> Link:
         return self.receiver if link is self.sender else self.sender
 
+    @property
+    def paced_by_leader(self) -> bool:
+        """Running at its leader's pace, below what both its links would give it."""
+        return self.cap < min(self.sender.share, self.receiver.share)
+
 
 class Network:
     def __init__(self, kernel: Kernel) -> None:

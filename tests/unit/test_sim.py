@@ -69,6 +69,7 @@ def test_a_follower_runs_no_faster_than_its_leader_and_ends_after_it() -> None:
     leader = network.start(Link(10.0), Link(100.0), 100.0)
     follower = network.start(Link(100.0), Link(100.0), 100.0, leader=leader)
     assert (leader.rate, follower.rate) == (10.0, 10.0)
+    assert follower.paced_by_leader and not leader.paced_by_leader
     ended: dict[str, float] = {}
     leader.done.then(lambda _: ended.setdefault("leader", kernel.now))
     follower.done.then(lambda _: ended.setdefault("follower", kernel.now))
@@ -85,6 +86,7 @@ def test_a_follower_runs_no_faster_than_its_leader_and_ends_after_it() -> None:
     assert {flow.rate for flow in line} == {10.0}
     network.cancel(head)
     assert line[1].rate == 100.0 and line[-1].rate == 100.0
+    assert not any(flow.paced_by_leader for flow in line[1:])
 
 
 def test_a_follower_held_back_catches_up_but_never_passes_its_leader() -> None:
@@ -98,8 +100,10 @@ def test_a_follower_held_back_catches_up_but_never_passes_its_leader() -> None:
     for _ in range(3):  # until t = 5 s the follower gets a quarter of its downlink
         network.start(Link(100.0), downlink, 25.0)
     seen: dict[float, tuple[float, float]] = {}
+    paced: dict[float, bool] = {}
     for at in (4.0, 6.0, 8.0):
         kernel.after(at, lambda _, at=at: seen.setdefault(at, (follower.rate, leader.rate)))
+        kernel.after(at, lambda _, at=at: paced.setdefault(at, follower.paced_by_leader))
     ended: dict[str, float] = {}
     leader.done.then(lambda _: ended.setdefault("leader", kernel.now))
     follower.done.then(lambda _: ended.setdefault("follower", kernel.now))
@@ -107,6 +111,7 @@ def test_a_follower_held_back_catches_up_but_never_passes_its_leader() -> None:
     assert seen[4.0] == (pytest.approx(5.0), pytest.approx(10.0)), "held back: falls behind"
     assert seen[6.0] == (pytest.approx(20.0), pytest.approx(10.0)), "free: catches up"
     assert seen[8.0] == (pytest.approx(10.0), pytest.approx(10.0)), "caught up at 7.5 s"
+    assert paced == {4.0: False, 6.0: False, 8.0: True}, "paced by the leader once caught up"
     assert ended == {"leader": pytest.approx(10.0), "follower": pytest.approx(10.0)}
 
 
@@ -120,6 +125,11 @@ def test_a_simulated_fill_ends_with_every_piece_everywhere_and_no_faster_than_a_
     assert result.seconds >= _PARAMS.size / _PARAMS.link
     assert sum(result.uploads) >= _PARAMS.nodes * _PARAMS.size - result.origin_bytes
     assert result.home_lookups > 0
+    # The links were sampled every SAMPLE_EVERY of S/B until the fill ended.
+    every = sim.SAMPLE_EVERY * _PARAMS.size / _PARAMS.link
+    assert len(result.links) == int(result.seconds / every)
+    assert all(0 < sample.use <= 1 + 1e-9 and 0 <= sample.paced <= 1 for sample in result.links)
+    assert any(sample.paced > 0 for sample in result.links)  # pieces move on as they arrive
 
 
 def test_a_simulated_lazy_trace_reads_everything_once_per_node() -> None:
