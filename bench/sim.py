@@ -381,10 +381,9 @@ def report(results: list[Figures]) -> str:
         "core is saturated by the directory alone, before HTTP; the simulation does not limit "
         "it, so beyond that point it is optimistic). 'Downlink use' and 'flows at their "
         f"relay's pace': the median of samples taken every {SAMPLE_EVERY:.0%} of S/B through "
-        "the fill, of the "
-        "bytes/s coming into the nodes over what their downlinks could take, and of the share "
-        "of those flows that run at the pace of the relay passing them on, below what their "
-        "links allow. Lazy columns: the nydus-like trace.",
+        "the fill, of the bytes/s coming into the nodes over what their downlinks could take, "
+        "and of the share of those flows that run at the pace of the relay passing them on, "
+        "below what their links allow. Lazy columns: the nydus-like trace.",
     ]
     return "\n\n".join([table(header, rows), *notes])
 

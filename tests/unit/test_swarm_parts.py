@@ -346,8 +346,9 @@ def test_a_stalled_download_is_forgotten_and_the_piece_offered_afresh():
 def test_what_the_home_keeps_between_lookups_matches_its_book(seed, monkeypatch):
     """The ends of lines, when each download began and the hops kept between lookups are
     derived from the downloads; after any mix of lookups, stalls, announcements, dropped
-    holders and expiries they must say what the downloads say. And a relay found among the
-    ends of lines is the one ranking every peer receiving the piece would choose."""
+    holders and expiries they must say what the downloads say, and no line of downloads may
+    loop. And a relay found among the ends of lines is the one ranking every peer receiving
+    the piece would choose."""
     ends_chosen = 0
     line_end = directory_module._line_end
 
