@@ -13,8 +13,8 @@ Real code, called as the agents call it:
 
 Modelled, following dfagent/engine/fetcher.py and dfagent/swarm/swarm.py (their I/O is
 replaced by simulated time):
-- A reader's window (`Engine._parts`): two runs of pieces requested ahead, topped up when
-  less than one run is left; a piece nobody has claimed is claimed before it is fetched.
+- A reader's window (`Engine._parts`): two runs of pieces requested ahead, topped up piece
+  by piece; a piece nobody has claimed is claimed before it is fetched.
 - `Engine._acquire`: one lookup per group of neighbouring pieces; pieces with the lease go to
   the origin as one ranged GET per run of neighbours (a run starting mid-piece fetches the
   piece's head by a second request, once the first has brought the rest of it), the others
@@ -170,6 +170,7 @@ class Cluster:
         ]
         self._by_name = {node.name: node for node in self.nodes}
         self.home = self._by_name[home_of(names, self.digest)]
+        self.home.directory.set_members(names)
         for node in self.nodes:
             self.kernel.spawn(self._refresh(node, self._rng.uniform(0, _REFRESH)))
 
@@ -195,7 +196,7 @@ class Cluster:
             if (
                 position >= requested_until
                 or (firsts[requested_until - 1] + 1) * piece - max(first, index * piece)
-                < _RUN_BYTES
+                < 2 * _RUN_BYTES
             ):
                 ahead = firsts[position : position + max(1, 2 * _RUN_BYTES // piece)]
                 requested_until = position + len(ahead)
@@ -410,6 +411,14 @@ class Cluster:
         delay = _FIRST_POLL_SECONDS
         why = "no holder delivered"
         while True:
+            if answer.wait:
+                if self.kernel.now > waited_until:
+                    why = "waited the lease wait out"
+                    break
+                yield delay
+                delay = min(delay * 2, _LAST_POLL_SECONDS)
+                answer = (yield from self._lookup(node, [index]))[index]
+                continue
             if answer.holders or answer.fetching is not None:
                 got = yield from self._fetch(node, index, answer)
                 if got is _BUSY:

@@ -348,9 +348,9 @@ class Engine:
             for position, span in enumerate(spans):
                 if planning and (
                     position >= requested_until
-                    or spans[requested_until - 1].end - span.start < _RUN_BYTES
+                    or spans[requested_until - 1].end - span.start < 2 * _RUN_BYTES
                 ):
-                    # keep the pieces ahead coming, about two runs' worth at a time
+                    # keep two runs' worth of pieces coming ahead, topped up piece by piece
                     ahead = _ahead(spans, position, 2 * _RUN_BYTES)
                     requested_until = position + len(ahead)
                     self._start(blob, source, [s.index for s in ahead], span.start)
@@ -617,6 +617,14 @@ class Engine:
         delay = _FIRST_POLL_SECONDS
         watch = _FetchWatch()
         while True:
+            if answer.wait:  # the peer to take it from is about to receive it
+                if time.monotonic() > waited_until:
+                    reason, why = "timeout", f"waited {_LEASE_WAIT_SECONDS:.0f} s for a peer"
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LAST_POLL_SECONDS)
+                answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
+                continue
             if answer.holders or answer.fetching is not None:
                 try:
                     got = await self._network.fetch(

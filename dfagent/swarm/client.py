@@ -289,11 +289,16 @@ def _answers(answer: object, indices: list[int]) -> dict[int, Answer]:
         fetch = _item(entry, "fetch", where)
         if not isinstance(fetch, bool):
             raise _Unusable(f"{where}.fetch is not true or false")
+        # (a home of an earlier version never says "wait")
+        wait = entry.get("wait", False) if isinstance(entry, dict) else False
+        if not isinstance(wait, bool):
+            raise _Unusable(f"{where}.wait is not true or false")
         answers[index] = Answer(
             _sha256(_item(entry, "sha256", where), f"{where}.sha256"),
             tuple(holders),
             fetch,
             _optional_text(_item(entry, "fetching", where), f"{where}.fetching"),
+            wait=wait,
         )
     return answers
 

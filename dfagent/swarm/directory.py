@@ -8,19 +8,27 @@ recorded, offered and described only under O, and the first sha256 announced und
 nobody else. A holder whose blob is verified announces it as verified under every registry
 known to hold it; a verified record replaces an unverified one that disagrees.
 
-Uploads are spread, and pieces move on while they arrive. Holders are offered those that gave
-the piece least often first, then the least busy. When every holder is busy sending, or
-nobody holds the piece yet, the requester is told to take it from a peer that is receiving it
-right now (the origin's fetcher, or an earlier requester) as the bytes arrive there: a
-cut-through relay, which the requester checks like any peer's copy. The relay chosen is the one
-passing the piece on to fewest others, so the piece runs down a line of peers, each uploading
-it once, at about the speed of one copy instead of one copy per hop; a line is cut at
-_RELAY_DEPTH, since each hop adds a little delay, and a branch then starts at the peer
-uploading least (a branch at a peer already passing every piece on would halve its pace).
-Without this, the first holder of each new piece uploads it to every other node at once, over
-one link; and without counting copies per piece, the node that fetched a piece from the
-origin (whose uplink is idle whenever it is between two sends) gives it out again and again
-while the nodes that received it sit idle.
+Uploads are spread, and pieces move on while they arrive. With the swarm's members known
+(set_members), a member takes each piece from its parent in the piece's stripe tree
+(StripeTrees): the root fetches it from the origin, every other member takes it from its
+parent as it arrives there, or from its parent's copy. A member early for its parent waits a
+moment for it rather than fetch the piece itself; a parent that is not reading the blob is
+not waited for. When every member reads the blob at once, every uplink then carries about one
+copy of it and the origin sends one in all. Whoever has no parent to take a piece from (a
+parent gone, a reader alone, a peer outside the member list) gets the usual choice, below.
+
+The usual choice offers holders, those that gave the piece least often first, then the least
+busy. When every holder is busy sending, or nobody holds the piece yet, the requester is told
+to take it from a peer that is receiving it right now (the origin's fetcher, or an earlier
+requester) as the bytes arrive there: a cut-through relay, which the requester checks like
+any peer's copy. The relay chosen is the one passing the piece on to fewest others, so the
+piece runs down a line of peers, each uploading it once, at about the speed of one copy
+instead of one copy per hop; a line is cut at _RELAY_DEPTH, since each hop adds a little
+delay, and a branch then starts at the peer uploading least (a branch at a peer already
+passing every piece on would halve its pace). Without this, the first holder of each new
+piece uploads it to every other node at once, over one link; and without counting copies per
+piece, the node that fetched a piece from the origin (whose uplink is idle whenever it is
+between two sends) gives it out again and again while the nodes that received it sit idle.
 
 Holder records are soft state: they expire unless re-announced, so a home that restarts, or a
 new home after a membership change, fills up again from announcements. Pure: no I/O.
@@ -33,8 +41,10 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from dfagent.swarm.trees import StripeTrees
 
 __all__ = ["STALL_SECONDS", "Answer", "Directory"]
 
@@ -42,6 +52,15 @@ _DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
 _RELAY_DEPTH = 16  # peers a piece passes through on its way from its source, at most
 _HOLDERS_OFFERED = 8  # holders named in one answer, the best first
+# A requester whose parent in the piece's stripe tree (see StripeTrees) has not asked for it
+# yet waits this long for it, if the parent is about to: its latest lookup, within
+# _READING_SECONDS, went up to a piece at most _NEAR_PIECES from this one (it reads the same
+# part of the blob; a lazy reader elsewhere in it is not waited for), or it has not asked yet
+# while the book is younger than that (the members begin to read at once). Then the usual
+# choice decides.
+_PARENT_WAIT = 0.05
+_READING_SECONDS = 2.0
+_NEAR_PIECES = 16
 # A peer counts as stalled once no byte of the blob has reached it for this long (the engine
 # watches for it). A lease younger than that cannot have been seen stalling: a report against
 # it is news of the peer's earlier role (a relay whose source stalled, before it took over).
@@ -68,14 +87,19 @@ class _Piece:
     ends: set[str] = field(default_factory=set)
     since: dict[str, int] = field(default_factory=dict)
     downloads_made: int = 0
+    # Requesters waiting for their parent in the piece's tree, and since when (_from_parent).
+    waits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Blob:
     size: int
     layout: str
+    born: float  # when the home began the book
     pieces: dict[int, _Piece] = field(default_factory=dict)
     sending: dict[str, int] = field(default_factory=dict)  # holder -> downloads from it now
+    # peer -> when it last looked up, and the highest piece it asked for then
+    asked: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +110,8 @@ class Answer:
     holders: tuple[str, ...]  # peers to fetch from, in the order to try them
     fetch: bool  # the requester itself is to fetch it from the origin (it holds the lease)
     fetching: str | None  # a peer receiving it now: take it from there as it arrives
+    # Nothing to do yet: the peer to take it from is about to receive it. Ask again shortly.
+    wait: bool = False
 
 
 class Directory:
@@ -102,6 +128,14 @@ class Directory:
         self._clock = clock
         self._shuffle = shuffle
         self._blobs: dict[str, dict[str, _Blob]] = {}  # digest -> origin -> book
+        self._trees = StripeTrees()
+
+    def set_members(self, members: Sequence[str]) -> None:
+        """The swarm's members: a requester that is one takes a piece from its parent in the
+        piece's stripe tree while the parent has it or is receiving it (see _from_parent).
+        Until then (and for a requester that is not a member) the holders and relays are
+        ranked as below."""
+        self._trees.set_members(members)
 
     def describe(self, digest: str, origin: str) -> tuple[int, str] | None:
         """(size, layout key) of the blob as `origin` gave it, if any holder got it from there."""
@@ -112,7 +146,7 @@ class Directory:
         books = self._blobs.setdefault(digest, {})
         blob = books.get(origin)
         if blob is None:
-            blob = books[origin] = _Blob(size, layout)
+            blob = books[origin] = _Blob(size, layout, self._clock())
         if (blob.size, blob.layout) != (size, layout):
             return None  # cut differently (or a lying size): no sharing between them
         return blob
@@ -139,6 +173,9 @@ class Directory:
         download is forgotten, so the piece is offered afresh."""
         now = self._clock()
         blob = self._blob(digest, origin, size, layout)
+        indices = list(indices)
+        if blob is not None and indices:
+            blob.asked[requester] = (now, max(indices))
         answers = {}
         for index in indices:
             if blob is None:
@@ -163,6 +200,14 @@ class Directory:
                 piece.lease = None
             if piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None  # asking again: it gave the fetch up
+            parent = self._trees.parent(digest, index, requester)
+            if parent is not None:
+                answer = self._from_parent(
+                    blob, index, piece, parent=parent, holders=holders, requester=requester, now=now
+                )
+                if answer is not None:
+                    answers[index] = answer
+                    continue
             if holders or piece.lease is not None:
                 answers[index] = self._source(blob, piece, holders, requester, now)
             else:
@@ -179,13 +224,7 @@ class Directory:
         _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
         _expire_downloads(blob, piece, now)
         held = set(holders)
-        self._shuffle(holders)
-        # stable: random among equals
-        holders = heapq.nsmallest(
-            _HOLDERS_OFFERED,
-            holders,
-            key=lambda h: (_busy(blob, h), piece.copies.get(h, 0), blob.sending.get(h, 0)),
-        )
+        holders = self._ranked(blob, piece, holders)
         if not holders or _busy(blob, holders[0]):
             relay = _relay(piece, held, requester, blob.sending)
             if relay is not None:
@@ -193,6 +232,51 @@ class Directory:
                 return Answer(piece.sha256, (), False, relay)
         _count_download(blob, piece, requester, holders[0], now)
         return Answer(piece.sha256, tuple(holders), False, None)
+
+    def _ranked(self, blob: _Blob, piece: _Piece, holders: list[str]) -> list[str]:
+        """The few holders worth offering, the best first: idle ones before busy ones, then
+        those that gave the piece least, then those sending least; random among equals."""
+        self._shuffle(holders)
+        return heapq.nsmallest(  # stable: the shuffle breaks ties
+            _HOLDERS_OFFERED,
+            holders,
+            key=lambda h: (_busy(blob, h), piece.copies.get(h, 0), blob.sending.get(h, 0)),
+        )
+
+    def _from_parent(
+        self,
+        blob: _Blob,
+        index: int,
+        piece: _Piece,
+        *,
+        parent: str,
+        holders: list[str],
+        requester: str,
+        now: float,
+    ) -> Answer | None:
+        """The requester's parent in the piece's stripe tree holds the piece, or receives
+        it: take it from there (from its copy first, then from the other holders worth
+        offering, should it not answer). It does not yet, but reads the blob: wait a moment
+        for it (ask again shortly). None: the usual choice (_source, or the lease)."""
+        _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
+        _expire_downloads(blob, piece, now)
+        held = parent in holders
+        lease = piece.lease
+        if held or parent in piece.downloads or (lease is not None and lease[0] == parent):
+            if _through(piece, parent, requester):
+                return None
+            piece.waits.pop(requester, None)
+            _count_download(blob, piece, requester, parent, now)
+            if held:
+                others = [h for h in holders if h != parent]
+                offered = [parent, *self._ranked(blob, piece, others)][:_HOLDERS_OFFERED]
+                return Answer(piece.sha256, tuple(offered), False, None)
+            return Answer(piece.sha256, (), False, parent)
+        if not _about_to_ask(blob, parent, index, now):
+            return None
+        if now - piece.waits.setdefault(requester, now) < _PARENT_WAIT:
+            return Answer(piece.sha256, (), False, None, wait=True)
+        return None
 
     def announce(
         self,
@@ -227,6 +311,7 @@ class Directory:
             elif verified:
                 piece.verified = True
             piece.holders[holder] = expiry
+            piece.waits.pop(holder, None)
             _forget_download(blob, piece, holder)
             if piece.lease is not None and piece.lease[0] == holder:
                 piece.lease = None
@@ -262,9 +347,11 @@ class Directory:
     @staticmethod
     def _prune_book(books: dict[str, _Blob], origin: str, now: float) -> None:
         blob = books[origin]
+        blob.asked = {p: a for p, a in blob.asked.items() if now - a[0] <= _READING_SECONDS}
         for index in list(blob.pieces):
             piece = blob.pieces[index]
             piece.holders = {p: e for p, e in piece.holders.items() if e > now}
+            piece.waits = {p: t for p, t in piece.waits.items() if now - t <= _DOWNLOAD_TTL}
             if piece.lease is not None and piece.lease[1] <= now:
                 piece.lease = None
             _expire_downloads(blob, piece, now)
@@ -282,6 +369,15 @@ class Directory:
             piece = blob.pieces.get(index)
             if piece is not None and piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None
+
+
+def _about_to_ask(blob: _Blob, peer: str, index: int, now: float) -> bool:
+    """Whether `peer` is about to ask for piece `index` (see _PARENT_WAIT): it reads the same
+    part of the blob now, or has not begun to read a blob the members have just begun."""
+    asked = blob.asked.get(peer)
+    if asked is None or now - asked[0] > _READING_SECONDS:
+        return asked is None and now - blob.born <= _READING_SECONDS
+    return abs(asked[1] - index) <= _NEAR_PIECES
 
 
 def _busy(blob: _Blob, peer: str) -> bool:

@@ -281,6 +281,7 @@ class PeerServer:
                     "holders": list(a.holders),
                     "fetch": a.fetch,
                     "fetching": a.fetching,
+                    "wait": a.wait,
                 }
                 for index, a in answers.items()
             }

@@ -424,6 +424,7 @@ class Swarm:
 
     async def run(self) -> None:
         """Refresh membership, re-announce, prune the directory, every swarm.refresh."""
+        self._directory.set_members(self._membership.members())
         await self.reannounce()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -433,6 +434,7 @@ class Swarm:
             self._malformed.clear()  # a fault that lasts is warned of again
             try:
                 await self._membership.refresh()
+                self._directory.set_members(self._membership.members())
                 await self.reannounce()
                 self._directory.prune()
                 others = self._membership.others()

@@ -306,6 +306,7 @@ MALFORMED_LOOKUPS = {
     "holders a string": _each(_entry(holders="h:1")),
     "fetch a string": _each(_entry(fetch="no")),
     "fetching a number": _each(_entry(fetching=7)),
+    "wait a string": _each(_entry(wait="yes")),
     "no holders": _each({"fetch": False}),
     "nested too deep": lambda _: web.Response(text="[" * 100_000, content_type="application/json"),
     "too large": lambda asked: web.json_response(  # well formed, but 9 MiB
@@ -320,6 +321,15 @@ async def test_a_malformed_lookup_answer_sends_every_piece_to_the_origin(asking_
     answers["lookup"] = answer
     got = await swarm.lookup(blob, None, [0, 1])  # type: ignore[arg-type]
     assert got == {i: Answer(None, (), True, None) for i in (0, 1)}
+
+
+async def test_a_home_may_say_wait_and_one_of_an_earlier_version_never_does(asking_swarm):
+    swarm, blob, answers = asking_swarm
+    answers["lookup"] = _each(_entry(fetching=None, wait=True))
+    got = await swarm.lookup(blob, None, [0])  # type: ignore[arg-type]
+    assert got == {0: Answer(None, (), False, None, wait=True)}
+    answers["lookup"] = _each(_entry())  # no "wait" at all
+    assert not (await swarm.lookup(blob, None, [0]))[0].wait  # type: ignore[arg-type]
 
 
 async def test_a_home_answering_garbage_is_warned_of_once(asking_swarm, caplog):

@@ -9,6 +9,8 @@ from dfagent.swarm import directory as directory_module
 from dfagent.swarm.config import PeerConfig, SwarmConfig
 from dfagent.swarm.directory import (
     _HOLDERS_OFFERED,
+    _PARENT_WAIT,
+    _READING_SECONDS,
     _RELAY_DEPTH,
     STALL_SECONDS,
     Answer,
@@ -16,6 +18,7 @@ from dfagent.swarm.directory import (
 )
 from dfagent.swarm.hashing import home_of, ranked
 from dfagent.swarm.membership import Membership
+from dfagent.swarm.trees import StripeTrees
 
 
 class Clock:
@@ -342,13 +345,78 @@ def test_a_stalled_download_is_forgotten_and_the_piece_offered_afresh():
     assert _report(directory, "c:1", stalled="b:1").holders == ("a:1",)
 
 
+MEMBERS = [f"m{i}:1" for i in range(21)]
+
+
+def _family(index: int = 0) -> tuple[str, str, str]:
+    """A root, one of its children and one of that child's children in piece `index`'s tree
+    over MEMBERS."""
+    trees = StripeTrees()
+    trees.set_members(MEMBERS)
+    parent = {m: trees.parent("d", index, m) for m in MEMBERS}
+    root = next(m for m in MEMBERS if parent[m] is None)
+    child = next(m for m in MEMBERS if parent[m] == root and root in parent.values())
+    grandchild = next(m for m in MEMBERS if parent[m] == child)
+    return root, child, grandchild
+
+
+def _members_directory(clock: Clock) -> Directory:
+    directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
+    directory.set_members(MEMBERS)
+    return directory
+
+
+def test_with_its_members_known_the_home_sends_a_piece_down_its_stripe_tree():
+    """Each member takes the piece from its parent in the piece's tree: the root from the
+    origin, the others as it arrives at their parent (then from their parent's copy), a
+    requester early for its parent waiting a moment for it rather than taking the lease."""
+    clock = Clock()
+    directory = _members_directory(clock)
+    root, child, grandchild = _family()
+    early = _ask(directory, grandchild)
+    assert (early.wait, early.fetch, early.holders, early.fetching) == (True, False, (), None)
+    assert _ask(directory, root).fetch  # the lease went to the root, not the early one
+    clock.now += _PARENT_WAIT / 2
+    assert _ask(directory, child).fetching == root
+    assert _ask(directory, grandchild).fetching == child
+    _holds(directory, child)
+    _holds(directory, root)
+    assert _ask(directory, grandchild).holders == (child, root)  # root, should child not answer
+    # A peer that is not a member gets the usual answer: the idle holder first (child is
+    # sending the piece to grandchild).
+    assert _ask(directory, "stranger:1").holders == (root, child)
+
+
+def test_a_requester_waits_for_its_parent_only_a_moment():
+    clock = Clock()
+    directory = _members_directory(clock)
+    root, _, grandchild = _family()
+    assert _ask(directory, grandchild).wait  # its parent has not asked yet
+    clock.now += _PARENT_WAIT
+    assert _ask(directory, grandchild).fetch  # then the usual answer: the lease
+    assert _ask(directory, root).fetching == grandchild
+
+
+def test_a_parent_that_does_not_read_the_blob_is_not_waited_for():
+    """Once the book is older than _READING_SECONDS, a parent that asked for no piece of the
+    blob for that long is gone, or reads other parts of it (a lazy reader)."""
+    clock = Clock()
+    directory = _members_directory(clock)
+    _, child, grandchild = _family()
+    assert _ask(directory, "stranger:1", 1).fetch  # the book is begun
+    clock.now += _READING_SECONDS + 1
+    assert _ask(directory, grandchild).fetch
+    assert _ask(directory, child).fetching == grandchild
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_what_the_home_keeps_between_lookups_matches_its_book(seed, monkeypatch):
+@pytest.mark.parametrize("members", [False, True], ids=["no-members", "members"])
+def test_what_the_home_keeps_between_lookups_matches_its_book(seed, members, monkeypatch):
     """The ends of lines, when each download began and the hops kept between lookups are
     derived from the downloads; after any mix of lookups, stalls, announcements, dropped
     holders and expiries they must say what the downloads say, and no line of downloads may
     loop. And a relay found among the ends of lines is the one ranking every peer receiving
-    the piece would choose."""
+    the piece would choose. With members known, the trees' answers mix in."""
     ends_chosen = 0
     line_end = directory_module._line_end
 
@@ -362,10 +430,22 @@ def test_what_the_home_keeps_between_lookups_matches_its_book(seed, monkeypatch)
         return chosen
 
     monkeypatch.setattr(directory_module, "_line_end", checked)
+    tree_answers = 0
+    from_parent = Directory._from_parent
+
+    def counted(*args, **kwargs):
+        nonlocal tree_answers
+        answer = from_parent(*args, **kwargs)
+        tree_answers += answer is not None
+        return answer
+
+    monkeypatch.setattr(Directory, "_from_parent", counted)
     rng = random.Random(seed)
     clock = Clock()
     directory = Directory(holder_ttl=8, lease_ttl=6, clock=clock, shuffle=rng.shuffle)
     peers = [f"p{i}:1" for i in range(12)]
+    if members:  # some of them: the others take no part in the trees
+        directory.set_members(peers[:9])
     for _ in range(1500):
         peer, index, roll = rng.choice(peers), rng.randrange(3), rng.random()
         if roll < 0.6:
@@ -390,6 +470,7 @@ def test_what_the_home_keeps_between_lookups_matches_its_book(seed, monkeypatch)
             for who, hops in piece.hops.items():
                 assert hops == _hops_from_source(piece.downloads, piece.hops_held, who)
     assert ends_chosen > 100
+    assert tree_answers > 200 if members else not tree_answers
 
 
 def _hops_from_source(downloads, held, peer) -> int:
