@@ -134,13 +134,20 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.peer_waits = Counter(
+            "dfagent_peer_waits",
+            "Times the swarm told this agent to ask again shortly for a piece: the node it is to"
+            " take it from (its parent in the piece's stripe tree) was about to receive it.",
+            registry=r,
+        )
         self.peer_fallbacks = Counter(
             "dfagent_peer_fallbacks",
             "Pieces the swarm was asked for that this agent then took from the origin itself,"
             " by why: no_holder (none delivered good bytes, and nobody was fetching it), busy"
             " (every holder stayed busy), stalled (no byte reached the peer fetching it for a"
             " second, and this agent took its fetch over), unreachable (that peer stopped"
-            " answering), released (it gave the fetch up), timeout (waited the longest"
+            " answering), released (it gave the fetch up), parent_late (told to wait for the"
+            " peer to take it from, which did not come), timeout (waited the longest"
             " allowed).",
             ["reason"],
             registry=r,

@@ -618,12 +618,14 @@ class Engine:
         watch = _FetchWatch()
         while True:
             if answer.wait:  # the peer to take it from is about to receive it
+                self._metrics.peer_waits.inc()
                 if time.monotonic() > waited_until:
                     reason, why = "timeout", f"waited {_LEASE_WAIT_SECONDS:.0f} s for a peer"
                     break
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _LAST_POLL_SECONDS)
-                answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
+                answer, delay = await self._ask_again(blob, source, piece, delay)
+                if answer.fetch:
+                    reason, why = "parent_late", "the peer to take it from did not come"
+                    break
                 continue
             if answer.holders or answer.fetching is not None:
                 try:
@@ -638,9 +640,7 @@ class Engine:
                     if time.monotonic() > waited_until:
                         reason, why = "busy", "every holder stayed busy"
                         break
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _LAST_POLL_SECONDS)
-                    answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
+                    answer, delay = await self._ask_again(blob, source, piece, delay)
                     continue
                 if got is not None:
                     await self._delivered(blob, source, piece, got.data, got.sha256)
@@ -672,6 +672,15 @@ class Engine:
                 reason, why = "released", "the home handed this agent the origin fetch"
                 break
         return reason, why
+
+    async def _ask_again(
+        self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, delay: float
+    ) -> tuple[Answer, float]:
+        """The network's answer for the piece after `delay`, and the delay before the next."""
+        assert self._network is not None
+        await asyncio.sleep(delay)
+        answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
+        return answer, min(delay * 2, _LAST_POLL_SECONDS)
 
     async def _delivered(
         self,

@@ -9,13 +9,14 @@ nobody else. A holder whose blob is verified announces it as verified under ever
 known to hold it; a verified record replaces an unverified one that disagrees.
 
 Uploads are spread, and pieces move on while they arrive. With the swarm's members known
-(set_members), a member takes each piece from its parent in the piece's stripe tree
-(StripeTrees): the root fetches it from the origin, every other member takes it from its
-parent as it arrives there, or from its parent's copy. A member early for its parent waits a
-moment for it rather than fetch the piece itself; a parent that is not reading the blob is
-not waited for. When every member reads the blob at once, every uplink then carries about one
-copy of it and the origin sends one in all. Whoever has no parent to take a piece from (a
-parent gone, a reader alone, a peer outside the member list) gets the usual choice, below.
+(set_members, at least FEWEST_MEMBERS of them), a member takes each piece from its parent in
+the piece's stripe tree (StripeTrees): the root fetches it from the origin, every other member
+takes it from its parent as it arrives there, or from its parent's copy. A member early for its
+parent waits a moment for it rather than fetch the piece itself; a parent that is not reading
+the blob is not waited for. When every member reads the blob at once, every uplink then carries
+about one copy of it and the origin sends one in all. Whoever has no parent to take a piece
+from (a parent gone, a reader alone, a peer outside the member list, a smaller swarm) gets the
+usual choice, below.
 
 The usual choice offers holders, those that gave the piece least often first, then the least
 busy. When every holder is busy sending, or nobody holds the piece yet, the requester is told
@@ -57,8 +58,10 @@ _HOLDERS_OFFERED = 8  # holders named in one answer, the best first
 # _READING_SECONDS, went up to a piece at most _NEAR_PIECES from this one (it reads the same
 # part of the blob; a lazy reader elsewhere in it is not waited for), or it has not asked yet
 # while the book is younger than that (the members begin to read at once). Then the usual
-# choice decides.
-_PARENT_WAIT = 0.05
+# choice decides: the lease, often, which makes the requester the piece's root. Real agents
+# lag each other by more than the simulated ones: with 50 ms, the one fastest through the
+# blob (its home, which asks itself) took most origin fetches of a real 4-node fill.
+_PARENT_WAIT = 0.5
 _READING_SECONDS = 2.0
 _NEAR_PIECES = 16
 # A peer counts as stalled once no byte of the blob has reached it for this long (the engine
@@ -131,10 +134,10 @@ class Directory:
         self._trees = StripeTrees()
 
     def set_members(self, members: Sequence[str]) -> None:
-        """The swarm's members: a requester that is one takes a piece from its parent in the
-        piece's stripe tree while the parent has it or is receiving it (see _from_parent).
-        Until then (and for a requester that is not a member) the holders and relays are
-        ranked as below."""
+        """The swarm's members: in a swarm of FEWEST_MEMBERS or more, a requester that is
+        one takes a piece from its parent in the piece's stripe tree while the parent has it
+        or is receiving it (see _from_parent). Otherwise the holders and relays are ranked
+        as below."""
         self._trees.set_members(members)
 
     def describe(self, digest: str, origin: str) -> tuple[int, str] | None:

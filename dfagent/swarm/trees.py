@@ -24,6 +24,10 @@ from dfagent.swarm.hashing import ranked
 __all__ = ["FAN_OUT", "StripeTrees"]
 
 FAN_OUT = 4  # stripes, and the children of each inner member
+# Below this many members there are no trees: a line of relays (Directory) keeps their
+# uplinks as busy, with fewer waits and lookups (bench sim: 1.03x S/B both ways at 16 nodes,
+# 1.11x against 1.03x at 32; the real 4- and 8-node runs fill faster without trees).
+FEWEST_MEMBERS = 32
 _BLOBS_KEPT = 64  # blobs whose member ranking is kept (ranking costs a hash per member)
 
 
@@ -34,16 +38,20 @@ class _Ranking:
 
 
 class StripeTrees:
-    def __init__(self, *, fan_out: int = FAN_OUT) -> None:
+    def __init__(self, *, fan_out: int = FAN_OUT, fewest_members: int = FEWEST_MEMBERS) -> None:
         if fan_out < 2:
             raise ValueError("a stripe tree needs a fan-out of at least 2")
         self._fan_out = fan_out
+        self._fewest = fewest_members
         self._members: tuple[str, ...] = ()
         self._rankings: OrderedDict[str, _Ranking] = OrderedDict()
 
     def set_members(self, members: Sequence[str]) -> None:
-        """The swarm's members now (every agent holds the same list)."""
+        """The swarm's members now (every agent holds the same list); fewer than
+        FEWEST_MEMBERS make no trees (every member is then a root)."""
         members = tuple(sorted(set(members)))
+        if len(members) < self._fewest:
+            members = ()
         if members != self._members:
             self._members = members
             self._rankings.clear()

@@ -98,6 +98,7 @@ async def test_a_reader_told_to_wait_asks_again_and_takes_the_piece_from_the_pee
                 )
     assert read == DATA
     assert network.lookups == {0: 3, 1: 3, 2: 3}
+    assert metrics.peer_waits._value.get() == 6
     assert sorted(network.fetched) == sorted(network.announced) == [0, 1, 2]
 
 

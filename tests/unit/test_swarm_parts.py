@@ -18,7 +18,7 @@ from dfagent.swarm.directory import (
 )
 from dfagent.swarm.hashing import home_of, ranked
 from dfagent.swarm.membership import Membership
-from dfagent.swarm.trees import StripeTrees
+from dfagent.swarm.trees import FEWEST_MEMBERS, StripeTrees
 
 
 class Clock:
@@ -345,7 +345,7 @@ def test_a_stalled_download_is_forgotten_and_the_piece_offered_afresh():
     assert _report(directory, "c:1", stalled="b:1").holders == ("a:1",)
 
 
-MEMBERS = [f"m{i}:1" for i in range(21)]
+MEMBERS = [f"m{i}:1" for i in range(40)]
 
 
 def _family(index: int = 0) -> tuple[str, str, str]:
@@ -353,6 +353,7 @@ def _family(index: int = 0) -> tuple[str, str, str]:
     over MEMBERS."""
     trees = StripeTrees()
     trees.set_members(MEMBERS)
+    assert len(MEMBERS) >= FEWEST_MEMBERS
     parent = {m: trees.parent("d", index, m) for m in MEMBERS}
     root = next(m for m in MEMBERS if parent[m] is None)
     child = next(m for m in MEMBERS if parent[m] == root and root in parent.values())
@@ -445,6 +446,7 @@ def test_what_the_home_keeps_between_lookups_matches_its_book(seed, members, mon
     directory = Directory(holder_ttl=8, lease_ttl=6, clock=clock, shuffle=rng.shuffle)
     peers = [f"p{i}:1" for i in range(12)]
     if members:  # some of them: the others take no part in the trees
+        directory._trees = StripeTrees(fewest_members=1)  # trees over so few, to mix them in
         directory.set_members(peers[:9])
     for _ in range(1500):
         peer, index, roll = rng.choice(peers), rng.randrange(3), rng.random()

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from dfagent.swarm.trees import FAN_OUT, StripeTrees
+from dfagent.swarm.trees import FAN_OUT, FEWEST_MEMBERS, StripeTrees
 
 
 def _members(count: int) -> list[str]:
@@ -14,7 +14,7 @@ def _members(count: int) -> list[str]:
 
 
 def _trees(members: list[str], fan_out: int = FAN_OUT) -> StripeTrees:
-    trees = StripeTrees(fan_out=fan_out)
+    trees = StripeTrees(fan_out=fan_out, fewest_members=1)
     trees.set_members(members)
     return trees
 
@@ -73,6 +73,14 @@ def test_a_membership_change_re_ranks_the_members():
     trees.set_members(members[::-1])  # the same members in another order: the same trees
     trees.set_members(members)
     assert {m: trees.parent("d", 1, m) for m in members} == before
+
+
+def test_a_swarm_smaller_than_the_fewest_members_has_no_trees():
+    trees = StripeTrees()
+    trees.set_members(_members(FEWEST_MEMBERS - 1))
+    assert all(trees.parent("d", 0, m) is None for m in _members(FEWEST_MEMBERS - 1))
+    trees.set_members(_members(FEWEST_MEMBERS))
+    assert sum(trees.parent("d", 0, m) is None for m in _members(FEWEST_MEMBERS)) == 1
 
 
 def test_a_fan_out_below_two_is_refused():
