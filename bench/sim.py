@@ -376,7 +376,8 @@ def report(results: list[Figures]) -> str:
     notes = [
         "Fill columns: every node reads the whole blob at once. 'Pieces to the origin after "
         "waiting': pieces a node was to get from peers but fetched from the origin after all "
-        "(it waited out the 15 s lease wait). 'Home Directory CPU s/s': seconds this machine "
+        "(its parent in the piece's tree did not come, or it waited out the 15 s lease wait). "
+        "'Home Directory CPU s/s': seconds this machine "
         "spent in the home's Directory.lookup per simulated second (above 1, a real home's "
         "core is saturated by the directory alone, before HTTP; the simulation does not limit "
         "it, so beyond that point it is optimistic). 'Downlink use' and 'flows at their "

@@ -19,7 +19,8 @@ replaced by simulated time):
   the origin as one ranged GET per run of neighbours (a run starting mid-piece fetches the
   piece's head by a second request, once the first has brought the rest of it), the others
   go to `Engine._from_peers`: fetch from the holders offered, or from the peer receiving the
-  piece now (as it arrives there); else (busy) wait 5 ms doubling to 100 ms and ask again;
+  piece now (as it arrives there); else (busy, or told to wait for its parent in the piece's
+  stripe tree) wait 5 ms doubling to 100 ms and ask again;
   the lease or 15 s of waiting send it to the origin (so would a peer that stalls, which
   never happens here).
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
@@ -415,9 +416,10 @@ class Cluster:
                 if self.kernel.now > waited_until:
                     why = "waited the lease wait out"
                     break
-                yield delay
-                delay = min(delay * 2, _LAST_POLL_SECONDS)
-                answer = (yield from self._lookup(node, [index]))[index]
+                answer, delay = yield from self._ask_again(node, index, delay)
+                if answer.fetch:
+                    why = "the peer to take it from did not come"
+                    break
                 continue
             if answer.holders or answer.fetching is not None:
                 got = yield from self._fetch(node, index, answer)
@@ -425,9 +427,7 @@ class Cluster:
                     if self.kernel.now > waited_until:
                         why = "every holder stayed busy"
                         break
-                    yield delay
-                    delay = min(delay * 2, _LAST_POLL_SECONDS)
-                    answer = (yield from self._lookup(node, [index]))[index]
+                    answer, delay = yield from self._ask_again(node, index, delay)
                     continue
                 if got:
                     self._part_in(node, index, from_origin=False)
@@ -447,6 +447,13 @@ class Cluster:
                 break
         self.gave_up[why] += 1
         self._origin_run(node, [index], index * self.params.piece)
+
+    def _ask_again(self, node: _Node, index: int, delay: float) -> Step:
+        """`Engine._ask_again`: (the home's answer for the piece after `delay`, the next
+        delay)."""
+        yield delay
+        answer = (yield from self._lookup(node, [index]))[index]
+        return answer, min(delay * 2, _LAST_POLL_SECONDS)
 
     def _recorded(self, node: _Node, index: int) -> Step:
         """`Swarm._recorded`: ask the home until the piece's sha256 is recorded."""
