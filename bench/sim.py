@@ -21,8 +21,8 @@ since pieces move on while they arrive, the real fill is the same with and witho
 cap, and both are shown. 512 MiB is simulated up to 100 nodes by default (`--sim-full-up-to`
 raises it); every node count also runs with a small blob (16 MiB, `--sim-small-mib`), the only
 one beyond. The whole default run takes about a minute on 2 cores, over half of it
-100 nodes with 512 MiB; 1,000 nodes with 512 MiB take about 34 minutes more (9 the fill, 25
-the lazy trace, whose home answers over 6,000 lookups a simulated second). A run is
+100 nodes with 512 MiB; 1,000 nodes with 512 MiB take about 19 minutes more (the fill and
+the lazy trace, whose home answers about 7,500 lookups a simulated second). A run is
 deterministic for its seed.
 """
 
