@@ -48,7 +48,7 @@ class StripeTrees:
 
     def set_members(self, members: Sequence[str]) -> None:
         """The swarm's members now (every agent holds the same list); fewer than
-        FEWEST_MEMBERS make no trees (every member is then a root)."""
+        FEWEST_MEMBERS make no trees (no member then has a parent)."""
         members = tuple(sorted(set(members)))
         if len(members) < self._fewest:
             members = ()
