@@ -57,11 +57,14 @@ _HOLDERS_OFFERED = 8  # holders named in one answer, the best first
 # yet waits this long for it, if the parent is about to: its latest lookup, within
 # _READING_SECONDS, went up to a piece at most _NEAR_PIECES from this one (it reads the same
 # part of the blob; a lazy reader elsewhere in it is not waited for), or it has not asked yet
-# while the book is younger than that (the members begin to read at once). Then the usual
-# choice decides: the lease, often, which makes the requester the piece's root. Real agents
-# lag each other by more than the simulated ones: with 50 ms, the one fastest through the
-# blob (its home, which asks itself) took most origin fetches of a real 4-node fill.
+# while the book is younger than that (the members begin to read at once), then only
+# _UNSEEN_PARENT_WAIT (a node starting a container alone waits that long for nobody). Then
+# the usual choice decides: the lease, often, which makes the requester the piece's root.
+# Real agents lag each other by more than the simulated ones: with 50 ms, the one fastest
+# through the blob (its home, which asks itself) took most origin fetches of a real 4-node
+# fill.
 _PARENT_WAIT = 0.5
+_UNSEEN_PARENT_WAIT = 0.05
 _READING_SECONDS = 2.0
 _NEAR_PIECES = 16
 # A peer counts as stalled once no byte of the blob has reached it for this long (the engine
@@ -277,7 +280,8 @@ class Directory:
             return Answer(piece.sha256, (), False, parent)
         if not _about_to_ask(blob, parent, index, now):
             return None
-        if now - piece.waits.setdefault(requester, now) < _PARENT_WAIT:
+        limit = _PARENT_WAIT if parent in blob.asked else _UNSEEN_PARENT_WAIT
+        if now - piece.waits.setdefault(requester, now) < limit:
             return Answer(piece.sha256, (), False, None, wait=True)
         return None
 
@@ -376,10 +380,11 @@ class Directory:
 
 def _about_to_ask(blob: _Blob, peer: str, index: int, now: float) -> bool:
     """Whether `peer` is about to ask for piece `index` (see _PARENT_WAIT): it reads the same
-    part of the blob now, or has not begun to read a blob the members have just begun."""
+    part of the blob now, or has not begun to read a blob the home has just begun to keep."""
     asked = blob.asked.get(peer)
     if asked is None or now - asked[0] > _READING_SECONDS:
-        return asked is None and now - blob.born <= _READING_SECONDS
+        young = now - blob.born <= _READING_SECONDS
+        return asked is None and young
     return abs(asked[1] - index) <= _NEAR_PIECES
 
 

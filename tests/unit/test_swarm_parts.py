@@ -12,6 +12,7 @@ from dfagent.swarm.directory import (
     _PARENT_WAIT,
     _READING_SECONDS,
     _RELAY_DEPTH,
+    _UNSEEN_PARENT_WAIT,
     STALL_SECONDS,
     Answer,
     Directory,
@@ -361,9 +362,13 @@ def _family(index: int = 0) -> tuple[str, str, str]:
     return root, child, grandchild
 
 
-def _members_directory(clock: Clock) -> Directory:
+def _members_directory(clock: Clock, family: tuple[str, ...] = ()) -> Directory:
+    """A home that knows MEMBERS; with `family`, another member has begun to read blob "d"
+    (so the members read it at once)."""
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
     directory.set_members(MEMBERS)
+    if family:
+        _ask(directory, next(m for m in MEMBERS if m not in family), 1)
     return directory
 
 
@@ -372,8 +377,8 @@ def test_with_its_members_known_the_home_sends_a_piece_down_its_stripe_tree():
     origin, the others as it arrives at their parent (then from their parent's copy), a
     requester early for its parent waiting a moment for it rather than taking the lease."""
     clock = Clock()
-    directory = _members_directory(clock)
     root, child, grandchild = _family()
+    directory = _members_directory(clock, (root, child, grandchild))
     early = _ask(directory, grandchild)
     assert (early.wait, early.fetch, early.holders, early.fetching) == (True, False, (), None)
     assert _ask(directory, root).fetch  # the lease went to the root, not the early one
@@ -390,12 +395,24 @@ def test_with_its_members_known_the_home_sends_a_piece_down_its_stripe_tree():
 
 def test_a_requester_waits_for_its_parent_only_a_moment():
     clock = Clock()
-    directory = _members_directory(clock)
-    root, _, grandchild = _family()
+    root, child, grandchild = _family()
+    directory = _members_directory(clock, (root, child, grandchild))
     assert _ask(directory, grandchild).wait  # its parent has not asked yet
     clock.now += _PARENT_WAIT
     assert _ask(directory, grandchild).fetch  # then the usual answer: the lease
     assert _ask(directory, root).fetching == grandchild
+
+
+def test_a_parent_not_seen_yet_is_waited_for_only_briefly():
+    """A node that starts a container by itself, the only reader of a new blob: its parents
+    will not come. It waits _UNSEEN_PARENT_WAIT for them, not _PARENT_WAIT."""
+    clock = Clock()
+    directory = _members_directory(clock)
+    _, _, grandchild = _family()
+    assert _ask(directory, grandchild).wait
+    clock.now += _UNSEEN_PARENT_WAIT
+    assert _ask(directory, grandchild).fetch
+    assert _UNSEEN_PARENT_WAIT < _PARENT_WAIT
 
 
 def test_a_parent_that_does_not_read_the_blob_is_not_waited_for():
