@@ -206,6 +206,8 @@ class Directory:
                 piece.lease = None
             if piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None  # asking again: it gave the fetch up
+            _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
+            _expire_downloads(blob, piece, now)
             parent = self._trees.parent(digest, index, requester)
             if parent is not None:
                 answer = self._from_parent(
@@ -217,7 +219,6 @@ class Directory:
             if holders or piece.lease is not None:
                 answers[index] = self._source(blob, piece, holders, requester, now)
             else:
-                _forget_download(blob, piece, requester)
                 piece.lease = (requester, now + self._lease_ttl)
                 answers[index] = Answer(piece.sha256, (), True, None)
         return answers
@@ -227,8 +228,6 @@ class Directory:
     ) -> Answer:
         """Where the requester gets a piece that holders have or somebody is receiving: an
         idle holder (the one that gave it least), else a relay, else a busy holder."""
-        _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
-        _expire_downloads(blob, piece, now)
         held = set(holders)
         holders = self._ranked(blob, piece, holders)
         if not holders or _busy(blob, holders[0]):
@@ -264,8 +263,6 @@ class Directory:
         it: take it from there (from its copy first, then from the other holders worth
         offering, should it not answer). It does not yet, but reads the blob: wait a moment
         for it (ask again shortly). None: the usual choice (_source, or the lease)."""
-        _forget_download(blob, piece, requester)  # a new answer replaces an earlier one
-        _expire_downloads(blob, piece, now)
         held = parent in holders
         lease = piece.lease
         if held or parent in piece.downloads or (lease is not None and lease[0] == parent):

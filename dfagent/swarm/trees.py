@@ -60,6 +60,8 @@ class StripeTrees:
         """The member `peer` takes piece `index` of blob `digest` from; None for the root of
         the piece's tree (it fetches the piece from the origin) and for a peer that is not a
         member."""
+        if not self._members:
+            return None
         ranking = self._ranking(digest)
         rank = ranking.rank.get(peer)
         if rank is None:
