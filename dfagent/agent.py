@@ -33,7 +33,7 @@ from dfagent.swarm.directory import Directory
 from dfagent.swarm.dragonfly.host import HostAnnouncer, identity_of
 from dfagent.swarm.dragonfly.member import DragonflyMember
 from dfagent.swarm.dragonfly.parents import ParentLinks
-from dfagent.swarm.dragonfly.scheduler import Schedulers
+from dfagent.swarm.dragonfly.scheduler import ANSWER_SECONDS, Schedulers
 from dfagent.swarm.dragonfly.seed import Seeder
 from dfagent.swarm.dragonfly.upload import HeldPieces, UploadServer
 from dfagent.swarm.membership import Membership
@@ -254,7 +254,10 @@ class Agent:
         then the member the engine reads through."""
         config = self.config.dragonfly
         schedulers = Schedulers(
-            config.schedulers, config.tls, self.metrics, answer_within=config.schedule_timeout
+            config.schedulers,
+            config.tls,
+            self.metrics,
+            answer_within=max(ANSWER_SECONDS, config.schedule_timeout),
         )
         stack.push_async_callback(schedulers.aclose)
         identity = await asyncio.to_thread(identity_of, config)

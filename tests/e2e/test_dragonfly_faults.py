@@ -5,6 +5,7 @@ dfagent as the cluster's seed peer. Every client's bytes are compared with the s
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import urllib.error
@@ -17,7 +18,14 @@ import pytest
 from tests.support import dragonfly
 from tests.support.agent import AgentProcess
 from tests.support.client import Reply, send
-from tests.support.dragonfly_mode import REMOTE, SOURCE, blob_bytes, member, push
+from tests.support.dragonfly_mode import (
+    REMOTE,
+    SOURCE,
+    blob_bytes,
+    member,
+    origin_readers,
+    push,
+)
 from tests.support.metrics import metric, wait_for
 from tests.support.ports import free_port
 
@@ -56,6 +64,17 @@ def at_once(readers: dict[str, Callable[[], bytes]]) -> dict[str, bytes]:
     return results
 
 
+def whole_read(agent: AgentProcess, url: str) -> Callable[[], bytes]:
+    """A reader of the whole blob at `url` through `agent`."""
+
+    def read() -> bytes:
+        reply = send(agent.proxy_port, url)
+        assert reply.status == 200
+        return reply.body
+
+    return read
+
+
 def in_background(read: Callable[[], Reply]) -> tuple[threading.Thread, list[Reply]]:
     """Start `read` in a thread; its reply lands in the list."""
     replies: list[Reply] = []
@@ -92,20 +111,44 @@ def test_a_mixed_cluster_reading_one_blob_at_once_takes_it_from_the_origin_once(
 
             return read
 
-        def get(agent: AgentProcess) -> Callable[[], bytes]:
-            def read() -> bytes:
-                reply = send(agent.proxy_port, url)
-                assert reply.status == 200
-                return reply.body
-
-            return read
-
         readers = {daemon.name: dfget(daemon) for daemon in cluster.daemons}
-        readers.update({agent.root.name: get(agent) for agent in agents})
+        readers.update({agent.root.name: whole_read(agent, url) for agent in agents})
         for name, output in at_once(readers).items():
             assert output == data, f"{name} read other bytes"
         # every dfdaemon (the seed too) probes the length with a 1-byte GET, left out here
-        assert blob_bytes(origin, digest, len(data)) == len(data)
+        fetched = blob_bytes(origin, digest, len(data))
+        assert fetched == len(data), (origin_readers(origin, digest), cluster.logs())
+        for agent in agents:
+            wait_for(lambda a=agent: metric(a, REMOTE) == len(data), "pieces reported", 20)
+
+
+def test_members_wait_for_a_seed_slow_to_start_rather_than_go_to_the_origin(
+    agent_factory, registry, origin, tmp_path: Path
+):
+    """Guarantee: a whole read waits for the scheduler's answer, not only
+    dragonfly.schedule_timeout (1 s here). The origin answers the seed's probe of the blob's
+    length 2.5 s late, so the seed, sent to the origin by the first registration, registers
+    late too, and the scheduler (trying again every second, five times) names it to the
+    members only then: the two dfagents reading the blob whole at once take it from the
+    seed, and the origin gives it once. (Under load a seed is slow like this on its own.)"""
+    data, digest, url = push(registry, origin, "dragonfly/cold", 12 * MiB)
+
+    async def slow_to_start(request) -> None:
+        probe = request.headers.get("Range") == "bytes=0-0"
+        if request.method == "GET" and request.path.endswith(digest) and probe:
+            await asyncio.sleep(2.5)
+
+    origin.faults.append(slow_to_start)
+    with dragonfly.cluster(tmp_path / "df", daemons=0, seed=True) as cluster:
+        agents = [
+            member(agent_factory, cluster, f"agent-{n}", task_id="url", schedule_timeout="1s")
+            for n in "ab"
+        ]
+        readers = {agent.root.name: whole_read(agent, url) for agent in agents}
+        for name, output in at_once(readers).items():
+            assert output == data, f"{name} read other bytes"
+        fetched = blob_bytes(origin, digest, len(data))
+        assert fetched == len(data), (origin_readers(origin, digest), cluster.logs())
         for agent in agents:
             wait_for(lambda a=agent: metric(a, REMOTE) == len(data), "pieces reported", 20)
 

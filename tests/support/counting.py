@@ -27,6 +27,7 @@ class Seen:
     path: str
     range: str | None
     authorization: str | None
+    user_agent: str | None = None
 
 
 # A fault looks at a request and returns a response to send instead, or None to pass it on.
@@ -104,6 +105,7 @@ class CountingOrigin:
                 request.path,
                 request.headers.get("Range"),
                 request.headers.get("Authorization"),
+                request.headers.get("User-Agent"),
             )
         )
         self.received_headers.append(dict(request.headers))

@@ -11,7 +11,7 @@ from tests.support.agent import AgentProcess
 from tests.support.counting import CountingOrigin
 from tests.support.registry import Registry
 
-__all__ = ["REMOTE", "SOURCE", "blob_bytes", "member", "push"]
+__all__ = ["REMOTE", "SOURCE", "blob_bytes", "member", "origin_readers", "push"]
 
 REMOTE = 'dfagent_dragonfly_download_bytes_total{type="REMOTE_PEER"}'
 SOURCE = 'dfagent_dragonfly_download_bytes_total{type="BACK_TO_SOURCE"}'
@@ -41,6 +41,12 @@ def blob_bytes(origin: CountingOrigin, digest: str, size: int) -> int:
     """Blob bytes the origin gave, leaving out dfdaemon's one-byte probes for the length
     (`Range: bytes=0-0` before each download)."""
     return origin.blob_bytes(digest, size) - probes(origin, digest)
+
+
+def origin_readers(origin: CountingOrigin, digest: str) -> list[tuple[str | None, str | None]]:
+    """Who asked the origin for the blob, and what part: (User-Agent, Range) of each GET, for a
+    failing test's message."""
+    return [(seen.user_agent, seen.range) for seen in origin.blob_gets(digest)]
 
 
 def probes(origin: CountingOrigin, digest: str) -> int:

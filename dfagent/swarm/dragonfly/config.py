@@ -42,7 +42,9 @@ class DragonflyConfig:
     seed: bool = False
     # How often the host is announced again.
     announce_interval: Duration = Duration(300)
-    # How long a first read waits for the scheduler's answer before it reads from the origin.
+    # How long lazy reads of a blob new here wait for the scheduler's answer before they read
+    # from the origin; the registration goes on, and later reads use the parents it names.
+    # A whole read waits for the answer (up to 30 s): it is served once proven whole anyway.
     schedule_timeout: Duration = Duration(2)
     # A parent that does not start sending a piece this fast is passed over.
     piece_timeout: Duration = Duration(5)

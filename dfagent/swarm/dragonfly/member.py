@@ -236,7 +236,7 @@ class DragonflyMember:
         """Fill every missing piece from parents (staged), then wait for the whole check."""
         if not self._takes_part(blob) or blob.digest.hex in self._distrusted:
             return False
-        task = await self._task(blob, source)
+        task = await self._task(blob, source, whole=True)
         if task.back_to_source or not task.holdings:
             return False
         layout = blob.layout
@@ -324,9 +324,13 @@ class DragonflyMember:
     def _takes_part(self, blob: StoredBlob) -> bool:
         return blob.public and not blob.removed
 
-    async def _task(self, blob: StoredBlob, source: BlobSource) -> _Task:
-        """The blob's peer task, registered on first use (a scheduler that does not answer in
-        time leaves it going to the origin, unreported)."""
+    async def _task(self, blob: StoredBlob, source: BlobSource, *, whole: bool = False) -> _Task:
+        """The blob's peer task, registered on first use (a scheduler that does not answer
+        leaves it going to the origin, unreported). A whole read waits for the scheduler's
+        answer, however long it tries for parents (up to ANSWER_SECONDS): its client is served
+        only once the blob is proven whole anyway, and the wait may spare the origin a copy.
+        A lazy read waits only until dragonfly.schedule_timeout after the registration; until
+        the answer comes, reads go to the origin and the registration goes on."""
         task = self._tasks.get(blob.digest.hex)
         if task is not None and task.ready.is_set() and self._lost(task):
             self._forget(task)  # the scheduler lost it: register again
@@ -343,7 +347,13 @@ class DragonflyMember:
                 self._forget(self._tasks[next(iter(self._tasks))])
             self._held.name(task_id, blob.digest.hex)
             self._jobs.spawn(self._register(task, blob, source), name="dragonfly-register")
-        await task.ready.wait()
+        if whole:
+            await task.ready.wait()
+        else:
+            patience = task.started + self._config.schedule_timeout - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(patience, 0)):
+                    await task.ready.wait()
         return task
 
     def _task_id(self, blob: StoredBlob, source: BlobSource) -> str:

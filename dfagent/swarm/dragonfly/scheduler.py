@@ -24,11 +24,23 @@ from dfagent.metrics import Metrics
 from dfagent.swarm.dragonfly.config import SchedulerTLS
 from dfagent.tasks import TaskOwner
 
-__all__ = ["MAX_PARENTS", "Assignment", "Parent", "PeerStream", "SchedulerError", "Schedulers"]
+__all__ = [
+    "ANSWER_SECONDS",
+    "MAX_PARENTS",
+    "Assignment",
+    "Parent",
+    "PeerStream",
+    "SchedulerError",
+    "Schedulers",
+]
 
 log = logging.getLogger(__name__)
 
 _CALL_SECONDS = 5.0
+# How long a registration waits for the scheduler's answer: a scheduler with no parent to name
+# yet (its seed peer has just been sent to the origin) tries again for retryBackToSourceLimit x
+# retryInterval before it sends the peer to the origin. As dfdaemon's usual scheduleTimeout.
+ANSWER_SECONDS = 30.0
 # Parents taken from one answer, and followed by one task at once: a Dragonfly scheduler
 # sends its candidateParentLimit (4 by default; the manager allows at most 20).
 MAX_PARENTS = 20
