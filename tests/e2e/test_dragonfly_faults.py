@@ -127,7 +127,7 @@ def test_members_wait_for_a_seed_slow_to_start_rather_than_go_to_the_origin(
 ):
     """Guarantee: a whole read waits for the scheduler's answer, not only
     dragonfly.schedule_timeout (1 s here). The origin answers the seed's probe of the blob's
-    length 2.5 s late, so the seed, sent to the origin by the first registration, registers
+    length 1.5 s late, so the seed, sent to the origin by the first registration, registers
     late too, and the scheduler (trying again every second, five times) names it to the
     members only then: the two dfagents reading the blob whole at once take it from the
     seed, and the origin gives it once. (Under load a seed is slow like this on its own.)"""
@@ -136,7 +136,7 @@ def test_members_wait_for_a_seed_slow_to_start_rather_than_go_to_the_origin(
     async def slow_to_start(request) -> None:
         probe = request.headers.get("Range") == "bytes=0-0"
         if request.method == "GET" and request.path.endswith(digest) and probe:
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(1.5)
 
     origin.faults.append(slow_to_start)
     with dragonfly.cluster(tmp_path / "df", daemons=0, seed=True) as cluster:
