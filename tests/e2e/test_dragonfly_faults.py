@@ -18,6 +18,7 @@ import pytest
 from tests.support import dragonfly
 from tests.support.agent import AgentProcess
 from tests.support.client import Reply, send
+from tests.support.counting import CountingOrigin
 from tests.support.dragonfly_mode import (
     REMOTE,
     SOURCE,
@@ -75,6 +76,25 @@ def whole_read(agent: AgentProcess, url: str) -> Callable[[], bytes]:
     return read
 
 
+def read_once_from_the_origin(
+    readers: dict[str, Callable[[], bytes]],
+    agents: list[AgentProcess],
+    cluster: dragonfly.Cluster,
+    origin: CountingOrigin,
+    data: bytes,
+    digest: str,
+) -> None:
+    """Run `readers` at once: each reads exactly `data`, the origin gives the blob once, and
+    every dfagent of `agents` reports all its pieces as a peer's."""
+    for name, output in at_once(readers).items():
+        assert output == data, f"{name} read other bytes"
+    # every dfdaemon (the seed too) probes the length with a 1-byte GET, left out here
+    fetched = blob_bytes(origin, digest, len(data))
+    assert fetched == len(data), (origin_readers(origin, digest), cluster.logs())
+    for agent in agents:
+        wait_for(lambda a=agent: metric(a, REMOTE) == len(data), "pieces reported", 20)
+
+
 def in_background(read: Callable[[], Reply]) -> tuple[threading.Thread, list[Reply]]:
     """Start `read` in a thread; its reply lands in the list."""
     replies: list[Reply] = []
@@ -113,13 +133,7 @@ def test_a_mixed_cluster_reading_one_blob_at_once_takes_it_from_the_origin_once(
 
         readers = {daemon.name: dfget(daemon) for daemon in cluster.daemons}
         readers.update({agent.root.name: whole_read(agent, url) for agent in agents})
-        for name, output in at_once(readers).items():
-            assert output == data, f"{name} read other bytes"
-        # every dfdaemon (the seed too) probes the length with a 1-byte GET, left out here
-        fetched = blob_bytes(origin, digest, len(data))
-        assert fetched == len(data), (origin_readers(origin, digest), cluster.logs())
-        for agent in agents:
-            wait_for(lambda a=agent: metric(a, REMOTE) == len(data), "pieces reported", 20)
+        read_once_from_the_origin(readers, agents, cluster, origin, data, digest)
 
 
 def test_members_wait_for_a_seed_slow_to_start_rather_than_go_to_the_origin(
@@ -145,12 +159,7 @@ def test_members_wait_for_a_seed_slow_to_start_rather_than_go_to_the_origin(
             for n in "ab"
         ]
         readers = {agent.root.name: whole_read(agent, url) for agent in agents}
-        for name, output in at_once(readers).items():
-            assert output == data, f"{name} read other bytes"
-        fetched = blob_bytes(origin, digest, len(data))
-        assert fetched == len(data), (origin_readers(origin, digest), cluster.logs())
-        for agent in agents:
-            wait_for(lambda a=agent: metric(a, REMOTE) == len(data), "pieces reported", 20)
+        read_once_from_the_origin(readers, agents, cluster, origin, data, digest)
 
 
 def test_a_parent_serving_wrong_bytes_never_reaches_a_client(
