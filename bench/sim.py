@@ -72,6 +72,7 @@ class Figures:
     origin_vs_blob: float
     gave_up: dict[str, int]  # pieces the swarm was to give that went to the origin, and why
     home_lookups_per_s: float
+    home_requests_per_s: float  # every request other nodes send the home (see Fill)
     home_directory_load: float  # Directory.lookup CPU seconds per second, at the home
     top_upload_share: float
     downlink_use: float  # median sample of the fill (see Links)
@@ -105,6 +106,7 @@ class Fill:
     origin_bytes: float
     gave_up: dict[str, int]
     home_lookups: int
+    home_requests: int  # from other nodes: lookups, sha256 queries, announcements
     directory_seconds: float
     uploads: list[float]  # per node
     complete: bool  # every node ended with every piece
@@ -166,6 +168,7 @@ def fill(params: Params) -> Fill:
         origin_bytes=cluster.origin_bytes,
         gave_up=dict(cluster.gave_up),
         home_lookups=cluster.home.lookups,
+        home_requests=cluster.home.requests,
         directory_seconds=cluster.directory_seconds,
         uploads=[node.uploaded for node in cluster.nodes],
         complete=all(node.received == everything for node in cluster.nodes),
@@ -298,6 +301,7 @@ def simulate(
         origin_vs_blob=swarm.origin_bytes / size,
         gave_up=swarm.gave_up,
         home_lookups_per_s=swarm.home_lookups / swarm.seconds,
+        home_requests_per_s=swarm.home_requests / swarm.seconds,
         home_directory_load=swarm.directory_seconds / swarm.seconds,
         top_upload_share=max(swarm.uploads) / max(sum(swarm.uploads), 1),
         downlink_use=statistics.median(sample.use for sample in swarm.links),
@@ -343,6 +347,7 @@ def report(results: list[Figures]) -> str:
             f"{f.origin_vs_blob:.2f}",
             f"{sum(f.gave_up.values()):,}",
             f"{f.home_lookups_per_s:,.0f}",
+            f"{f.home_requests_per_s:,.0f}",
             f"{f.home_directory_load:.2f}",
             f"{f.top_upload_share:.3f}",
             f"{f.downlink_use:.0%}",
@@ -363,6 +368,7 @@ def report(results: list[Figures]) -> str:
         "origin bytes / S",
         "pieces to the origin after waiting",
         "home lookups/s",
+        "home requests/s",
         "home Directory CPU s/s",
         "top upload share",
         "downlink use",
@@ -377,7 +383,9 @@ def report(results: list[Figures]) -> str:
         "Fill columns: every node reads the whole blob at once. 'Pieces to the origin after "
         "waiting': pieces a node was to get from peers but fetched from the origin after all "
         "(its parent in the piece's tree did not come, or it waited out the 15 s lease wait). "
-        "'Home Directory CPU s/s': seconds this machine "
+        "'Home requests/s': every request the other nodes send the home (lookups, "
+        "sha256 queries for relayed pieces, announcement batches), each one HTTP request to "
+        "a real home. 'Home Directory CPU s/s': seconds this machine "
         "spent in the home's Directory.lookup per simulated second (above 1, a real home's "
         "core is saturated by the directory alone, before HTTP; the simulation does not limit "
         "it, so beyond that point it is optimistic). 'Downlink use' and 'flows at their "

@@ -128,6 +128,8 @@ class _Node:
     waiting: list[Event] = field(default_factory=list)  # requests in line for an upload slot
     uploaded: float = 0.0
     lookups: int = 0  # lookups this node answered as a home
+    # requests other nodes sent this node as a home: lookups, sha256 queries, announcements
+    requests: int = 0
     pending: dict[int, bytes] = field(default_factory=dict)  # announcements not sent yet
     flushing: bool = False
     blob: Event | None = None  # fires once the blob's size is known here
@@ -304,6 +306,7 @@ class Cluster:
             self.home.lookups += 1
         if node is self.home:
             return call()
+        self.home.requests += 1
         yield self.params.rtt / 2
         result = call()
         yield self.params.rtt / 2
@@ -384,6 +387,7 @@ class Cluster:
 
     def _announce(self, node: _Node, pieces: dict[int, bytes]) -> Step:
         if node is not self.home:
+            self.home.requests += 1
             yield self.params.rtt / 2
         self.home.directory.announce(
             self.digest,
