@@ -443,9 +443,7 @@ class Cluster:
                 why = "waited the lease wait out"
                 break
             yield self.params.rtt  # how far did the fetching peer get? (it never stalls here)
-            yield delay
-            delay = min(delay * 2, _LAST_POLL_SECONDS)
-            answer = (yield from self._lookup(node, [index]))[index]
+            answer, delay = yield from self._ask_again(node, index, delay)
             if answer.fetch:
                 why = "the home handed this agent the origin fetch"
                 break

@@ -659,11 +659,8 @@ class Engine:
             # A peer to which no byte of the piece arrives any more is reported with the next
             # lookup: its fetch passes to this agent, unless another waiter took it over first.
             stalled = answer.fetching if watch.stalled(answer.fetching, arrived) else None
-            await asyncio.sleep(delay)  # the fetching peer announces the piece when it has it
-            delay = min(delay * 2, _LAST_POLL_SECONDS)
-            answer = (await self._network.lookup(blob, source, [piece.index], stalled=stalled))[
-                piece.index
-            ]
+            # the fetching peer announces the piece when it has it
+            answer, delay = await self._ask_again(blob, source, piece, delay, stalled=stalled)
             if answer.fetch and stalled is not None:
                 reason = "stalled"
                 why = f"no byte reached {stalled} for {STALL_SECONDS} s; its fetch passed here"
@@ -674,13 +671,20 @@ class Engine:
         return reason, why
 
     async def _ask_again(
-        self, blob: StoredBlob, source: BlobSource, piece: InflightPiece, delay: float
+        self,
+        blob: StoredBlob,
+        source: BlobSource,
+        piece: InflightPiece,
+        delay: float,
+        *,
+        stalled: str | None = None,
     ) -> tuple[Answer, float]:
-        """The network's answer for the piece after `delay`, and the delay before the next."""
+        """The network's answer for the piece after `delay` (reporting `stalled`, the peer
+        fetching it that no byte reaches any more), and the delay before the next."""
         assert self._network is not None
         await asyncio.sleep(delay)
-        answer = (await self._network.lookup(blob, source, [piece.index]))[piece.index]
-        return answer, min(delay * 2, _LAST_POLL_SECONDS)
+        lookup = await self._network.lookup(blob, source, [piece.index], stalled=stalled)
+        return lookup[piece.index], min(delay * 2, _LAST_POLL_SECONDS)
 
     async def _delivered(
         self,

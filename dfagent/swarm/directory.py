@@ -380,8 +380,7 @@ def _about_to_ask(blob: _Blob, peer: str, index: int, now: float) -> bool:
     part of the blob now, or has not begun to read a blob the home has just begun to keep."""
     asked = blob.asked.get(peer)
     if asked is None or now - asked[0] > _READING_SECONDS:
-        young = now - blob.born <= _READING_SECONDS
-        return asked is None and young
+        return asked is None and now - blob.born <= _READING_SECONDS
     return abs(asked[1] - index) <= _NEAR_PIECES
 
 
