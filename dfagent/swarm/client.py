@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +27,13 @@ __all__ = [
 ]
 
 _PATIENT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=5)
+# A blob's home has no stand-in: a request to it that fails sends its pieces to the origin
+# (or leaves an announcement unheard, and its waiters to the origin). So a connection to a home
+# gets this long, not the fail-fast peer.connect_timeout: its SYN may queue behind a saturated
+# uplink at either end, or be lost and sent again after a second.
+HOME_CONNECT_SECONDS = 2.0
+# A home that did not connect (or answer) even so is given up on at once for this long.
+HOME_DOWN_SECONDS = 10.0
 # Pieces one request names at most, which a home holds its peers to. The engine asks about a
 # read-ahead window at a time (at most a few hundred pieces), and announces in batches.
 MAX_PIECES_PER_REQUEST = 2048
@@ -73,8 +81,14 @@ class PeerClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._home_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=max(connect_timeout, HOME_CONNECT_SECONDS),
+            sock_read=read_timeout,
+        )
         self._session: aiohttp.ClientSession | None = None
         self.unreachable: set[str] = set()  # peers whose last contact failed
+        self._home_down_until: dict[str, float] = {}  # homes failed even patiently (monotonic)
 
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
@@ -118,10 +132,25 @@ class PeerClient:
                 self.unreachable.add(peer)
             raise PeerError(f"{peer}: {exc or type(exc).__name__}", unreachable=gone) from exc
 
+    async def _ask_home(self, method: str, home: str, path: str, body: Any = None) -> Any:
+        """`_json` for a request to a blob's home: patient to connect (HOME_CONNECT_SECONDS),
+        unless it failed so within HOME_DOWN_SECONDS (then fail fast until it answers)."""
+        patient = time.monotonic() >= self._home_down_until.get(home, 0.0)
+        try:
+            answer = await self._json(
+                method, home, path, body, limits=self._home_timeout if patient else None
+            )
+        except PeerError as exc:
+            if exc.unreachable and patient:
+                self._home_down_until[home] = time.monotonic() + HOME_DOWN_SECONDS
+            raise
+        self._home_down_until.pop(home, None)
+        return answer
+
     async def describe(self, home: str, digest_hex: str, origin: str) -> tuple[int, str] | None:
         """(size, layout key) of a blob as `origin` gave it, if `home` knows."""
         path = f"/v1/blobs/sha256:{digest_hex}?{urlencode({'origin': origin})}"
-        answer = await self._json("GET", home, path)
+        answer = await self._ask_home("GET", home, path)
         if answer is None:
             return None
         with _reading(home, "description"):
@@ -142,7 +171,7 @@ class PeerClient:
 
     async def lookup(self, home: str, body: dict[str, Any]) -> dict[int, Answer]:
         """What `home` says of each piece `body` asks about (see Directory.lookup)."""
-        answer = await self._json("POST", home, "/v1/lookup", body)
+        answer = await self._ask_home("POST", home, "/v1/lookup", body)
         if answer is None:
             raise PeerError(f"{home} has no directory")
         with _reading(home, "lookup"):
@@ -150,7 +179,7 @@ class PeerClient:
 
     async def recorded(self, home: str, body: dict[str, Any]) -> dict[int, bytes | None]:
         """The sha256 `home` records for each piece `body` asks about (None: none yet)."""
-        answer = await self._json("POST", home, "/v1/recorded", body)
+        answer = await self._ask_home("POST", home, "/v1/recorded", body)
         if answer is None:
             raise PeerError(f"{home} has no directory")
         with _reading(home, "record"):
@@ -160,10 +189,10 @@ class PeerClient:
             }
 
     async def release(self, home: str, body: dict[str, Any]) -> None:
-        await self._json("POST", home, "/v1/release", body)
+        await self._ask_home("POST", home, "/v1/release", body)
 
     async def announce(self, home: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._json("POST", home, "/v1/announce", body)  # type: ignore[no-any-return]
+        return await self._ask_home("POST", home, "/v1/announce", body)  # type: ignore[no-any-return]
 
     async def complete(self, peer: str, body: dict[str, Any]) -> tuple[str, str | None]:
         answer = await self._json("POST", peer, "/v1/complete", body)
@@ -180,7 +209,7 @@ class PeerClient:
             return _completion(answer)
 
     async def report(self, home: str, body: dict[str, Any]) -> None:
-        await self._json("POST", home, "/v1/report", body)
+        await self._ask_home("POST", home, "/v1/report", body)
 
     async def piece(
         self,

@@ -36,7 +36,8 @@ class PeerConfig:
     # first served; then it gets 429 and its sender asks another holder.
     max_uploads: int = 16
     # A peer that does not accept a connection this fast is passed over (fail fast: the next
-    # holder, or the origin).
+    # holder, or the origin). A blob's home gets at least HOME_CONNECT_SECONDS (see
+    # swarm/client.py).
     connect_timeout: Duration = Duration(0.1)
     # Longest silence while receiving a piece from a peer.
     read_timeout: Duration = Duration(2)
