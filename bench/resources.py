@@ -5,6 +5,7 @@ dfagent_served_bytes_total, over the span a scenario chooses (its load, not its 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tests.support.metrics import sample_sum
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 GB = 1e9
+MIB = 1024 * 1024
 
 
 def cpu_seconds(pid: int) -> float:
@@ -34,6 +36,30 @@ def machine_ticks() -> tuple[int, int]:
 def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
     """The share of the machine's CPU (all cores) in use between two `machine_ticks`."""
     return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
+def store_cost_ms_per_mib(directory: Path, mib: int = 256) -> float:
+    """Milliseconds one core spends writing 1 MiB of new bytes to a new file in `directory`
+    (measured as elapsed time, on a quiet machine: a VM's vCPU stalled while its host backs a
+    page is charged to no process, but does no other work meanwhile): what an agent pays for
+    each piece it stores, before any hashing or network.
+
+    The pages the file takes in the page cache are memory the kernel had free. A VM that hands
+    its free memory back to its host (virtio-balloon free page reporting) pays again for each
+    page it touches anew, and then this costs about ten times what rewriting cached pages does.
+    """
+    block = os.urandom(MIB)
+    path = directory / "store-cost.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        started = time.perf_counter()
+        for i in range(mib):
+            os.pwrite(fd, block, i * MIB)
+        spent = time.perf_counter() - started
+    finally:
+        os.close(fd)
+        path.unlink()
+    return spent * 1000 / mib
 
 
 def status_kib(pid: int, key: str) -> int:

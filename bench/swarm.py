@@ -99,6 +99,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
             capped = read_all_at_once(through_agents, digest)
             capped_origin = _per_agent(agents, "dfagent_origin_bytes_total")
             capped_uploaded = _per_agent(agents, "dfagent_uploaded_bytes_total")
+        store_cost = resources.store_cost_ms_per_mib(work)
     figures = {
         "nodes": nodes,
         "blob_mib": size / MIB,
@@ -118,6 +119,9 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         # The whole machine's CPU in use during the fill (agents, readers, the kernel's
         # shaping): near 1, the machine rather than the links sets the pace.
         "swarm_machine_cpu_busy": busy,
+        # What storing 1 MiB anew costs this machine (see resources.store_cost_ms_per_mib):
+        # every node stores the whole blob, so the fill spends nodes x blob MiB of it.
+        "machine_store_cpu_ms_per_mib": store_cost,
         "capped_upload_share_of_link": UPLOAD_CAP_SHARE,
         "capped_fill_s": max(capped),
         "capped_fill_vs_bound": max(capped) / bound,

@@ -225,4 +225,7 @@ def _open(
         import ssl
 
         context = ssl.create_default_context(cafile=str(registry.root / "ca.pem"))
-    return urllib.request.urlopen(request, timeout=30, context=context)
+    # a socket's timeout bounds a whole sendall: give a big body time at 1 MB/s (a bench
+    # pushes through links capped at 100 Mbit/s)
+    timeout = 30 + len(data or b"") / 1e6
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
