@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dfagent.configtypes import ListenAddress
-from dfagent.metrics import Metrics
 from dfagent.swarm import client as peer_client
 from dfagent.swarm.client import PeerClient, PeerError
 from dfagent.swarm.directory import Directory
 from dfagent.swarm.server import PeerServer
+from tests.support.peer_home import started_home
 
 TOKEN = "cluster-token-for-unit-tests"
 DIGEST = "cd" * 32
@@ -26,14 +25,6 @@ LAYOUT = "fixed:65536"
 SIZE = 4 * 65536
 HOLDER = "127.0.0.1:3"
 FAST_FAIL = 0.1  # peer.connect_timeout's default
-
-
-class _NoStore:
-    def loaded(self, digest_hex: str) -> None:
-        return None
-
-    async def open_blob(self, digest: object) -> None:
-        return None
 
 
 class LateDoor:
@@ -83,17 +74,7 @@ async def home() -> AsyncIterator[PeerServer]:
     directory.announce(
         DIGEST, ORIGIN, SIZE, LAYOUT, holder=HOLDER, pieces={3: b"\x01" * 32}, verified=False
     )
-    server = PeerServer(
-        ListenAddress("127.0.0.1", 0),
-        TOKEN,
-        _NoStore(),  # type: ignore[arg-type]
-        directory,
-        Metrics(),
-        max_uploads=4,
-        slot_wait=0.05,
-        upload_bandwidth=None,
-    )
-    await server.start()
+    server = await started_home(TOKEN, directory)
     yield server
     await server.stop()
 

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dfagent.configtypes import ListenAddress
 from dfagent.core.digest import Digest
 from dfagent.metrics import Metrics
 from dfagent.swarm import client as peer_client
@@ -24,21 +23,12 @@ from dfagent.swarm.directory import Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.server import PeerServer
 from dfagent.swarm.swarm import Swarm
+from tests.support.peer_home import started_home
 
 TOKEN = "cluster-token-for-unit-tests"
 DIGEST = "ab" * 32
 ORIGIN = "https://registry:443"
 LAYOUT = "fixed:65536"
-
-
-class _NoStore:
-    """A store that holds nothing (the requests here never reach stored pieces)."""
-
-    def loaded(self, digest_hex: str) -> None:
-        return None
-
-    async def open_blob(self, digest: Digest) -> None:
-        return None
 
 
 class _Completions:
@@ -52,17 +42,7 @@ class _Completions:
 @pytest.fixture
 async def home() -> AsyncIterator[tuple[PeerServer, Directory]]:
     directory = Directory(holder_ttl=30, lease_ttl=15)
-    server = PeerServer(
-        ListenAddress("127.0.0.1", 0),
-        TOKEN,
-        _NoStore(),  # type: ignore[arg-type]
-        directory,
-        Metrics(),
-        max_uploads=4,
-        slot_wait=0.05,
-        upload_bandwidth=None,
-    )
-    await server.start()
+    server = await started_home(TOKEN, directory)
     server.completions = _Completions()
     yield server, directory
     await server.stop()
