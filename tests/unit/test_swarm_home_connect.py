@@ -41,7 +41,8 @@ class LateDoor:
         self._server: asyncio.Server | None = None
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
 
-    async def let_in(self) -> None:
+    async def let_in(self, after: float = 0.0) -> None:
+        await asyncio.sleep(after)
         self._listener.setblocking(False)
         accepted, _ = await asyncio.get_running_loop().sock_accept(self._listener)
         accepted.close()
@@ -105,8 +106,9 @@ async def test_a_home_slow_to_accept_a_connection_is_still_asked(home):
     door = LateDoor(home.port)
     try:
         async with PeerClient(TOKEN, FAST_FAIL, 2) as client:
-            asyncio.get_running_loop().call_later(0.3, asyncio.ensure_future, door.let_in())
+            opening = asyncio.create_task(door.let_in(after=0.3))
             took, answer = await timed_lookup(client, door.address)
+            await opening
     finally:
         door.close()
     assert not isinstance(answer, PeerError), f"the home was given up on after {took:.2f} s"
