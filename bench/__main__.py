@@ -96,6 +96,7 @@ def _swarm(args: argparse.Namespace) -> Ran:
         nodes=args.nodes,
         size=(16 if args.smoke else _blob_mib(args, 512)) * MIB,
         node_mbit=args.link_mbit,
+        piece=args.piece_kib * 1024,
     )
     return swarm.section(fill), [fill.resources]
 
@@ -242,7 +243,7 @@ def _arguments() -> argparse.Namespace:
         "--rounds", type=int, default=3, help="starts per row (stack), replays per path (lazy)"
     )
     parser.add_argument(
-        "--piece-kib", type=int, default=1024, help="the agents' storage.piece_size (lazy)"
+        "--piece-kib", type=int, default=1024, help="the agents' storage.piece_size (swarm, lazy)"
     )
     parser.add_argument(
         "--max-uploads", type=int, default=None, help="the agents' peer.max_uploads (lazy)"

@@ -64,7 +64,10 @@ def _per_agent(agents: list[cluster.Node], name: str) -> list[float]:
     return [sample_sum(a.metrics_url, name) for a in agents]
 
 
-def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200) -> Fill:
+def run(
+    work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200, piece: int = MIB
+) -> Fill:
+    """`piece` is the agents' storage.piece_size."""
     harness.clean(work)
     data = os.urandom(size)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -82,7 +85,8 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
             (h, cluster.PROXY_ADDRESS, cluster.PROXY_PORT, net.registry.url + path)
             for h in net.hosts
         ]
-        with cluster.agents(work, net.hosts) as agents:
+        storage = {"piece_size": piece}
+        with cluster.agents(work, net.hosts, storage=storage) as agents:
             meter = resources.Meter(
                 "swarm fill", [resources.watched(a.agent, a.metrics_url) for a in agents]
             )
@@ -95,7 +99,9 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
 
         cap = int(UPLOAD_CAP_SHARE * node_mbit * 1e6 / 8)
         (work / "capped").mkdir()
-        with cluster.agents(work / "capped", net.hosts, peer={"upload_bandwidth": cap}) as agents:
+        with cluster.agents(
+            work / "capped", net.hosts, storage=storage, peer={"upload_bandwidth": cap}
+        ) as agents:
             capped = read_all_at_once(through_agents, digest)
             capped_origin = _per_agent(agents, "dfagent_origin_bytes_total")
             capped_uploaded = _per_agent(agents, "dfagent_uploaded_bytes_total")
@@ -104,6 +110,7 @@ def run(work: Path, nodes: int = 4, size: int = 512 * MIB, node_mbit: int = 200)
         "nodes": nodes,
         "blob_mib": size / MIB,
         "link_mbit": node_mbit,
+        "piece_kib": piece / 1024,
         "bound_s": bound,
         "direct_fill_s": max(direct),
         "direct_fill_vs_bound": max(direct) / bound,

@@ -110,7 +110,9 @@ class Metrics:
         self.peer_requests = Counter(
             "dfagent_peer_requests",
             "Requests to this agent's peer server, by kind (piece: a held piece sent; relay: a"
-            " piece passed on while it arrived here; lookup, announce, busy, refused).",
+            " piece passed on while it arrived here; recorded: the sha256 a home records for a"
+            " piece; progress: how far a piece has arrived here; lookup, announce, busy,"
+            " refused).",
             ["kind"],
             registry=r,
         )

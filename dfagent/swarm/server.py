@@ -204,6 +204,7 @@ class PeerServer:
     def _progress(self, digest: Digest, query: Mapping[str, str]) -> dict[str, int]:
         """Bytes of the blob that have reached this agent so far, and with `piece` asked, of
         that piece."""
+        self._metrics.peer_requests.labels("progress").inc()
         blob = self._store.loaded(digest.hex)
         progress = {"arrived": 0 if blob is None else blob.arrived}
         if "piece" in query:
@@ -288,6 +289,7 @@ class PeerServer:
         }
 
     def _recorded(self, body: _Fields) -> dict[str, Any]:
+        self._metrics.peer_requests.labels("recorded").inc()
         book = _Book.read(body)
         recorded = self._directory.recorded(
             book.digest, book.origin, book.size, book.layout, body.indices("pieces", book.pieces)

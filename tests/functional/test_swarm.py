@@ -373,6 +373,10 @@ def test_a_piece_moves_on_to_other_nodes_while_it_arrives(swarm, origin, registr
         assert metric(agent, 'dfagent_served_bytes_total{source="origin"}') == 0
     relayed = [metric(a, 'dfagent_peer_requests_total{kind="relay"}') for a in (first, *others)]
     assert relayed[0] >= 1 and sum(relayed) >= 2, f"passed on while arriving: {relayed}"
+    # Each node that took the piece as it arrived asked the blob's home for its recorded
+    # sha256 (the home itself looks it up without a request): at least one query was counted.
+    queried = [metric(a, 'dfagent_peer_requests_total{kind="recorded"}') for a in (first, *others)]
+    assert sum(queried) >= 1, f"sha256 queries the home counted: {queried}"
 
 
 def ask_for_piece(agent: AgentProcess, path: str, *, hang_up_after: float) -> int:
