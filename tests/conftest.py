@@ -125,12 +125,15 @@ def agent(agent_factory: Callable[..., AgentProcess]) -> AgentProcess:
 @pytest.fixture
 def swarm(tmp_path: Path) -> Iterator[Callable[..., list[AgentProcess]]]:
     """`swarm(count, **config)` starts that many agents on loopback, each knowing the others
-    (`config` is merged into each agent's own settings)."""
+    (`config` is merged into each agent's own settings; `each`, a list of one config per
+    agent, after it)."""
     started: list[AgentProcess] = []
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
 
-    def start(count: int, **overrides: object) -> list[AgentProcess]:
+    def start(
+        count: int, each: list[dict[str, Any]] | None = None, **overrides: object
+    ) -> list[AgentProcess]:
         ports = [free_port() for _ in range(count)]
         members = [f"127.0.0.1:{port}" for port in ports]
         agents = []
@@ -151,6 +154,8 @@ def swarm(tmp_path: Path) -> Iterator[Callable[..., list[AgentProcess]]]:
                 },
                 overrides,
             )
+            if each is not None:
+                config = deep_merge(config, each[i])
             agents.append(AgentProcess(tmp_path / f"agent{i}", config).start())
         started.extend(agents)
         return agents

@@ -52,7 +52,7 @@ from dfagent.errors import (
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource, OriginClient, RangeBody
-from dfagent.storage.layout import ChunkLayout, PieceSpan
+from dfagent.storage.layout import ChunkLayout, PieceSpan, piece_size_of
 from dfagent.storage.store import PieceStore, StoredBlob
 from dfagent.swarm.client import PeerError
 from dfagent.swarm.directory import STALL_SECONDS
@@ -151,6 +151,7 @@ class Engine:
         self._tasks = TaskOwner("engine")
         self._writes = TaskOwner("engine-writes")
         self._storage_warned_at = -_STORAGE_WARNING_INTERVAL
+        self._cuts_warned: set[tuple[int | None, int | None]] = set()  # see _cut_differently
         self._write_backlog = _ByteBudget(_WRITE_BACKLOG_BYTES)
         self._inflight: dict[tuple[str, int], InflightPiece] = {}
         self._discovering: dict[tuple[str, str | None, str], asyncio.Future[StoredBlob]] = {}
@@ -250,6 +251,8 @@ class Engine:
                 if known is not None and known[1] == unsized.key:
                     size, asked = known[0], False
                 else:
+                    if known is not None:
+                        self._cut_differently(source, known[1], unsized.key)
                     size, asked = await self._origin.blob_size(source), True
                     self._access.vouch(source)
                 found.set_result(await self._create(source, size, chunks, answered=asked))
@@ -285,6 +288,24 @@ class Engine:
                 raise
         finally:
             self._discovering.pop(key, None)
+
+    def _cut_differently(self, source: BlobSource, theirs: str, ours: str) -> None:
+        """The swarm cuts a blob into pieces of another size than this agent (a chunk map
+        known on one side only is no such sign): they share none of it. Said once per pair of
+        sizes, not once per blob."""
+        sizes = (piece_size_of(theirs), piece_size_of(ours))
+        if None in sizes or sizes[0] == sizes[1] or sizes in self._cuts_warned:
+            return
+        self._cuts_warned.add(sizes)
+        log.warning(
+            "the swarm cuts blobs into pieces of another size than storage.piece_size here;"
+            " this agent shares none of them: set the same piece_size on every agent",
+            extra={
+                "digest": str(source.digest),
+                "swarm_piece_size": sizes[0],
+                "piece_size": sizes[1],
+            },
+        )
 
     async def _create(
         self, source: BlobSource, size: int, chunks: KnownMap | None, *, answered: bool

@@ -17,8 +17,16 @@ from dataclasses import dataclass
 
 from dfagent.nydus.chunks import Chunk, ChunkMap
 from dfagent.nydus.errors import NydusFormatError
+from dfagent.storage.config import MAX_PIECE_SIZE, MIN_PIECE_SIZE
 
-__all__ = ["CHUNK_RUN_BYTES", "ChunkLayout", "FixedLayout", "PieceLayout", "PieceSpan"]
+__all__ = [
+    "CHUNK_RUN_BYTES",
+    "ChunkLayout",
+    "FixedLayout",
+    "PieceLayout",
+    "PieceSpan",
+    "piece_size_of",
+]
 
 # Neighbouring small chunks share a piece up to this size: nydus starts every file on a chunk
 # of its own, so an image of small files has many chunks of a few hundred bytes. A read of
@@ -81,6 +89,20 @@ class PieceLayout:
             position = piece_end
             index += 1
         return spans
+
+
+def piece_size_of(key: str) -> int | None:
+    """The piece size a layout `key` was cut with (`fixed:<size>`, `chunks:<size>:...`), or
+    None for a key of another form or a size no agent can be set to (a peer's word: anything
+    may come)."""
+    kind, _, rest = key.partition(":")
+    text = rest.partition(":")[0]
+    if kind not in ("fixed", "chunks") or not text.isdigit():
+        return None
+    size = int(text)
+    if size & (size - 1) or not MIN_PIECE_SIZE <= size <= MAX_PIECE_SIZE:
+        return None
+    return size
 
 
 class FixedLayout(PieceLayout):

@@ -338,6 +338,27 @@ def progress(agent: AgentProcess, digest: str) -> int:
         return int(json.load(response)["arrived"])
 
 
+def test_an_agent_that_cuts_blobs_otherwise_says_so_once_and_reads_exact_bytes(
+    swarm, origin, registry
+):
+    """An agent whose storage.piece_size differs from the swarm's shares no piece with it (a
+    home keeps blobs cut differently apart). It says so once, naming the setting, not once per
+    blob, and its readers still get exact bytes (from the origin)."""
+    first, second = swarm(2, each=[{}, {"storage": {"piece_size": "512KiB"}}])
+    blobs = [os.urandom(4 * PIECE + 5) for _ in range(2)]
+    digests = [registry.push_blob("test/swarm", data) for data in blobs]
+    for read, (digest, data) in enumerate(zip(digests, blobs, strict=True), 1):
+        assert send(first.proxy_port, url(origin, digest)).body == data
+        assert send(second.proxy_port, url(origin, digest)).body == data
+        for agent in (first, second):  # each took every byte from the origin: nothing shared
+            assert metric(agent, "dfagent_origin_bytes_total") == read * len(data)
+    said = "pieces of another size than storage.piece_size here"
+    assert second.log().count(said) == 1
+    assert said not in first.log()
+    line = next(line for line in second.log().splitlines() if said in line)
+    assert "swarm_piece_size=262144" in line and " piece_size=524288" in line
+
+
 def test_a_piece_moves_on_to_other_nodes_while_it_arrives(swarm, origin, registry):
     """The origin sends the first node half a piece, then pauses. The nodes that ask for the
     piece meanwhile are not left waiting for the whole of it: the half already there reaches

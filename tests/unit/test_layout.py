@@ -7,7 +7,13 @@ import tracemalloc
 import pytest
 
 from dfagent.nydus import Chunk, ChunkMap, Compression, DigestAlgorithm, NydusFormatError
-from dfagent.storage.layout import CHUNK_RUN_BYTES, ChunkLayout, FixedLayout, PieceSpan
+from dfagent.storage.layout import (
+    CHUNK_RUN_BYTES,
+    ChunkLayout,
+    FixedLayout,
+    PieceSpan,
+    piece_size_of,
+)
 
 
 def chunk(index: int, offset: int, size: int) -> Chunk:
@@ -32,6 +38,25 @@ def test_fixed_spans_cross_boundaries():
     assert layout.spans(3, 12) == [PieceSpan(0, 3, 5), PieceSpan(1, 5, 10), PieceSpan(2, 10, 13)]
     assert layout.spans(5, 9) == [PieceSpan(1, 5, 10)]
     assert (layout.count, layout.bounds(2), layout.chunks(0)) == (3, (10, 13), ())
+
+
+def test_a_layout_key_names_its_piece_size_and_a_peers_garbage_names_none():
+    chunked = ChunkLayout(1 << 30, 1 << 20, chunk_map((0, 100)))
+    assert piece_size_of(FixedLayout(100, 256 * 1024).key) == 256 * 1024
+    assert piece_size_of(chunked.key) == 1 << 20
+    for garbage in (
+        "",
+        "fixed",
+        "fixed:",
+        "fixed:-1",
+        "fixed:abc",
+        "fixed:3",
+        "fixed:0",
+        f"fixed:{1 << 40}",
+        "slices:1048576",
+        "chunks::65536:ab",
+    ):
+        assert piece_size_of(garbage) is None, garbage
 
 
 def test_small_touching_chunks_share_a_piece_and_a_large_one_stands_alone():
