@@ -298,8 +298,9 @@ class Engine:
             return
         self._cuts_warned.add(sizes)
         log.warning(
-            "the swarm cuts blobs into pieces of another size than storage.piece_size here;"
-            " this agent shares none of them: set the same piece_size on every agent",
+            "another agent of the swarm cuts blobs into pieces of another size than"
+            " storage.piece_size here; the two share none of them: set the same piece_size on"
+            " every agent",
             extra={
                 "digest": str(source.digest),
                 "swarm_piece_size": sizes[0],
