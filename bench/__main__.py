@@ -142,8 +142,9 @@ def _sim(args: argparse.Namespace) -> Ran:
             counts, _blob_mib(args, 512) * MIB, args.sim_small_mib * MIB, args.sim_full_up_to
         )
     rtt = args.sim_rtt_ms / 1000
-    results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers)
-    return sim.section(results, args.link_mbit, rtt), []
+    piece = args.piece_kib * 1024
+    results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers, piece)
+    return sim.section(results, args.link_mbit, rtt, piece), []
 
 
 def _dragonfly(args: argparse.Namespace) -> Ran:
@@ -243,7 +244,10 @@ def _arguments() -> argparse.Namespace:
         "--rounds", type=int, default=3, help="starts per row (stack), replays per path (lazy)"
     )
     parser.add_argument(
-        "--piece-kib", type=int, default=1024, help="the agents' storage.piece_size (swarm, lazy)"
+        "--piece-kib",
+        type=int,
+        default=1024,
+        help="the agents' storage.piece_size (swarm, lazy, sim)",
     )
     parser.add_argument(
         "--max-uploads", type=int, default=None, help="the agents' peer.max_uploads (lazy)"

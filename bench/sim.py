@@ -38,7 +38,7 @@ from bench.harness import percentile
 from bench.lazy import make_trace
 from bench.report import Bars, Check, Section, at_most, info, table
 from bench.sim_events import Event, Kernel, Step
-from bench.sim_swarm import Cluster, Params
+from bench.sim_swarm import STORE_SECONDS_PER_MIB, Cluster, Params
 
 MIB = 1024 * 1024
 DIRECT_UP_TO = 16  # nodes: beyond this the direct rows are left out (cost, and known)
@@ -281,11 +281,23 @@ def runs(counts: tuple[int, ...], size: int, small: int, full_up_to: int) -> lis
 
 
 def simulate(
-    nodes: int, size: int, link_mbit: float, rtt: float, coverage: float, readers: int
+    nodes: int,
+    size: int,
+    link_mbit: float,
+    rtt: float,
+    coverage: float,
+    readers: int,
+    piece: int = MIB,
 ) -> Figures:
     started = time.monotonic()
     params = Params(
-        nodes=nodes, size=size, link=link_mbit * 1e6 / 8, origin=link_mbit * 1e6 / 8, rtt=rtt
+        nodes=nodes,
+        size=size,
+        link=link_mbit * 1e6 / 8,
+        origin=link_mbit * 1e6 / 8,
+        rtt=rtt,
+        piece=piece,
+        store_seconds=STORE_SECONDS_PER_MIB * piece / MIB,
     )
     bound = size / params.link
     swarm = fill(params)
@@ -322,10 +334,11 @@ def run(
     rtt: float,
     coverage: float,
     readers: int,
+    piece: int = MIB,
 ) -> list[Figures]:
     results = []
     for nodes, size in plan:
-        results.append(simulate(nodes, size, link_mbit, rtt, coverage, readers))
+        results.append(simulate(nodes, size, link_mbit, rtt, coverage, readers, piece))
         print(
             f"sim: {nodes} nodes, {size / MIB:.0f} MiB simulated in {results[-1].seconds:.1f} s",
             flush=True,
@@ -467,11 +480,11 @@ def _label(figures: Figures) -> str:
     return f"{figures.nodes:,} x {figures.blob_mib:.0f} MiB"
 
 
-def section(results: list[Figures], link_mbit: float, rtt: float) -> Section:
+def section(results: list[Figures], link_mbit: float, rtt: float, piece: int = MIB) -> Section:
     parts = [report(results)]
     four = next((f for f in results if f.nodes == 4 and f.blob_mib == 512), None)
     checks = []
-    if four is not None and link_mbit == 200:
+    if four is not None and link_mbit == 200 and piece == MIB:  # as the real run was
         parts.append(comparison(four))
         differences = _differences(four)
         checks += [
@@ -493,7 +506,8 @@ def section(results: list[Figures], link_mbit: float, rtt: float) -> Section:
         scenario="sim",
         title=(
             f"Swarm simulation: the builtin swarm at {', '.join(groups)} (nodes x blob), "
-            f"{link_mbit:g} Mbit/s links and origin, {rtt * 1000:g} ms round trip"
+            f"{link_mbit:g} Mbit/s links and origin, {rtt * 1000:g} ms round trip, "
+            f"{piece // 1024} KiB pieces"
         ),
         table="\n\n".join(parts),
         checks=checks,

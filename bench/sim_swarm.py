@@ -69,7 +69,7 @@ from dfagent.swarm.swarm import (
     _REANNOUNCE_BATCH,
 )
 
-__all__ = ["Cluster", "Params"]
+__all__ = ["STORE_SECONDS_PER_MIB", "Cluster", "Params"]
 
 ORIGIN = "http://10.77.0.1:5000"
 _PEER = PeerConfig()
@@ -79,6 +79,9 @@ _BUSY = "busy"  # a fetch where every holder answered busy
 # much of the piece has reached the relay and stays this far behind the relay's own (so each
 # hop adds about 2.6 ms at 200 Mbit/s).
 _RELAY_LAG_BYTES = 64 * 1024
+# Hashing and writing a piece take this long per MiB in it (a piece's own cost, beside its
+# bytes on the links).
+STORE_SECONDS_PER_MIB = 0.003
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Params:
     origin: float  # the origin's uplink, bytes/s
     rtt: float  # seconds
     piece: int = 1024 * 1024
-    store_seconds: float = 0.003  # hashing and writing one piece
+    store_seconds: float = STORE_SECONDS_PER_MIB  # hashing and writing one piece
     seed: int = 8
 
 
