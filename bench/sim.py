@@ -38,7 +38,7 @@ from bench.harness import percentile
 from bench.lazy import make_trace
 from bench.report import Bars, Check, Section, at_most, info, table
 from bench.sim_events import Event, Kernel, Step
-from bench.sim_swarm import STORE_SECONDS_PER_MIB, Cluster, Params
+from bench.sim_swarm import Cluster, Params
 
 MIB = 1024 * 1024
 DIRECT_UP_TO = 16  # nodes: beyond this the direct rows are left out (cost, and known)
@@ -297,7 +297,6 @@ def simulate(
         origin=link_mbit * 1e6 / 8,
         rtt=rtt,
         piece=piece,
-        store_seconds=STORE_SECONDS_PER_MIB * piece / MIB,
     )
     bound = size / params.link
     swarm = fill(params)

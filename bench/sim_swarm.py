@@ -69,7 +69,7 @@ from dfagent.swarm.swarm import (
     _REANNOUNCE_BATCH,
 )
 
-__all__ = ["STORE_SECONDS_PER_MIB", "Cluster", "Params"]
+__all__ = ["Cluster", "Params"]
 
 ORIGIN = "http://10.77.0.1:5000"
 _PEER = PeerConfig()
@@ -81,7 +81,7 @@ _BUSY = "busy"  # a fetch where every holder answered busy
 _RELAY_LAG_BYTES = 64 * 1024
 # Hashing and writing a piece take this long per MiB in it (a piece's own cost, beside its
 # bytes on the links).
-STORE_SECONDS_PER_MIB = 0.003
+_STORE_SECONDS_PER_MIB = 0.003
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,12 @@ class Params:
     origin: float  # the origin's uplink, bytes/s
     rtt: float  # seconds
     piece: int = 1024 * 1024
-    store_seconds: float = STORE_SECONDS_PER_MIB  # hashing and writing one piece
     seed: int = 8
+
+    @property
+    def store_seconds(self) -> float:
+        """Hashing and writing one piece."""
+        return _STORE_SECONDS_PER_MIB * self.piece / (1024 * 1024)
 
 
 @dataclass(eq=False)
