@@ -29,6 +29,7 @@ from bench import (
     cold,
     dragonfly_side,
     harness,
+    home,
     lazy,
     nydus,
     nydus_trace,
@@ -143,8 +144,17 @@ def _sim(args: argparse.Namespace) -> Ran:
         )
     rtt = args.sim_rtt_ms / 1000
     piece = args.piece_kib * 1024
-    results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers, piece)
-    return sim.section(results, args.link_mbit, rtt, piece), []
+    home = args.sim_home_ms / 1000
+    results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers, piece, home)
+    return sim.section(results, args.link_mbit, rtt, piece, home), []
+
+
+def _home(args: argparse.Namespace) -> Ran:
+    if args.smoke:
+        rows = home.run(WORK / "home", seconds=1, nodes=(8,), connections=4)
+    else:
+        rows = home.run(WORK / "home", seconds=args.seconds)
+    return home.section(rows), []
 
 
 def _dragonfly(args: argparse.Namespace) -> Ran:
@@ -187,6 +197,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], Ran]] = {
     "chunks": _chunks,
     "stack": _stack,
     "sim": _sim,
+    "home": _home,
     "dragonfly": _dragonfly,
 }
 GROUPS = {"all": tuple(SCENARIOS), "resources": ("cache-hit", "swarm")}
@@ -209,7 +220,7 @@ def _arguments() -> argparse.Namespace:
         "--seconds",
         type=float,
         default=10,
-        help="wrk duration per cell (cache-hit, storage, dragonfly)",
+        help="wrk duration per cell (cache-hit, storage, home, dragonfly)",
     )
     parser.add_argument("--samples", type=int, default=64, help="cold reads per path (cold)")
     parser.add_argument("--nodes", type=int, default=4, help="nodes (swarm, lazy, dragonfly)")
@@ -279,6 +290,13 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--sim-rtt-ms", type=float, default=2, help="round trip between any two hosts (sim)"
+    )
+    parser.add_argument(
+        "--sim-home-ms",
+        type=float,
+        default=0.16,
+        help="CPU a blob's home spends on one request from another node, as `bench home` "
+        "measures it (sim; 0: a home that is never busy)",
     )
     parser.add_argument(
         "--keep-work",

@@ -7,8 +7,10 @@ bench/sim_network.py (the links). Two scenarios, as the netns benches run them:
   as ~1 MiB ranges in its own random order, with 4 readers.
 
 Per node count: fill time / (S/B) with B a node's downlink (the fluid bound), origin bytes / S,
-the busiest home's lookups per second (and the CPU its Directory.lookup calls took here), the
-busiest uploader's share of all uploads, and the lazy trace's read latency p50/p99. Direct rows
+the busiest home's lookups per second (and the CPU its Directory.lookup calls took here), how
+busy its event loop was (each request from another node costing it what `bench home` measured
+a real home spend on one, `--sim-home-ms`), the busiest uploader's share of all uploads, and
+the lazy trace's read latency p50/p99. Direct rows
 (every node straight to the origin) are simulated for the small clusters only: at 1,000 nodes
 they are N times the origin's time.
 
@@ -20,10 +22,9 @@ receiving node's own uploads, as they do on the netns links (tbf, one queue per 
 since pieces move on while they arrive, the real fill is the same with and without an upload
 cap, and both are shown. 512 MiB is simulated up to 100 nodes by default (`--sim-full-up-to`
 raises it); every node count also runs with a small blob (16 MiB, `--sim-small-mib`), the only
-one beyond. The whole default run takes about a minute on 2 cores, over half of it
-100 nodes with 512 MiB; 1,000 nodes with 512 MiB take about 19 minutes more (the fill and
-the lazy trace, whose home answers about 7,500 lookups a simulated second). A run is
-deterministic for its seed.
+one beyond. The whole default run takes about a minute and a half on 2 cores, over half of it
+100 nodes with 512 MiB; 1,000 nodes with 512 MiB take about 19 minutes more with a home never
+busy (`--sim-home-ms 0`). A run is deterministic for its seed.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Figures:
     home_lookups_per_s: float
     home_requests_per_s: float  # every request other nodes send the home (see Fill)
     home_directory_load: float  # Directory.lookup CPU seconds per second, at the home
+    home_busy: float  # share of the fill the home's loop was busy (see Params.home_request_seconds)
     top_upload_share: float
     downlink_use: float  # median sample of the fill (see Links)
     paced_by_relay: float  # median sample of the fill (see Links)
@@ -108,6 +110,7 @@ class Fill:
     home_lookups: int
     home_requests: int  # from other nodes: lookups, sha256 queries, announcements
     directory_seconds: float
+    home_busy_seconds: float
     uploads: list[float]  # per node
     complete: bool  # every node ended with every piece
     links: list[Links]  # sampled every SAMPLE_EVERY of S/B
@@ -170,6 +173,7 @@ def fill(params: Params) -> Fill:
         home_lookups=cluster.home.lookups,
         home_requests=cluster.home.requests,
         directory_seconds=cluster.directory_seconds,
+        home_busy_seconds=cluster.home_loop.busy_seconds,
         uploads=[node.uploaded for node in cluster.nodes],
         complete=all(node.received == everything for node in cluster.nodes),
         links=links,
@@ -288,6 +292,7 @@ def simulate(
     coverage: float,
     readers: int,
     piece: int = MIB,
+    home_request_seconds: float = 0.0,
 ) -> Figures:
     started = time.monotonic()
     params = Params(
@@ -297,6 +302,7 @@ def simulate(
         origin=link_mbit * 1e6 / 8,
         rtt=rtt,
         piece=piece,
+        home_request_seconds=home_request_seconds,
     )
     bound = size / params.link
     swarm = fill(params)
@@ -314,6 +320,7 @@ def simulate(
         home_lookups_per_s=swarm.home_lookups / swarm.seconds,
         home_requests_per_s=swarm.home_requests / swarm.seconds,
         home_directory_load=swarm.directory_seconds / swarm.seconds,
+        home_busy=swarm.home_busy_seconds / swarm.seconds,
         top_upload_share=max(swarm.uploads) / max(sum(swarm.uploads), 1),
         downlink_use=statistics.median(sample.use for sample in swarm.links),
         paced_by_relay=statistics.median(sample.paced for sample in swarm.links),
@@ -334,10 +341,13 @@ def run(
     coverage: float,
     readers: int,
     piece: int = MIB,
+    home_request_seconds: float = 0.0,
 ) -> list[Figures]:
     results = []
     for nodes, size in plan:
-        results.append(simulate(nodes, size, link_mbit, rtt, coverage, readers, piece))
+        results.append(
+            simulate(nodes, size, link_mbit, rtt, coverage, readers, piece, home_request_seconds)
+        )
         print(
             f"sim: {nodes} nodes, {size / MIB:.0f} MiB simulated in {results[-1].seconds:.1f} s",
             flush=True,
@@ -349,7 +359,7 @@ def _maybe(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def report(results: list[Figures]) -> str:
+def report(results: list[Figures], home_request_seconds: float) -> str:
     rows = [
         [
             f"{f.nodes:,}",
@@ -361,6 +371,7 @@ def report(results: list[Figures]) -> str:
             f"{f.home_lookups_per_s:,.0f}",
             f"{f.home_requests_per_s:,.0f}",
             f"{f.home_directory_load:.2f}",
+            f"{f.home_busy:.0%}",
             f"{f.top_upload_share:.3f}",
             f"{f.downlink_use:.0%}",
             f"{f.paced_by_relay:.0%}",
@@ -382,6 +393,7 @@ def report(results: list[Figures]) -> str:
         "home lookups/s",
         "home requests/s",
         "home Directory CPU s/s",
+        "home busy",
         "top upload share",
         "downlink use",
         "flows at their relay's pace",
@@ -399,8 +411,11 @@ def report(results: list[Figures]) -> str:
         "sha256 queries for relayed pieces, announcement batches), each one HTTP request to "
         "a real home. 'Home Directory CPU s/s': seconds this machine "
         "spent in the home's Directory.lookup per simulated second (above 1, a real home's "
-        "core is saturated by the directory alone, before HTTP; the simulation does not limit "
-        "it, so beyond that point it is optimistic). 'Downlink use' and 'flows at their "
+        "core is saturated by the directory alone, before HTTP). 'Home busy': the share of "
+        "the fill the home's event loop spent answering the other nodes' requests, "
+        f"{home_request_seconds * 1000:g} ms each (`--sim-home-ms`, what `bench home` "
+        "measured a real home spend on one; 0: a home that is never busy); near 100% the "
+        "home, not the links, sets the pace. 'Downlink use' and 'flows at their "
         f"relay's pace': the median of samples taken every {SAMPLE_EVERY:.0%} of S/B through "
         "the fill, of the bytes/s coming into the nodes over what their downlinks could take, "
         "and of the share of those flows that run at the pace of the relay passing them on, "
@@ -436,7 +451,7 @@ def comparison(figures: Figures) -> str:
 
 # Where the builtin swarm has stopped scaling: the issue's targets at 1,000 nodes, and a home
 # whose directory alone needs more than a core.
-_FILL_LIMIT, _ORIGIN_LIMIT, _HOME_LIMIT = 1.3, 1.05, 1.0
+_FILL_LIMIT, _ORIGIN_LIMIT, _HOME_LIMIT, _HOME_BUSY_LIMIT = 1.3, 1.05, 1.0, 0.9
 
 
 def _limits(results: list[Figures]) -> list[Check]:
@@ -460,6 +475,7 @@ def _limits(results: list[Figures]) -> list[Check]:
                         f"home directory {f.home_directory_load:.1f} cores",
                         f.home_directory_load > _HOME_LIMIT,
                     ),
+                    (f"home busy {f.home_busy:.0%}", f.home_busy > _HOME_BUSY_LIMIT),
                 )
                 if over
             ]
@@ -479,8 +495,14 @@ def _label(figures: Figures) -> str:
     return f"{figures.nodes:,} x {figures.blob_mib:.0f} MiB"
 
 
-def section(results: list[Figures], link_mbit: float, rtt: float, piece: int = MIB) -> Section:
-    parts = [report(results)]
+def section(
+    results: list[Figures],
+    link_mbit: float,
+    rtt: float,
+    piece: int = MIB,
+    home_request_seconds: float = 0.0,
+) -> Section:
+    parts = [report(results, home_request_seconds)]
     four = next((f for f in results if f.nodes == 4 and f.blob_mib == 512), None)
     checks = []
     if four is not None and link_mbit == 200 and piece == MIB:  # as the real run was
@@ -506,7 +528,12 @@ def section(results: list[Figures], link_mbit: float, rtt: float, piece: int = M
         title=(
             f"Swarm simulation: the builtin swarm at {', '.join(groups)} (nodes x blob), "
             f"{link_mbit:g} Mbit/s links and origin, {rtt * 1000:g} ms round trip, "
-            f"{piece // 1024} KiB pieces"
+            f"{piece // 1024} KiB pieces, "
+            + (
+                f"{home_request_seconds * 1000:g} ms of the home's CPU a request"
+                if home_request_seconds
+                else "a home never busy"
+            )
         ),
         table="\n\n".join(parts),
         checks=checks,

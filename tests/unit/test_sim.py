@@ -4,6 +4,8 @@ origin sending at least one copy, nothing faster than the links allow)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench import sim
@@ -130,6 +132,19 @@ def test_a_simulated_fill_ends_with_every_piece_everywhere_and_no_faster_than_a_
     assert len(result.links) == int(result.seconds / every)
     assert all(0 < sample.use <= 1 + 1e-9 and 0 <= sample.paced <= 1 for sample in result.links)
     assert any(sample.paced > 0 for sample in result.links)  # pieces move on as they arrive
+
+
+def test_a_busy_home_answers_one_request_at_a_time_and_sets_the_pace() -> None:
+    """Every request from another node holds the home's loop for its cost, one after
+    another: a home too slow for its swarm slows the whole fill down."""
+    free = sim.fill(_PARAMS)
+    cost = 0.01
+    busy = sim.fill(dataclasses.replace(_PARAMS, home_request_seconds=cost))
+    assert busy.complete
+    assert free.home_busy_seconds == 0
+    # (requests still in line when the last reader ends were never answered)
+    assert busy.home_busy_seconds <= busy.home_requests * cost
+    assert busy.seconds >= busy.home_busy_seconds > 1.5 * free.seconds
 
 
 def test_a_simulated_lazy_trace_reads_everything_once_per_node() -> None:

@@ -1,0 +1,158 @@
+"""A blob's home at capacity: the directory requests one real agent answers a second, as the
+home of a blob that many nodes fill at once, and the CPU each costs it.
+
+wrk sends the requests a home gets in a fill (bench/home.lua: lookups of single pieces,
+announcements, sha256 queries, from NODES nodes going through the blob piece by piece) over
+keep-alive connections; the agent is one Python process, so once it uses a whole core the
+rate it answers is its capacity. `bench sim` gives the rate a fill asks of its home at 4 to
+1,000 nodes: where the two meet, the builtin swarm stops scaling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import harness, resources
+from bench.report import Check, Section, info, number, table
+from tests.support.ports import free_port
+
+_TOKEN = "bench-home-token-0123456789abcdef"
+_ORIGIN = "http://registry.bench:5000"
+_PIECES = 512  # a 512 MiB blob of 1 MiB pieces, as `bench swarm` fills
+
+
+@dataclass(frozen=True)
+class Row:
+    nodes: int
+    connections: int
+    result: harness.WrkResult
+    cpu_seconds: float  # the home's, during the run
+    seconds: float
+
+    @property
+    def busy(self) -> float:
+        """The share of one core the home used."""
+        return self.cpu_seconds / self.seconds
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / (self.result.ok_per_second * self.seconds)
+
+
+def run(
+    work: Path,
+    seconds: float = 10,
+    nodes: tuple[int, ...] = (8, 100, 1000),
+    connections: int = 32,
+) -> list[Row]:
+    harness.clean(work)
+    token = work / "token"
+    token.write_text(_TOKEN)
+    listen = f"127.0.0.1:{free_port()}"
+    swarm = {"peers": [listen], "advertise": listen}  # alone, it is every blob's home
+    peer = {"listen": listen, "token_file": str(token)}
+    rows = []
+    with harness.agent(work, "home", peer=peer, swarm=swarm) as home:
+        assert home.process is not None
+        port = int(listen.rsplit(":", 1)[1])
+        for count in nodes:
+            digest = hashlib.sha256(f"bench home {count}".encode()).hexdigest()
+            _check_answers(port, digest)
+            settings = {
+                "NODES": str(count),
+                "PIECES": str(_PIECES),
+                "DIGEST": digest,
+                "ORIGIN": _ORIGIN,
+                "TOKEN": _TOKEN,
+            }
+            cpu = resources.cpu_seconds(home.process.pid)
+            result = harness.wrk_script(
+                harness.HERE / "home.lua", settings, port, connections, seconds
+            )
+            used = resources.cpu_seconds(home.process.pid) - cpu
+            assert not result.errors, f"{result.errors} unexpected answers (see home.lua)"
+            rows.append(Row(count, connections, result, used, max(1, round(seconds))))
+    return rows
+
+
+def _check_answers(port: int, digest: str) -> None:
+    """The home answers as a home: the first node to ask is told to fetch a piece, a node
+    asking after its announcement is sent to it with its sha256, and a request without the
+    cluster token is refused."""
+    book = {
+        "digest": digest,
+        "origin": _ORIGIN,
+        "size": _PIECES * 1024 * 1024,
+        "layout": "fixed:1048576",
+    }
+    sha256 = "0" * 63 + "1"
+    first = _post(port, "/v1/lookup", {**book, "pieces": [1], "requester": "10.9.0.1:4002"})
+    assert first["pieces"]["1"]["fetch"] is True, first
+    _post(port, "/v1/announce", {"holder": "10.9.0.1:4002", "blobs": [
+        {**book, "verified": False, "pieces": {"1": sha256}}
+    ]})  # fmt: skip
+    second = _post(port, "/v1/lookup", {**book, "pieces": [1], "requester": "10.9.0.2:4002"})
+    assert second["pieces"]["1"]["holders"] == ["10.9.0.1:4002"], second
+    assert second["pieces"]["1"]["sha256"] == sha256, second
+    try:
+        _post(port, "/v1/lookup", {**book, "pieces": [1], "requester": "x"}, token=None)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401, exc
+    else:
+        raise AssertionError("a request without the cluster token was answered")
+
+
+def _post(port: int, path: str, body: object, token: str | None = _TOKEN) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(), headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict = json.loads(response.read())
+        return answer
+
+
+def section(rows: list[Row]) -> Section:
+    checks: list[Check] = []
+    for row in rows:
+        checks.append(
+            info(
+                f"home requests/s, {row.nodes} nodes",
+                f"{number(row.result.ok_per_second)} ({row.busy:.2f} of a core busy)",
+            )
+        )
+    return Section(
+        "home",
+        "A blob's home at capacity: directory requests one agent answers a second",
+        table(
+            [
+                "nodes",
+                "connections",
+                "requests/s",
+                "p50 ms",
+                "p99 ms",
+                "home's share of a core",
+                "home CPU ms per request",
+            ],
+            [
+                [
+                    number(row.nodes),
+                    number(row.connections),
+                    number(row.result.ok_per_second),
+                    f"{row.result.p50_ms:.2f}",
+                    f"{row.result.p99_ms:.2f}",
+                    f"{row.busy:.2f}",
+                    f"{row.cpu_ms_per_request:.3f}",
+                ]
+                for row in rows
+            ],
+        ),
+        checks,
+    )
