@@ -1,34 +1,57 @@
 -- wrk script: the requests a blob's home gets while NODES nodes fill a blob of PIECES pieces
--- of 1 MiB, one piece after another: for each piece every node in turn looks it up, announces
--- it, and now and then asks for its recorded sha256 (9 : 6 : 1, about the mix the home of a
--- real 8-node fill answered).
+-- of 1 MiB, one piece after another. For each piece, every node looks it up (half of them
+-- twice: the polls of a node told to wait), a sixth of them ask for its recorded sha256, and
+-- then every node announces it: 9 lookups to 6 announcements and 1 sha256 query, about the
+-- mix the home of a real 8-node fill answered.
 local nodes = tonumber(os.getenv("NODES"))
 local pieces = tonumber(os.getenv("PIECES"))
-local digest = os.getenv("DIGEST")
-local book = '"digest":"' .. digest .. '","origin":"' .. os.getenv("ORIGIN") .. '","size":'
-  .. (pieces * 1048576) .. ',"layout":"fixed:1048576"'
+local book = '"digest":"' .. os.getenv("DIGEST") .. '","origin":"' .. os.getenv("ORIGIN")
+  .. '","size":' .. (pieces * 1048576) .. ',"layout":"fixed:1048576"'
 local headers = {
   ["Content-Type"] = "application/json",
   ["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
 }
-local step = 0
+local queue = {}
+local next_request = 1
+local index = -1
+
+local function peer(node)
+  return "10.1." .. math.floor(node / 250) .. "." .. (node % 250) .. ":4002"
+end
+
+local function lookup(node)
+  return wrk.format("POST", "/v1/lookup", headers,
+    "{" .. book .. ',"pieces":[' .. index .. '],"requester":"' .. peer(node) .. '"}')
+end
+
+-- The requests about the next piece, in the order the nodes send them.
+local function next_piece()
+  index = (index + 1) % pieces
+  queue, next_request = {}, 1
+  for node = 0, nodes - 1 do
+    queue[#queue + 1] = lookup(node)
+  end
+  for node = 0, nodes - 1, 2 do
+    queue[#queue + 1] = lookup(node)
+  end
+  for node = 0, nodes - 1, 6 do
+    queue[#queue + 1] = wrk.format("POST", "/v1/recorded", headers,
+      "{" .. book .. ',"pieces":[' .. index .. "]}")
+  end
+  local sha256 = string.format("%064x", index)  -- one per piece: every holder agrees
+  for node = 0, nodes - 1 do
+    queue[#queue + 1] = wrk.format("POST", "/v1/announce", headers,
+      '{"holder":"' .. peer(node) .. '","blobs":[{' .. book .. ',"verified":false,"pieces":{"'
+      .. index .. '":"' .. sha256 .. '"}}]}')
+  end
+end
 
 function request()
-  step = step + 1
-  local node = step % nodes
-  local index = math.floor(step / nodes) % pieces
-  local peer = "10.1." .. math.floor(node / 250) .. "." .. (node % 250) .. ":4002"
-  local kind = step % 16
-  if kind < 9 then
-    local body = "{" .. book .. ',"pieces":[' .. index .. '],"requester":"' .. peer .. '"}'
-    return wrk.format("POST", "/v1/lookup", headers, body)
-  elseif kind < 15 then
-    local sha256 = string.format("%064x", index)  -- one per piece: every holder agrees
-    local body = '{"holder":"' .. peer .. '","blobs":[{' .. book
-      .. ',"verified":false,"pieces":{"' .. index .. '":"' .. sha256 .. '"}}]}'
-    return wrk.format("POST", "/v1/announce", headers, body)
+  if next_request > #queue then
+    next_piece()
   end
-  return wrk.format("POST", "/v1/recorded", headers, "{" .. book .. ',"pieces":[' .. index .. "]}")
+  next_request = next_request + 1
+  return queue[next_request - 1]
 end
 
 function response(status, headers, body)
