@@ -449,8 +449,8 @@ def comparison(figures: Figures) -> str:
     return table(["4 nodes, 512 MiB", "real (netns)", "simulated", "difference", "held to"], rows)
 
 
-# Where the builtin swarm has stopped scaling: the targets at 1,000 nodes, and a home
-# whose directory alone needs more than a core.
+# Where the builtin swarm has stopped scaling: the targets at 1,000 nodes, a home whose
+# directory alone needs more than a core, and a home whose loop is busy nearly all the fill.
 _FILL_LIMIT, _ORIGIN_LIMIT, _HOME_LIMIT, _HOME_BUSY_LIMIT = 1.3, 1.05, 1.0, 0.9
 
 
