@@ -98,7 +98,7 @@ class Params:
     piece: int = 1024 * 1024
     seed: int = 8
     # CPU the home spends on one request from another node (HTTP, JSON and its directory);
-    # `bench home` measured 0.12-0.16 ms a request at 8 to 100 nodes, 0.24-0.26 ms at 1,000.
+    # `bench home` measured 0.10-0.16 ms a request at 8 to 100 nodes, 0.20-0.26 ms at 1,000.
     home_request_seconds: float = 0.0
 
     @property
