@@ -142,11 +142,16 @@ def _sim(args: argparse.Namespace) -> Ran:
         plan = sim.runs(
             counts, _blob_mib(args, 512) * MIB, args.sim_small_mib * MIB, args.sim_full_up_to
         )
-    rtt = args.sim_rtt_ms / 1000
-    piece = args.piece_kib * 1024
-    home = args.sim_home_ms / 1000
-    results = sim.run(plan, args.link_mbit, rtt, args.coverage, args.readers, piece, home)
-    return sim.section(results, args.link_mbit, rtt, piece, home), []
+    setting = sim.Setting(
+        link_mbit=args.link_mbit,
+        rtt=args.sim_rtt_ms / 1000,
+        coverage=args.coverage,
+        readers=args.readers,
+        piece=args.piece_kib * 1024,
+        home_request_seconds=args.sim_home_ms / 1000,
+    )
+    results = sim.run(plan, setting)
+    return sim.section(results, setting), []
 
 
 def _home(args: argparse.Namespace) -> Ran:

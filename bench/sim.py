@@ -284,32 +284,36 @@ def runs(counts: tuple[int, ...], size: int, small: int, full_up_to: int) -> lis
     return full + [(n, small) for n in counts]
 
 
-def simulate(
-    nodes: int,
-    size: int,
-    link_mbit: float,
-    rtt: float,
-    coverage: float,
-    readers: int,
-    piece: int = MIB,
-    home_request_seconds: float = 0.0,
-) -> Figures:
+@dataclass(frozen=True)
+class Setting:
+    """What every simulated node count shares: the links, the lazy trace, the piece size and
+    what a request costs the home."""
+
+    link_mbit: float  # every node's links and the origin's
+    rtt: float  # seconds
+    coverage: float  # share of the blob the lazy trace reads
+    readers: int  # per node, in the lazy trace
+    piece: int = MIB
+    home_request_seconds: float = 0.0  # see Params.home_request_seconds
+
+
+def simulate(nodes: int, size: int, setting: Setting) -> Figures:
     started = time.monotonic()
     params = Params(
         nodes=nodes,
         size=size,
-        link=link_mbit * 1e6 / 8,
-        origin=link_mbit * 1e6 / 8,
-        rtt=rtt,
-        piece=piece,
-        home_request_seconds=home_request_seconds,
+        link=setting.link_mbit * 1e6 / 8,
+        origin=setting.link_mbit * 1e6 / 8,
+        rtt=setting.rtt,
+        piece=setting.piece,
+        home_request_seconds=setting.home_request_seconds,
     )
     bound = size / params.link
     swarm = fill(params)
     assert swarm.complete, "a node ended without every piece"
-    trace = lazy(params, coverage, readers)
+    trace = lazy(params, setting.coverage, setting.readers)
     small = nodes <= DIRECT_UP_TO
-    direct = direct_lazy(params, coverage, readers) if small else None
+    direct = direct_lazy(params, setting.coverage, setting.readers) if small else None
     return Figures(
         nodes=nodes,
         blob_mib=size / MIB,
@@ -334,20 +338,10 @@ def simulate(
     )
 
 
-def run(
-    plan: list[tuple[int, int]],
-    link_mbit: float,
-    rtt: float,
-    coverage: float,
-    readers: int,
-    piece: int = MIB,
-    home_request_seconds: float = 0.0,
-) -> list[Figures]:
+def run(plan: list[tuple[int, int]], setting: Setting) -> list[Figures]:
     results = []
     for nodes, size in plan:
-        results.append(
-            simulate(nodes, size, link_mbit, rtt, coverage, readers, piece, home_request_seconds)
-        )
+        results.append(simulate(nodes, size, setting))
         print(
             f"sim: {nodes} nodes, {size / MIB:.0f} MiB simulated in {results[-1].seconds:.1f} s",
             flush=True,
@@ -495,17 +489,12 @@ def _label(figures: Figures) -> str:
     return f"{figures.nodes:,} x {figures.blob_mib:.0f} MiB"
 
 
-def section(
-    results: list[Figures],
-    link_mbit: float,
-    rtt: float,
-    piece: int = MIB,
-    home_request_seconds: float = 0.0,
-) -> Section:
-    parts = [report(results, home_request_seconds)]
+def section(results: list[Figures], setting: Setting) -> Section:
+    parts = [report(results, setting.home_request_seconds)]
     four = next((f for f in results if f.nodes == 4 and f.blob_mib == 512), None)
     checks = []
-    if four is not None and link_mbit == 200 and piece == MIB:  # as the real run was
+    # with the real run's links and pieces
+    if four is not None and setting.link_mbit == 200 and setting.piece == MIB:
         parts.append(comparison(four))
         differences = _differences(four)
         checks += [
@@ -527,11 +516,11 @@ def section(
         scenario="sim",
         title=(
             f"Swarm simulation: the builtin swarm at {', '.join(groups)} (nodes x blob), "
-            f"{link_mbit:g} Mbit/s links and origin, {rtt * 1000:g} ms round trip, "
-            f"{piece // 1024} KiB pieces, "
+            f"{setting.link_mbit:g} Mbit/s links and origin, {setting.rtt * 1000:g} ms round "
+            f"trip, {setting.piece // 1024} KiB pieces, "
             + (
-                f"{home_request_seconds * 1000:g} ms of the home's CPU a request"
-                if home_request_seconds
+                f"{setting.home_request_seconds * 1000:g} ms of the home's CPU a request"
+                if setting.home_request_seconds
                 else "a home never busy"
             )
         ),
