@@ -19,8 +19,10 @@ replaced by simulated time):
   the origin as one ranged GET per run of neighbours (a run starting mid-piece fetches the
   piece's head by a second request, once the first has brought the rest of it), the others
   go to `Engine._from_peers`: fetch from the holders offered, or from the peer receiving the
-  piece now (as it arrives there); else (busy, or told to wait for its parent in the piece's
-  stripe tree) wait 5 ms doubling to 100 ms and ask again;
+  piece now (as it arrives there; a parent in the piece's stripe tree that has not begun to
+  receive it holds the request up to PARENT_WAIT until it does, as `PeerServer._piece` does);
+  else (busy, or told to wait for a parent not seen reading yet) wait 5 ms doubling to 100 ms
+  and ask again;
   the lease or 15 s of waiting send it to the origin (so would a peer that stalls, which
   never happens here).
 - `Swarm.fetch`: holders in the order offered, the next one asked too when the first has not
@@ -64,7 +66,7 @@ from dfagent.engine.fetcher import (
 )
 from dfagent.engine.readahead import SequentialReads
 from dfagent.swarm.config import PeerConfig, SwarmConfig
-from dfagent.swarm.directory import Answer, Directory
+from dfagent.swarm.directory import PARENT_WAIT, Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.swarm import (
     _ANNOUNCE_DELAY,
@@ -147,6 +149,7 @@ class _Node:
     pending: dict[int, bytes] = field(default_factory=dict)  # announcements not sent yet
     flushing: bool = False
     blob: Event | None = None  # fires once the blob's size is known here
+    starts: dict[int, Event] = field(default_factory=dict)  # fire as pieces begin to arrive
     sequential: SequentialReads = field(
         default_factory=lambda: SequentialReads(
             slack=_SEQUENTIAL_SLACK, trigger=_SEQUENTIAL_TRIGGER, window=_RUN_BYTES, blobs=1
@@ -306,6 +309,9 @@ class Cluster:
             node.inflight[index] = _Piece(
                 index, 1, self.kernel.event(), self.kernel.event(), feed=self.kernel.event()
             )
+            started = node.starts.pop(index, None)
+            if started is not None:
+                started.fire()
             group.append(index)
         if group:
             self.kernel.spawn(self._acquire(node, group, from_byte))
@@ -568,24 +574,13 @@ class Cluster:
         yield self.params.rtt / 2
         if attempt.cancelled:
             return
+        yield from self._begins(holder, index)
+        if attempt.cancelled:
+            return
         if holder.uploads < _PEER.max_uploads:
             holder.uploads += 1
-        else:  # `UploadSlots`: wait in line for a slot, a while
-            attempt.slot = self.kernel.event()
-            holder.waiting.append(attempt.slot)
-            yield self.kernel.first_of(
-                [attempt.slot, self.kernel.timeout(float(_PEER.hedge_after))]
-            )
-            slot, attempt.slot = attempt.slot, None
-            if attempt.cancelled:  # (_cancel took it out of the line)
-                if slot.fired:
-                    self._free_slot(holder)
-                return
-            if not slot.fired:
-                holder.waiting.remove(slot)
-                yield self.params.rtt / 2
-                attempt.done.fire(_BUSY)
-                return
+        elif not (yield from self._wait_for_slot(holder, attempt)):
+            return
         attempt.counted = True
         yield self.params.rtt / 2
         if attempt.cancelled:
@@ -621,6 +616,33 @@ class Cluster:
         attempt.counted = False
         holder.uploaded += size
         attempt.done.fire(True)
+
+    def _wait_for_slot(self, holder: _Node, attempt: _Attempt) -> Step:
+        """`UploadSlots.take` with every slot taken: wait in line for one, a while. True once
+        the attempt holds one; False when it was cancelled meanwhile or answered busy."""
+        attempt.slot = self.kernel.event()
+        holder.waiting.append(attempt.slot)
+        yield self.kernel.first_of([attempt.slot, self.kernel.timeout(float(_PEER.hedge_after))])
+        slot, attempt.slot = attempt.slot, None
+        if attempt.cancelled:  # (_cancel took it out of the line)
+            if slot.fired:
+                self._free_slot(holder)
+            return False
+        if not slot.fired:
+            holder.waiting.remove(slot)
+            yield self.params.rtt / 2
+            attempt.done.fire(_BUSY)
+            return False
+        return True
+
+    def _begins(self, holder: _Node, index: int) -> Step:
+        """`Engine.begins` as `PeerServer._piece` calls it: a piece neither held nor arriving
+        at a holder that reads the blob is waited for, up to PARENT_WAIT (the holder is the
+        requester's parent in the piece's tree, about to ask for it)."""
+        if holder.blob is None or index in holder.received or index in holder.inflight:
+            return
+        started = holder.starts.setdefault(index, self.kernel.event())
+        yield self.kernel.first_of([started, self.kernel.timeout(PARENT_WAIT)])
 
     def _free_slot(self, holder: _Node) -> None:
         """`UploadSlots.give`: the slot goes to the longest waiting request, if any."""

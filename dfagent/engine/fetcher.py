@@ -154,6 +154,7 @@ class Engine:
         self._cuts_warned: set[tuple[int | None, int | None]] = set()  # see _cut_differently
         self._write_backlog = _ByteBudget(_WRITE_BACKLOG_BYTES)
         self._inflight: dict[tuple[str, int], InflightPiece] = {}
+        self._claimed = asyncio.Event()  # set (and replaced) whenever a piece is claimed
         self._discovering: dict[tuple[str, str | None, str], asyncio.Future[StoredBlob]] = {}
         self._sequential = SequentialReads(
             slack=_SEQUENTIAL_SLACK,
@@ -516,6 +517,23 @@ class Engine:
         piece = self._inflight.get((digest_hex, index))
         return 0 if piece is None else max(piece.received, piece.passed)
 
+    async def begins(self, digest_hex: str, index: int, within: float) -> bool:
+        """Whether piece `index` of a blob is here or arriving, waiting up to `within` seconds
+        for it to begin to arrive."""
+        key = (digest_hex, index)
+        deadline = time.monotonic() + within
+        while key not in self._inflight:
+            blob = self._store.loaded(digest_hex)
+            if blob is not None and blob.has(index):
+                return True
+            claimed = self._claimed
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await claimed.wait()
+            except TimeoutError:
+                return key in self._inflight
+        return True
+
     def _claim(self, blob: StoredBlob, index: int, source: BlobSource) -> InflightPiece | None:
         """Register piece `index` as in flight, or None when it is present or already coming."""
         key = (blob.digest.hex, index)
@@ -531,6 +549,8 @@ class Engine:
             index, start, end - start, source.authorization, source.origin, gated=gated
         )
         self._inflight[key] = piece
+        self._claimed.set()
+        self._claimed = asyncio.Event()
         return piece
 
     def _start(

@@ -12,11 +12,13 @@ Uploads are spread, and pieces move on while they arrive. With the swarm's membe
 (set_members, at least FEWEST_MEMBERS of them), a member takes each piece from its parent in
 the piece's stripe tree (StripeTrees): the root fetches it from the origin, every other member
 takes it from its parent as it arrives there, or from its parent's copy. A member early for its
-parent waits a moment for it rather than fetch the piece itself; a parent that is not reading
-the blob is not waited for. When every member reads the blob at once, every uplink then carries
-about one copy of it and the origin sends one in all. Whoever has no parent to take a piece
-from (a parent gone, a reader alone, a peer outside the member list, a smaller swarm) gets the
-usual choice, below.
+parent waits a moment for it rather than fetch the piece itself: it is sent to its parent all
+the same when the parent reads that part of the blob (the parent's server then holds the
+request until the piece begins to arrive there, and nobody asks the home again), else told to
+ask again shortly. A parent that is not reading the blob is not waited for. When every member
+reads the blob at once, every uplink then carries about one copy of it and the origin sends one
+in all. Whoever has no parent to take a piece from (a parent gone, a reader alone, a peer
+outside the member list, a smaller swarm) gets the usual choice, below.
 
 The usual choice offers holders, those that gave the piece least often first, then the least
 busy. When every holder is busy sending, or nobody holds the piece yet, the requester is told
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 
 from dfagent.swarm.trees import StripeTrees
 
-__all__ = ["STALL_SECONDS", "Answer", "Directory"]
+__all__ = ["PARENT_WAIT", "STALL_SECONDS", "Answer", "Directory"]
 
 _DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
@@ -56,14 +58,17 @@ _HOLDERS_OFFERED = 8  # holders named in one answer, the best first
 # A requester whose parent in the piece's stripe tree (see StripeTrees) has not asked for it
 # yet waits this long for it, if the parent is about to: its latest lookup, within
 # _READING_SECONDS, went up to a piece at most _NEAR_PIECES from this one (it reads the same
-# part of the blob; a lazy reader elsewhere in it is not waited for), or it has not asked yet
-# while the book is younger than that (the members begin to read at once), then only
-# _UNSEEN_PARENT_WAIT (a node starting a container alone waits that long for nobody). Then
-# the usual choice decides: the lease, often, which makes the requester the piece's root.
-# Real agents lag each other by more than the simulated ones: with 50 ms, the one fastest
-# through the blob (its home, which asks itself) took most origin fetches of a real 4-node
-# fill.
-_PARENT_WAIT = 0.5
+# part of the blob; a lazy reader elsewhere in it is not waited for). It is sent to the parent
+# at once, whose server holds a request for a piece that has not begun to arrive there up to
+# PARENT_WAIT (asking the home again every few milliseconds instead made up a third of a
+# 1,000-node fill's requests to it). A parent that has not asked yet while the book is younger
+# than _READING_SECONDS (the members begin to read at once) is waited for by asking again,
+# only _UNSEEN_PARENT_WAIT (a node starting a container alone waits that long for nobody).
+# Then the usual choice decides: the lease, often, which makes the requester the piece's
+# root. Real agents lag each other by more than the simulated ones: with 50 ms, the one
+# fastest through the blob (its home, which asks itself) took most origin fetches of a real
+# 4-node fill.
+PARENT_WAIT = 0.5
 _UNSEEN_PARENT_WAIT = 0.05
 _READING_SECONDS = 2.0
 _NEAR_PIECES = 16
@@ -261,26 +266,31 @@ class Directory:
     ) -> Answer | None:
         """The requester's parent in the piece's stripe tree holds the piece, or receives
         it: take it from there (from its copy first, then from the other holders worth
-        offering, should it not answer). It does not yet, but reads the blob: wait a moment
-        for it (ask again shortly). None: the usual choice (_source, or the lease)."""
+        offering, should it not answer). It does not yet, but reads that part of the blob: take
+        it from there all the same (its server waits a moment for the piece to begin to
+        arrive); or it has not begun to read a blob the members have just begun to: ask again
+        shortly. None: the usual choice (_source, or the lease)."""
         held = parent in holders
         lease = piece.lease
         if held or parent in piece.downloads or (lease is not None and lease[0] == parent):
-            if _through(piece, parent, requester):
-                return None
             piece.waits.pop(requester, None)
-            _count_download(blob, piece, requester, parent, now)
-            if held:
-                others = [h for h in holders if h != parent]
-                offered = [parent, *self._ranked(blob, piece, others)][:_HOLDERS_OFFERED]
-                return Answer(piece.sha256, tuple(offered), False, None)
-            return Answer(piece.sha256, (), False, parent)
-        if not _about_to_ask(blob, parent, index, now):
+        elif not _about_to_ask(blob, parent, index, now):
             return None
-        limit = _PARENT_WAIT if parent in blob.asked else _UNSEEN_PARENT_WAIT
-        if now - piece.waits.setdefault(requester, now) < limit:
-            return Answer(piece.sha256, (), False, None, wait=True)
-        return None
+        else:
+            seen = parent in blob.asked
+            limit = PARENT_WAIT if seen else _UNSEEN_PARENT_WAIT
+            if now - piece.waits.setdefault(requester, now) >= limit:
+                return None
+            if not seen:
+                return Answer(piece.sha256, (), False, None, wait=True)
+        if _through(piece, parent, requester):
+            return None
+        _count_download(blob, piece, requester, parent, now)
+        if held:
+            others = [h for h in holders if h != parent]
+            offered = [parent, *self._ranked(blob, piece, others)][:_HOLDERS_OFFERED]
+            return Answer(piece.sha256, tuple(offered), False, None)
+        return Answer(piece.sha256, (), False, parent)
 
     def announce(
         self,
@@ -376,7 +386,7 @@ class Directory:
 
 
 def _about_to_ask(blob: _Blob, peer: str, index: int, now: float) -> bool:
-    """Whether `peer` is about to ask for piece `index` (see _PARENT_WAIT): it reads the same
+    """Whether `peer` is about to ask for piece `index` (see PARENT_WAIT): it reads the same
     part of the blob now, or has not begun to read a blob the home has just begun to keep."""
     asked = blob.asked.get(peer)
     if asked is None or now - asked[0] > _READING_SECONDS:

@@ -30,7 +30,7 @@ from dfagent.sendfile import send_segment
 from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.client import MAX_PIECES_PER_REQUEST
-from dfagent.swarm.directory import Directory
+from dfagent.swarm.directory import PARENT_WAIT, Directory
 from dfagent.swarm.slots import UploadSlots
 
 __all__ = ["Arrivals", "Completions", "PeerServer"]
@@ -76,6 +76,11 @@ class Arrivals(Protocol):
 
     def piece_progress(self, digest_hex: str, index: int) -> int:
         """How many bytes of piece `index` of a blob are here, held or arriving."""
+        ...
+
+    async def begins(self, digest_hex: str, index: int, within: float) -> bool:
+        """Whether piece `index` of a blob is here or arriving, waiting up to `within` seconds
+        for it to begin to arrive."""
         ...
 
 
@@ -183,6 +188,24 @@ class PeerServer:
     async def _piece(
         self, request: web.BaseRequest, digest: Digest, index: int
     ) -> web.StreamResponse:
+        response = await self._piece_here(request, digest, index)
+        # A member sent here by its home for a piece that this agent, its parent in the
+        # piece's stripe tree, is about to fetch (Directory._from_parent): wait a moment for it.
+        if (
+            response is None
+            and self.arrivals is not None
+            and self._store.loaded(digest.hex) is not None  # this agent reads the blob
+            and await self.arrivals.begins(digest.hex, index, PARENT_WAIT)
+        ):
+            response = await self._piece_here(request, digest, index)
+        if response is None:
+            return web.Response(status=404, text="piece neither held nor arriving here\n")
+        return response
+
+    async def _piece_here(
+        self, request: web.BaseRequest, digest: Digest, index: int
+    ) -> web.StreamResponse | None:
+        """The piece, held here or passed on as it arrives; None if it is neither."""
         blob = self._store.loaded(digest.hex) or await self._store.open_blob(digest)
         if blob is not None and blob.has(index):
             start, end = blob.layout.bounds(index)
@@ -196,7 +219,7 @@ class PeerServer:
             None if self.arrivals is None else self.arrivals.arriving(digest.hex, index, origin)
         )
         if arriving is None:
-            return web.Response(status=404, text="piece neither held nor arriving here\n")
+            return None
         return await self._upload(
             request, "relay", arriving.length, partial(_relay, self._pacer, arriving)
         )

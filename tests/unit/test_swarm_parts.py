@@ -9,10 +9,10 @@ from dfagent.swarm import directory as directory_module
 from dfagent.swarm.config import PeerConfig, SwarmConfig
 from dfagent.swarm.directory import (
     _HOLDERS_OFFERED,
-    _PARENT_WAIT,
     _READING_SECONDS,
     _RELAY_DEPTH,
     _UNSEEN_PARENT_WAIT,
+    PARENT_WAIT,
     STALL_SECONDS,
     Answer,
     Directory,
@@ -382,7 +382,7 @@ def test_with_its_members_known_the_home_sends_a_piece_down_its_stripe_tree():
     early = _ask(directory, grandchild)
     assert (early.wait, early.fetch, early.holders, early.fetching) == (True, False, (), None)
     assert _ask(directory, root).fetch  # the lease went to the root, not the early one
-    clock.now += _PARENT_WAIT / 2
+    clock.now += PARENT_WAIT / 2
     assert _ask(directory, child).fetching == root
     assert _ask(directory, grandchild).fetching == child
     _holds(directory, child)
@@ -398,21 +398,46 @@ def test_a_requester_waits_for_its_parent_only_a_moment():
     root, child, grandchild = _family()
     directory = _members_directory(clock, (root, child, grandchild))
     assert _ask(directory, grandchild).wait  # its parent has not asked yet
-    clock.now += _PARENT_WAIT
+    clock.now += PARENT_WAIT
     assert _ask(directory, grandchild).fetch  # then the usual answer: the lease
     assert _ask(directory, root).fetching == grandchild
 
 
+def test_a_requester_early_for_a_parent_that_reads_nearby_is_sent_to_it_at_once():
+    """The parent reads that part of the blob but has not asked for this piece: the requester
+    is sent to it all the same (the parent's server waits for the piece; nobody asks the home
+    again), counted as taking the piece from it, so the parent is never sent the other way.
+    A parent that does not take the piece up within PARENT_WAIT is not waited for longer."""
+    clock = Clock()
+    root, child, grandchild = _family()
+    directory = _members_directory(clock, (root, child, grandchild))
+    _ask(directory, child, 1)  # the child reads next to piece 0
+    early = _ask(directory, grandchild)
+    assert (early.wait, early.fetch, early.holders, early.fetching) == (False, False, (), child)
+    assert _ask(directory, root).fetch
+    assert _ask(directory, child).fetching == root  # not the grandchild, which waits on it
+    assert _ask(directory, grandchild).fetching == child
+
+    late = Clock()
+    directory = _members_directory(late, (root, child, grandchild))
+    _ask(directory, child, 1)
+    assert _ask(directory, grandchild).fetching == child
+    late.now += PARENT_WAIT / 2
+    assert _ask(directory, grandchild).fetching == child  # asking again does not reset it
+    late.now += PARENT_WAIT / 2
+    assert _ask(directory, grandchild).fetch  # then the usual answer: the lease
+
+
 def test_a_parent_not_seen_yet_is_waited_for_only_briefly():
     """A node that starts a container by itself, the only reader of a new blob: its parents
-    will not come. It waits _UNSEEN_PARENT_WAIT for them, not _PARENT_WAIT."""
+    will not come. It waits _UNSEEN_PARENT_WAIT for them, not PARENT_WAIT."""
     clock = Clock()
     directory = _members_directory(clock)
     _, _, grandchild = _family()
     assert _ask(directory, grandchild).wait
     clock.now += _UNSEEN_PARENT_WAIT
     assert _ask(directory, grandchild).fetch
-    assert _UNSEEN_PARENT_WAIT < _PARENT_WAIT
+    assert _UNSEEN_PARENT_WAIT < PARENT_WAIT
 
 
 def test_a_parent_that_does_not_read_the_blob_is_not_waited_for():
