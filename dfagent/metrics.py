@@ -148,9 +148,9 @@ class Metrics:
             " by why: no_holder (none delivered good bytes, and nobody was fetching it), busy"
             " (every holder stayed busy), stalled (no byte reached the peer fetching it for a"
             " second, and this agent took its fetch over), unreachable (that peer stopped"
-            " answering), released (it gave the fetch up), parent_late (told to wait for the"
-            " peer to take it from, which did not come), timeout (waited the longest"
-            " allowed).",
+            " answering), released (it gave the fetch up, or, a parent in the piece's stripe"
+            " tree, never took the piece up), parent_late (told to wait for the peer to take"
+            " it from, which did not come), timeout (waited the longest allowed).",
             ["reason"],
             registry=r,
         )

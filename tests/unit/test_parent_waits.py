@@ -145,9 +145,7 @@ async def test_a_child_early_for_its_parent_gets_the_piece_once_it_arrives_there
     assert (status, body) == (200, _piece(1))
 
 
-async def test_a_piece_that_does_not_begin_to_arrive_is_refused_after_the_wait(
-    parent, monkeypatch
-):
+async def test_a_piece_that_does_not_begin_to_arrive_is_refused_after_the_wait(parent, monkeypatch):
     engine, port = parent
     monkeypatch.setattr(server_module, "PARENT_WAIT", 0.3)
     await engine.blob(SOURCE, for_client=False)
