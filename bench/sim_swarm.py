@@ -31,7 +31,7 @@ replaced by simulated time):
   flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in and never gets closer
   than that to the bytes at the relay; held back by its own links, it catches up later
   (bench/sim_network.py). A piece taken from its origin fetcher is checked once the home
-  has its sha256 (`Swarm._recorded`, polled).
+  has its sha256 (`Swarm._recorded`, polled), and then recorded as its holder at once.
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
 - Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
   home acts half-way through it); a download starts its bytes one round trip after the
@@ -150,6 +150,7 @@ class _Node:
     flushing: bool = False
     blob: Event | None = None  # fires once the blob's size is known here
     starts: dict[int, Event] = field(default_factory=dict)  # fire as pieces begin to arrive
+    checked_in: set[int] = field(default_factory=set)  # recorded as held when checked
     sequential: SequentialReads = field(
         default_factory=lambda: SequentialReads(
             slack=_SEQUENTIAL_SLACK, trigger=_SEQUENTIAL_TRIGGER, window=_RUN_BYTES, blobs=1
@@ -424,6 +425,9 @@ class Cluster:
         yield self.params.store_seconds
         node.held.add(index)
         del node.inflight[index]
+        if index in node.checked_in:  # its home recorded it when this node checked it
+            node.checked_in.discard(index)
+            return
         node.pending[index] = _sha256(index)
         if not node.flushing:
             node.flushing = True
@@ -516,18 +520,23 @@ class Cluster:
         return answer, min(delay * 2, _LAST_POLL_SECONDS)
 
     def _recorded(self, node: _Node, index: int) -> Step:
-        """`Swarm._recorded`: ask the home until the piece's sha256 is recorded."""
+        """`Swarm._recorded`: ask the home until the piece's sha256 is recorded. Another
+        node's query says which copy it received, and the home records it as the piece's
+        holder then (`Directory.check_in`): it is not announced again once stored."""
         delay = _FIRST_RECORD_POLL_SECONDS
-        while True:
-            recorded = yield from self._at_home(
-                node,
-                lambda: self.home.directory.recorded(
-                    self.digest, ORIGIN, self.params.size, self.layout, [index]
-                ),
-                count=False,
+        book = (self.digest, ORIGIN, self.params.size, self.layout)
+
+        def ask() -> bool:
+            if node is self.home:
+                return self.home.directory.recorded(*book, [index])[index] is not None
+            held = self.home.directory.check_in(
+                *book, holder=node.name, pieces={index: _sha256(index)}
             )
-            if recorded[index] is not None:
-                return
+            if held:
+                node.checked_in.add(index)
+            return bool(held)
+
+        while not (yield from self._at_home(node, ask, count=False)):
             yield delay
             delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
 

@@ -177,16 +177,24 @@ class PeerClient:
         with _reading(home, "lookup"):
             return _answers(answer, body["pieces"])
 
-    async def recorded(self, home: str, body: dict[str, Any]) -> dict[int, bytes | None]:
-        """The sha256 `home` records for each piece `body` asks about (None: none yet)."""
+    async def recorded(
+        self, home: str, body: dict[str, Any]
+    ) -> tuple[dict[int, bytes | None], set[int]]:
+        """The sha256 `home` records for each piece `body` asks about (None: none yet), and
+        of the pieces `body` says its holder holds, those `home` recorded it for (none from a
+        home that takes no such word)."""
         answer = await self._ask_home("POST", home, "/v1/recorded", body)
         if answer is None:
             raise PeerError(f"{home} has no directory")
         with _reading(home, "record"):
             pieces = _item(answer, "pieces")
-            return {
+            recorded = {
                 i: _sha256(_item(pieces, str(i), "pieces"), f"pieces.{i}") for i in body["pieces"]
             }
+            held = answer.get("held", []) if isinstance(answer, dict) else []
+            if not isinstance(held, list) or not all(type(i) is int for i in held):
+                raise _Unusable("held is not a list of piece indices")
+            return recorded, set(held)
 
     async def release(self, home: str, body: dict[str, Any]) -> None:
         await self._ask_home("POST", home, "/v1/release", body)

@@ -342,6 +342,27 @@ class Directory:
             return dict.fromkeys(indices)
         return {i: piece.sha256 if (piece := blob.pieces.get(i)) else None for i in indices}
 
+    def check_in(
+        self,
+        digest: str,
+        origin: str,
+        size: int,
+        layout: str,
+        *,
+        holder: str,
+        pieces: dict[int, bytes],
+    ) -> list[int]:
+        """Record `holder` for each of `pieces` of `origin`'s copy whose sha256 (that of the
+        bytes it received from a relay) is the one recorded: a holder that asks for the
+        record to check a piece announces it in the same request. Returns those recorded."""
+        recorded = self.recorded(digest, origin, size, layout, pieces)
+        matching = {i: sha for i, sha in pieces.items() if recorded[i] == sha}
+        if matching:
+            self.announce(
+                digest, origin, size, layout, holder=holder, pieces=matching, verified=False
+            )
+        return list(matching)
+
     def drop_holder(self, digest: str, index: int, holder: str) -> None:
         """A requester found bad bytes at `holder`: stop sending others there."""
         for blob in self._blobs.get(digest, {}).values():

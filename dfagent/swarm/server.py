@@ -312,12 +312,25 @@ class PeerServer:
         }
 
     def _recorded(self, body: _Fields) -> dict[str, Any]:
+        """The sha256 recorded for each piece asked about; with `holder` and `holding` (the
+        sha256 of each piece it received from a relay), the holder is also recorded for
+        those that match (`held`), as an announcement would."""
         self._metrics.peer_requests.labels("recorded").inc()
         book = _Book.read(body)
+        indices = body.indices("pieces", book.pieces)
+        holder = body.optional_text("holder")
+        holding = body.sha256s("holding", book.pieces) if holder is not None else {}
         recorded = self._directory.recorded(
-            book.digest, book.origin, book.size, book.layout, body.indices("pieces", book.pieces)
+            book.digest, book.origin, book.size, book.layout, indices
         )
-        return {"pieces": {str(i): sha.hex() if sha else None for i, sha in recorded.items()}}
+        answer: dict[str, Any] = {
+            "pieces": {str(i): sha.hex() if sha else None for i, sha in recorded.items()}
+        }
+        if holder is not None:
+            answer["held"] = self._directory.check_in(
+                book.digest, book.origin, book.size, book.layout, holder=holder, pieces=holding
+            )
+        return answer
 
     def _announce(self, body: _Fields) -> dict[str, Any]:
         """Every entry is checked before any is recorded: a request is taken whole or refused."""

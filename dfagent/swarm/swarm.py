@@ -75,6 +75,10 @@ class Swarm:
         self._pending_meta: dict[str, _Held] = {}
         self._flushing = False
         self._malformed: set[tuple[str, str]] = set()  # (peer, kind of answer) warned of
+        # Relayed pieces a home recorded this agent for when it checked them (see _recorded),
+        # not to be announced there again; forgotten at each refresh (one not stored by then
+        # never will be, and announcing one twice does no harm).
+        self._checked_in: set[tuple[_Scope, int]] = set()
 
     @property
     def me(self) -> str:
@@ -256,17 +260,18 @@ class Swarm:
         except PeerError as exc:
             log.debug("peer fetch failed", extra={"peer": peer, "error": str(exc)})
             raise
-        if sha256 is None:
-            sha256 = await self._recorded(blob, index)
-            if sha256 is None:
-                log.debug("no sha256 recorded to check a relayed piece", extra={"peer": peer})
-                return None
-        if await asyncio.to_thread(sha256_of, data) != sha256:
-            why = "its recorded sha256"
-        elif check is not None and not await check(data):
+        got = await asyncio.to_thread(sha256_of, data)
+        if check is not None and not await check(data):
             why = "its chunk proof"
         else:
-            return PeerPiece(data, sha256)
+            if sha256 is None:
+                sha256 = await self._recorded(blob, index, holding=got)
+                if sha256 is None:
+                    log.debug("no sha256 recorded to check a relayed piece", extra={"peer": peer})
+                    return None
+            if got == sha256:
+                return PeerPiece(data, sha256)
+            why = "its recorded sha256"
         self._metrics.peer_bad_pieces.inc()
         log.warning(
             f"peer sent a piece that fails {why}; not used",
@@ -275,13 +280,18 @@ class Swarm:
         self._tasks.spawn(self._report(blob.digest.hex, index, peer), name="report")
         return None
 
-    async def _recorded(self, blob: StoredBlob, index: int) -> bytes | None:
+    async def _recorded(self, blob: StoredBlob, index: int, *, holding: bytes) -> bytes | None:
         """The sha256 the home records for a piece, waiting (up to _RECORD_WAIT_SECONDS) for
-        the peer that fetched it from the origin to announce it."""
+        the peer that fetched it from the origin to announce it. `holding`: the sha256 of the
+        copy this agent received. A home records this agent as its holder in the same
+        exchange when the two match; the piece is then not announced to it again once stored
+        (a relayed piece otherwise cost its home two requests, the query and the
+        announcement)."""
         digest = blob.digest.hex
         home = self.home(digest)
         waited_until = time.monotonic() + _RECORD_WAIT_SECONDS
         delay = _FIRST_RECORD_POLL_SECONDS
+        body = {**_book(blob, [index]), "holder": self.me, "holding": {str(index): holding.hex()}}
         while True:
             if home == self.me:
                 sha256 = self._directory.recorded(
@@ -289,11 +299,13 @@ class Swarm:
                 )[index]
             else:
                 try:
-                    recorded = await self._client.recorded(home, _book(blob, [index]))
+                    recorded, held = await self._client.recorded(home, body)
                 except PeerError as exc:
                     self._home_failed("home unreachable", home, exc, level=logging.DEBUG)
                     return None
                 sha256 = recorded[index]
+                if index in held:
+                    self._checked_in.add(((digest, blob.origin, False), index))
             if sha256 is not None or time.monotonic() > waited_until:
                 return sha256
             await asyncio.sleep(delay)
@@ -345,8 +357,12 @@ class Swarm:
     # telling -------------------------------------------------------------------------------
 
     def announce(self, blob: StoredBlob, index: int, sha256: bytes) -> None:
-        """Note that this agent now holds a piece; homes hear of it in batches."""
+        """Note that this agent now holds a piece; homes hear of it in batches (but for a
+        home that recorded it already, when this agent checked the piece: see _recorded)."""
         for scope in _scopes(blob.digest.hex, blob.verified, blob.origin, blob.origins):
+            if (scope, index) in self._checked_in:
+                self._checked_in.discard((scope, index))
+                continue
             self._pending[scope][index] = sha256
         self._queue(blob)
 
@@ -432,6 +448,7 @@ class Swarm:
                     await self._membership.changed.wait()
             self._membership.changed.clear()
             self._malformed.clear()  # a fault that lasts is warned of again
+            self._checked_in.clear()
             try:
                 await self._membership.refresh()
                 self._directory.set_members(self._membership.members())

@@ -119,6 +119,10 @@ INFINITE_SIZE = f'{{"digest": "{DIGEST_PATH}", "size": 1e999, "url": "http://r/x
         ("POST", "/v1/lookup", b"[1, 2]", "the body"),
         ("POST", "/v1/lookup", b"[" * 100_000, "not JSON"),
         ("POST", "/v1/recorded", lookup("0"), "pieces"),
+        ("POST", "/v1/recorded", lookup([0], holder="127.0.0.1:3"), "holding"),
+        ("POST", "/v1/recorded", lookup([0], holder="h", holding={"0": "x"}), "holding.0"),
+        ("POST", "/v1/recorded", lookup([0], holder="h", holding={"7": SHA}), "holding"),
+        ("POST", "/v1/recorded", lookup([0], holder=[1], holding={"0": SHA}), "holder"),
         ("POST", "/v1/announce", announce(["00"]), "blobs[0].pieces"),
         ("POST", "/v1/announce", announce({"0": ""}), "blobs[0].pieces.0"),
         ("POST", "/v1/announce", announce({"0": "zz" * 32}), "blobs[0].pieces.0"),
@@ -187,6 +191,31 @@ async def test_a_request_within_the_bounds_is_answered(home):
     status, reason = await ask(server.port, "POST", "/v1/announce", announce({"3": SHA}))
     assert (status, json.loads(reason)) == (200, {"refused": {}})
     assert directory.recorded(DIGEST, ORIGIN, 4 * 65536, LAYOUT, [3]) == {3: bytes.fromhex(SHA)}
+
+
+async def test_a_holder_that_checks_a_relayed_piece_is_recorded_when_it_matches(home):
+    """A sha256 query that says which copy its holder received records the holder for each
+    piece whose copy matches the record (`held`), as an announcement would, and for no other:
+    not one with no record yet, not one that differs from it."""
+    server, directory = home
+    other = hashlib.sha256(b"another piece").hexdigest()
+    status, reason = await ask(server.port, "POST", "/v1/announce", announce({"0": SHA}))
+    assert status == 200, reason
+    query = lookup([0, 1, 2], holder="127.0.0.1:4", holding={"0": SHA, "1": other, "2": SHA})
+    status, reason = await ask(server.port, "POST", "/v1/recorded", query)
+    assert status == 200, reason
+    assert json.loads(reason) == {"pieces": {"0": SHA, "1": None, "2": None}, "held": [0]}
+    answer = directory.lookup(
+        DIGEST, ORIGIN, 4 * 65536, LAYOUT, indices=[0, 2], requester="127.0.0.1:5"
+    )
+    assert set(answer[0].holders) == {"127.0.0.1:3", "127.0.0.1:4"}
+    assert answer[2].fetch, "no holder recorded for a piece nobody announced"
+    # A copy that differs from the record is not taken for the piece.
+    query = lookup([0], holder="127.0.0.1:6", holding={"0": other})
+    status, reason = await ask(server.port, "POST", "/v1/recorded", query)
+    assert (status, json.loads(reason)["held"]) == (200, [])
+    answer = directory.lookup(DIGEST, ORIGIN, 4 * 65536, LAYOUT, indices=[0], requester="x:1")
+    assert "127.0.0.1:6" not in answer[0].holders
 
 
 async def test_an_announcement_is_taken_whole_or_refused_whole(home):
@@ -404,3 +433,43 @@ async def test_an_announcement_names_at_most_so_many_pieces(home):
     status, reason = await ask(server.port, "POST", "/v1/announce", body)
     assert status == 400 and reason.startswith(f"bad request: blobs: at most {most} pieces")
     assert directory.describe(DIGEST, "https://registry-0:443") is None
+
+
+@pytest.mark.parametrize("home_records_holders", [True, False], ids=["home", "earlier-home"])
+async def test_a_relayed_piece_recorded_when_checked_is_not_announced_again(
+    asking_swarm, home_records_holders
+):
+    """A piece taken from a relay before its sha256 was recorded is checked against the
+    record, and the home that records the holder in that exchange hears no announcement of
+    it again; a home of an earlier version, which does not, hears it as before."""
+    swarm, blob, answers = asking_swarm
+    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
+    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
+    data = bytes(range(256)) * 256
+    sha = hashlib.sha256(data).digest()
+    queries: list[dict[str, Any]] = []
+    announced: list[dict[str, Any]] = []
+
+    def recorded(asked: dict[str, Any]) -> dict[str, Any]:
+        queries.append(asked)
+        answer: dict[str, Any] = {"pieces": {"0": sha.hex()}}
+        if home_records_holders:
+            answer["held"] = [0]
+        return answer
+
+    answers["pieces"] = lambda _: web.Response(body=data)  # the home relays it, too
+    answers["recorded"] = recorded
+    answers["announce"] = lambda asked: announced.append(asked) or {"refused": {}}
+    relay = swarm.others()[0]
+    got = await swarm.fetch(blob, 0, Answer(None, (), False, relay))
+    assert got is not None and got.data == data
+    assert queries[0]["holding"] == {"0": sha.hex()}
+    assert queries[0]["holder"] == swarm.me
+    swarm.announce(blob, 0, sha)  # stored: the engine announces it, and another piece
+    swarm.announce(blob, 1, hashlib.sha256(b"piece 1").digest())
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if announced:
+            break
+    pieces = [set(entry["pieces"]) for asked in announced for entry in asked["blobs"]]
+    assert pieces == ([{"1"}] if home_records_holders else [{"0", "1"}])
