@@ -51,7 +51,7 @@ REAL_4_NODES = {
     "fill / (S/B)": 1.09,
     "origin bytes / S": 1.00,
     "top upload share": 0.33,
-    "fill / (S/B), uploads uncapped": 1.13,
+    "fill / (S/B), uploads uncapped": 1.12,
     "lazy read p50 ms": 366.8,
     "lazy read p99 ms": 2250.5,
     "direct fill / (S/B)": 4.18,

@@ -191,7 +191,7 @@ class PeerClient:
             recorded = {
                 i: _sha256(_item(pieces, str(i), "pieces"), f"pieces.{i}") for i in body["pieces"]
             }
-            held = answer.get("held", []) if isinstance(answer, dict) else []
+            held = answer.get("held", [])  # (a JSON object: _item read its pieces)
             if not isinstance(held, list) or not all(type(i) is int for i in held):
                 raise _Unusable("held is not a list of piece indices")
             return recorded, set(held)
