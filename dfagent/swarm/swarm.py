@@ -286,7 +286,9 @@ class Swarm:
         copy this agent received. A home records this agent as its holder in the same
         exchange when the two match; the piece is then not announced to it again once stored
         (a relayed piece otherwise cost its home two requests, the query and the
-        announcement)."""
+        announcement). One this agent then fails to store stays on record until it asks for
+        the piece again or the record expires, as for a holder that lost its copy (whoever
+        is sent here gets a 404 and asks another)."""
         digest = blob.digest.hex
         home = self.home(digest)
         waited_until = time.monotonic() + _RECORD_WAIT_SECONDS
