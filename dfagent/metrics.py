@@ -111,7 +111,8 @@ class Metrics:
             "dfagent_peer_requests",
             "Requests to this agent's peer server, by kind (piece: a held piece sent; relay: a"
             " piece passed on while it arrived here; recorded: the sha256 a home records for a"
-            " piece; progress: how far a piece has arrived here; lookup, announce, busy,"
+            " piece, which records its asker as holding the piece when the copy it names"
+            " matches; progress: how far a piece has arrived here; lookup, announce, busy,"
             " refused).",
             ["kind"],
             registry=r,
@@ -134,6 +135,20 @@ class Metrics:
             "dfagent_directory_lookup_seconds",
             "Latency of directory lookups.",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.peer_early_requests = Counter(
+            "dfagent_peer_early_requests",
+            "Piece requests held here until the piece began to arrive (up to half a second):"
+            " from members sent here early as their parent in the piece's stripe tree (or for"
+            " a copy this agent no longer has), by outcome (arrived, not_arrived: answered"
+            " 404).",
+            ["outcome"],
+            registry=r,
+        )
+        self.peer_early_requests_waiting = Gauge(
+            "dfagent_peer_early_requests_waiting",
+            "Piece requests held here now until the piece begins to arrive.",
             registry=r,
         )
         self.peer_waits = Counter(

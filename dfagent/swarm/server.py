@@ -195,9 +195,13 @@ class PeerServer:
             response is None
             and self.arrivals is not None
             and self._store.loaded(digest.hex) is not None  # this agent reads the blob
-            and await self.arrivals.begins(digest.hex, index, PARENT_WAIT)
         ):
-            response = await self._piece_here(request, digest, index)
+            with self._metrics.peer_early_requests_waiting.track_inprogress():
+                arrived = await self.arrivals.begins(digest.hex, index, PARENT_WAIT)
+            outcome = "arrived" if arrived else "not_arrived"
+            self._metrics.peer_early_requests.labels(outcome).inc()
+            if arrived:
+                response = await self._piece_here(request, digest, index)
         if response is None:
             return web.Response(status=404, text="piece neither held nor arriving here\n")
         return response
