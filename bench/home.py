@@ -2,7 +2,8 @@
 home of a blob that many nodes fill at once, and the CPU each costs it.
 
 wrk sends the requests a home gets in a fill (bench/home.lua: lookups of single pieces,
-announcements, sha256 queries, from NODES nodes going through the blob piece by piece) over
+sha256 queries that record their askers as holders, announcements, from NODES nodes going
+through the blob piece by piece) over
 keep-alive connections; the agent is one Python process, so once it uses a whole core the
 rate it answers is its capacity. `bench sim` gives the rate a fill asks of its home at 4 to
 1,000 nodes: where the two meet, the builtin swarm stops scaling.
@@ -82,8 +83,9 @@ def run(
 
 def _check_answers(port: int, digest: str) -> None:
     """The home answers as a home: the first node to ask is told to fetch a piece, a node
-    asking after its announcement is sent to it with its sha256, and a request without the
-    cluster token is refused."""
+    asking after its announcement is sent to it with its sha256, a node naming that sha256
+    for the copy it received is recorded as holding it, and a request without the cluster
+    token is refused."""
     book = {
         "digest": digest,
         "origin": _ORIGIN,
@@ -99,6 +101,10 @@ def _check_answers(port: int, digest: str) -> None:
     second = _post(port, "/v1/lookup", {**book, "pieces": [1], "requester": "10.9.0.2:4002"})
     assert second["pieces"]["1"]["holders"] == ["10.9.0.1:4002"], second
     assert second["pieces"]["1"]["sha256"] == sha256, second
+    checked = _post(port, "/v1/recorded", {
+        **book, "pieces": [1], "holder": "10.9.0.2:4002", "holding": {"1": sha256}
+    })  # fmt: skip
+    assert checked == {"pieces": {"1": sha256}, "held": [1]}, checked
     try:
         _post(port, "/v1/lookup", {**book, "pieces": [1], "requester": "x"}, token=None)
     except urllib.error.HTTPError as exc:
