@@ -31,7 +31,8 @@ replaced by simulated time):
   flow bringing it the piece: it starts once _RELAY_LAG_BYTES are in and never gets closer
   than that to the bytes at the relay; held back by its own links, it catches up later
   (bench/sim_network.py). A piece taken from its origin fetcher is checked once the home
-  has its sha256 (`Swarm._recorded`, polled), and then recorded as its holder at once.
+  has its sha256 (`Swarm._recorded`, polled), the home recording the node as its holder in
+  that exchange (`Directory.check_in`).
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
 - Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
   home acts half-way through it); a download starts its bytes one round trip after the
