@@ -396,14 +396,19 @@ class Directory:
             del books[origin]
 
     def release(self, digest: str, origin: str, indices: Iterable[int], requester: str) -> None:
-        """The requester gave up its origin fetches: let someone else take them."""
+        """The requester gave these pieces up without keeping them: someone else may take its
+        origin fetches, and nobody is sent to it for them (a piece it checked in, see
+        check_in, then could not store)."""
         blob = self._blobs.get(digest, {}).get(origin)
         if blob is None:
             return
         for index in indices:
             piece = blob.pieces.get(index)
-            if piece is not None and piece.lease is not None and piece.lease[0] == requester:
+            if piece is None:
+                continue
+            if piece.lease is not None and piece.lease[0] == requester:
                 piece.lease = None
+            piece.holders.pop(requester, None)
 
 
 def _about_to_ask(blob: _Blob, peer: str, index: int, now: float) -> bool:

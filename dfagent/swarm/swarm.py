@@ -286,9 +286,8 @@ class Swarm:
         copy this agent received. A home records this agent as its holder in the same
         exchange when the two match; the piece is then not announced to it again once stored
         (a relayed piece otherwise cost its home two requests, the query and the
-        announcement). One this agent then fails to store stays on record until it asks for
-        the piece again or the record expires, as for a holder that lost its copy (whoever
-        is sent here gets a 404 and asks another)."""
+        announcement). One this agent then fails to store is given up (`release`), which
+        takes this agent off its record."""
         digest = blob.digest.hex
         home = self.home(digest)
         waited_until = time.monotonic() + _RECORD_WAIT_SECONDS
@@ -340,8 +339,11 @@ class Swarm:
             )
 
     def release(self, blob: StoredBlob, indices: list[int]) -> None:
-        """This agent gave up fetching `indices` from the origin: whoever waits for them may
-        go to the origin now."""
+        """This agent gave up `indices` without keeping them: whoever waits for them may go to
+        the origin now, and its home no longer names it as their holder (it may have checked
+        one in, see _recorded, before failing to store it)."""
+        scope = (blob.digest.hex, blob.origin, False)  # where _recorded checks pieces in
+        self._checked_in.difference_update((scope, index) for index in indices)
         self._tasks.spawn(self._release(blob, indices), name="release")
 
     async def _release(self, blob: StoredBlob, indices: list[int]) -> None:

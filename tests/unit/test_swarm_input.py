@@ -218,6 +218,22 @@ async def test_a_holder_that_checks_a_relayed_piece_is_recorded_when_it_matches(
     assert "127.0.0.1:6" not in answer[0].holders
 
 
+async def test_a_holder_that_gives_a_checked_in_piece_up_is_no_longer_named_for_it(home):
+    """A piece checked in (recorded for its holder with the sha256 query) that the holder then
+    fails to store is released: nobody is sent to it for that piece any more."""
+    server, directory = home
+    status, reason = await ask(server.port, "POST", "/v1/announce", announce({"0": SHA}))
+    assert status == 200, reason
+    query = lookup([0], holder="127.0.0.1:4", holding={"0": SHA})
+    status, reason = await ask(server.port, "POST", "/v1/recorded", query)
+    assert (status, json.loads(reason)["held"]) == (200, [0])
+    given_up = body(digest=DIGEST, origin=ORIGIN, pieces=[0], requester="127.0.0.1:4")
+    status, reason = await ask(server.port, "POST", "/v1/release", given_up)
+    assert status == 200, reason
+    answer = directory.lookup(DIGEST, ORIGIN, 4 * 65536, LAYOUT, indices=[0], requester="x:1")
+    assert answer[0].holders == ("127.0.0.1:3",)
+
+
 async def test_an_announcement_is_taken_whole_or_refused_whole(home):
     server, directory = home
     good = json.loads(announce({"0": SHA}))["blobs"][0]
@@ -433,6 +449,34 @@ async def test_an_announcement_names_at_most_so_many_pieces(home):
     status, reason = await ask(server.port, "POST", "/v1/announce", body)
     assert status == 400 and reason.startswith(f"bad request: blobs: at most {most} pieces")
     assert directory.describe(DIGEST, "https://registry-0:443") is None
+
+
+async def test_a_relayed_piece_checked_in_then_given_up_is_announced_when_stored_later(
+    asking_swarm,
+):
+    """A checked-in piece that this agent failed to store is released (its home forgets the
+    holder): when a later fetch stores it, it is announced again, not taken for recorded."""
+    swarm, blob, answers = asking_swarm
+    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
+    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
+    data = bytes(range(256)) * 256
+    sha = hashlib.sha256(data).digest()
+    released: list[dict[str, Any]] = []
+    announced: list[dict[str, Any]] = []
+    answers["pieces"] = lambda _: web.Response(body=data)
+    answers["recorded"] = lambda _: {"pieces": {"0": sha.hex()}, "held": [0]}
+    answers["release"] = lambda asked: released.append(asked) or {}
+    answers["announce"] = lambda asked: announced.append(asked) or {"refused": {}}
+    got = await swarm.fetch(blob, 0, Answer(None, (), False, swarm.others()[0]))
+    assert got is not None and got.data == data
+    swarm.release(blob, [0])  # storing it failed
+    swarm.announce(blob, 0, sha)  # a later fetch stored it
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if announced and released:
+            break
+    assert [asked["pieces"] for asked in released] == [[0]]
+    assert [set(entry["pieces"]) for asked in announced for entry in asked["blobs"]] == [{"0"}]
 
 
 @pytest.mark.parametrize("home_records_holders", [True, False], ids=["home", "earlier-home"])
