@@ -149,6 +149,7 @@ def _sim(args: argparse.Namespace) -> Ran:
         readers=args.readers,
         piece=args.piece_kib * 1024,
         home_request_seconds=args.sim_home_ms / 1000,
+        home_piece_seconds=args.sim_home_piece_ms / 1000,
     )
     results = sim.run(plan, setting)
     return sim.section(results, setting), []
@@ -302,6 +303,13 @@ def _arguments() -> argparse.Namespace:
         default=0.16,
         help="CPU a blob's home spends on one request from another node, as `bench home` "
         "measures it (sim; 0: a home that is never busy)",
+    )
+    parser.add_argument(
+        "--sim-home-piece-ms",
+        type=float,
+        default=0.03,
+        help="what each piece beyond a request's first costs the home, as `bench home` "
+        "measures it (sim)",
     )
     parser.add_argument(
         "--keep-work",

@@ -1,12 +1,14 @@
 """A blob's home at capacity: the directory requests one real agent answers a second, as the
 home of a blob that many nodes fill at once, and the CPU each costs it.
 
-wrk sends the requests a home gets in a fill (bench/home.lua: lookups of single pieces,
-sha256 queries that record their askers as holders, announcements, from NODES nodes going
-through the blob piece by piece) over
+wrk sends the requests a home gets in a fill (bench/home.lua: lookups, sha256 queries that
+record their askers as holders, announcements, from NODES nodes going through the blob piece
+by piece) over
 keep-alive connections; the agent is one Python process, so once it uses a whole core the
-rate it answers is its capacity. `bench sim` gives the rate a fill asks of its home at 4 to
-1,000 nodes: where the two meet, the builtin swarm stops scaling.
+rate it answers is its capacity. Each node count runs twice: with one piece in each request,
+and with BATCH pieces in each (as a busy home gets them: see dfagent/swarm/rounds.py); the
+difference is what each further piece in a request costs. `bench sim` gives the rate a fill
+asks of its home at 4 to 1,000 nodes: where the two meet, the builtin swarm stops scaling.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from tests.support.ports import free_port
 _TOKEN = "bench-home-token-0123456789abcdef"
 _ORIGIN = "http://registry.bench:5000"
 _PIECES = 512  # a 512 MiB blob of 1 MiB pieces, as `bench swarm` fills
+BATCH = 8  # pieces in each request of the second run
 
 
 @dataclass(frozen=True)
 class Row:
     nodes: int
+    batch: int  # pieces each request asks about
     connections: int
     result: harness.WrkResult
     cpu_seconds: float  # the home's, during the run
@@ -45,12 +49,23 @@ class Row:
         return 1000 * self.cpu_seconds / (self.result.ok_per_second * self.seconds)
 
 
+def ms_per_further_piece(rows: list[Row], nodes: int) -> float | None:
+    """What each piece beyond a request's first cost the home, at `nodes` nodes."""
+    costs = {row.batch: row.cpu_ms_per_request for row in rows if row.nodes == nodes}
+    if len(costs) < 2:
+        return None
+    (one, alone), (more, batched) = sorted(costs.items())
+    return (batched - alone) / (more - one)
+
+
 def run(
     work: Path,
     seconds: float = 10,
     nodes: tuple[int, ...] = (8, 100, 1000),
     connections: int = 32,
+    batches: tuple[int, ...] = (1, BATCH),
 ) -> list[Row]:
+    """Each node count with each of `batches` pieces in every request (bench/home.lua)."""
     harness.clean(work)
     token = work / "token"
     token.write_text(_TOKEN)
@@ -62,22 +77,24 @@ def run(
         assert home.process is not None
         port = int(listen.rsplit(":", 1)[1])
         for count in nodes:
-            digest = hashlib.sha256(f"bench home {count}".encode()).hexdigest()
-            _check_answers(port, digest)
-            settings = {
-                "NODES": str(count),
-                "PIECES": str(_PIECES),
-                "DIGEST": digest,
-                "ORIGIN": _ORIGIN,
-                "TOKEN": _TOKEN,
-            }
-            cpu = resources.cpu_seconds(home.process.pid)
-            result = harness.wrk_script(
-                harness.HERE / "home.lua", settings, port, connections, seconds
-            )
-            used = resources.cpu_seconds(home.process.pid) - cpu
-            assert not result.errors, f"{result.errors} unexpected answers (see home.lua)"
-            rows.append(Row(count, connections, result, used, max(1, round(seconds))))
+            for batch in batches:
+                digest = hashlib.sha256(f"bench home {count} {batch}".encode()).hexdigest()
+                _check_answers(port, digest)
+                settings = {
+                    "NODES": str(count),
+                    "PIECES": str(_PIECES),
+                    "BATCH": str(batch),
+                    "DIGEST": digest,
+                    "ORIGIN": _ORIGIN,
+                    "TOKEN": _TOKEN,
+                }
+                cpu = resources.cpu_seconds(home.process.pid)
+                result = harness.wrk_script(
+                    harness.HERE / "home.lua", settings, port, connections, seconds
+                )
+                used = resources.cpu_seconds(home.process.pid) - cpu
+                assert not result.errors, f"{result.errors} unexpected answers (see home.lua)"
+                rows.append(Row(count, batch, connections, result, used, max(1, round(seconds))))
     return rows
 
 
@@ -130,16 +147,21 @@ def section(rows: list[Row]) -> Section:
     for row in rows:
         checks.append(
             info(
-                f"home requests/s, {row.nodes} nodes",
+                f"home requests/s, {row.nodes} nodes, {row.batch} pieces each",
                 f"{number(row.result.ok_per_second)} ({row.busy:.2f} of a core busy)",
             )
         )
+    for nodes in sorted({row.nodes for row in rows}):
+        further = ms_per_further_piece(rows, nodes)
+        if further is not None:
+            checks.append(info(f"home CPU ms per further piece, {nodes} nodes", f"{further:.3f}"))
     return Section(
         "home",
         "A blob's home at capacity: directory requests one agent answers a second",
         table(
             [
                 "nodes",
+                "pieces a request",
                 "connections",
                 "requests/s",
                 "p50 ms",
@@ -150,6 +172,7 @@ def section(rows: list[Row]) -> Section:
             [
                 [
                     number(row.nodes),
+                    number(row.batch),
                     number(row.connections),
                     number(row.result.ok_per_second),
                     f"{row.result.p50_ms:.2f}",

@@ -295,6 +295,7 @@ class Setting:
     readers: int  # per node, in the lazy trace
     piece: int = MIB
     home_request_seconds: float = 0.0  # see Params.home_request_seconds
+    home_piece_seconds: float = 0.0  # see Params.home_piece_seconds
 
 
 def simulate(nodes: int, size: int, setting: Setting) -> Figures:
@@ -307,6 +308,7 @@ def simulate(nodes: int, size: int, setting: Setting) -> Figures:
         rtt=setting.rtt,
         piece=setting.piece,
         home_request_seconds=setting.home_request_seconds,
+        home_piece_seconds=setting.home_piece_seconds,
     )
     bound = size / params.link
     swarm = fill(params)
@@ -353,7 +355,7 @@ def _maybe(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def report(results: list[Figures], home_request_seconds: float) -> str:
+def report(results: list[Figures], setting: Setting) -> str:
     rows = [
         [
             f"{f.nodes:,}",
@@ -403,12 +405,15 @@ def report(results: list[Figures], home_request_seconds: float) -> str:
         "(its parent in the piece's tree did not come, or it waited out the 15 s lease wait). "
         "'Home requests/s': every request the other nodes send the home (lookups, "
         "sha256 queries for relayed pieces, announcement batches), each one HTTP request to "
-        "a real home. 'Home Directory CPU s/s': seconds this machine "
+        "a real home; a node sends one lookup and one sha256 query at a time, asking about "
+        "the pieces that came up meanwhile in the next (dfagent/swarm/rounds.py). 'Home Directory CPU s/s': seconds this machine "
         "spent in the home's Directory.lookup per simulated second (above 1, a real home's "
         "core is saturated by the directory alone, before HTTP). 'Home busy': the share of "
         "the fill the home's event loop spent answering the other nodes' requests, "
-        f"{home_request_seconds * 1000:g} ms each (`--sim-home-ms`, what `bench home` "
-        "measured a real home spend on one; 0: a home that is never busy); near 100% the "
+        f"{setting.home_request_seconds * 1000:g} ms each (`--sim-home-ms`, what `bench "
+        "home` measured a real home spend on one; 0: a home that is never busy) and "
+        f"{setting.home_piece_seconds * 1000:g} ms more for each piece beyond a request's "
+        "first (`--sim-home-piece-ms`, from `bench home` too); near 100% the "
         "home, not the links, sets the pace. 'Downlink use' and 'flows at their "
         f"relay's pace': the median of samples taken every {SAMPLE_EVERY:.0%} of S/B through "
         "the fill, of the bytes/s coming into the nodes over what their downlinks could take, "
@@ -490,7 +495,7 @@ def _label(figures: Figures) -> str:
 
 
 def section(results: list[Figures], setting: Setting) -> Section:
-    parts = [report(results, setting.home_request_seconds)]
+    parts = [report(results, setting)]
     four = next((f for f in results if f.nodes == 4 and f.blob_mib == 512), None)
     checks = []
     # with the real run's links and pieces
@@ -519,7 +524,8 @@ def section(results: list[Figures], setting: Setting) -> Section:
             f"{setting.link_mbit:g} Mbit/s links and origin, {setting.rtt * 1000:g} ms round "
             f"trip, {setting.piece // 1024} KiB pieces, "
             + (
-                f"{setting.home_request_seconds * 1000:g} ms of the home's CPU a request"
+                f"{setting.home_request_seconds * 1000:g} ms of the home's CPU a request "
+                f"(+{setting.home_piece_seconds * 1000:g} ms a further piece)"
                 if setting.home_request_seconds
                 else "a home never busy"
             )

@@ -33,13 +33,17 @@ replaced by simulated time):
   (bench/sim_network.py). A piece taken from its origin fetcher is checked once the home
   has its sha256 (`Swarm._recorded`, polled), the home recording the node as its holder in
   that exchange (`Directory.check_in`).
+- `Rounds` (dfagent/swarm/rounds.py): a node's lookups, and its sha256 queries, go to the
+  home one request at a time; pieces asked about while one is on its way go together in the
+  next.
 - Storing a piece (hash and write) takes a fixed time; then it is announced (batched).
 - Messages: a lookup, announcement, progress check or origin HEAD costs a round trip (the
   home acts half-way through it); a download starts its bytes one round trip after the
   request. Requests and answers carry no bytes on the links.
 - The home's CPU (`Params.home_request_seconds`): its event loop answers one request at a
-  time, in the order they arrive, each other node's request costing it that long (`bench
-  home` measures it on a real agent); its own lookups and announcements are calls on the same
+  time, in the order they arrive, each other node's request costing it that long, and
+  `Params.home_piece_seconds` more for each piece beyond its first (`bench home` measures
+  both on a real agent); its own lookups and announcements are calls on the same
   loop and wait their turn, but cost it nothing more. Zero: a home that is never busy.
 - Every peer is honest and alive: no bad pieces (so `drop_holder` is never called), no lease
   released early.
@@ -53,6 +57,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.sim_events import Event, Kernel, Step
 from bench.sim_network import Flow, Link, Network
@@ -103,6 +108,8 @@ class Params:
     # CPU the home spends on one request from another node (HTTP, JSON and its directory);
     # `bench home` measured 0.10-0.16 ms a request at 8 to 100 nodes, 0.20-0.26 ms at 1,000.
     home_request_seconds: float = 0.0
+    # and on each piece a request asks about beyond its first (see bench home's --home-batch)
+    home_piece_seconds: float = 0.0
 
     @property
     def store_seconds(self) -> float:
@@ -152,6 +159,9 @@ class _Node:
     blob: Event | None = None  # fires once the blob's size is known here
     starts: dict[int, Event] = field(default_factory=dict)  # fire as pieces begin to arrive
     checked_in: set[int] = field(default_factory=set)  # recorded as held when checked
+    # `Rounds`: per kind of question, the pieces asked about while a request is on its way
+    # (each with the events of its askers); a kind is here while a request is on its way.
+    rounds: dict[str, dict[int, list[Event]]] = field(default_factory=dict)
     sequential: SequentialReads = field(
         default_factory=lambda: SequentialReads(
             slack=_SEQUENTIAL_SLACK, trigger=_SEQUENTIAL_TRIGGER, window=_RUN_BYTES, blobs=1
@@ -337,31 +347,76 @@ class Cluster:
             self._origin_run(node, run, from_byte)
 
     def _lookup(self, node: _Node, indices: list[int]) -> Step:
-        def ask() -> dict[int, Answer]:
+        def ask(pieces: list[int]) -> dict[int, Answer]:
             started = time.perf_counter()
             answers = self.home.directory.lookup(
                 self.digest,
                 ORIGIN,
                 self.params.size,
                 self.layout,
-                indices=indices,
+                indices=pieces,
                 requester=node.name,
             )
             self.directory_seconds += time.perf_counter() - started
             return answers
 
-        return (yield from self._at_home(node, ask))
+        if node is self.home:
+            return (yield from self._at_home(node, lambda: ask(indices)))
+        return (yield from self._in_rounds(node, "lookup", indices, ask))
 
-    def _at_home(self, node: _Node, call: Callable[[], object], *, count: bool = True) -> Step:
+    def _in_rounds(
+        self,
+        node: _Node,
+        kind: str,
+        indices: list[int],
+        ask: Callable[[list[int]], dict[int, Any]],
+        *,
+        count: bool = True,
+    ) -> Step:
+        """`Rounds.ask`: the answers for `indices` from the next request of this kind (at
+        once when none is on its way; else together with whatever else is asked meanwhile,
+        once the one on its way is answered)."""
+        sending = kind in node.rounds
+        waiting = node.rounds.setdefault(kind, {})
+        events = {index: self.kernel.event() for index in indices}
+        for index, event in events.items():
+            waiting.setdefault(index, []).append(event)
+        if not sending:
+            self.kernel.spawn(self._rounds(node, kind, ask, count))
+        answers = {}
+        for index, event in events.items():
+            answers[index] = yield event
+        return answers
+
+    def _rounds(
+        self, node: _Node, kind: str, ask: Callable[[list[int]], dict[int, Any]], count: bool
+    ) -> Step:
+        """`Rounds._rounds`: one request at a time, each with what waited for it."""
+        while node.rounds[kind]:
+            waiting, node.rounds[kind] = node.rounds[kind], {}
+            pieces = list(waiting)
+            answers = yield from self._at_home(
+                node, lambda pieces=pieces: ask(pieces), count=count, pieces=len(pieces)
+            )
+            for index, events in waiting.items():
+                for event in events:
+                    event.fire(answers[index])
+        del node.rounds[kind]
+
+    def _at_home(
+        self, node: _Node, call: Callable[[], object], *, count: bool = True, pieces: int = 1
+    ) -> Step:
         """Run `call` on the home's loop once it is free: at once for the home itself, half a
-        round trip away (and the answer back after the other half) for everyone else."""
+        round trip away (and the answer back after the other half) for everyone else; a
+        request about `pieces` pieces."""
         if count:
             self.home.lookups += 1
         if node is self.home:
             return (yield self.home_loop.call(call, 0.0))
         self.home.requests += 1
+        cost = self.params.home_request_seconds + self.params.home_piece_seconds * (pieces - 1)
         yield self.params.rtt / 2
-        result = yield self.home_loop.call(call, self.params.home_request_seconds)
+        result = yield self.home_loop.call(call, cost)
         yield self.params.rtt / 2
         return result
 
@@ -527,17 +582,26 @@ class Cluster:
         delay = _FIRST_RECORD_POLL_SECONDS
         book = (self.digest, ORIGIN, self.params.size, self.layout)
 
-        def ask() -> bool:
-            if node is self.home:
-                return self.home.directory.recorded(*book, [index])[index] is not None
+        def ask(pieces: list[int]) -> dict[int, bool]:
             held = self.home.directory.check_in(
-                *book, holder=node.name, pieces={index: _sha256(index)}
+                *book, holder=node.name, pieces={i: _sha256(i) for i in pieces}
             )
-            if held:
-                node.checked_in.add(index)
-            return bool(held)
+            return {i: i in held for i in pieces}
 
-        while not (yield from self._at_home(node, ask, count=False)):
+        while True:
+            if node is self.home:
+                recorded = yield from self._at_home(
+                    node,
+                    lambda: self.home.directory.recorded(*book, [index])[index] is not None,
+                    count=False,
+                )
+            else:
+                answers = yield from self._in_rounds(node, "recorded", [index], ask, count=False)
+                recorded = answers[index]
+                if recorded:
+                    node.checked_in.add(index)
+            if recorded:
+                return
             yield delay
             delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
 

@@ -131,6 +131,20 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.home_requests = Counter(
+            "dfagent_home_requests",
+            "Lookups and sha256 queries sent to blob homes, by kind (lookup, recorded): one at "
+            "a time per blob, each asking about every piece that came up meanwhile.",
+            ["kind"],
+            registry=r,
+        )
+        self.home_pieces_asked = Counter(
+            "dfagent_home_pieces_asked",
+            "Pieces those requests asked about, by kind (over dfagent_home_requests_total: "
+            "pieces a request).",
+            ["kind"],
+            registry=r,
+        )
         self.directory_lookup_seconds = Histogram(
             "dfagent_directory_lookup_seconds",
             "Latency of directory lookups.",

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,11 @@ from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
 from dfagent.storage.store import PieceStore, StoredBlob
-from dfagent.swarm.client import MalformedAnswer, PeerClient, PeerError
+from dfagent.swarm.client import MAX_PIECES_PER_REQUEST, MalformedAnswer, PeerClient, PeerError
 from dfagent.swarm.directory import Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.membership import Membership
+from dfagent.swarm.rounds import Rounds
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Swarm"]
@@ -51,6 +52,31 @@ class _Held:
 _Scope = tuple[str, str, bool]  # (digest, origin, verified): one announcement's subject
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What one request to a blob's home says once for all the pieces it asks about."""
+
+    home: str
+    digest: str
+    origin: str
+    size: int
+    layout: str
+    stalled: str | None = None  # (lookups only: see Directory.lookup)
+
+    @classmethod
+    def of(cls, home: str, blob: StoredBlob, stalled: str | None = None) -> _Asked:
+        return cls(home, blob.digest.hex, blob.origin, blob.size, blob.layout.key, stalled)
+
+    def body(self, pieces: Iterable[int]) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "origin": self.origin,
+            "size": self.size,
+            "layout": self.layout,
+            "pieces": list(pieces),
+        }
+
+
 class Swarm:
     def __init__(
         self,
@@ -71,6 +97,14 @@ class Swarm:
         self._metrics = metrics
         self._refresh = refresh
         self._tasks = TaskOwner("swarm")
+        # A blob's lookups, and its sha256 queries, go to its home one request at a time;
+        # pieces asked about meanwhile go together in the next (see rounds.py).
+        self._lookups: Rounds[None, Answer] = Rounds(
+            self._send_lookup, self._tasks, "lookup", most=MAX_PIECES_PER_REQUEST
+        )
+        self._queries: Rounds[bytes, tuple[bytes | None, bool]] = Rounds(
+            self._send_query, self._tasks, "recorded", most=MAX_PIECES_PER_REQUEST
+        )
         self._pending: dict[_Scope, dict[int, bytes]] = defaultdict(dict)
         self._pending_meta: dict[str, _Held] = {}
         self._flushing = False
@@ -141,9 +175,10 @@ class Swarm:
                 stalled=stalled,
             )
         else:
-            body = {**_book(blob, indices), "requester": self.me, "stalled": stalled}
             try:
-                answers = await self._client.lookup(home, body)
+                answers = await self._lookups.ask(
+                    _Asked.of(home, blob, stalled), dict.fromkeys(indices)
+                )
             except PeerError as exc:
                 self._metrics.directory_lookups.labels("error").inc()
                 self._home_failed("home unreachable; using the origin", home, exc)
@@ -151,6 +186,13 @@ class Swarm:
         self._metrics.directory_lookups.labels("ok").inc()
         self._metrics.directory_lookup_seconds.observe(time.monotonic() - started)
         return answers
+
+    async def _send_lookup(self, asked: Hashable, pieces: dict[int, None]) -> dict[int, Answer]:
+        assert isinstance(asked, _Asked)
+        body = {**asked.body(pieces), "requester": self.me, "stalled": asked.stalled}
+        self._metrics.home_requests.labels("lookup").inc()
+        self._metrics.home_pieces_asked.labels("lookup").inc(len(pieces))
+        return await self._client.lookup(asked.home, body)
 
     async def prove_whole(self, blob: StoredBlob, source: BlobSource) -> bool:
         """Nothing to do: peers relay their pieces under the registry they came from, and
@@ -292,7 +334,6 @@ class Swarm:
         home = self.home(digest)
         waited_until = time.monotonic() + _RECORD_WAIT_SECONDS
         delay = _FIRST_RECORD_POLL_SECONDS
-        body = {**_book(blob, [index]), "holder": self.me, "holding": {str(index): holding.hex()}}
         while True:
             if home == self.me:
                 sha256 = self._directory.recorded(
@@ -300,17 +341,33 @@ class Swarm:
                 )[index]
             else:
                 try:
-                    recorded, held = await self._client.recorded(home, body)
+                    answers = await self._queries.ask(_Asked.of(home, blob), {index: holding})
                 except PeerError as exc:
                     self._home_failed("home unreachable", home, exc, level=logging.DEBUG)
                     return None
-                sha256 = recorded[index]
-                if index in held:
+                sha256, held = answers[index]
+                if held:
                     self._checked_in.add(((digest, blob.origin, False), index))
             if sha256 is not None or time.monotonic() > waited_until:
                 return sha256
             await asyncio.sleep(delay)
             delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
+
+    async def _send_query(
+        self, asked: Hashable, holding: dict[int, bytes]
+    ) -> dict[int, tuple[bytes | None, bool]]:
+        """The sha256 recorded for each piece, and whether this agent was recorded as holding
+        it (see _recorded)."""
+        assert isinstance(asked, _Asked)
+        body = {
+            **asked.body(holding),
+            "holder": self.me,
+            "holding": {str(i): sha256.hex() for i, sha256 in holding.items()},
+        }
+        self._metrics.home_requests.labels("recorded").inc()
+        self._metrics.home_pieces_asked.labels("recorded").inc(len(holding))
+        recorded, held = await self._client.recorded(asked.home, body)
+        return {i: (recorded[i], i in held) for i in holding}
 
     def _home_failed(
         self, message: str, home: str, exc: PeerError, *, level: int = logging.INFO
@@ -463,17 +520,6 @@ class Swarm:
                 self._metrics.peers_healthy.set(len(set(others) - self._client.unreachable))
             except Exception:
                 log.exception("swarm refresh failed; trying again next interval")
-
-
-def _book(blob: StoredBlob, indices: list[int]) -> dict[str, object]:
-    """What a request to a blob's home says about the book it asks from, and which pieces."""
-    return {
-        "digest": blob.digest.hex,
-        "origin": blob.origin,
-        "size": blob.size,
-        "layout": blob.layout.key,
-        "pieces": indices,
-    }
 
 
 def _batches(blobs: list[dict[str, Any]], limit: int) -> Iterator[list[dict[str, Any]]]:

@@ -138,13 +138,31 @@ def test_a_busy_home_answers_one_request_at_a_time_and_sets_the_pace() -> None:
     """Every request from another node holds the home's loop for its cost, one after
     another: a home too slow for its swarm slows the whole fill down."""
     free = sim.fill(_PARAMS)
-    cost = 0.01
+    cost = 0.03
     busy = sim.fill(dataclasses.replace(_PARAMS, home_request_seconds=cost))
     assert busy.complete
     assert free.home_busy_seconds == 0
-    # (requests still in line when the last reader ends were never answered)
+    # (requests still in line when the last reader ends were never answered; the one being
+    # answered then counts whole)
     assert busy.home_busy_seconds <= busy.home_requests * cost
-    assert busy.seconds >= busy.home_busy_seconds > 1.5 * free.seconds
+    assert busy.seconds + cost >= busy.home_busy_seconds > 1.5 * free.seconds
+
+
+def test_the_busier_the_home_the_more_pieces_each_request_asks_about() -> None:
+    """A node asks the home one lookup and one sha256 query at a time (Rounds): the longer
+    the home takes to answer, the fewer requests it gets for the same fill; each piece in a
+    request beyond its first costs the home its own time."""
+    requests = [
+        sim.fill(dataclasses.replace(_PARAMS, home_request_seconds=cost)).home_requests
+        for cost in (0.0, 0.003, 0.03)
+    ]
+    assert requests[0] > requests[1] > requests[2]
+    cost, piece = 0.01, 0.005
+    charged = sim.fill(
+        dataclasses.replace(_PARAMS, home_request_seconds=cost, home_piece_seconds=piece)
+    )
+    assert charged.complete
+    assert charged.home_busy_seconds > charged.home_requests * cost + piece
 
 
 def test_a_simulated_lazy_trace_reads_everything_once_per_node() -> None:

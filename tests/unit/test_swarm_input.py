@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -266,8 +267,11 @@ async def fake_home() -> AsyncIterator[tuple[str, dict[str, Callable[[Any], Any]
 
     async def handle(request: web.Request) -> web.Response:
         endpoint = request.match_info["endpoint"]
-        body = await request.json() if request.method == "POST" else None
+        # A POST's JSON body; for a GET, the rest of its path (pieces: "sha256:<hex>/<index>").
+        body = await request.json() if request.method == "POST" else request.match_info.get("rest")
         answer = answers[endpoint](body)
+        if inspect.isawaitable(answer):
+            answer = await answer
         return answer if isinstance(answer, web.Response) else web.json_response(answer)
 
     app = web.Application()
@@ -477,6 +481,78 @@ async def test_a_relayed_piece_checked_in_then_given_up_is_announced_when_stored
             break
     assert [asked["pieces"] for asked in released] == [[0]]
     assert [set(entry["pieces"]) for asked in announced for entry in asked["blobs"]] == [{"0"}]
+
+
+async def test_lookups_made_while_one_is_on_its_way_go_to_the_home_together(asking_swarm):
+    """One lookup at a time goes to a blob's home: pieces looked up meanwhile go together
+    in the next request, and each lookup gets the answers for its own pieces."""
+    swarm, blob, answers = asking_swarm
+    asked: list[list[int]] = []
+    go = asyncio.Event()
+
+    async def lookup(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(body["pieces"])
+        await go.wait()
+        return {"pieces": {str(i): _entry(holders=[f"10.0.0.{i}:1"]) for i in body["pieces"]}}
+
+    answers["lookup"] = lookup
+    first = asyncio.create_task(swarm.lookup(blob, None, [0]))  # type: ignore[arg-type]
+    while not asked:
+        await asyncio.sleep(0.01)
+    later = [
+        asyncio.create_task(swarm.lookup(blob, None, pieces))  # type: ignore[arg-type]
+        for pieces in ([1, 2], [3])
+    ]
+    await asyncio.sleep(0.05)
+    go.set()
+    got = [await first] + [await task for task in later]
+    assert [{i: a.holders for i, a in g.items()} for g in got] == [
+        {0: ("10.0.0.0:1",)},
+        {1: ("10.0.0.1:1",), 2: ("10.0.0.2:1",)},
+        {3: ("10.0.0.3:1",)},
+    ]
+    assert asked == [[0], [1, 2, 3]]
+    metrics = swarm._metrics.registry
+    assert metrics.get_sample_value("dfagent_home_requests_total", {"kind": "lookup"}) == 2
+    assert metrics.get_sample_value("dfagent_home_pieces_asked_total", {"kind": "lookup"}) == 4
+
+
+async def test_sha256_queries_made_while_one_is_on_its_way_go_to_the_home_together(
+    asking_swarm,
+):
+    """Relayed pieces checked while a sha256 query is on its way are asked about together in
+    the next, each naming its own copy; each is checked against its own record."""
+    swarm, blob, answers = asking_swarm
+    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
+    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
+    pieces = {i: bytes([i]) * 65536 for i in range(3)}
+    shas = {i: hashlib.sha256(data).hexdigest() for i, data in pieces.items()}
+    shas[2] = hashlib.sha256(b"not piece 2").hexdigest()  # the relay lies about piece 2
+    queries: list[dict[str, Any]] = []
+    go = asyncio.Event()
+
+    async def recorded(body: dict[str, Any]) -> dict[str, Any]:
+        queries.append(body)
+        await go.wait()
+        return {"pieces": {str(i): shas[i] for i in body["pieces"]}, "held": body["pieces"]}
+
+    answers["recorded"] = recorded
+    answers["pieces"] = lambda rest: web.Response(body=pieces[int(rest.rsplit("/", 1)[1])])
+    relay = swarm.others()[0]
+
+    async def fetch(index: int) -> bytes | None:
+        got = await swarm.fetch(blob, index, Answer(None, (), False, relay))
+        return None if got is None else got.data
+
+    first = asyncio.create_task(fetch(0))
+    while not queries:
+        await asyncio.sleep(0.01)
+    later = [asyncio.create_task(fetch(i)) for i in (1, 2)]
+    await asyncio.sleep(0.2)
+    go.set()
+    assert [await first, *[await task for task in later]] == [pieces[0], pieces[1], None]
+    assert [sorted(q["pieces"]) for q in queries] == [[0], [1, 2]]  # (in the order checked)
+    assert queries[1]["holding"] == {str(i): hashlib.sha256(pieces[i]).hexdigest() for i in (1, 2)}
 
 
 @pytest.mark.parametrize("home_records_holders", [True, False], ids=["home", "earlier-home"])
