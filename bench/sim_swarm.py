@@ -226,6 +226,7 @@ class Cluster:
                     lease_ttl=_LEASE_SECONDS,
                     clock=self.kernel.clock,
                     shuffle=self._shuffle,
+                    sample=self._rng.sample,
                 ),
             )
             for name in names

@@ -161,6 +161,38 @@ def _holds(directory: Directory, holder: str, index: int = 0) -> None:
     directory.announce("d", REGISTRY, 100, 10, holder=holder, pieces=pieces, verified=False)
 
 
+def test_a_piece_with_many_holders_is_offered_from_the_best_of_a_random_few():
+    """Ranking all of a thousand holders on every lookup cost a home more than the rest of
+    the request: the answer ranks 32 of them, drawn at random, and offers the best of those
+    (one that gave the piece least first)."""
+    drawn: list[list[str]] = []
+
+    def sample(holders: list[str], count: int) -> list[str]:
+        picked = random.Random(len(drawn)).sample(holders, count)
+        drawn.append(picked)
+        return picked
+
+    directory = Directory(
+        holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None, sample=sample
+    )
+    for n in range(1000):
+        _holds(directory, f"h:{n}")
+    first = _ask(directory, "r:1")
+    assert len(drawn) == 1 and len(drawn[0]) == 32
+    assert set(first.holders) <= set(drawn[0]) and len(first.holders) == 8
+    # The one it was sent to has given the piece once: among the next draw, any other is
+    # ranked before it.
+    second = _ask(directory, "r:2")
+    assert set(second.holders) <= set(drawn[1])
+    if first.holders[0] in drawn[1]:
+        assert second.holders[0] != first.holders[0]
+    # Few holders: all of them are ranked, nothing drawn.
+    few = Directory(holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None)
+    for n in range(32):
+        _holds(few, f"h:{n}")
+    assert _ask(few, "r:1").holders == tuple(f"h:{n}" for n in range(8))
+
+
 def test_a_requester_takes_a_piece_from_a_peer_receiving_it_once_every_holder_is_busy():
     clock = Clock()
     directory = Directory(holder_ttl=30, lease_ttl=10, clock=clock, shuffle=lambda _: None)
