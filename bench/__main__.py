@@ -307,7 +307,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--sim-home-piece-ms",
         type=float,
-        default=0.03,
+        default=0.04,
         help="what each piece beyond a request's first costs the home, as `bench home` "
         "measures it (sim)",
     )
