@@ -455,16 +455,22 @@ async def test_an_announcement_names_at_most_so_many_pieces(home):
     assert directory.describe(DIGEST, "https://registry-0:443") is None
 
 
+def _relayed(blob: SimpleNamespace) -> tuple[bytes, bytes]:
+    """Make `blob` an unverified blob of 64 KiB pieces that a relay sends; one piece's bytes
+    and their sha256."""
+    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
+    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
+    data = bytes(range(256)) * 256
+    return data, hashlib.sha256(data).digest()
+
+
 async def test_a_relayed_piece_checked_in_then_given_up_is_announced_when_stored_later(
     asking_swarm,
 ):
     """A checked-in piece that this agent failed to store is released (its home forgets the
     holder): when a later fetch stores it, it is announced again, not taken for recorded."""
     swarm, blob, answers = asking_swarm
-    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
-    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
-    data = bytes(range(256)) * 256
-    sha = hashlib.sha256(data).digest()
+    data, sha = _relayed(blob)
     released: list[dict[str, Any]] = []
     announced: list[dict[str, Any]] = []
     answers["pieces"] = lambda _: web.Response(body=data)
@@ -523,8 +529,7 @@ async def test_sha256_queries_made_while_one_is_on_its_way_go_to_the_home_togeth
     """Relayed pieces checked while a sha256 query is on its way are asked about together in
     the next, each naming its own copy; each is checked against its own record."""
     swarm, blob, answers = asking_swarm
-    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
-    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
+    _relayed(blob)
     pieces = {i: bytes([i]) * 65536 for i in range(3)}
     shas = {i: hashlib.sha256(data).hexdigest() for i, data in pieces.items()}
     shas[2] = hashlib.sha256(b"not piece 2").hexdigest()  # the relay lies about piece 2
@@ -563,10 +568,7 @@ async def test_a_relayed_piece_recorded_when_checked_is_not_announced_again(
     record, and the home that records the holder in that exchange hears no announcement of
     it again; a home of an earlier version, which does not, hears it as before."""
     swarm, blob, answers = asking_swarm
-    blob.layout.bounds = lambda index: (index * 65536, (index + 1) * 65536)
-    blob.arrived, blob.verified, blob.origins = 0, False, {ORIGIN}
-    data = bytes(range(256)) * 256
-    sha = hashlib.sha256(data).digest()
+    data, sha = _relayed(blob)
     queries: list[dict[str, Any]] = []
     announced: list[dict[str, Any]] = []
 
