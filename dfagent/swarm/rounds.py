@@ -22,12 +22,9 @@ from dfagent.tasks import TaskOwner
 
 __all__ = ["Rounds"]
 
+K = TypeVar("K", bound=Hashable)  # what a request says once for all its pieces
 Q = TypeVar("Q")  # what is asked of one piece
 A = TypeVar("A")  # what the home answers of it
-
-# Sends one request for the pieces asked about (piece -> question) under a key; the answer
-# for each of them, or an exception that fails them all.
-Send = Callable[[Hashable, dict[int, Q]], Awaitable[dict[int, A]]]
 
 
 @dataclass
@@ -47,18 +44,27 @@ class _Round(Generic[Q, A]):
         return now, later
 
 
-class Rounds(Generic[Q, A]):
+class Rounds(Generic[K, Q, A]):
     """Questions of one kind, batched per key (one key per home and request body: the
-    blob's book, and whatever else a request says once for all its pieces)."""
+    blob's book, and whatever else a request says once for all its pieces). `send` sends
+    one request for the pieces asked about (piece -> question) under a key, and returns the
+    answer for each of them, or raises an exception that fails them all."""
 
-    def __init__(self, send: Send[Q, A], tasks: TaskOwner, name: str, *, most: int) -> None:
+    def __init__(
+        self,
+        send: Callable[[K, dict[int, Q]], Awaitable[dict[int, A]]],
+        tasks: TaskOwner,
+        name: str,
+        *,
+        most: int,
+    ) -> None:
         self._send = send
         self._most = most  # pieces in one request at most; more wait for the next
         self._tasks = tasks
         self._name = name
-        self._next: dict[Hashable, _Round[Q, A]] = {}  # keys with a request on its way
+        self._next: dict[K, _Round[Q, A]] = {}  # keys with a request on its way
 
-    async def ask(self, key: Hashable, questions: dict[int, Q]) -> dict[int, A]:
+    async def ask(self, key: K, questions: dict[int, Q]) -> dict[int, A]:
         """The home's answer for each piece asked about, asked in the next request under
         `key` (at once when none is on its way). A piece asked about twice in one round gets
         one answer (to the latest question)."""
@@ -80,7 +86,7 @@ class Rounds(Generic[Q, A]):
                 if not waiter.cancel() and not waiter.cancelled():
                     waiter.exception()  # (retrieved: not reported as never seen)
 
-    async def _rounds(self, key: Hashable) -> None:
+    async def _rounds(self, key: K) -> None:
         """Send what is waiting under `key`, then what came up meanwhile, until nothing is."""
         round_: _Round[Q, A] = _Round()
         try:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +99,10 @@ class Swarm:
         self._tasks = TaskOwner("swarm")
         # A blob's lookups, and its sha256 queries, go to its home one request at a time;
         # pieces asked about meanwhile go together in the next (see rounds.py).
-        self._lookups: Rounds[None, Answer] = Rounds(
+        self._lookups: Rounds[_Asked, None, Answer] = Rounds(
             self._send_lookup, self._tasks, "lookup", most=MAX_PIECES_PER_REQUEST
         )
-        self._queries: Rounds[bytes, tuple[bytes | None, bool]] = Rounds(
+        self._queries: Rounds[_Asked, bytes, tuple[bytes | None, bool]] = Rounds(
             self._send_query, self._tasks, "recorded", most=MAX_PIECES_PER_REQUEST
         )
         self._pending: dict[_Scope, dict[int, bytes]] = defaultdict(dict)
@@ -187,8 +187,7 @@ class Swarm:
         self._metrics.directory_lookup_seconds.observe(time.monotonic() - started)
         return answers
 
-    async def _send_lookup(self, asked: Hashable, pieces: dict[int, None]) -> dict[int, Answer]:
-        assert isinstance(asked, _Asked)
+    async def _send_lookup(self, asked: _Asked, pieces: dict[int, None]) -> dict[int, Answer]:
         body = {**asked.body(pieces), "requester": self.me, "stalled": asked.stalled}
         self._metrics.home_requests.labels("lookup").inc()
         self._metrics.home_pieces_asked.labels("lookup").inc(len(pieces))
@@ -354,11 +353,10 @@ class Swarm:
             delay = min(delay * 2, _LAST_RECORD_POLL_SECONDS)
 
     async def _send_query(
-        self, asked: Hashable, holding: dict[int, bytes]
+        self, asked: _Asked, holding: dict[int, bytes]
     ) -> dict[int, tuple[bytes | None, bool]]:
         """The sha256 recorded for each piece, and whether this agent was recorded as holding
         it (see _recorded)."""
-        assert isinstance(asked, _Asked)
         body = {
             **asked.body(holding),
             "holder": self.me,
