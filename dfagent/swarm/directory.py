@@ -44,7 +44,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dfagent.swarm.trees import StripeTrees
@@ -55,9 +55,10 @@ _DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
 _RELAY_DEPTH = 16  # peers a piece passes through on its way from its source, at most
 _HOLDERS_OFFERED = 8  # holders named in one answer, the best first
-# Holders ranked for one answer, at most: with more, as many drawn at random. Ranking all of a
-# piece's holders cost a home with a thousand of them about 0.4 ms a lookup, more than the
-# rest of the request; the best of 32 random ones spreads uploads about as evenly.
+# Holders, or relays, ranked for one answer, at most: with more, as many drawn at random.
+# Ranking all of a piece's thousand holders cost a home about 0.4 ms a lookup, and all of its
+# thousand relays about 0.3 ms, more than the rest of the request; the best of 32 random ones
+# spreads uploads about as evenly.
 _RANKED_AMONG = 32
 # A requester whose parent in the piece's stripe tree (see StripeTrees) has not asked for it
 # yet waits this long for it, if the parent is about to: its latest lookup, within
@@ -99,7 +100,8 @@ class _Piece:
     hops_held: frozenset[str] = frozenset()
     # Peers receiving the piece that pass it on to nobody (the ends of lines), and when each
     # began to receive it (the order of `downloads`): where a new requester usually goes.
-    ends: set[str] = field(default_factory=set)
+    # (A dict for its order, which keeps a random draw among them repeatable.)
+    ends: dict[str, None] = field(default_factory=dict)
     since: dict[str, int] = field(default_factory=dict)
     downloads_made: int = 0
     # Requesters waiting for their parent in the piece's tree, and since when (_from_parent).
@@ -242,12 +244,19 @@ class Directory:
         held = set(holders)
         holders = self._ranked(blob, piece, holders)
         if not holders or _busy(blob, holders[0]):
-            relay = _relay(piece, held, requester, blob.sending)
+            relay = _relay(piece, held, requester, blob.sending, self._few)
             if relay is not None:
                 _count_download(blob, piece, requester, relay, now)
                 return Answer(piece.sha256, (), False, relay)
         _count_download(blob, piece, requester, holders[0], now)
         return Answer(piece.sha256, tuple(holders), False, None)
+
+    def _few(self, peers: Collection[str]) -> list[str]:
+        """`peers` in their order, or _RANKED_AMONG of them drawn at random if there are more."""
+        if len(peers) <= _RANKED_AMONG:
+            return list(peers)
+        drawn = set(self._sample(list(peers), _RANKED_AMONG))
+        return [peer for peer in peers if peer in drawn]
 
     def _ranked(self, blob: _Blob, piece: _Piece, holders: list[str]) -> list[str]:
         """The few holders worth offering, the best first: idle ones before busy ones, then
@@ -434,7 +443,13 @@ def _busy(blob: _Blob, peer: str) -> bool:
     return blob.sending.get(peer, 0) >= _SENDS_PER_HOLDER
 
 
-def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int]) -> str | None:
+def _relay(
+    piece: _Piece,
+    held: set[str],
+    requester: str,
+    sending: dict[str, int],
+    few: Callable[[Collection[str]], list[str]],
+) -> str | None:
     """A peer receiving the piece right now (the origin's fetcher, or a requester told where
     to get it) for the requester to take it from as it arrives, if there is one: the one that
     passes it on to fewest others, then the one uploading least of the blob, then the one
@@ -442,18 +457,25 @@ def _relay(piece: _Piece, held: set[str], requester: str, sending: dict[str, int
     each hop adds a little delay, so a line grows only to _RELAY_DEPTH, and then a branch
     starts at a peer with upload to spare (one that ends the lines of other pieces). Never a
     relay that receives the piece through the requester. `held`: the piece's holders, which
-    are sources, not relays."""
+    are sources, not relays. `few`: the candidates to rank, of those there are (see
+    _RANKED_AMONG)."""
     hops = _Hops(piece, held)
-    return _line_end(piece, held, requester, sending, hops) or _ranked_relay(
-        piece, held, requester, sending, hops
+    return _line_end(piece, held, requester, sending, hops=hops, few=few) or _ranked_relay(
+        piece, held, requester, sending, hops=hops, few=few
     )
 
 
 def _ranked_relay(
-    piece: _Piece, held: set[str], requester: str, sending: dict[str, int], hops: _Hops
+    piece: _Piece,
+    held: set[str],
+    requester: str,
+    sending: dict[str, int],
+    *,
+    hops: _Hops,
+    few: Callable[[Collection[str]], list[str]],
 ) -> str | None:
-    """_relay's choice, made by ranking every peer receiving the piece."""
-    relays = [who for who in piece.downloads if who not in held and who != requester]
+    """_relay's choice, made by ranking the peers receiving the piece."""
+    relays = [who for who in few(piece.downloads) if who not in held and who != requester]
     if piece.lease is not None and piece.lease[0] != requester:
         relays.append(piece.lease[0])
     known, followers = piece.hops, piece.followers
@@ -477,14 +499,20 @@ def _ranked_relay(
 
 
 def _line_end(
-    piece: _Piece, held: set[str], requester: str, sending: dict[str, int], hops: _Hops
+    piece: _Piece,
+    held: set[str],
+    requester: str,
+    sending: dict[str, int],
+    *,
+    hops: _Hops,
+    few: Callable[[Collection[str]], list[str]],
 ) -> str | None:
     """The relay _relay chooses when some line has room at its end (a peer passing the piece
     on to nobody, fewer than _RELAY_DEPTH hops from its source), found among those ends
     rather than among every peer receiving the piece. None when no line has room, or when the
     best end receives the piece through the requester (then _ranked_relay decides)."""
     ends: list[tuple[str, float]] = [
-        (who, piece.since[who]) for who in piece.ends if who not in held and who != requester
+        (who, piece.since[who]) for who in few(piece.ends) if who not in held and who != requester
     ]
     lease = piece.lease
     if lease is not None and lease[0] != requester and not piece.followers.get(lease[0]):
@@ -554,9 +582,9 @@ def _count_download(blob: _Blob, piece: _Piece, requester: str, source: str, now
     piece.downloads_made += 1
     piece.first_expiry = min(piece.first_expiry, expiry)
     if not piece.followers.get(requester):
-        piece.ends.add(requester)
+        piece.ends[requester] = None
     piece.followers[source] += 1
-    piece.ends.discard(source)
+    piece.ends.pop(source, None)
     piece.copies[source] = piece.copies.get(source, 0) + 1
     blob.sending[source] = blob.sending.get(source, 0) + 1
 
@@ -584,13 +612,13 @@ def _forget_download(blob: _Blob, piece: _Piece, requester: str) -> None:
     if record is None:
         return
     _line_changes(piece, requester)
-    piece.ends.discard(requester)
+    piece.ends.pop(requester, None)
     del piece.since[requester]
     piece.followers[record[0]] -= 1
     if not piece.followers[record[0]]:
         del piece.followers[record[0]]
         if record[0] in piece.downloads:
-            piece.ends.add(record[0])
+            piece.ends[record[0]] = None
     left = blob.sending.get(record[0], 0) - 1
     if left > 0:
         blob.sending[record[0]] = left
