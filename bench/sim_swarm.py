@@ -108,7 +108,7 @@ class Params:
     # CPU the home spends on one request from another node (HTTP, JSON and its directory);
     # `bench home` measured 0.10-0.16 ms a request at 8 to 100 nodes, 0.20-0.26 ms at 1,000.
     home_request_seconds: float = 0.0
-    # and on each piece a request asks about beyond its first (see bench home's --home-batch)
+    # and on each piece a request asks about beyond its first (`bench home` measures both)
     home_piece_seconds: float = 0.0
 
     @property
@@ -225,7 +225,7 @@ class Cluster:
                     holder_ttl=3 * _REFRESH,
                     lease_ttl=_LEASE_SECONDS,
                     clock=self.kernel.clock,
-                    shuffle=self._shuffle,
+                    shuffle=self._rng.shuffle,  # (32 peers at most: see _RANKED_AMONG)
                     sample=self._rng.sample,
                 ),
             )
@@ -237,12 +237,6 @@ class Cluster:
         self.home_loop = _HomeLoop(self.kernel)
         for node in self.nodes:
             self.kernel.spawn(self._refresh(node, self._rng.uniform(0, _REFRESH)))
-
-    def _shuffle(self, items: list[str]) -> None:
-        """A seeded random permutation, as `random.shuffle` gives, at C speed: the home's
-        holder lists grow to the cluster's size."""
-        keys = memoryview(self._rng.randbytes(4 * len(items))).cast("I")
-        items[:] = [item for _, item in sorted(zip(keys, items, strict=True))]
 
     # what a reader does ------------------------------------------------------------------
 
