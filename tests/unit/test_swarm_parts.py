@@ -161,20 +161,26 @@ def _holds(directory: Directory, holder: str, index: int = 0) -> None:
     directory.announce("d", REGISTRY, 100, 10, holder=holder, pieces=pieces, verified=False)
 
 
-def test_a_piece_with_many_holders_is_offered_from_the_best_of_a_random_few():
-    """Ranking all of a thousand holders on every lookup cost a home more than the rest of
-    the request: the answer ranks 32 of them, drawn at random, and offers the best of those
-    (one that gave the piece least first)."""
+def _drawing_directory() -> tuple[Directory, list[list[str]]]:
+    """A directory that ranks in the order given, and the random draws it makes (each kept)."""
     drawn: list[list[str]] = []
 
-    def sample(holders: list[str], count: int) -> list[str]:
-        picked = random.Random(len(drawn)).sample(holders, count)
+    def sample(peers: list[str], count: int) -> list[str]:
+        picked = random.Random(len(drawn)).sample(peers, count)
         drawn.append(picked)
         return picked
 
     directory = Directory(
         holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None, sample=sample
     )
+    return directory, drawn
+
+
+def test_a_piece_with_many_holders_is_offered_from_the_best_of_a_random_few():
+    """Ranking all of a thousand holders on every lookup cost a home more than the rest of
+    the request: the answer ranks 32 of them, drawn at random, and offers the best of those
+    (one that gave the piece least first)."""
+    directory, drawn = _drawing_directory()
     for n in range(1000):
         _holds(directory, f"h:{n}")
     first = _ask(directory, "r:1")
@@ -196,16 +202,7 @@ def test_a_piece_with_many_holders_is_offered_from_the_best_of_a_random_few():
 def test_a_piece_with_many_relays_is_passed_on_by_the_best_of_a_random_few():
     """Ranking all of a thousand peers receiving a piece cost a home about 0.3 ms a lookup:
     with more than 32 line ends, or relays, those ranked are 32 drawn at random."""
-    drawn: list[list[str]] = []
-
-    def sample(peers: list[str], count: int) -> list[str]:
-        picked = random.Random(len(drawn)).sample(peers, count)
-        drawn.append(picked)
-        return picked
-
-    directory = Directory(
-        holder_ttl=30, lease_ttl=10, clock=Clock(), shuffle=lambda _: None, sample=sample
-    )
+    directory, drawn = _drawing_directory()
     assert _ask(directory, "r:0").fetch
     draws = 0
     for n in range(1, 200):
