@@ -459,74 +459,72 @@ def _relay(
     relay that receives the piece through the requester. `held`: the piece's holders, which
     are sources, not relays. `few`: the candidates to rank, of those there are (see
     _RANKED_AMONG)."""
-    hops = _Hops(piece, held)
-    return _line_end(piece, held, requester, sending, hops=hops, few=few) or _ranked_relay(
-        piece, held, requester, sending, hops=hops, few=few
-    )
+    choice = _RelayChoice(piece, held, requester, sending, _Hops(piece, held), few)
+    return choice.line_end() or choice.ranked()
 
 
-def _ranked_relay(
-    piece: _Piece,
-    held: set[str],
-    requester: str,
-    sending: dict[str, int],
-    *,
-    hops: _Hops,
-    few: Callable[[Collection[str]], list[str]],
-) -> str | None:
-    """_relay's choice, made by ranking the peers receiving the piece."""
-    relays = [who for who in few(piece.downloads) if who not in held and who != requester]
-    if piece.lease is not None and piece.lease[0] != requester:
-        relays.append(piece.lease[0])
-    known, followers = piece.hops, piece.followers
-    ranked = [
-        (
-            (deep := known[who] if who in known else hops(who)) >= _RELAY_DEPTH,
-            followers.get(who, 0),
-            sending.get(who, 0),
-            deep,
-            position,
-            who,
-        )
-        for position, who in enumerate(relays)
-    ]
-    while ranked:
-        best = min(ranked)
-        if not _through(piece, best[-1], requester):
-            return best[-1]
-        ranked.remove(best)
-    return None
+@dataclass(frozen=True, slots=True)
+class _RelayChoice:
+    """What _relay chooses from, and the two ways it chooses."""
 
+    piece: _Piece
+    held: set[str]
+    requester: str
+    sending: dict[str, int]
+    hops: _Hops
+    few: Callable[[Collection[str]], list[str]]
 
-def _line_end(
-    piece: _Piece,
-    held: set[str],
-    requester: str,
-    sending: dict[str, int],
-    *,
-    hops: _Hops,
-    few: Callable[[Collection[str]], list[str]],
-) -> str | None:
-    """The relay _relay chooses when some line has room at its end (a peer passing the piece
-    on to nobody, fewer than _RELAY_DEPTH hops from its source), found among those ends
-    rather than among every peer receiving the piece. None when no line has room, or when the
-    best end receives the piece through the requester (then _ranked_relay decides)."""
-    ends: list[tuple[str, float]] = [
-        (who, piece.since[who]) for who in few(piece.ends) if who not in held and who != requester
-    ]
-    lease = piece.lease
-    if lease is not None and lease[0] != requester and not piece.followers.get(lease[0]):
-        ends.append((lease[0], math.inf))  # the origin's fetcher ranks after every download
-    best: tuple[tuple[int, int, float], str] | None = None
-    known = piece.hops
-    for who, since in ends:
-        if (deep := known[who] if who in known else hops(who)) < _RELAY_DEPTH:
-            rank = (sending.get(who, 0), deep, since)
-            if best is None or rank < best[0]:
-                best = (rank, who)
-    if best is None or _through(piece, best[1], requester):
+    def ranked(self) -> str | None:
+        """_relay's choice, made by ranking the peers receiving the piece."""
+        piece, requester = self.piece, self.requester
+        relays = [
+            who for who in self.few(piece.downloads) if who not in self.held and who != requester
+        ]
+        if piece.lease is not None and piece.lease[0] != requester:
+            relays.append(piece.lease[0])
+        known, followers, sending = piece.hops, piece.followers, self.sending
+        ranked = [
+            (
+                (deep := known[who] if who in known else self.hops(who)) >= _RELAY_DEPTH,
+                followers.get(who, 0),
+                sending.get(who, 0),
+                deep,
+                position,
+                who,
+            )
+            for position, who in enumerate(relays)
+        ]
+        while ranked:
+            best = min(ranked)
+            if not _through(piece, best[-1], requester):
+                return best[-1]
+            ranked.remove(best)
         return None
-    return best[1]
+
+    def line_end(self) -> str | None:
+        """The relay _relay chooses when some line has room at its end (a peer passing the
+        piece on to nobody, fewer than _RELAY_DEPTH hops from its source), found among those
+        ends rather than among every peer receiving the piece. None when no line has room, or
+        when the best end receives the piece through the requester (then `ranked` decides)."""
+        piece, requester = self.piece, self.requester
+        ends: list[tuple[str, float]] = [
+            (who, piece.since[who])
+            for who in self.few(piece.ends)
+            if who not in self.held and who != requester
+        ]
+        lease = piece.lease
+        if lease is not None and lease[0] != requester and not piece.followers.get(lease[0]):
+            ends.append((lease[0], math.inf))  # the origin's fetcher ranks after every download
+        best: tuple[tuple[int, int, float], str] | None = None
+        known = piece.hops
+        for who, since in ends:
+            if (deep := known[who] if who in known else self.hops(who)) < _RELAY_DEPTH:
+                rank = (self.sending.get(who, 0), deep, since)
+                if best is None or rank < best[0]:
+                    best = (rank, who)
+        if best is None or _through(piece, best[1], requester):
+            return None
+        return best[1]
 
 
 class _Hops:

@@ -516,20 +516,17 @@ def test_what_the_home_keeps_between_lookups_matches_its_book(seed, members, mon
     loop. And a relay found among the ends of lines is the one ranking every peer receiving
     the piece would choose. With members known, the trees' answers mix in."""
     ends_chosen = 0
-    line_end = directory_module._line_end
+    line_end = directory_module._RelayChoice.line_end
 
-    def checked(piece, held, requester, sending, *, hops, few):
+    def checked(choice):
         nonlocal ends_chosen
-        chosen = line_end(piece, held, requester, sending, hops=hops, few=few)
+        chosen = line_end(choice)
         if chosen is not None:
             ends_chosen += 1
-            ranked = directory_module._ranked_relay(
-                piece, held, requester, sending, hops=hops, few=few
-            )
-            assert chosen == ranked
+            assert chosen == choice.ranked()
         return chosen
 
-    monkeypatch.setattr(directory_module, "_line_end", checked)
+    monkeypatch.setattr(directory_module._RelayChoice, "line_end", checked)
     tree_answers = 0
     from_parent = Directory._from_parent
 
