@@ -145,6 +145,21 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.tree_fills = Counter(
+            "dfagent_tree_fills",
+            "Whole blobs read by taking each piece from this agent's parent in its stripe tree "
+            "(no question to the blob's home; staged, proven with the whole blob), by outcome: "
+            "verified, not_verified (the staged pieces dropped, each piece fetched again and "
+            "proven on its own), not_filled (a piece did not come, say from a parent that does "
+            "not read the blob: read the usual way).",
+            ["outcome"],
+            registry=r,
+        )
+        self.tree_fill_pieces = Counter(
+            "dfagent_tree_fill_pieces",
+            "Pieces those reads took from tree parents (staged).",
+            registry=r,
+        )
         self.directory_lookup_seconds = Histogram(
             "dfagent_directory_lookup_seconds",
             "Latency of directory lookups.",

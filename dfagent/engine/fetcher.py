@@ -342,11 +342,11 @@ class Engine:
         """Bytes `first..last` of `blob`, in order, from the cache or as they arrive.
 
         A read of a whole unverified blob first lets the network fill it from peers whose
-        bytes only the blob's digest proves (Dragonfly parents): they are served only once
-        the whole blob matched it."""
+        bytes only the blob's digest proves (Dragonfly parents, stripe-tree parents): they
+        are served only once the whole blob matched it."""
         if self._network is not None and not blob.verified and (first, last) == (0, blob.size - 1):
             with blob.pinned():
-                await self._network.prove_whole(blob, source)
+                await self._network.prove_whole(blob, source, _WholeFill(self, blob, source))
         local = self._metrics.served_bytes.labels("local")
         async for part in self._parts(blob, source, first, last):
             if isinstance(part, FileSegment):
@@ -508,10 +508,11 @@ class Engine:
         return piece if piece is not None and piece.origin == origin else None
 
     def piece_progress(self, digest_hex: str, index: int) -> int:
-        """How many bytes of piece `index` of a blob are here: all of it once held, else those
-        that arrived so far (checked, or from a peer and not checked yet), else none."""
+        """How many bytes of piece `index` of a blob are here: all of it once held (or
+        staged), else those that arrived so far (checked, or from a peer and not checked yet),
+        else none."""
         blob = self._store.loaded(digest_hex)
-        if blob is not None and blob.has(index):
+        if blob is not None and (blob.has(index) or index in blob.staged):
             start, end = blob.layout.bounds(index)
             return end - start
         piece = self._inflight.get((digest_hex, index))
@@ -524,7 +525,7 @@ class Engine:
         deadline = time.monotonic() + within
         while key not in self._inflight:
             blob = self._store.loaded(digest_hex)
-            if blob is not None and blob.has(index):
+            if blob is not None and (blob.has(index) or index in blob.staged):
                 return True
             claimed = self._claimed
             try:
@@ -772,16 +773,20 @@ class Engine:
         """Return once no fetch that a reader waits for is running."""
         await self._quiet.wait()
 
-    async def fetch_missing(self, blob: StoredBlob, source: BlobSource, indices: list[int]) -> int:
-        """Fetch, and wait for, the pieces of `indices` (neighbours) that are neither present
-        nor on their way; returns the bytes fetched. For background work (prefetch)."""
+    async def fetch_missing(
+        self, blob: StoredBlob, source: BlobSource, indices: list[int], *, for_reader: bool = False
+    ) -> int:
+        """Fetch, and wait for, the pieces of `indices` that are neither present nor on their
+        way; returns the bytes fetched. For background work (prefetch), unless `for_reader`
+        (a reader waits for them: background work holds back meanwhile)."""
         fetched = 0
         tasks = []
+        acquire = self._client_acquire if for_reader else self._acquire
         for group in self._groups(blob, indices):
             pieces = self._claim_group(blob, source, group)
             fetched += sum(piece.length for piece in pieces.values())
-            acquire = self._acquire(blob, source, pieces, blob.layout.bounds(group[0])[0])
-            tasks.append(self._tasks.spawn(acquire, name="prefetch-fill"))
+            fill = acquire(blob, source, pieces, blob.layout.bounds(group[0])[0])
+            tasks.append(self._tasks.spawn(fill, name="fill" if for_reader else "prefetch-fill"))
         if tasks:
             await asyncio.wait(tasks)
         return fetched
@@ -957,6 +962,50 @@ class Engine:
             # Peers waiting for these pieces go to the origin themselves now, not when the
             # lease expires.
             self._network.release(run.blob, given_up)
+
+
+@dataclass(frozen=True, slots=True)
+class _WholeFill:
+    """The engine's side (WholeFill) of a network filling one whole blob with staged bytes."""
+
+    engine: Engine
+    blob: StoredBlob
+    source: BlobSource
+
+    def claim(self, index: int) -> InflightPiece | None:
+        if index in self.blob.staged:
+            return None
+        return self.engine._claim(self.blob, index, self.source)
+
+    async def stage(self, piece: InflightPiece, data: bytes) -> None:
+        try:
+            with self.blob.pinned():
+                await self.engine._store.piece_staged(self.blob, piece.index, data)
+        finally:
+            self._done(piece)
+
+    def give_up(self, piece: InflightPiece) -> None:
+        self._done(piece)
+
+    def _done(self, piece: InflightPiece) -> None:
+        """The piece is no longer on its way. A reader of it alone (the whole read waits for
+        the blob's proof) gets it again the usual way, proven on its own (see _piece_bytes)."""
+        piece.fail(IntegrityError(f"piece {piece.index} of {self.blob.digest} is unproven"))
+        key = (self.blob.digest.hex, piece.index)
+        if self.engine._inflight.get(key) is piece:
+            del self.engine._inflight[key]
+
+    async def usual(self, indices: list[int]) -> bool:
+        await self.engine.fetch_missing(self.blob, self.source, indices, for_reader=True)
+        for index in indices:
+            piece = self.engine._inflight.get((self.blob.digest.hex, index))
+            if piece is not None:  # (fetched for another reader, perhaps staged for it)
+                await piece.received_from(0)
+                if piece.whole:
+                    continue
+            if not self.blob.has(index) and index not in self.blob.staged:
+                return False
+        return True
 
 
 @dataclass(slots=True)

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from dfagent.engine.inflight import InflightPiece
 from dfagent.origin.client import BlobSource
 from dfagent.storage.store import StoredBlob
 from dfagent.swarm.directory import Answer
 
-__all__ = ["Answer", "PeerPiece", "PieceCheck", "PieceNetwork"]
+__all__ = ["Answer", "PeerPiece", "PieceCheck", "PieceNetwork", "WholeFill"]
 
 # The proof a peer's copy of a piece made of nydus chunks must pass before it is used.
 PieceCheck = Callable[[bytes], Awaitable[bool]]
@@ -27,6 +28,31 @@ class PeerPiece:
 
     data: bytes
     sha256: bytes | None
+
+
+class WholeFill(Protocol):
+    """What the engine lends a network that fills a whole blob with bytes only the blob's
+    digest proves (PieceNetwork.prove_whole)."""
+
+    def claim(self, index: int) -> InflightPiece | None:
+        """Piece `index`, registered as arriving here: peers told to take it from this agent
+        get its bytes as they come (`InflightPiece.arriving`). None when the piece is here,
+        staged or already on its way."""
+        ...
+
+    async def stage(self, piece: InflightPiece, data: bytes) -> None:
+        """Store a claimed piece's bytes, staged: they serve once the whole blob proves them
+        (raises StorageFull or OSError when they cannot be stored)."""
+        ...
+
+    def give_up(self, piece: InflightPiece) -> None:
+        """A claimed piece that no peer delivered."""
+        ...
+
+    async def usual(self, indices: list[int]) -> bool:
+        """Fetch pieces the usual way (each proven as it arrives), and wait for them (and for
+        those already on their way); False when some did not come."""
+        ...
 
 
 class PieceNetwork(Protocol):
@@ -77,7 +103,8 @@ class PieceNetwork(Protocol):
         """This agent now holds piece `index` (stored, with its sha256)."""
         ...
 
-    async def prove_whole(self, blob: StoredBlob, source: BlobSource) -> bool:
-        """Fill the blob from peers whose bytes only the whole blob's digest can prove, and
-        check it; True when the blob is now verified (False: read it the usual way)."""
+    async def prove_whole(self, blob: StoredBlob, source: BlobSource, fill: WholeFill) -> bool:
+        """Fill the blob from peers whose bytes only the whole blob's digest can prove (with
+        `fill`'s help, where the network uses it), and check it; True when the blob is now
+        verified (False: read it the usual way)."""
         ...

@@ -441,14 +441,15 @@ class PieceStore:
         return sha256
 
     async def piece_staged(
-        self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes
+        self, blob: StoredBlob, index: int, data: bytes | bytearray, sha256: bytes | None = None
     ) -> None:
         """Write a whole piece whose bytes nothing proves yet (see StoredBlob.staged); it
-        becomes present only once the whole blob matched its digest. Raises StorageFull."""
+        becomes present only once the whole blob matched its digest (hashed on the way to disk
+        when `sha256` is not given). Raises StorageFull."""
         async with self._piece_writes.hold(f"{blob.digest.hex}:{index}"):
             if blob.has(index) or blob.removed:
                 return
-            await self._write_piece(blob, index, data, sha256)
+            sha256 = await self._write_piece(blob, index, data, sha256)
             if blob.removed:
                 return
             blob.staged[index] = sha256

@@ -229,16 +229,20 @@ class PeerClient:
         *,
         sending: asyncio.Event | None = None,
         arrived: Callable[[bytes], None] | None = None,
+        tree: bool = False,
     ) -> bytes:
         """The whole piece from `peer` (exactly `length` bytes), or PeerError: one it holds,
         or one it is receiving from `origin` (directly or through peers) right now, as the
         bytes arrive there. `sending` is set once the peer has agreed to send it; `arrived`
         is told each part as it comes in. A peer that trickles (see
-        _MIN_BYTES_PER_READ_TIMEOUT) is given up like one that stalls."""
+        _MIN_BYTES_PER_READ_TIMEOUT) is given up like one that stalls. `tree`: `peer` is
+        this agent's parent in the piece's stripe tree, asked before it may have begun to
+        read the blob (it waits a moment for the piece: see PeerServer._piece)."""
         assert self._session is not None
         url = f"{self._scheme}://{peer}/v1/pieces/sha256:{digest_hex}/{index}"
+        params = {"origin": origin, **({"tree": "1"} if tree else {})}
         try:
-            async with self._session.get(url, params={"origin": origin}) as response:
+            async with self._session.get(url, params=params) as response:
                 self.unreachable.discard(peer)
                 if response.status == 429:
                     raise PeerError(f"{peer} is busy", busy=True)

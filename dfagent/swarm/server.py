@@ -190,11 +190,16 @@ class PeerServer:
     ) -> web.StreamResponse:
         response = await self._piece_here(request, digest, index)
         # A member sent here by its home for a piece that this agent, its parent in the
-        # piece's stripe tree, is about to fetch (Directory._from_parent): wait a moment for it.
+        # piece's stripe tree, is about to fetch (Directory._from_parent), or filling the
+        # whole blob from its parents while this agent may be about to begin it too
+        # (Swarm.prove_whole, `tree`): wait a moment for it.
         if (
             response is None
             and self.arrivals is not None
-            and self._store.loaded(digest.hex) is not None  # this agent reads the blob
+            and (
+                self._store.loaded(digest.hex) is not None  # this agent reads the blob
+                or request.query.get("tree") == "1"
+            )
         ):
             with self._metrics.peer_early_requests_waiting.track_inprogress():
                 arrived = await self.arrivals.begins(digest.hex, index, PARENT_WAIT)
@@ -209,9 +214,10 @@ class PeerServer:
     async def _piece_here(
         self, request: web.BaseRequest, digest: Digest, index: int
     ) -> web.StreamResponse | None:
-        """The piece, held here or passed on as it arrives; None if it is neither."""
+        """The piece, held here (or staged: see Swarm.prove_whole) or passed on as it
+        arrives; None if it is neither."""
         blob = self._store.loaded(digest.hex) or await self._store.open_blob(digest)
-        if blob is not None and blob.has(index):
+        if blob is not None and (blob.has(index) or index in blob.staged):
             start, end = blob.layout.bounds(index)
             segment = FileSegment(blob, start, end - start)
             with blob.pinned():

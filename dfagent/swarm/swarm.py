@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dfagent.engine.network import PeerPiece
+from dfagent.engine.inflight import InflightPiece
+from dfagent.engine.network import PeerPiece, WholeFill
+from dfagent.errors import DfagentError
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
@@ -26,6 +28,7 @@ from dfagent.swarm.directory import Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.membership import Membership
 from dfagent.swarm.rounds import Rounds
+from dfagent.swarm.trees import FAN_OUT, StripeTrees
 from dfagent.tasks import TaskOwner
 
 __all__ = ["Swarm"]
@@ -41,6 +44,14 @@ _REANNOUNCE_BATCH = 512  # stored pieces read at a time to announce again
 # Pieces in one announcement request, well within what a home takes (MAX_PIECES_PER_REQUEST):
 # a blob just verified is announced whole, which may be thousands of pieces.
 _ANNOUNCE_BATCH = 512
+# A whole read of a blob of fewer pieces is not filled from tree parents (see prove_whole):
+# a reader alone would wait for parents that never come, for little gain.
+_TREE_FILL_FEWEST_PIECES = 2 * FAN_OUT
+_CHECK_SECONDS = 120.0  # for the whole-blob check after a tree fill
+# A tree parent busy with every upload slot is asked again after 5 ms, then 10, ... 100, for
+# up to this long.
+_BUSY_PARENT_SECONDS = 2.0
+_FIRST_BUSY_POLL_SECONDS, _LAST_BUSY_POLL_SECONDS = 0.005, 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +99,10 @@ class Swarm:
         *,
         refresh: float,
         hedge_after: float,
+        trees: StripeTrees | None = None,
     ) -> None:
         self._hedge_after = hedge_after
+        self._trees = StripeTrees() if trees is None else trees
         self._membership = membership
         self._directory = directory
         self._client = client
@@ -193,10 +206,105 @@ class Swarm:
         self._metrics.home_pieces_asked.labels("lookup").inc(len(pieces))
         return await self._client.lookup(asked.home, body)
 
-    async def prove_whole(self, blob: StoredBlob, source: BlobSource) -> bool:
-        """Nothing to do: peers relay their pieces under the registry they came from, and
-        each piece serves as soon as it arrives (see lookup)."""
-        return False
+    async def prove_whole(self, blob: StoredBlob, source: BlobSource, fill: WholeFill) -> bool:
+        """In a swarm with stripe trees (see StripeTrees), fill the whole blob from this
+        agent's parent in each piece's tree, as the piece arrives there, without a word to the
+        blob's home: a thousand members asking a home about every piece keep it busier than
+        their links. Every member computes the trees alike. The bytes are staged and proven
+        with the whole blob. Each stripe goes a piece at a time, apart from the others; one
+        whose tree starts here comes the usual way (from the origin, with the lease).
+
+        False, and the read goes the usual way (every piece then proven on its own), in a
+        smaller swarm, for a small blob, when a piece does not come (a parent that does not
+        read the blob, or fails: its server waits a moment for a parent about to read it) and
+        when the whole blob does not match its digest (its staged pieces are dropped)."""
+        if not self._trees.includes(self.me) or blob.layout.count < _TREE_FILL_FEWEST_PIECES:
+            return False
+        stripes = [range(stripe, blob.layout.count, FAN_OUT) for stripe in range(FAN_OUT)]
+        fills = [
+            self._tasks.spawn(self._fill_stripe(blob, fill, s), name="tree-fill") for s in stripes
+        ]
+        try:
+            for filled in asyncio.as_completed(fills):
+                if not await filled:
+                    self._metrics.tree_fills.labels("not_filled").inc()
+                    return False
+        finally:
+            for job in fills:
+                job.cancel()
+        try:
+            async with asyncio.timeout(_CHECK_SECONDS):
+                await blob.checked.wait()
+        except TimeoutError:
+            log.warning("a blob filled from tree parents was not checked in time; read the "
+                        "usual way", extra={"digest": str(blob.digest)})  # fmt: skip
+            return False
+        if not blob.verified:
+            self._metrics.tree_fills.labels("not_verified").inc()
+            log.warning(
+                "a blob filled from tree parents failed its digest; its pieces are fetched "
+                "again, each proven on its own",
+                extra={"digest": str(blob.digest)},
+            )
+            return False
+        self._metrics.tree_fills.labels("verified").inc()
+        return True
+
+    async def _fill_stripe(self, blob: StoredBlob, fill: WholeFill, indices: range) -> bool:
+        """The pieces of one stripe, in order, from this agent's parent in its tree (staged),
+        or the usual way where the tree starts here; False once one did not come (or could
+        not be stored)."""
+        parent = self._trees.parent(blob.digest.hex, indices[0], self.me)
+        for index in indices:
+            piece = None if parent is None else fill.claim(index)
+            if piece is None:  # the tree starts here; or the piece is here, staged or coming
+                if not await fill.usual([index]):
+                    return False
+                continue
+            try:
+                data = await self._from_parent(parent, blob, piece)
+            except BaseException:
+                fill.give_up(piece)
+                raise
+            if data is None:
+                fill.give_up(piece)
+                return False
+            try:
+                await fill.stage(piece, data)
+            except (DfagentError, OSError) as exc:
+                log.warning("cannot stage a piece; the blob is read the usual way",
+                            extra={"digest": str(blob.digest), "error": str(exc)})  # fmt: skip
+                return False
+            self._metrics.tree_fill_pieces.inc()
+        return True
+
+    async def _from_parent(
+        self, parent: str, blob: StoredBlob, piece: InflightPiece
+    ) -> bytes | None:
+        """A piece from this agent's parent in its tree (asked again shortly while the parent
+        is only busy, up to _BUSY_PARENT_SECONDS); None when the parent does not send it."""
+        waited_until = time.monotonic() + _BUSY_PARENT_SECONDS
+        delay = _FIRST_BUSY_POLL_SECONDS
+        while True:
+            try:
+                return await self._client.piece(
+                    parent,
+                    blob.digest.hex,
+                    blob.origin,
+                    piece.index,
+                    piece.length,
+                    arrived=_passing_on(blob, piece),
+                    tree=True,
+                )
+            except PeerError as exc:
+                piece.forget_arrivals()
+                if not exc.busy or time.monotonic() > waited_until:
+                    log.info("tree parent did not send a piece; the blob is read the usual way",
+                             extra={"peer": parent, "piece": piece.index,
+                                    "error": str(exc)})  # fmt: skip
+                    return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _LAST_BUSY_POLL_SECONDS)
 
     async def progress(self, peer: str, blob: StoredBlob, index: int) -> int | None:
         """How many bytes of piece `index` of `blob` have reached `peer` (see
@@ -499,7 +607,7 @@ class Swarm:
 
     async def run(self) -> None:
         """Refresh membership, re-announce, prune the directory, every swarm.refresh."""
-        self._directory.set_members(self._membership.members())
+        self._set_members()
         await self.reannounce()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -510,7 +618,7 @@ class Swarm:
             self._checked_in.clear()
             try:
                 await self._membership.refresh()
-                self._directory.set_members(self._membership.members())
+                self._set_members()
                 await self.reannounce()
                 self._directory.prune()
                 others = self._membership.others()
@@ -518,6 +626,25 @@ class Swarm:
                 self._metrics.peers_healthy.set(len(set(others) - self._client.unreachable))
             except Exception:
                 log.exception("swarm refresh failed; trying again next interval")
+
+    def _set_members(self) -> None:
+        members = self._membership.members()
+        self._directory.set_members(members)
+        self._trees.set_members(members)
+
+
+def _passing_on(blob: StoredBlob, piece: InflightPiece) -> Callable[[bytes], None]:
+    """What a piece's download does with each part as it arrives: passes it on (to peers
+    taking the piece from this agent meanwhile) and counts it as arriving here."""
+    received = 0
+
+    def arrived(part: bytes) -> None:
+        nonlocal received
+        blob.arrived += len(part)
+        piece.arriving(received, part)
+        received += len(part)
+
+    return arrived
 
 
 def _batches(blobs: list[dict[str, Any]], limit: int) -> Iterator[list[dict[str, Any]]]:

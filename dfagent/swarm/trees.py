@@ -44,6 +44,7 @@ class StripeTrees:
         self._fan_out = fan_out
         self._fewest = fewest_members
         self._members: tuple[str, ...] = ()
+        self._member_set: frozenset[str] = frozenset()
         self._rankings: OrderedDict[str, _Ranking] = OrderedDict()
 
     def set_members(self, members: Sequence[str]) -> None:
@@ -54,7 +55,12 @@ class StripeTrees:
             members = ()
         if members != self._members:
             self._members = members
+            self._member_set = frozenset(members)
             self._rankings.clear()
+
+    def includes(self, peer: str) -> bool:
+        """Whether `peer` is a member of a swarm with trees."""
+        return peer in self._member_set
 
     def parent(self, digest: str, index: int, peer: str) -> str | None:
         """The member `peer` takes piece `index` of blob `digest` from; None for the root of

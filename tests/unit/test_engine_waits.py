@@ -70,7 +70,7 @@ class WaitingNetwork:
     def announce(self, blob, index, sha256) -> None:
         self.announced.append(index)
 
-    async def prove_whole(self, blob, source) -> bool:
+    async def prove_whole(self, blob, source, fill) -> bool:
         return False
 
 

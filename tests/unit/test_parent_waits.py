@@ -75,7 +75,7 @@ class TricklingHolder:
     def announce(self, blob, index, sha256) -> None:
         pass
 
-    async def prove_whole(self, blob, source) -> bool:
+    async def prove_whole(self, blob, source, fill) -> bool:
         return False
 
 

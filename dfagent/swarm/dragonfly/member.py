@@ -31,7 +31,7 @@ from dragonfly_api import common_pb2
 from dfagent.core.limits import PaceWatch
 from dfagent.dragonfly import vortex
 from dfagent.dragonfly.ids import peer_id, task_id_for_url
-from dfagent.engine.network import Answer, PeerPiece, PieceCheck
+from dfagent.engine.network import Answer, PeerPiece, PieceCheck, WholeFill
 from dfagent.errors import DfagentError, VortexError
 from dfagent.integrity import sha256_of
 from dfagent.metrics import Metrics
@@ -232,8 +232,10 @@ class DragonflyMember:
             self._jobs.spawn(self._report(task, blob, range(task.pieces.count)), name="report")
         self._held.wake()
 
-    async def prove_whole(self, blob: StoredBlob, source: BlobSource) -> bool:
-        """Fill every missing piece from parents (staged), then wait for the whole check."""
+    async def prove_whole(self, blob: StoredBlob, source: BlobSource, fill: WholeFill) -> bool:
+        """Fill every missing piece from parents (staged), then wait for the whole check.
+        (`fill` is not needed: Dragonfly's pieces are cut apart from the engine's, and staged
+        here.)"""
         if not self._takes_part(blob) or blob.digest.hex in self._distrusted:
             return False
         task = await self._task(blob, source, whole=True)
