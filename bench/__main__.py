@@ -150,6 +150,7 @@ def _sim(args: argparse.Namespace) -> Ran:
         piece=args.piece_kib * 1024,
         home_request_seconds=args.sim_home_ms / 1000,
         home_piece_seconds=args.sim_home_piece_ms / 1000,
+        home_describe_seconds=args.sim_home_describe_ms / 1000,
     )
     results = sim.run(plan, setting)
     return sim.section(results, setting), []
@@ -310,6 +311,13 @@ def _arguments() -> argparse.Namespace:
         default=0.04,
         help="what each piece beyond a request's first costs the home, as `bench home` "
         "measures it (sim)",
+    )
+    parser.add_argument(
+        "--sim-home-describe-ms",
+        type=float,
+        default=0.05,
+        help="what a node's first question about a blob (its size) costs the home, as `bench "
+        "home` measures it (sim)",
     )
     parser.add_argument(
         "--keep-work",

@@ -7,7 +7,8 @@ by piece) over
 keep-alive connections; the agent is one Python process, so once it uses a whole core the
 rate it answers is its capacity. Each node count runs twice: with one piece in each request,
 and with BATCH pieces in each (as a busy home gets them: see dfagent/swarm/rounds.py); the
-difference is what each further piece in a request costs. `bench sim` gives the rate a fill
+difference is what each further piece in a request costs. A last run asks only the question
+every node asks first, the blob's size (bench/describe.lua). `bench sim` gives the rate a fill
 asks of its home at 4 to 1,000 nodes: where the two meet, the builtin swarm stops scaling.
 """
 
@@ -32,12 +33,13 @@ BATCH = 8  # pieces in each request of the second run
 
 @dataclass(frozen=True)
 class Row:
-    nodes: int
+    nodes: int  # (0 for describes: the same for any)
     batch: int  # pieces each request asks about
     connections: int
     result: harness.WrkResult
     cpu_seconds: float  # the home's, during the run
     seconds: float
+    requests: str = "fill"  # or "describe"
 
     @property
     def busy(self) -> float:
@@ -51,7 +53,11 @@ class Row:
 
 def ms_per_further_piece(rows: list[Row], nodes: int) -> float | None:
     """What each piece beyond a request's first cost the home, at `nodes` nodes."""
-    costs = {row.batch: row.cpu_ms_per_request for row in rows if row.nodes == nodes}
+    costs = {
+        row.batch: row.cpu_ms_per_request
+        for row in rows
+        if row.nodes == nodes and row.requests == "fill"
+    }
     if len(costs) < 2:
         return None
     (one, alone), (more, batched) = sorted(costs.items())
@@ -95,7 +101,23 @@ def run(
                 used = resources.cpu_seconds(home.process.pid) - cpu
                 assert not result.errors, f"{result.errors} unexpected answers (see home.lua)"
                 rows.append(Row(count, batch, connections, result, used, max(1, round(seconds))))
+        rows.append(_describes(home.process.pid, port, connections, seconds))
     return rows
+
+
+def _describes(pid: int, port: int, connections: int, seconds: float) -> Row:
+    """The home answering describes of a blob it knows (one announced piece)."""
+    digest = hashlib.sha256(b"bench home describe").hexdigest()
+    _post(port, "/v1/announce", {"holder": "10.9.0.1:4002", "blobs": [{
+        "digest": digest, "origin": _ORIGIN, "size": _PIECES * 1024 * 1024,
+        "layout": "fixed:1048576", "verified": False, "pieces": {"1": "0" * 64},
+    }]})  # fmt: skip
+    settings = {"DIGEST": digest, "ORIGIN": _ORIGIN, "TOKEN": _TOKEN}
+    cpu = resources.cpu_seconds(pid)
+    result = harness.wrk_script(harness.HERE / "describe.lua", settings, port, connections, seconds)
+    used = resources.cpu_seconds(pid) - cpu
+    assert not result.errors, f"{result.errors} describes not answered 200"
+    return Row(0, 0, connections, result, used, max(1, round(seconds)), requests="describe")
 
 
 def _check_answers(port: int, digest: str) -> None:
@@ -145,9 +167,14 @@ def _post(port: int, path: str, body: object, token: str | None = _TOKEN) -> dic
 def section(rows: list[Row]) -> Section:
     checks: list[Check] = []
     for row in rows:
+        what = (
+            f"{row.nodes} nodes, {row.batch} pieces each"
+            if row.requests == "fill"
+            else "describes only"
+        )
         checks.append(
             info(
-                f"home requests/s, {row.nodes} nodes, {row.batch} pieces each",
+                f"home requests/s, {what}",
                 f"{number(row.result.ok_per_second)} ({row.busy:.2f} of a core busy)",
             )
         )
@@ -160,6 +187,7 @@ def section(rows: list[Row]) -> Section:
         "A blob's home at capacity: directory requests one agent answers a second",
         table(
             [
+                "requests",
                 "nodes",
                 "pieces a request",
                 "connections",
@@ -171,8 +199,9 @@ def section(rows: list[Row]) -> Section:
             ],
             [
                 [
-                    number(row.nodes),
-                    number(row.batch),
+                    row.requests,
+                    number(row.nodes) if row.nodes else "-",
+                    number(row.batch) if row.batch else "-",
                     number(row.connections),
                     number(row.result.ok_per_second),
                     f"{row.result.p50_ms:.2f}",

@@ -296,6 +296,7 @@ class Setting:
     piece: int = MIB
     home_request_seconds: float = 0.0  # see Params.home_request_seconds
     home_piece_seconds: float = 0.0  # see Params.home_piece_seconds
+    home_describe_seconds: float = 0.0  # see Params.home_describe_seconds
 
 
 def simulate(nodes: int, size: int, setting: Setting) -> Figures:
@@ -309,6 +310,7 @@ def simulate(nodes: int, size: int, setting: Setting) -> Figures:
         piece=setting.piece,
         home_request_seconds=setting.home_request_seconds,
         home_piece_seconds=setting.home_piece_seconds,
+        home_describe_seconds=setting.home_describe_seconds,
     )
     bound = size / params.link
     swarm = fill(params)
@@ -413,7 +415,9 @@ def report(results: list[Figures], setting: Setting) -> str:
         f"{setting.home_request_seconds * 1000:g} ms each (`--sim-home-ms`, what `bench "
         "home` measured a real home spend on one; 0: a home that is never busy) and "
         f"{setting.home_piece_seconds * 1000:g} ms more for each piece beyond a request's "
-        "first (`--sim-home-piece-ms`, from `bench home` too); near 100% the "
+        "first (`--sim-home-piece-ms`, from `bench home` too), "
+        f"{setting.home_describe_seconds * 1000:g} ms for a node's first question about the "
+        "blob, its size (`--sim-home-describe-ms`, from `bench home` too); near 100% the "
         "home, not the links, sets the pace. 'Downlink use' and 'flows at their "
         f"relay's pace': the median of samples taken every {SAMPLE_EVERY:.0%} of S/B through "
         "the fill, of the bytes/s coming into the nodes over what their downlinks could take, "
@@ -525,7 +529,8 @@ def section(results: list[Figures], setting: Setting) -> Section:
             f"trip, {setting.piece // 1024} KiB pieces, "
             + (
                 f"{setting.home_request_seconds * 1000:g} ms of the home's CPU a request "
-                f"(+{setting.home_piece_seconds * 1000:g} ms a further piece)"
+                f"(+{setting.home_piece_seconds * 1000:g} ms a further piece, "
+                f"{setting.home_describe_seconds * 1000:g} ms a describe)"
                 if setting.home_request_seconds
                 else "a home never busy"
             )

@@ -6,6 +6,7 @@ Real code, called as the agents call it:
   shuffle: every lookup (holders, the origin lease, a peer receiving it to take it from),
   announce, sha256 query and prune goes through it, at the blob's home.
 - `dfagent.swarm.hashing.home_of` over the member list: the blob's home (one per blob).
+- `dfagent.swarm.trees.StripeTrees` over the member list: each node's parents in a whole read.
 - `dfagent.engine.readahead.SequentialReads`: how far a reader's pattern is read ahead.
 - The constants: hedge delay, uploads per holder (`peer.hedge_after`, `peer.max_uploads`),
   the announcement batching delay, the lease and lease-wait times, the read-ahead run size,
@@ -33,6 +34,13 @@ replaced by simulated time):
   (bench/sim_network.py). A piece taken from its origin fetcher is checked once the home
   has its sha256 (`Swarm._recorded`, polled), the home recording the node as its holder in
   that exchange (`Directory.check_in`).
+- `Swarm.prove_whole`: a whole read in a swarm with stripe trees takes every piece from the
+  node's parent in the piece's tree, each stripe a piece at a time and apart from the others
+  (a stripe whose tree starts at the node the usual way); the parent holds the request up to
+  PARENT_WAIT until the piece begins to arrive there, even before it begins the blob. Those
+  pieces are staged (not announced); the whole blob is then checked (_VERIFY_SECONDS_PER_MIB)
+  and announced. A parent that does not send sends the node the usual way, its staged pieces
+  fetched again.
 - `Rounds` (dfagent/swarm/rounds.py): a node's lookups, and its sha256 queries, go to the
   home one request at a time; pieces asked about while one is on its way go together in the
   next.
@@ -42,8 +50,9 @@ replaced by simulated time):
   request. Requests and answers carry no bytes on the links.
 - The home's CPU (`Params.home_request_seconds`): its event loop answers one request at a
   time, in the order they arrive, each other node's request costing it that long, and
-  `Params.home_piece_seconds` more for each piece beyond its first (`bench home` measures
-  both on a real agent); its own lookups and announcements are calls on the same
+  `Params.home_piece_seconds` more for each piece beyond its first, a describe
+  `Params.home_describe_seconds` (`bench home` measures all three on a real agent); its own
+  lookups and announcements are calls on the same
   loop and wait their turn, but cost it nothing more. Zero: a home that is never busy.
 - Every peer is honest and alive: no bad pieces (so `drop_holder` is never called), no lease
   released early.
@@ -76,10 +85,15 @@ from dfagent.swarm.directory import PARENT_WAIT, Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.swarm import (
     _ANNOUNCE_DELAY,
+    _BUSY_PARENT_SECONDS,
+    _FIRST_BUSY_POLL_SECONDS,
     _FIRST_RECORD_POLL_SECONDS,
+    _LAST_BUSY_POLL_SECONDS,
     _LAST_RECORD_POLL_SECONDS,
     _REANNOUNCE_BATCH,
+    _TREE_FILL_FEWEST_PIECES,
 )
+from dfagent.swarm.trees import FAN_OUT, StripeTrees
 
 __all__ = ["Cluster", "Params"]
 
@@ -94,6 +108,9 @@ _RELAY_LAG_BYTES = 64 * 1024
 # Hashing and writing a piece take this long per MiB in it (a piece's own cost, beside its
 # bytes on the links).
 _STORE_SECONDS_PER_MIB = 0.003
+# Checking a whole blob against its digest (sha256 at about 1 GB/s, as on the machine the real
+# runs are made on).
+_VERIFY_SECONDS_PER_MIB = 0.001
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,8 @@ class Params:
     home_request_seconds: float = 0.0
     # and on each piece a request asks about beyond its first (`bench home` measures both)
     home_piece_seconds: float = 0.0
+    # on a node's first question about a blob, its size (`bench home` measured 0.05 ms)
+    home_describe_seconds: float = 0.0
 
     @property
     def store_seconds(self) -> float:
@@ -158,6 +177,7 @@ class _Node:
     flushing: bool = False
     blob: Event | None = None  # fires once the blob's size is known here
     starts: dict[int, Event] = field(default_factory=dict)  # fire as pieces begin to arrive
+    staged: set[int] = field(default_factory=set)  # whole, proven only with the blob
     checked_in: set[int] = field(default_factory=set)  # recorded as held when checked
     # `Rounds`: per kind of question, the pieces asked about while a request is on its way
     # (each with the events of its askers); a kind is here while a request is on its way.
@@ -235,6 +255,9 @@ class Cluster:
         self.home = self._by_name[home_of(names, self.digest)]
         self.home.directory.set_members(names)
         self.home_loop = _HomeLoop(self.kernel)
+        self.trees = StripeTrees()  # every member's, alike
+        self.trees.set_members(names)
+        self.tree_fills_failed = 0  # whole reads that went the usual way after all
         for node in self.nodes:
             self.kernel.spawn(self._refresh(node, self._rng.uniform(0, _REFRESH)))
 
@@ -247,6 +270,9 @@ class Cluster:
         if node.blob is None:
             node.blob = self.kernel.spawn(self._discover(node))
         yield node.blob
+        whole = sequential and (first, last) == (0, self.params.size - 1)
+        if whole and (yield from self._tree_fill(node)):
+            return
         piece = self.params.piece
         firsts = list(range(first // piece, last // piece + 1))
         requested_until = 0
@@ -266,6 +292,70 @@ class Cluster:
                     low = max(first, wanted * piece)
                     high = min(last + 1, (wanted + 1) * piece)
                     yield from self._bytes(node, wanted, low, high)
+
+    def _tree_fill(self, node: _Node) -> Step:
+        """`Swarm.prove_whole`: every piece from the node's parent in its stripe tree (or the
+        usual way, a piece at a time, in the stripes whose tree starts here), one stripe
+        apart from the others; then the whole blob is checked (and announced, once
+        verified). False: not a swarm with trees, a small blob, or some parent did not send
+        (the staged pieces are then fetched again the usual way)."""
+        if not self.trees.includes(node.name) or self.pieces < _TREE_FILL_FEWEST_PIECES:
+            return False
+        stripes = [
+            self.kernel.spawn(self._tree_stripe(node, range(stripe, self.pieces, FAN_OUT)))
+            for stripe in range(FAN_OUT)
+        ]
+        filled = True
+        for stripe in stripes:
+            filled = (yield stripe) and filled
+        if not filled:
+            self.tree_fills_failed += 1
+            node.received -= node.staged
+            node.held -= node.staged
+            node.staged.clear()
+            return False
+        yield _VERIFY_SECONDS_PER_MIB * self.params.size / (1024 * 1024)
+        node.staged.clear()
+        self.kernel.spawn(self._announce(node, {i: _sha256(i) for i in range(self.pieces)}))
+        return True
+
+    def _tree_stripe(self, node: _Node, indices: range) -> Step:
+        """`Swarm._fill_stripe`: True once every piece of the stripe is in."""
+        parent = self.trees.parent(self.digest, indices[0], node.name)
+        for index in indices:
+            if index in node.received:
+                continue
+            if parent is None or index in node.inflight:  # the usual way, or on its way
+                self._start(node, [index], index * self.params.piece)
+                whole = node.inflight[index].whole
+                assert whole is not None
+                yield whole
+                continue
+            if not (yield from self._from_parent(node, index, self._by_name[parent])):
+                return False
+        return True
+
+    def _from_parent(self, node: _Node, index: int, parent: _Node) -> Step:
+        """`Swarm._from_parent`: True once the piece is in (staged)."""
+        node.inflight[index] = _Piece(
+            index, 1, self.kernel.event(), self.kernel.event(), feed=self.kernel.event()
+        )
+        started = node.starts.pop(index, None)
+        if started is not None:
+            started.fire()
+        waited_until = self.kernel.now + _BUSY_PARENT_SECONDS
+        delay = _FIRST_BUSY_POLL_SECONDS
+        while True:
+            got = yield from self._attempts(node, index, [parent], tree=True)
+            if got is True:
+                node.staged.add(index)
+                self._part_in(node, index, from_origin=False)
+                return True
+            if got is not _BUSY or self.kernel.now > waited_until:
+                del node.inflight[index]
+                return False
+            yield delay
+            delay = min(delay * 2, _LAST_BUSY_POLL_SECONDS)
 
     def _read_ahead(self, node: _Node, first: int, last: int) -> None:
         ahead = node.sequential.read(self.digest, first, last)
@@ -296,7 +386,10 @@ class Cluster:
         """`Engine._discover` with a swarm: ask the home; a blob it does not know costs a
         HEAD at the origin."""
         known = yield from self._at_home(
-            node, lambda: self.home.directory.describe(self.digest, ORIGIN), count=False
+            node,
+            lambda: self.home.directory.describe(self.digest, ORIGIN),
+            count=False,
+            cost=self.params.home_describe_seconds,
         )
         if known is None:
             yield self.params.rtt
@@ -399,17 +492,25 @@ class Cluster:
         del node.rounds[kind]
 
     def _at_home(
-        self, node: _Node, call: Callable[[], object], *, count: bool = True, pieces: int = 1
+        self,
+        node: _Node,
+        call: Callable[[], object],
+        *,
+        count: bool = True,
+        pieces: int = 1,
+        cost: float | None = None,
     ) -> Step:
         """Run `call` on the home's loop once it is free: at once for the home itself, half a
         round trip away (and the answer back after the other half) for everyone else; a
-        request about `pieces` pieces."""
+        request about `pieces` pieces (costing the home `cost`, if not the usual)."""
         if count:
             self.home.lookups += 1
         if node is self.home:
             return (yield self.home_loop.call(call, 0.0))
         self.home.requests += 1
-        cost = self.params.home_request_seconds + self.params.home_piece_seconds * (pieces - 1)
+        if cost is None:
+            cost = self.params.home_request_seconds
+            cost += self.params.home_piece_seconds * (pieces - 1)
         yield self.params.rtt / 2
         result = yield self.home_loop.call(call, cost)
         yield self.params.rtt / 2
@@ -476,6 +577,8 @@ class Cluster:
         yield self.params.store_seconds
         node.held.add(index)
         del node.inflight[index]
+        if index in node.staged:
+            return
         if index in node.checked_in:  # its home recorded it when this node checked it
             node.checked_in.discard(index)
             return
@@ -609,7 +712,9 @@ class Cluster:
             yield from self._recorded(node, index)
         return got
 
-    def _attempts(self, node: _Node, index: int, waiting: list[_Node]) -> Step:
+    def _attempts(
+        self, node: _Node, index: int, waiting: list[_Node], *, tree: bool = False
+    ) -> Step:
         """The hedged attempts of `Swarm.fetch`."""
         asked = len(waiting)
         running: list[_Attempt] = []
@@ -619,7 +724,7 @@ class Cluster:
             if waiting and not (running and sending.fired):
                 attempt = _Attempt(waiting.pop(0), self.kernel.event())
                 running.append(attempt)
-                self.kernel.spawn(self._attempt(node, index, attempt, sending))
+                self.kernel.spawn(self._attempt(node, index, attempt, sending, tree))
             hedge = bool(waiting) and not sending.fired
             events = [attempt.done for attempt in running]
             if hedge:
@@ -637,13 +742,15 @@ class Cluster:
             return _BUSY
         return None
 
-    def _attempt(self, node: _Node, index: int, attempt: _Attempt, sending: Event) -> Step:
+    def _attempt(
+        self, node: _Node, index: int, attempt: _Attempt, sending: Event, tree: bool
+    ) -> Step:
         """One piece download (`PeerClient.piece` against `PeerServer._piece`)."""
         holder = attempt.holder
         yield self.params.rtt / 2
         if attempt.cancelled:
             return
-        yield from self._begins(holder, index)
+        yield from self._begins(holder, index, tree)
         if attempt.cancelled:
             return
         if holder.uploads < _PEER.max_uploads:
@@ -704,11 +811,14 @@ class Cluster:
             return False
         return True
 
-    def _begins(self, holder: _Node, index: int) -> Step:
+    def _begins(self, holder: _Node, index: int, tree: bool) -> Step:
         """`Engine.begins` as `PeerServer._piece` calls it: a piece neither held nor arriving
-        at a holder that reads the blob is waited for, up to PARENT_WAIT (the holder is the
-        requester's parent in the piece's tree, about to ask for it)."""
-        if holder.blob is None or index in holder.received or index in holder.inflight:
+        at a holder that reads the blob (or at any holder, asked by a child in the piece's
+        tree filling the whole blob: `tree`) is waited for, up to PARENT_WAIT (the holder is
+        the requester's parent in the piece's tree, about to ask for it)."""
+        if index in holder.received or index in holder.inflight:
+            return
+        if holder.blob is None and not tree:
             return
         started = holder.starts.setdefault(index, self.kernel.event())
         yield self.kernel.first_of([started, self.kernel.timeout(PARENT_WAIT)])

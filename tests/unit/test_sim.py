@@ -12,6 +12,7 @@ from bench import sim
 from bench.sim_events import Kernel, Step
 from bench.sim_network import Link, Network
 from bench.sim_swarm import Cluster, Params
+from dfagent.swarm.trees import FEWEST_MEMBERS
 
 MIB = 1024 * 1024
 
@@ -163,6 +164,27 @@ def test_the_busier_the_home_the_more_pieces_each_request_asks_about() -> None:
     )
     assert charged.complete
     assert charged.home_busy_seconds > charged.home_requests * cost + piece
+
+
+def test_whole_reads_in_a_swarm_with_trees_ask_the_home_only_where_a_tree_starts() -> None:
+    """With FEWEST_MEMBERS nodes or more, a whole read takes every piece from the node's
+    parent in its stripe tree (Swarm.prove_whole): besides each node's describe, the home is
+    asked only about the pieces the trees' roots fetch from the origin, once each. Every node
+    ends with every piece, and the origin sends one copy."""
+    params = Params(
+        nodes=FEWEST_MEMBERS + 8,
+        size=8 * MIB,
+        link=25e6,
+        origin=25e6,
+        rtt=0.002,
+        seed=3,
+        home_describe_seconds=0.001,
+    )
+    result = sim.fill(params)
+    assert result.complete
+    assert result.origin_bytes == params.size
+    assert 0 < result.home_lookups <= params.size // params.piece
+    assert result.home_busy_seconds == pytest.approx((params.nodes - 1) * 0.001)
 
 
 def test_a_simulated_lazy_trace_reads_everything_once_per_node() -> None:
