@@ -149,9 +149,9 @@ class Metrics:
             "dfagent_tree_fills",
             "Whole blobs read by taking each piece from this agent's parent in its stripe tree "
             "(no question to the blob's home; staged, proven with the whole blob), by outcome: "
-            "verified, not_verified (the staged pieces dropped, each piece fetched again and "
-            "proven on its own), not_filled (a piece did not come, say from a parent that does "
-            "not read the blob: read the usual way).",
+            "verified, not_proven (the blob failed its digest, or a piece could not be stored: "
+            "each piece fetched again and proven on its own), not_filled (a piece did not "
+            "come, say from a parent that does not read the blob: read the usual way).",
             ["outcome"],
             registry=r,
         )

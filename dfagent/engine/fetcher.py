@@ -72,6 +72,9 @@ _SEQUENTIAL_TRIGGER = 1024 * 1024
 _SEQUENTIAL_BLOBS = 1024  # blobs whose reads are followed
 _WRITE_DRAIN_SECONDS = 10.0
 _CHECK_WAIT_SECONDS = 60.0  # for a completed blob's whole check (it hashes the whole file)
+# A whole read filled with staged pieces (see WholeFill.proven) looks this often whether its
+# blob is proven (or cannot be), for at most this long.
+_PROOF_POLL_SECONDS, _PROOF_WAIT_SECONDS = 0.02, 120.0
 # How long a reader waits for a peer that is fetching a piece from the origin before going
 # to the origin itself.
 _LEASE_WAIT_SECONDS = 15.0
@@ -494,6 +497,8 @@ class Engine:
                 if retried or piece.authorization == source.authorization or piece.received:
                     raise
                 retried = True
+            except _Unproven:
+                continue  # not this reader's to prove: fetched the usual way now
             except IntegrityError:
                 if refetched:
                     raise
@@ -964,6 +969,11 @@ class Engine:
             self._network.release(run.blob, given_up)
 
 
+class _Unproven(DfagentError):
+    """A piece some network filled for a whole read: staged (proven only with the whole blob)
+    or not delivered. A reader of that piece alone fetches it again the usual way."""
+
+
 @dataclass(frozen=True, slots=True)
 class _WholeFill:
     """The engine's side (WholeFill) of a network filling one whole blob with staged bytes."""
@@ -988,23 +998,40 @@ class _WholeFill:
         self._done(piece)
 
     def _done(self, piece: InflightPiece) -> None:
-        """The piece is no longer on its way. A reader of it alone (the whole read waits for
-        the blob's proof) gets it again the usual way, proven on its own (see _piece_bytes)."""
-        piece.fail(IntegrityError(f"piece {piece.index} of {self.blob.digest} is unproven"))
+        """The piece is no longer on its way (a peer relaying it still gets every byte that
+        came); a reader of it alone gets it again the usual way (see _piece_bytes)."""
+        piece.fail(_Unproven(f"piece {piece.index} of {self.blob.digest} is unproven"))
         key = (self.blob.digest.hex, piece.index)
         if self.engine._inflight.get(key) is piece:
             del self.engine._inflight[key]
 
     async def usual(self, indices: list[int]) -> bool:
+        indices = [i for i in indices if i not in self.blob.staged]
         await self.engine.fetch_missing(self.blob, self.source, indices, for_reader=True)
         for index in indices:
             piece = self.engine._inflight.get((self.blob.digest.hex, index))
             if piece is not None:  # (fetched for another reader, perhaps staged for it)
                 await piece.received_from(0)
                 if piece.whole:
-                    continue
+                    continue  # (proven() finds one that is then not stored)
             if not self.blob.has(index) and index not in self.blob.staged:
                 return False
+        return True
+
+    async def proven(self) -> bool:
+        deadline = time.monotonic() + _PROOF_WAIT_SECONDS
+        digest = self.blob.digest.hex
+        while not self.blob.verified:
+            if self.blob.removed or time.monotonic() > deadline:
+                return False
+            for index in range(self.blob.layout.count):
+                if (
+                    not self.blob.has(index)
+                    and index not in self.blob.staged
+                    and (digest, index) not in self.engine._inflight
+                ):
+                    return False  # (a staged piece dropped with a blob that failed its check)
+            await asyncio.sleep(_PROOF_POLL_SECONDS)
         return True
 
 

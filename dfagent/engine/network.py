@@ -54,6 +54,12 @@ class WholeFill(Protocol):
         those already on their way); False when some did not come."""
         ...
 
+    async def proven(self) -> bool:
+        """Wait until the blob is proven whole (True), or cannot be: a piece is neither here,
+        staged nor on its way (one did not come or could not be stored, or the staged pieces
+        were dropped with a blob that failed its digest), or it took too long."""
+        ...
+
 
 class PieceNetwork(Protocol):
     async def describe(self, digest_hex: str, origin: str) -> tuple[int, str] | None:

@@ -463,10 +463,19 @@ class PieceStore:
         start, end = blob.layout.bounds(index)
         if len(data) != end - start:
             raise ValueError(f"piece {index} has {len(data)} bytes, expected {end - start}")
+        write = self._tasks.spawn(
+            asyncio.to_thread(_hash_and_write, blob.file.fileno(), data, start, sha256),
+            name="write-piece",
+        )
         try:
-            return await asyncio.to_thread(_hash_and_write, blob.file.fileno(), data, start, sha256)
+            return await asyncio.shield(write)
         except OSError as exc:
             raise self._write_failed(index, exc) from exc
+        except asyncio.CancelledError:
+            # The thread writes on: the caller keeps the piece's write lock until it is done,
+            # or a later write of the piece could land before it.
+            await asyncio.wait([write])
+            raise
 
     def _write_failed(self, index: int, exc: OSError | StorageFull) -> Exception:
         if isinstance(exc, StorageFull) or exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -516,11 +525,15 @@ class PieceStore:
             self._metrics.blob_verify_failures.inc()
             blob.checked.set()
             return False
-        staged, blob.staged = blob.staged, {}
-        for index, sha256 in sorted(staged.items()):  # proven now, with the whole blob
+        # Proven now, with the whole blob: present at once (no piece may be claimed, fetched
+        # and written again while the index records them), then recorded.
+        staged, blob.staged = sorted(blob.staged.items()), {}
+        for index, sha256 in staged:
+            start, end = blob.layout.bounds(index)
+            self._present(blob, index, sha256, end - start)
+        for index, sha256 in staged:
             start, end = blob.layout.bounds(index)
             await self.index.add_piece(blob.digest.hex, index, end - start, sha256)
-            self._present(blob, index, sha256, end - start)
         await self.index.set_verified(blob.digest.hex, True)
         blob.verified = True
         for listener in self.trust_listeners:

@@ -47,7 +47,6 @@ _ANNOUNCE_BATCH = 512
 # A whole read of a blob of fewer pieces is not filled from tree parents (see prove_whole):
 # a reader alone would wait for parents that never come, for little gain.
 _TREE_FILL_FEWEST_PIECES = 2 * FAN_OUT
-_CHECK_SECONDS = 120.0  # for the whole-blob check after a tree fill
 # A tree parent busy with every upload slot is asked again after 5 ms, then 10, ... 100, for
 # up to this long.
 _BUSY_PARENT_SECONDS = 2.0
@@ -224,25 +223,18 @@ class Swarm:
         fills = [
             self._tasks.spawn(self._fill_stripe(blob, fill, s), name="tree-fill") for s in stripes
         ]
-        try:
-            for filled in asyncio.as_completed(fills):
-                if not await filled:
-                    self._metrics.tree_fills.labels("not_filled").inc()
-                    return False
-        finally:
-            for job in fills:
-                job.cancel()
-        try:
-            async with asyncio.timeout(_CHECK_SECONDS):
-                await blob.checked.wait()
-        except TimeoutError:
-            log.warning("a blob filled from tree parents was not checked in time; read the "
-                        "usual way", extra={"digest": str(blob.digest)})  # fmt: skip
-            return False
-        if not blob.verified:
-            self._metrics.tree_fills.labels("not_verified").inc()
+        # A reader that goes away leaves the stripes running: its tree children rely on them.
+        for filled in asyncio.as_completed(fills):
+            if not await filled:
+                for job in fills:
+                    job.cancel()
+                await asyncio.wait(fills)  # (their claims given up before the usual read)
+                self._metrics.tree_fills.labels("not_filled").inc()
+                return False
+        if not await fill.proven():
+            self._metrics.tree_fills.labels("not_proven").inc()
             log.warning(
-                "a blob filled from tree parents failed its digest; its pieces are fetched "
+                "a blob filled from tree parents did not prove whole; its pieces are fetched "
                 "again, each proven on its own",
                 extra={"digest": str(blob.digest)},
             )
