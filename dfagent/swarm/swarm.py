@@ -285,7 +285,7 @@ class Swarm:
                     blob.origin,
                     piece.index,
                     piece.length,
-                    arrived=_passing_on(blob, piece),
+                    arrived=_passing_on(blob, piece.arriving),
                     tree=True,
                 )
             except PeerError as exc:
@@ -385,18 +385,15 @@ class Swarm:
         """The piece from `peer` if it matches `sha256` (None: the one its home records
         once the peer that fetches it from the origin announces it) and passes `check`; None
         (and the peer reported) if not."""
-        received = 0
-
-        def arrived(part: bytes) -> None:
-            nonlocal received
-            blob.arrived += len(part)
-            if arriving is not None:
-                arriving(received, part)
-            received += len(part)
-
         try:
             data = await self._client.piece(
-                peer, blob.digest.hex, blob.origin, index, length, sending=sending, arrived=arrived
+                peer,
+                blob.digest.hex,
+                blob.origin,
+                index,
+                length,
+                sending=sending,
+                arrived=_passing_on(blob, arriving),
             )
         except PeerError as exc:
             log.debug("peer fetch failed", extra={"peer": peer, "error": str(exc)})
@@ -625,15 +622,19 @@ class Swarm:
         self._trees.set_members(members)
 
 
-def _passing_on(blob: StoredBlob, piece: InflightPiece) -> Callable[[bytes], None]:
-    """What a piece's download does with each part as it arrives: passes it on (to peers
-    taking the piece from this agent meanwhile) and counts it as arriving here."""
+def _passing_on(
+    blob: StoredBlob, arriving: Callable[[int, bytes], None] | None
+) -> Callable[[bytes], None]:
+    """What a piece's download does with each part as it arrives: counts it as arriving here
+    and tells `arriving` (offset in the piece, bytes), which passes it on to peers taking the
+    piece from this agent meanwhile."""
     received = 0
 
     def arrived(part: bytes) -> None:
         nonlocal received
         blob.arrived += len(part)
-        piece.arriving(received, part)
+        if arriving is not None:
+            arriving(received, part)
         received += len(part)
 
     return arrived
