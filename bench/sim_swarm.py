@@ -257,7 +257,6 @@ class Cluster:
         self.home_loop = _HomeLoop(self.kernel)
         self.trees = StripeTrees()  # every member's, alike
         self.trees.set_members(names)
-        self.tree_fills_failed = 0  # whole reads that went the usual way after all
         for node in self.nodes:
             self.kernel.spawn(self._refresh(node, self._rng.uniform(0, _REFRESH)))
 
@@ -309,7 +308,6 @@ class Cluster:
         for stripe in stripes:
             filled = (yield stripe) and filled
         if not filled:
-            self.tree_fills_failed += 1
             node.received -= node.staged
             node.held -= node.staged
             node.staged.clear()
