@@ -1024,13 +1024,13 @@ class _WholeFill:
         while not self.blob.verified:
             if self.blob.removed or time.monotonic() > deadline:
                 return False
-            for index in range(self.blob.layout.count):
-                if (
-                    not self.blob.has(index)
-                    and index not in self.blob.staged
-                    and (digest, index) not in self.engine._inflight
-                ):
-                    return False  # (a staged piece dropped with a blob that failed its check)
+            if not self.blob.covered and any(  # (while it is covered, its check runs)
+                not self.blob.has(index)
+                and index not in self.blob.staged
+                and (digest, index) not in self.engine._inflight
+                for index in range(self.blob.layout.count)
+            ):
+                return False  # (a staged piece dropped with a blob that failed its check)
             await asyncio.sleep(_PROOF_POLL_SECONDS)
         return True
 
