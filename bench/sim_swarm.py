@@ -37,10 +37,10 @@ replaced by simulated time):
 - `Swarm.prove_whole`: a whole read in a swarm with stripe trees takes every piece from the
   node's parent in the piece's tree, each stripe a piece at a time and apart from the others
   (a stripe whose tree starts at the node the usual way); the parent holds the request up to
-  PARENT_WAIT until the piece begins to arrive there, even before it begins the blob. Those
-  pieces are staged (not announced); the whole blob is then checked (_VERIFY_SECONDS_PER_MIB)
-  and announced. A parent that does not send sends the node the usual way, its staged pieces
-  fetched again.
+  PARENT_WAIT until the piece begins to arrive there (before it begins the blob, up to
+  UNSEEN_PARENT_WAIT unless it begins meanwhile). Those pieces are staged (not announced); the
+  whole blob is then checked (_VERIFY_SECONDS_PER_MIB) and announced. A stripe whose parent
+  does not send a piece comes the usual way from that piece on.
 - `Rounds` (dfagent/swarm/rounds.py): a node's lookups, and its sha256 queries, go to the
   home one request at a time; pieces asked about while one is on its way go together in the
   next.
@@ -81,7 +81,7 @@ from dfagent.engine.fetcher import (
 )
 from dfagent.engine.readahead import SequentialReads
 from dfagent.swarm.config import PeerConfig, SwarmConfig
-from dfagent.swarm.directory import PARENT_WAIT, Answer, Directory
+from dfagent.swarm.directory import PARENT_WAIT, UNSEEN_PARENT_WAIT, Answer, Directory
 from dfagent.swarm.hashing import home_of
 from dfagent.swarm.swarm import (
     _ANNOUNCE_DELAY,
@@ -294,14 +294,18 @@ class Cluster:
 
     def _tree_fill(self, node: _Node) -> Step:
         """`Swarm.prove_whole`: every piece from the node's parent in its stripe tree (or the
-        usual way, a piece at a time, in the stripes whose tree starts here), one stripe
-        apart from the others; then the whole blob is checked (and announced, once
-        verified). False: not a swarm with trees, a small blob, or some parent did not send
-        (the staged pieces are then fetched again the usual way)."""
+        usual way, a piece at a time, in the stripes whose tree starts here and, once some
+        parent sent a piece, from a piece the parent did not send), one stripe apart from the
+        others; then the whole blob is checked (and announced, once verified). False: not a
+        swarm with trees, a small blob, or a parent did not send before any did (the staged
+        pieces are then fetched again the usual way)."""
         if not self.trees.includes(node.name) or self.pieces < _TREE_FILL_FEWEST_PIECES:
             return False
+        parent_sent = self.kernel.event()
         stripes = [
-            self.kernel.spawn(self._tree_stripe(node, range(stripe, self.pieces, FAN_OUT)))
+            self.kernel.spawn(
+                self._tree_stripe(node, range(stripe, self.pieces, FAN_OUT), parent_sent)
+            )
             for stripe in range(FAN_OUT)
         ]
         filled = True
@@ -317,20 +321,23 @@ class Cluster:
         self.kernel.spawn(self._announce(node, {i: _sha256(i) for i in range(self.pieces)}))
         return True
 
-    def _tree_stripe(self, node: _Node, indices: range) -> Step:
+    def _tree_stripe(self, node: _Node, indices: range, parent_sent: Event) -> Step:
         """`Swarm._fill_stripe`: True once every piece of the stripe is in."""
         parent = self.trees.parent(self.digest, indices[0], node.name)
         for index in indices:
             if index in node.received:
                 continue
-            if parent is None or index in node.inflight:  # the usual way, or on its way
-                self._start(node, [index], index * self.params.piece)
-                whole = node.inflight[index].whole
-                assert whole is not None
-                yield whole
-                continue
-            if not (yield from self._from_parent(node, index, self._by_name[parent])):
-                return False
+            if parent is not None and index not in node.inflight:
+                if (yield from self._from_parent(node, index, self._by_name[parent])):
+                    parent_sent.fire()
+                    continue
+                if not parent_sent.fired:
+                    return False
+                parent = None
+            self._start(node, [index], index * self.params.piece)  # the usual way (or coming)
+            whole = node.inflight[index].whole
+            assert whole is not None
+            yield whole
         return True
 
     def _from_parent(self, node: _Node, index: int, parent: _Node) -> Step:
@@ -810,16 +817,24 @@ class Cluster:
         return True
 
     def _begins(self, holder: _Node, index: int, tree: bool) -> Step:
-        """`Engine.begins` as `PeerServer._piece` calls it: a piece neither held nor arriving
-        at a holder that reads the blob (or at any holder, asked by a child in the piece's
-        tree filling the whole blob: `tree`) is waited for, up to PARENT_WAIT (the holder is
-        the requester's parent in the piece's tree, about to ask for it)."""
+        """`PeerServer._begins`: a piece neither held nor arriving at a holder that reads the
+        blob (or at any holder, asked by a child in the piece's tree filling the whole blob:
+        `tree`) is waited for, up to PARENT_WAIT (the holder is the requester's parent in the
+        piece's tree, about to ask for it); by a holder that has not begun the blob, up to
+        UNSEEN_PARENT_WAIT unless it begins meanwhile."""
         if index in holder.received or index in holder.inflight:
             return
         if holder.blob is None and not tree:
             return
         started = holder.starts.setdefault(index, self.kernel.event())
-        yield self.kernel.first_of([started, self.kernel.timeout(PARENT_WAIT)])
+        if holder.blob is None:
+            yield self.kernel.first_of([started, self.kernel.timeout(UNSEEN_PARENT_WAIT)])
+            if started.fired or holder.blob is None:
+                return
+            wait = PARENT_WAIT - UNSEEN_PARENT_WAIT
+        else:
+            wait = PARENT_WAIT
+        yield self.kernel.first_of([started, self.kernel.timeout(wait)])
 
     def _free_slot(self, holder: _Node) -> None:
         """`UploadSlots.give`: the slot goes to the longest waiting request, if any."""

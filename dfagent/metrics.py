@@ -150,14 +150,23 @@ class Metrics:
             "Whole blobs read by taking each piece from this agent's parent in its stripe tree "
             "(no question to the blob's home; staged, proven with the whole blob), by outcome: "
             "verified, not_proven (the blob failed its digest, or a piece could not be stored: "
-            "each piece fetched again and proven on its own), not_filled (a piece did not "
-            "come, say from a parent that does not read the blob: read the usual way).",
+            "each piece fetched again and proven on its own), not_filled (a parent did not "
+            "send a piece before any parent did, say to a member reading the blob alone; or a "
+            "piece came neither from its parent nor the usual way, or could not be staged: "
+            "read the usual way).",
             ["outcome"],
             registry=r,
         )
         self.tree_fill_pieces = Counter(
             "dfagent_tree_fill_pieces",
             "Pieces those reads took from tree parents (staged).",
+            registry=r,
+        )
+        self.tree_stripes_usual = Counter(
+            "dfagent_tree_stripes_usual",
+            "Stripes of those reads whose parent did not send a piece once others had (it "
+            "began the blob late, or failed): from that piece on, the stripe came the usual "
+            "way.",
             registry=r,
         )
         self.directory_lookup_seconds = Histogram(

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from dfagent.swarm.trees import StripeTrees
 
-__all__ = ["PARENT_WAIT", "STALL_SECONDS", "Answer", "Directory"]
+__all__ = ["PARENT_WAIT", "STALL_SECONDS", "UNSEEN_PARENT_WAIT", "Answer", "Directory"]
 
 _DOWNLOAD_TTL = 5.0  # a download not announced by then is forgotten
 _SENDS_PER_HOLDER = 1  # beyond this many downloads in flight, a holder counts as busy
@@ -68,13 +68,15 @@ _RANKED_AMONG = 32
 # PARENT_WAIT (asking the home again every few milliseconds instead made up a third of a
 # 1,000-node fill's requests to it). A parent that has not asked yet while the book is younger
 # than _READING_SECONDS (the members begin to read at once) is waited for by asking again,
-# only _UNSEEN_PARENT_WAIT (a node starting a container alone waits that long for nobody).
+# only UNSEEN_PARENT_WAIT (a node starting a container alone waits that long for nobody; so
+# long a parent's server holds a request from a child filling the whole blob before the parent
+# has begun it, see PeerServer._piece).
 # Then the usual choice decides: the lease, often, which makes the requester the piece's
 # root. Real agents lag each other by more than the simulated ones: with 50 ms, the one
 # fastest through the blob (its home, which asks itself) took most origin fetches of a real
 # 4-node fill.
 PARENT_WAIT = 0.5
-_UNSEEN_PARENT_WAIT = 0.05
+UNSEEN_PARENT_WAIT = 0.05
 _READING_SECONDS = 2.0
 _NEAR_PIECES = 16
 # A peer counts as stalled once no byte of the blob has reached it for this long (the engine
@@ -297,7 +299,7 @@ class Directory:
             return None
         else:
             seen = parent in blob.asked
-            limit = PARENT_WAIT if seen else _UNSEEN_PARENT_WAIT
+            limit = PARENT_WAIT if seen else UNSEEN_PARENT_WAIT
             if now - piece.waits.setdefault(requester, now) >= limit:
                 return None
             if not seen:

@@ -30,7 +30,7 @@ from dfagent.sendfile import send_segment
 from dfagent.serving import bind, drain
 from dfagent.storage.store import PieceStore
 from dfagent.swarm.client import MAX_PIECES_PER_REQUEST
-from dfagent.swarm.directory import PARENT_WAIT, Directory
+from dfagent.swarm.directory import PARENT_WAIT, UNSEEN_PARENT_WAIT, Directory
 from dfagent.swarm.slots import UploadSlots
 
 __all__ = ["Arrivals", "Completions", "PeerServer"]
@@ -193,16 +193,14 @@ class PeerServer:
         # piece's stripe tree, is about to fetch (Directory._from_parent), or filling the
         # whole blob from its parents while this agent may be about to begin it too
         # (Swarm.prove_whole, `tree`): wait a moment for it.
+        reading = self._store.loaded(digest.hex) is not None
         if (
             response is None
             and self.arrivals is not None
-            and (
-                self._store.loaded(digest.hex) is not None  # this agent reads the blob
-                or request.query.get("tree") == "1"
-            )
+            and (reading or request.query.get("tree") == "1")
         ):
             with self._metrics.peer_early_requests_waiting.track_inprogress():
-                arrived = await self.arrivals.begins(digest.hex, index, PARENT_WAIT)
+                arrived = await self._begins(digest, index, reading)
             outcome = "arrived" if arrived else "not_arrived"
             self._metrics.peer_early_requests.labels(outcome).inc()
             if arrived:
@@ -210,6 +208,20 @@ class PeerServer:
         if response is None:
             return web.Response(status=404, text="piece neither held nor arriving here\n")
         return response
+
+    async def _begins(self, digest: Digest, index: int, reading: bool) -> bool:
+        """Whether the piece begins to arrive here within PARENT_WAIT; within
+        UNSEEN_PARENT_WAIT while this agent has not begun to read the blob (a member reading
+        it alone in a large swarm would otherwise wait the whole time for nobody, in every
+        stripe)."""
+        assert self.arrivals is not None
+        if reading:
+            return await self.arrivals.begins(digest.hex, index, PARENT_WAIT)
+        if await self.arrivals.begins(digest.hex, index, UNSEEN_PARENT_WAIT):
+            return True
+        if self._store.loaded(digest.hex) is None:
+            return False
+        return await self.arrivals.begins(digest.hex, index, PARENT_WAIT - UNSEEN_PARENT_WAIT)
 
     async def _piece_here(
         self, request: web.BaseRequest, digest: Digest, index: int

@@ -213,15 +213,23 @@ class Swarm:
         with the whole blob. Each stripe goes a piece at a time, apart from the others; one
         whose tree starts here comes the usual way (from the origin, with the lease).
 
+        A parent may not send a piece: it does not read the blob (its server waits a moment
+        for a parent about to), or fails. Before any parent has sent one, the members are not
+        reading the blob together: the read goes the usual way, the quickest for a member
+        alone. After that, the parent's stripe comes the usual way from that piece on and the
+        others go on (its tree children still get it from here as it arrives).
+
         False, and the read goes the usual way (every piece then proven on its own), in a
-        smaller swarm, for a small blob, when a piece does not come (a parent that does not
-        read the blob, or fails: its server waits a moment for a parent about to read it) and
-        when the whole blob does not match its digest (its staged pieces are dropped)."""
+        smaller swarm, for a small blob, as above, when a piece comes neither way or cannot
+        be stored, and when the whole blob does not match its digest (its staged pieces are
+        dropped)."""
         if not self._trees.includes(self.me) or blob.layout.count < _TREE_FILL_FEWEST_PIECES:
             return False
         stripes = [range(stripe, blob.layout.count, FAN_OUT) for stripe in range(FAN_OUT)]
+        parent_sent = asyncio.Event()
         fills = [
-            self._tasks.spawn(self._fill_stripe(blob, fill, s), name="tree-fill") for s in stripes
+            self._tasks.spawn(self._fill_stripe(blob, fill, s, parent_sent), name="tree-fill")
+            for s in stripes
         ]
         # A reader that goes away leaves the stripes running: its tree children rely on them.
         for filled in asyncio.as_completed(fills):
@@ -242,10 +250,13 @@ class Swarm:
         self._metrics.tree_fills.labels("verified").inc()
         return True
 
-    async def _fill_stripe(self, blob: StoredBlob, fill: WholeFill, indices: range) -> bool:
+    async def _fill_stripe(
+        self, blob: StoredBlob, fill: WholeFill, indices: range, parent_sent: asyncio.Event
+    ) -> bool:
         """The pieces of one stripe, in order, from this agent's parent in its tree (staged),
-        or the usual way where the tree starts here; False once one did not come (or could
-        not be stored)."""
+        or the usual way where the tree starts here, or from the first piece the parent did
+        not send once `parent_sent` (some parent sent one); False once one came neither way
+        (or could not be stored), or the parent did not send one before any parent did."""
         parent = self._trees.parent(blob.digest.hex, indices[0], self.me)
         for index in indices:
             piece = None if parent is None else fill.claim(index)
@@ -260,7 +271,14 @@ class Swarm:
                 raise
             if data is None:
                 fill.give_up(piece)
-                return False
+                if not parent_sent.is_set():
+                    return False
+                self._metrics.tree_stripes_usual.inc()
+                parent = None
+                if not await fill.usual([index]):
+                    return False
+                continue
+            parent_sent.set()
             try:
                 await fill.stage(piece, data)
             except (DfagentError, OSError) as exc:
@@ -291,7 +309,7 @@ class Swarm:
             except PeerError as exc:
                 piece.forget_arrivals()
                 if not exc.busy or time.monotonic() > waited_until:
-                    log.info("tree parent did not send a piece; the blob is read the usual way",
+                    log.info("tree parent did not send a piece; it is read the usual way",
                              extra={"peer": parent, "piece": piece.index,
                                     "error": str(exc)})  # fmt: skip
                     return None

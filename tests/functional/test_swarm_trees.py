@@ -176,9 +176,12 @@ class _TwoReaders:
         self._readers.append(threading.Thread(target=whole))
         self._readers[-1].start()
 
-    def both_served_exact_bytes_filled_from_tree_parents(self) -> None:
+    def join(self) -> None:
         for reader in self._readers:
             reader.join(60)
+
+    def both_served_exact_bytes_filled_from_tree_parents(self) -> None:
+        self.join()
         assert self.bodies == {0: self.data, 1: self.data}
         for agent in self.agents:
             assert metric(agent, 'dfagent_tree_fills_total{outcome="verified"}') == 1
@@ -186,24 +189,24 @@ class _TwoReaders:
         assert metric(self.agents[0], "dfagent_uploaded_bytes_total") == TREE_PIECES // 4 * PIECE
 
 
-def test_a_tree_parent_asked_before_it_reads_the_blob_holds_the_request_until_it_does(
+def test_a_member_reading_a_blob_alone_is_refused_by_its_parent_at_once_and_reads_it_usually(
     tmp_path: Path, agent_factory, origin: CountingOrigin, registry, fake_parents: FakeParents
 ):
-    """The second agent reads the blob whole first: its request to the first agent, its
-    parent in one stripe, is held there (that agent has not begun the blob) until the first
-    reads it too and passes the piece on as it arrives. Both serve the exact blob, proven
-    whole, and the origin sends none of it."""
+    """The second agent reads the blob whole alone: the first, its parent in one stripe, does
+    not read it and refuses the request after a moment (UNSEEN_PARENT_WAIT), before the fake
+    parents send anything; the read goes the usual way (from the origin, once) and serves the
+    exact blob."""
     readers = _TwoReaders(tmp_path, agent_factory, origin, registry, fake_parents)
-    fake_parents.delay = 0.1
+    fake_parents.delay = 1.0
     readers.read(1)
-    waiting = "dfagent_peer_early_requests_waiting"
-    wait_for(lambda: metric(readers.agents[0], waiting) == 1, "a request held at the first")
-    readers.read(0)
-    readers.both_served_exact_bytes_filled_from_tree_parents()
-    arrived = 'dfagent_peer_early_requests_total{outcome="arrived"}'
-    assert metric(readers.agents[0], arrived) >= 1
-    assert all(tree for _, _, tree in fake_parents.requests)
-    assert origin.blob_bytes(readers.digest, len(readers.data)) == 0
+    readers.join()
+    assert readers.bodies == {1: readers.data}
+    second = readers.agents[1]
+    assert metric(second, 'dfagent_tree_fills_total{outcome="not_filled"}') == 1
+    assert metric(second, "dfagent_tree_fill_pieces_total") == 0
+    not_arrived = 'dfagent_peer_early_requests_total{outcome="not_arrived"}'
+    assert metric(readers.agents[0], not_arrived) == 1
+    assert origin.blob_bytes(readers.digest, len(readers.data)) == len(readers.data)
 
 
 def test_a_tree_parent_passes_on_pieces_it_holds_staged(

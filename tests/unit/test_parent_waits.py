@@ -1,7 +1,9 @@
 """A member sent to its parent in a piece's stripe tree before the parent has asked for the
 piece (Directory._from_parent): the parent's peer server holds the request until the piece
 begins to arrive there, then passes it on as it arrives; a piece that does not begin to
-arrive within PARENT_WAIT is refused, and a blob the parent does not read is not waited for."""
+arrive within PARENT_WAIT is refused, and a blob the parent does not read is not waited for. A
+child filling the whole blob (`tree`) is waited for a moment even before the parent begins the
+blob, and the whole time once it does."""
 
 from __future__ import annotations
 
@@ -114,14 +116,17 @@ async def parent(tmp_path):
                 await server.stop()
 
 
-async def _ask(port: int, digest: Digest, index: int) -> tuple[int, bytes, float]:
-    """(status, body, seconds taken) of a child's request for a piece."""
+async def _ask(
+    port: int, digest: Digest, index: int, *, tree: bool = False
+) -> tuple[int, bytes, float]:
+    """(status, body, seconds taken) of a child's request for a piece (`tree`: from a child
+    filling the whole blob)."""
     started = time.monotonic()
+    params = {"origin": HOME, **({"tree": "1"} if tree else {})}
     async with (
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session,
         session.get(
-            f"http://127.0.0.1:{port}/v1/pieces/sha256:{digest.hex}/{index}",
-            params={"origin": HOME},
+            f"http://127.0.0.1:{port}/v1/pieces/sha256:{digest.hex}/{index}", params=params
         ) as response,
     ):
         return response.status, await response.read(), time.monotonic() - started
@@ -160,3 +165,28 @@ async def test_a_blob_the_parent_does_not_read_is_not_waited_for(parent):
     status, _, took = await _ask(port, other, 0)
     assert status == 404
     assert took < server_module.PARENT_WAIT / 2
+
+
+async def test_a_whole_fill_s_request_for_a_blob_the_parent_has_not_begun_waits_a_moment(parent):
+    """A member reading a blob alone in a large swarm does not wait PARENT_WAIT for each
+    parent that does not read it."""
+    _, port = parent
+    status, _, took = await _ask(port, DIGEST, 0, tree=True)
+    assert status == 404
+    assert server_module.UNSEEN_PARENT_WAIT <= took < server_module.PARENT_WAIT / 2
+
+
+async def test_a_whole_fill_s_request_is_held_on_once_the_parent_begins_the_blob(
+    parent, monkeypatch
+):
+    engine, port = parent
+    monkeypatch.setattr(server_module, "UNSEEN_PARENT_WAIT", 0.3)
+    monkeypatch.setattr(server_module, "PARENT_WAIT", 5.0)
+    early = asyncio.create_task(_ask(port, DIGEST, 1, tree=True))
+    await asyncio.sleep(0.05)
+    await engine.blob(SOURCE, for_client=False)  # the parent begins the blob...
+    await asyncio.sleep(0.4)
+    assert not early.done(), "refused once the first moment was over"
+    await _read_whole(engine)  # ...and reads piece 1 later
+    status, body, _ = await early
+    assert (status, body) == (200, _piece(1))

@@ -11,9 +11,9 @@ from dfagent.swarm.directory import (
     _HOLDERS_OFFERED,
     _READING_SECONDS,
     _RELAY_DEPTH,
-    _UNSEEN_PARENT_WAIT,
     PARENT_WAIT,
     STALL_SECONDS,
+    UNSEEN_PARENT_WAIT,
     Answer,
     Directory,
 )
@@ -485,14 +485,14 @@ def test_a_requester_early_for_a_parent_that_reads_nearby_is_sent_to_it_at_once(
 
 def test_a_parent_not_seen_yet_is_waited_for_only_briefly():
     """A node that starts a container by itself, the only reader of a new blob: its parents
-    will not come. It waits _UNSEEN_PARENT_WAIT for them, not PARENT_WAIT."""
+    will not come. It waits UNSEEN_PARENT_WAIT for them, not PARENT_WAIT."""
     clock = Clock()
     directory = _members_directory(clock)
     _, _, grandchild = _family()
     assert _ask(directory, grandchild).wait
-    clock.now += _UNSEEN_PARENT_WAIT
+    clock.now += UNSEEN_PARENT_WAIT
     assert _ask(directory, grandchild).fetch
-    assert _UNSEEN_PARENT_WAIT < PARENT_WAIT
+    assert UNSEEN_PARENT_WAIT < PARENT_WAIT
 
 
 def test_a_parent_that_does_not_read_the_blob_is_not_waited_for():

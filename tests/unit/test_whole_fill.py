@@ -26,6 +26,7 @@ from dfagent.metrics import Metrics
 from dfagent.origin.client import BlobSource
 from dfagent.storage.config import StorageConfig
 from dfagent.storage.store import PieceStore, StoredBlob
+from dfagent.swarm.client import PeerError
 from dfagent.swarm.directory import Directory
 from dfagent.swarm.swarm import Swarm
 
@@ -84,17 +85,25 @@ class Trees:
 
 class Parents:
     """The peer client's piece download: the parent's bytes (`lies` instead, for some
-    pieces), after `delay`."""
+    pieces; none of those it `refuses`), after `delay`."""
 
-    def __init__(self, lies: dict[int, bytes] | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        lies: dict[int, bytes] | None = None,
+        delay: float = 0.0,
+        refuses: frozenset[int] = frozenset(),
+    ) -> None:
         self.lies = lies or {}
         self.delay = delay
+        self.refuses = refuses
         self.asked: list[int] = []
 
     async def piece(self, peer, digest_hex, origin, index, length, *, arrived=None, tree=False):  # type: ignore[no-untyped-def]
         assert tree
         self.asked.append(index)
         await asyncio.sleep(self.delay)
+        if index in self.refuses:
+            raise PeerError(f"{peer} answered 404 for piece {index}")
         data = self.lies.get(index, piece(index))
         if arrived is not None:
             arrived(data)
@@ -193,6 +202,31 @@ async def test_a_stripe_whose_tree_starts_here_comes_from_the_origin_a_piece_at_
         assert await n.read_whole() == DATA
         assert sorted(first // PIECE for first, _ in n.origin.ranges) == [0, 4, 8, 12]
         assert sorted(parents.asked) == [i for i in range(PIECES) if i % 4]
+
+
+async def test_a_parent_that_does_not_send_before_any_parent_did_sends_the_read_the_usual_way(
+    tmp_path,
+):
+    """Say a member reading the blob alone: the quickest read is the usual one."""
+    async with node(tmp_path, Trees(), Parents(refuses=frozenset({0}))) as n:
+        assert not await n.prove_whole()
+        assert n.metrics.tree_fills.labels("not_filled")._value.get() == 1
+        assert n.origin.ranges == []
+        assert await n.read_whole() == DATA
+
+
+async def test_a_stripe_whose_parent_does_not_send_a_piece_comes_the_usual_way_from_there(
+    tmp_path,
+):
+    """Once parents have sent pieces (the members read the blob together), a parent that
+    does not send one (late to the blob, or failing) costs only its stripe's tree."""
+    parents = Parents(refuses=frozenset({5}))
+    async with node(tmp_path, Trees(), parents) as n:
+        assert await n.prove_whole()
+        assert sorted(first // PIECE for first, _ in n.origin.ranges) == [5, 9, 13]
+        assert sorted(parents.asked) == [i for i in range(PIECES) if i not in (9, 13)]
+        assert n.metrics.tree_stripes_usual._value.get() == 1
+        assert await n.read_whole() == DATA
 
 
 async def test_a_blob_a_lying_parent_filled_is_read_again_with_every_piece_proven(tmp_path):
