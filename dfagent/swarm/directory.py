@@ -68,9 +68,9 @@ _RANKED_AMONG = 32
 # PARENT_WAIT (asking the home again every few milliseconds instead made up a third of a
 # 1,000-node fill's requests to it). A parent that has not asked yet while the book is younger
 # than _READING_SECONDS (the members begin to read at once) is waited for by asking again,
-# only UNSEEN_PARENT_WAIT (a node starting a container alone waits that long for nobody; so
-# long a parent's server holds a request from a child filling the whole blob before the parent
-# has begun it, see PeerServer._piece).
+# only UNSEEN_PARENT_WAIT, once per blob and parent (a node starting a container alone waits
+# that long for nobody, not that long for each piece; so long a parent's server holds a request
+# from a child filling the whole blob before the parent has begun it, see PeerServer._piece).
 # Then the usual choice decides: the lease, often, which makes the requester the piece's
 # root. Real agents lag each other by more than the simulated ones: with 50 ms, the one
 # fastest through the blob (its home, which asks itself) took most origin fetches of a real
@@ -119,6 +119,9 @@ class _Blob:
     sending: dict[str, int] = field(default_factory=dict)  # holder -> downloads from it now
     # peer -> when it last looked up, and the highest piece it asked for then
     asked: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # (requester, parent) -> since when the requester has waited for a parent in a stripe tree
+    # that has not looked up any piece of the blob (see UNSEEN_PARENT_WAIT)
+    unseen: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,13 +300,12 @@ class Directory:
             piece.waits.pop(requester, None)
         elif not _about_to_ask(blob, parent, index, now):
             return None
-        else:
-            seen = parent in blob.asked
-            limit = PARENT_WAIT if seen else UNSEEN_PARENT_WAIT
-            if now - piece.waits.setdefault(requester, now) >= limit:
+        elif parent not in blob.asked:  # not seen yet: waited for once, not for every piece
+            if now - blob.unseen.setdefault((requester, parent), now) >= UNSEEN_PARENT_WAIT:
                 return None
-            if not seen:
-                return Answer(piece.sha256, (), False, None, wait=True)
+            return Answer(piece.sha256, (), False, None, wait=True)
+        elif now - piece.waits.setdefault(requester, now) >= PARENT_WAIT:
+            return None
         if _through(piece, parent, requester):
             return None
         _count_download(blob, piece, requester, parent, now)
@@ -404,6 +406,7 @@ class Directory:
     def _prune_book(books: dict[str, _Blob], origin: str, now: float) -> None:
         blob = books[origin]
         blob.asked = {p: a for p, a in blob.asked.items() if now - a[0] <= _READING_SECONDS}
+        blob.unseen = {k: t for k, t in blob.unseen.items() if now - t <= _READING_SECONDS}
         for index in list(blob.pieces):
             piece = blob.pieces[index]
             piece.holders = {p: e for p, e in piece.holders.items() if e > now}

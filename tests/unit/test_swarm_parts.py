@@ -495,6 +495,17 @@ def test_a_parent_not_seen_yet_is_waited_for_only_briefly():
     assert UNSEEN_PARENT_WAIT < PARENT_WAIT
 
 
+def test_a_parent_not_seen_yet_is_waited_for_once_per_blob():
+    """The lone node's next pieces in the same stripe do not wait for that parent again."""
+    clock = Clock()
+    directory = _members_directory(clock)
+    _, _, grandchild = _family()
+    assert _ask(directory, grandchild, 0).wait
+    clock.now += UNSEEN_PARENT_WAIT
+    assert _ask(directory, grandchild, 0).fetch
+    assert _ask(directory, grandchild, 4).fetch  # (same stripe, same parent)
+
+
 def test_a_parent_that_does_not_read_the_blob_is_not_waited_for():
     """Once the book is older than _READING_SECONDS, a parent that asked for no piece of the
     blob for that long is gone, or reads other parts of it (a lazy reader)."""
