@@ -126,10 +126,10 @@ def _slow_writes_of(monkeypatch, slow: bytes, seconds: float) -> None:
     late); other writes as usual."""
     real = store_module._hash_and_write
 
-    def late(fd, data, offset, sha256):
+    def late(fd, writing, data, offset, sha256):
         if bytes(data) == slow:
             time.sleep(seconds)
-        return real(fd, data, offset, sha256)
+        return real(fd, writing, data, offset, sha256)
 
     monkeypatch.setattr(store_module, "_hash_and_write", late)
 
