@@ -525,7 +525,8 @@ class PieceStore:
             self._verifying.discard(blob.digest.hex)
 
     async def verify_blob(self, blob: StoredBlob) -> bool:
-        """Hash the whole blob file against its digest; mark it verified when it matches."""
+        """Hash the whole blob file against its digest; mark it verified when it matches.
+        Raises BlobRemoved when the blob was forgotten meanwhile."""
         started = time.monotonic()
         actual = await asyncio.to_thread(sha256_of_file, blob.file.fileno(), 0, blob.size)
         self._metrics.blob_verify_seconds.observe(time.monotonic() - started)
@@ -534,16 +535,22 @@ class PieceStore:
             blob.checked.set()
             return False
         # Proven now, with the whole blob: present at once (no piece may be claimed, fetched
-        # and written again while the index records them), then recorded.
-        staged, blob.staged = sorted(blob.staged.items()), {}
-        for index, sha256 in staged:
-            start, end = blob.layout.bounds(index)
-            self._present(blob, index, sha256, end - start)
-        for index, sha256 in staged:
-            start, end = blob.layout.bounds(index)
-            await self.index.add_piece(blob.digest.hex, index, end - start, sha256)
-        await self.index.set_verified(blob.digest.hex, True)
-        blob.verified = True
+        # and written again while the index records them), then recorded. Under the blob's
+        # lock: a proven copy of a staged piece being recorded meanwhile (piece_finished) is
+        # not recorded over with the staged copy's sha256, and a blob forgotten meanwhile gets
+        # no rows again.
+        async with self._locks.hold(blob.digest.hex):
+            if blob.removed:
+                raise BlobRemoved(f"{blob.digest} was removed while it was checked")
+            staged, blob.staged = sorted(blob.staged.items()), {}
+            for index, sha256 in staged:
+                start, end = blob.layout.bounds(index)
+                self._present(blob, index, sha256, end - start)
+            for index, sha256 in staged:
+                start, end = blob.layout.bounds(index)
+                await self.index.add_piece(blob.digest.hex, index, end - start, sha256)
+            await self.index.set_verified(blob.digest.hex, True)
+            blob.verified = True
         for listener in self.trust_listeners:
             listener(blob)
         blob.checked.set()

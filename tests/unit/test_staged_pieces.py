@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 
@@ -169,3 +170,67 @@ async def test_a_piece_written_into_a_purged_blob_is_let_go(tmp_path, monkeypatc
         assert not blob.has(0)
         assert store.stored_pieces == 0
         assert await store.open_blob(digest) is None
+
+
+async def test_a_proven_piece_recorded_while_the_blob_is_verified_keeps_its_sha256(
+    tmp_path, monkeypatch
+):
+    """A parent's wrong copy of piece 0 is staged; the origin's copy replaces it on disk and
+    is being recorded when the last staged piece makes the blob whole and it checks out. The
+    index keeps the proven piece's sha256, not the staged copy's (the check ran on the
+    origin's bytes), and says what the process says."""
+    data, digest = _blob_bytes()
+    wrong = bytes(PIECE)
+    proven = hashlib.sha256(_piece(data, 0)).digest()
+    recording = asyncio.Event()
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        record = store.index.add_piece
+
+        async def slow_record(digest_hex, index, length, sha256):  # type: ignore[no-untyped-def]
+            if index == 0:
+                if sha256 == proven:
+                    recording.set()
+                await asyncio.sleep(0.1 if sha256 == proven else 0.2)
+            return await record(digest_hex, index, length, sha256)
+
+        store.index.add_piece = slow_record  # type: ignore[method-assign]
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        await store.piece_staged(blob, 0, wrong, hashlib.sha256(wrong).digest())
+        finishing = asyncio.create_task(store.piece_finished(blob, 0, _piece(data, 0)))
+        await recording.wait()  # the origin's bytes are on disk, being recorded
+        await _stage(store, blob, data, [1, 2, 3])
+        await finishing
+        await asyncio.wait_for(blob.checked.wait(), 10)
+        await asyncio.sleep(0.3)  # (any late record of piece 0 lands)
+        assert blob.verified and blob.piece_sha256[0] == proven
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        again = await store.open_blob(digest)
+        assert again is not None and again.verified
+        assert again.piece_sha256[0] == proven
+
+
+async def test_a_blob_forgotten_while_it_is_checked_leaves_no_rows(tmp_path, monkeypatch, caplog):
+    """Purged (or evicted) while its whole-blob check runs: the check ends quietly and records
+    nothing for a blob that is gone (rows without their bytes would count in the cache's
+    usage; the index refuses them)."""
+    caplog.set_level(logging.DEBUG, logger="dfagent.tasks")
+    data, digest = _blob_bytes()
+    real = store_module.sha256_of_file
+    hashing = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_hash(fd, offset, length):  # type: ignore[no-untyped-def]
+        loop.call_soon_threadsafe(hashing.set)
+        time.sleep(0.2)
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(store_module, "sha256_of_file", slow_hash)
+    async with PieceStore(_config(tmp_path), Metrics()) as store:
+        blob = await store.create_blob(digest, len(data), ORIGIN, public=True)
+        await _stage(store, blob, data, [0, 1, 2, 3])
+        await hashing.wait()
+        await store.purge(blob, "test")
+        await asyncio.sleep(0.4)  # (the check ends)
+        assert not blob.verified
+        assert await store.index.usage() == (0, 0, 0)
+    assert not [r.getMessage() for r in caplog.records if r.name == "dfagent.tasks"]
